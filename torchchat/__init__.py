@@ -1,0 +1,1 @@
+"""torchchat-native: the Python workshop around the native llama runners."""
