@@ -1,0 +1,202 @@
+"""The llama family in plain PyTorch: one definition for eager, AOT Inductor and ExecuTorch.
+
+Covers llama2, llama3/3.1/3.2 (with rope scaling), SmolLM2 and the stories models.
+Everything that `torch.export` sees is static: the KV cache is a pair of buffers of
+`max_seq_len` positions per layer, positions come in as a tensor, and there is no
+data-dependent Python control flow.
+
+Weight names follow Meta's checkpoints (`layers.0.attention.wq.weight`, ...), and q/k
+use Meta's rotary layout (interleaved pairs); loaders convert other layouts to this one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: Optional[int] = None  # None: same as n_heads (no grouped-query attention)
+    vocab_size: int = 32000
+    hidden_dim: Optional[int] = None  # feed-forward width; None: llama's rule from dim
+    multiple_of: int = 256  # used only by llama's rule for hidden_dim
+    ffn_dim_multiplier: Optional[float] = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[dict] = None  # llama3.1 style: factor, low/high_freq_factor, original_max_position_embeddings
+    max_seq_len: int = 2048  # the model's context length
+    tie_embeddings: bool = False  # output projection shares the embedding weight
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.hidden_dim is None:
+            hidden = int(2 * (4 * self.dim) / 3)
+            if self.ffn_dim_multiplier is not None:
+                hidden = int(self.ffn_dim_multiplier * hidden)
+            self.hidden_dim = self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"inconsistent attention shape: dim={self.dim}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class KVCache(nn.Module):
+    """Static per-layer cache; `update` writes the new positions and returns the whole cache."""
+
+    def __init__(self, n_kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype):
+        super().__init__()
+        shape = (1, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        # index_copy_ on a buffer is a mutation torch.export and ExecuTorch both understand.
+        self.k.index_copy_(2, input_pos, k)
+        self.v.index_copy_(2, input_pos, v)
+        return self.k, self.v
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in fp32 like the reference implementations, then cast back.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def rope_frequencies(args: ModelArgs) -> Tensor:
+    """Inverse frequencies of rotary embedding, with llama3.1's long-context scaling if configured."""
+    d = args.head_dim
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    s = args.rope_scaling
+    if s:
+        factor = s["factor"]
+        low, high = s.get("low_freq_factor", 1.0), s.get("high_freq_factor", 4.0)
+        old_ctx = s.get("original_max_position_embeddings", 8192)
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        scaled = torch.where(wavelen > old_ctx / low, inv_freq / factor, inv_freq)
+        mid = (wavelen <= old_ctx / low) & (wavelen >= old_ctx / high)
+        inv_freq = torch.where(mid, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
+    return inv_freq.float()
+
+
+def rope_table(args: ModelArgs, max_seq_len: int) -> Tensor:
+    """cos/sin for every position: shape [max_seq_len, head_dim // 2, 2]."""
+    inv_freq = rope_frequencies(args)
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)
+
+
+def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
+    """Rotate interleaved pairs (x0, x1), (x2, x3), ... of x [1, T, H, D] by rope [T, D/2, 2]."""
+    xp = x.float().reshape(*x.shape[:-1], -1, 2)
+    rope = rope.view(1, xp.size(1), 1, xp.size(3), 2)
+    cos, sin = rope[..., 0], rope[..., 1]
+    out = torch.stack(
+        [xp[..., 0] * cos - xp[..., 1] * sin, xp[..., 1] * cos + xp[..., 0] * sin], dim=-1
+    )
+    return out.flatten(3).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        self.kv_cache: Optional[KVCache] = None
+
+    def forward(self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor) -> Tensor:
+        bsz, seqlen, _ = x.shape
+        q = self.wq(x).view(bsz, seqlen, self.n_heads, self.head_dim)
+        k = self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        k, v = self.kv_cache.update(input_pos, k, v)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads
+        )
+        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)  # gate
+        self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)  # down
+        self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)  # up
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, mask, input_pos)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.cache_len = 0
+
+    def setup_caches(self, max_seq_len: int, dtype: Optional[torch.dtype] = None) -> None:
+        """Allocate KV caches and rotary/mask tables for `max_seq_len` positions (<= the model's)."""
+        if max_seq_len > self.args.max_seq_len:
+            raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's context of {self.args.max_seq_len}")
+        dtype = dtype or self.tok_embeddings.weight.dtype
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(self.args.n_kv_heads, max_seq_len, self.args.head_dim, dtype)
+        self.register_buffer("rope", rope_table(self.args, max_seq_len), persistent=False)
+        causal = torch.tril(torch.ones(max_seq_len, max_seq_len, dtype=torch.bool))
+        self.register_buffer("causal_mask", causal, persistent=False)
+        self.cache_len = max_seq_len
+
+    def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
+        """tokens [1, T] at positions input_pos [T] -> logits [1, T, vocab] (fp32)."""
+        x = self.tok_embeddings(tokens)
+        rope = self.rope[input_pos]
+        mask = self.causal_mask[input_pos].view(1, 1, tokens.size(1), self.cache_len)
+        for layer in self.layers:
+            x = layer(x, rope, mask, input_pos)
+        return self.output(self.norm(x)).float()
