@@ -1,0 +1,98 @@
+"""Chat templates and the interactive chat loop.
+
+The conversation lives in the KV cache: each turn feeds only its new tokens at the
+next free position. The token sequence equals the model's chat template rendered over
+the whole history (what transformers' `apply_chat_template` gives), so a turn starts by
+feeding the previous reply's last token, which was sampled but never fed, and an
+end-of-turn token when the reply was cut short.
+
+The same three templates are implemented in the C++ runner (runner/src/chat_template.cpp);
+tests hold both to transformers' rendering.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+from torchchat.errors import UserError
+from torchchat.generate import Decoder, Sampler, Stats, TextStream, generate
+
+TEMPLATES = ("llama2", "llama3", "chatml", "none")
+
+
+def render_turn(template: str, user: str, system: Optional[str], first: bool) -> tuple[str, bool]:
+    """Text of one user turn up to where the assistant's reply begins, and whether it starts with BOS."""
+    if template == "chatml":
+        sys_part = f"<|im_start|>system\n{system}<|im_end|>\n" if first and system else ""
+        lead = "" if first else "\n"  # the newline that follows the previous <|im_end|>
+        return f"{lead}{sys_part}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n", False
+    if template == "llama3":
+        def block(role: str, text: str) -> str:
+            return f"<|start_header_id|>{role}<|end_header_id|>\n\n{text}<|eot_id|>"
+
+        head = "<|begin_of_text|>" + (block("system", system) if system else "") if first else ""
+        return head + block("user", user) + "<|start_header_id|>assistant<|end_header_id|>\n\n", False
+    if template == "llama2":
+        if first and system:
+            return f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]", True
+        return f"[INST] {user} [/INST]", True
+    if template == "none":
+        return user, first
+    raise UserError(f"unknown chat template '{template}' (known: {', '.join(TEMPLATES)})")
+
+
+class Conversation:
+    """Turns a user message into the tokens to feed next, given what the cache already holds."""
+
+    def __init__(self, tokenizer, template: str, end_of_turn: int, system: Optional[str] = None):
+        self.tokenizer, self.template, self.end_of_turn, self.system = tokenizer, template, end_of_turn, system
+        self.pending: list[int] = []  # sampled but not yet fed to the model
+        self.first = True
+
+    def turn_tokens(self, user: str) -> list[int]:
+        text, bos = render_turn(self.template, user, self.system, self.first)
+        ids = self.pending + self.tokenizer.encode(text, bos=bos)
+        self.first, self.pending = False, []
+        return ids
+
+    def reply_done(self, reply: list[int], stop_ids) -> None:
+        if reply:
+            self.pending = [reply[-1]] if reply[-1] in stop_ids else [reply[-1], self.end_of_turn]
+
+
+def chat_loop(model: Decoder, tokenizer, info, sampler: Sampler, max_new_tokens: int,
+              system: Optional[str] = None, stdin=None, out=None) -> None:
+    """Read user messages from stdin until EOF or '/bye'; stream each reply."""
+    stdin, out = stdin or sys.stdin, out or sys.stdout
+    if info.chat_template == "none":
+        raise UserError("this model has no chat template; use `generate` instead")
+    conv = Conversation(tokenizer, info.chat_template, info.stop_ids[0], system)
+    pos = 0
+    interactive = stdin.isatty()
+    if interactive:
+        print("Chatting (Ctrl-D or /bye to end).", file=sys.stderr)
+    while True:
+        if interactive:
+            out.write("User: ")
+            out.flush()
+        line = stdin.readline()
+        if not line or line.strip() == "/bye":
+            break
+        user = line.rstrip("\n")
+        if not user.strip():
+            continue
+        prompt = conv.turn_tokens(user)
+        if pos + len(prompt) >= model.max_seq_len:
+            print(f"\nThe context of {model.max_seq_len} tokens is full; ending the chat.", file=sys.stderr)
+            break
+        out.write("Assistant: ")
+        stream = TextStream(tokenizer, context=prompt, skip=info.stop_ids, out=out)
+        stats = Stats()
+        reply = generate(model, prompt, max_new_tokens, sampler, info.stop_ids, start_pos=pos,
+                         on_token=stream, stats=stats)
+        stream.finish()
+        out.write("\n")
+        out.flush()
+        print(stats.summary(), file=sys.stderr)
+        pos += len(prompt) + len(reply) - 1  # the last reply token is fed with the next turn
+        conv.reply_done(reply, info.stop_ids)

@@ -1,0 +1,148 @@
+"""The command line: `python3 torchchat.py download|list|where|remove|generate|chat ...`.
+
+Every command reports bad input as one line on stderr and a non-zero exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from torchchat.errors import UserError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help=f"registry alias, e.g. {DEFAULT_MODEL} (see `list`)")
+    p.add_argument("--checkpoint-path", help="weights: .pt (llama2.c/torchchat), consolidated.*.pth, *.safetensors")
+    p.add_argument("--params-path", help="params.json (Meta) or config.json (Hugging Face) for --checkpoint-path")
+    p.add_argument("--gguf-path", help="weights and tokenizer in one GGUF file")
+    p.add_argument("--tokenizer-path", help="tokenizer.model (SentencePiece or tiktoken) or tokenizer.json")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--max-seq-length", type=int, help="context to allocate (default: what the prompt needs)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=200)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, help="random seed, for reproducible sampling")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow start, fast tokens)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="torchchat.py", description="Run llama-family models; export them for the native runners.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("download", help="fetch a model into the cache")
+    p.add_argument("model")
+    sub.add_parser("list", help="list known models and whether they are downloaded")
+    p = sub.add_parser("where", help="print a downloaded model's cache folder")
+    p.add_argument("model")
+    p = sub.add_parser("remove", help="delete a downloaded model from the cache")
+    p.add_argument("model")
+
+    p = sub.add_parser("generate", help="continue a prompt")
+    add_model_args(p)
+    add_sampling_args(p, max_new_tokens=200)
+    p.add_argument("--prompt", default="Hello, my name is")
+    p.add_argument("--num-samples", type=int, default=1)
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat on stdin")
+    add_model_args(p)
+    add_sampling_args(p, max_new_tokens=512)
+    p.add_argument("--system-prompt", help="system message that opens the conversation")
+    return parser
+
+
+def cmd_registry(args) -> None:
+    from torchchat import registry
+
+    if args.command == "download":
+        print(registry.download(args.model))
+    elif args.command == "where":
+        print(registry.where(args.model))
+    elif args.command == "remove":
+        print(f"removed {registry.remove(args.model)}")
+    else:
+        rows = registry.list_models()
+        width = max(len(r["alias"]) for r in rows)
+        for r in rows:
+            mark = "downloaded" if r["downloaded"] else ""
+            print(f"{r['alias']:<{width}}  {mark:<10}  {r['description']}")
+
+
+CHAT_CONTEXT = 2048  # default chat context: attention reads the whole cache every token
+
+
+def prepare(args):
+    """Validate the sampling options, then load the model (bad options fail before the slow part)."""
+    from torchchat.generate import SamplingConfig, Sampler
+    from torchchat.loader import load_model
+
+    sampler = Sampler(SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed))
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    return load_model(args), sampler
+
+
+def make_decoder(args, loaded, needed: int):
+    """Size the KV cache: --max-seq-length if given, else what the job needs (within the model's context)."""
+    from torchchat.loader import EagerDecoder
+
+    context = loaded.info.max_seq_len
+    if args.max_seq_length is not None:
+        if not 1 <= args.max_seq_length <= context:
+            raise UserError(f"--max-seq-length must be in [1, {context}], got {args.max_seq_length}")
+        context = args.max_seq_length
+    else:
+        context = min(context, needed)
+    return EagerDecoder(loaded.model, context, compile=args.compile)
+
+
+def cmd_generate(args) -> None:
+    from torchchat.generate import Stats, TextStream, generate
+
+    if args.num_samples < 1:
+        raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
+    loaded, sampler = prepare(args)
+    tok, info = loaded.tokenizer, loaded.info
+    prompt = tok.encode(args.prompt, bos=info.add_bos)
+    decoder = make_decoder(args, loaded, needed=len(prompt) + args.max_new_tokens)
+    for i in range(args.num_samples):
+        sys.stdout.write(args.prompt)
+        stream = TextStream(tok, context=prompt, skip=info.stop_ids)
+        stats = Stats()
+        generate(decoder, prompt, args.max_new_tokens, sampler, info.stop_ids, on_token=stream, stats=stats)
+        stream.finish()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        print(f"[sample {i + 1}] {stats.summary()}", file=sys.stderr)
+
+
+def cmd_chat(args) -> None:
+    from torchchat.chat import chat_loop
+
+    loaded, sampler = prepare(args)
+    decoder = make_decoder(args, loaded, needed=CHAT_CONTEXT)
+    chat_loop(decoder, loaded.tokenizer, loaded.info, sampler, args.max_new_tokens, system=args.system_prompt)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("download", "list", "where", "remove"):
+            cmd_registry(args)
+        elif args.command == "generate":
+            cmd_generate(args)
+        elif args.command == "chat":
+            cmd_chat(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return 0
