@@ -13,14 +13,21 @@ from torchchat.errors import UserError
 DEFAULT_MODEL = "smollm2-135m"
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser,
+                   max_seq_help: str = "context to allocate (default: what the prompt needs)") -> None:
     p.add_argument("model", nargs="?", help=f"registry alias, e.g. {DEFAULT_MODEL} (see `list`)")
     p.add_argument("--checkpoint-path", help="weights: .pt (llama2.c/torchchat), consolidated.*.pth, *.safetensors")
     p.add_argument("--params-path", help="params.json (Meta) or config.json (Hugging Face) for --checkpoint-path")
     p.add_argument("--gguf-path", help="weights and tokenizer in one GGUF file")
     p.add_argument("--tokenizer-path", help="tokenizer.model (SentencePiece or tiktoken) or tokenizer.json")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--max-seq-length", type=int, help="context to allocate (default: what the prompt needs)")
+    p.add_argument("--max-seq-length", type=int, help=max_seq_help)
+
+
+def add_exported_args(p: argparse.ArgumentParser) -> None:
+    # Run an exported artifact instead of a checkpoint (validation of what the native runner runs).
+    p.add_argument("--dso-path", help="AOT Inductor shared library from `export --output-dso-path`")
+    p.add_argument("--aoti-package-path", help="AOT Inductor package from `export --output-aoti-package-path`")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -46,14 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="continue a prompt")
     add_model_args(p)
+    add_exported_args(p)
     add_sampling_args(p, max_new_tokens=200)
     p.add_argument("--prompt", default="Hello, my name is")
     p.add_argument("--num-samples", type=int, default=1)
 
     p = sub.add_parser("chat", help="interactive multi-turn chat on stdin")
     add_model_args(p)
+    add_exported_args(p)
     add_sampling_args(p, max_new_tokens=512)
     p.add_argument("--system-prompt", help="system message that opens the conversation")
+
+    p = sub.add_parser("export", help="compile a model ahead of time for the native runner (aoti_run)")
+    # The exported KV cache is fixed and attention reads all of it every token, so the
+    # context costs every token: 2048 covers chats and keeps decode fast.
+    add_model_args(p, max_seq_help="context (KV cache size) of the exported model; default min(model context, 2048): "
+                                   "attention reads the whole cache each token")
+    p.add_argument("--output-dso-path", help="write an AOT Inductor shared library (.so)")
+    p.add_argument("--output-aoti-package-path", help="write an AOT Inductor package (.pt2)")
     return parser
 
 
@@ -85,13 +102,31 @@ def prepare(args):
     sampler = Sampler(SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed))
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    exported = getattr(args, "dso_path", None) or getattr(args, "aoti_package_path", None)
+    if exported:
+        return load_exported_model(args, exported), sampler
     return load_model(args), sampler
+
+
+def load_exported_model(args, path: str):
+    """An exported artifact stands in for the weights; its context is fixed at export."""
+    from torchchat.exported import load_exported
+    from torchchat.loader import LoadedModel
+
+    if args.dso_path and args.aoti_package_path:
+        raise UserError("give either --dso-path or --aoti-package-path, not both")
+    decoder, tokenizer, info = load_exported(path, args.tokenizer_path, args.model)
+    if args.max_seq_length is not None and args.max_seq_length != info.max_seq_len:
+        raise UserError(f"{path} was exported with a context of {info.max_seq_len}; re-export to change it")
+    return LoadedModel(decoder, tokenizer, info)
 
 
 def make_decoder(args, loaded, needed: int):
     """Size the KV cache: --max-seq-length if given, else what the job needs (within the model's context)."""
     from torchchat.loader import EagerDecoder
 
+    if not hasattr(loaded.model, "setup_caches"):  # an exported artifact: its KV cache is built in
+        return loaded.model
     context = loaded.info.max_seq_len
     if args.max_seq_length is not None:
         if not 1 <= args.max_seq_length <= context:
@@ -139,6 +174,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             cmd_generate(args)
         elif args.command == "chat":
             cmd_chat(args)
+        elif args.command == "export":
+            from torchchat.export import cmd_export
+
+            cmd_export(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

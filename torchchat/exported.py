@@ -1,0 +1,89 @@
+"""Exported AOT Inductor artifacts (.so / .pt2) as Decoders, for validation from Python.
+
+`generate`, `chat` and `eval` take `--dso-path model.so` or `--aoti-package-path model.pt2`
+instead of a checkpoint; the artifact brings its own metadata (torchchat/metadata.py),
+the tokenizer still comes from the alias' cache folder or --tokenizer-path.
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import torch
+
+from torchchat import metadata
+from torchchat.errors import UserError
+from torchchat.loader import ModelInfo
+
+ELF_MAGIC = b"\x7fELF"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def sniff(path: Path) -> str:
+    """'so' or 'pt2' from the file's first bytes (not its name)."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == ELF_MAGIC:
+        return "so"
+    if head == ZIP_MAGIC:
+        return "pt2"
+    raise UserError(f"{path}: not an AOT Inductor artifact (neither a shared library nor a .pt2 package)")
+
+
+class AOTIDecoder:
+    """Runs an exported artifact: (tokens [1, T], input_pos [T]) -> logits [1, T, vocab]."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        kind = sniff(path)
+        where = str(path)
+        if kind == "so":
+            text = metadata.read_so_trailer(path)
+            if text is None:
+                raise UserError(f"{path}: no torchchat metadata (export it with `torchchat.py export`)")
+            self.info, self.dtype = metadata.from_json(text, where)
+            try:
+                runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(path), 1)
+            except RuntimeError as e:
+                raise UserError(f"{path}: cannot load the shared library: {first_line(e)}") from None
+            self._run = lambda tokens, pos: runner.run([tokens, pos])[0]
+        else:
+            if not zipfile.is_zipfile(path):
+                raise UserError(f"{path}: truncated or damaged .pt2 package")
+            try:
+                package = torch._inductor.aoti_load_package(str(path))
+                meta = package.get_metadata()
+            except Exception as e:  # the loader raises RuntimeError/KeyError/... for foreign zips
+                raise UserError(f"{path}: not a loadable AOT Inductor package: {first_line(e)}") from None
+            if metadata.PT2_KEY not in meta:
+                raise UserError(f"{path}: no torchchat metadata (export it with `torchchat.py export`)")
+            self.info, self.dtype = metadata.from_json(meta[metadata.PT2_KEY], where)
+            self._run = lambda tokens, pos: package(tokens, pos)
+        self.max_seq_len, self.vocab_size = self.info.max_seq_len, self.info.vocab_size
+
+    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        return self._run(tokens.contiguous(), input_pos.contiguous())
+
+
+def first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def load_exported(path: str | Path, tokenizer_path=None, alias=None):
+    """(decoder, tokenizer, ModelInfo) for an artifact; the tokenizer from --tokenizer-path or the alias."""
+    from torchchat.tokenizer import check_fits, load_tokenizer
+
+    decoder = AOTIDecoder(path)
+    if tokenizer_path is None and alias:
+        from torchchat import registry
+
+        tokenizer_path = registry.model_files(alias).tokenizer
+    if tokenizer_path is None:
+        raise UserError("an exported model needs a tokenizer: give --tokenizer-path or a model alias")
+    tokenizer = load_tokenizer(Path(tokenizer_path))
+    check_fits(tokenizer, decoder.info.vocab_size)
+    info: ModelInfo = decoder.info
+    return decoder, tokenizer, info
