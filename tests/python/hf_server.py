@@ -35,8 +35,8 @@ class Repo:
 
     def __post_init__(self):
         if not self.commit:
-            digest = hashlib.sha1(json.dumps(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in self.files.items())).encode())
-            self.commit = digest.hexdigest()
+            listing = sorted((path, hashlib.sha1(data).hexdigest()) for path, data in self.files.items())
+            self.commit = hashlib.sha1(json.dumps(listing).encode()).hexdigest()
 
 
 @dataclass
