@@ -206,10 +206,10 @@ def _bytes_to_unicode() -> dict[int, str]:
     return spelled
 
 
-def gguf_tokenizer_json(path: Path) -> str:
+def gguf_tokenizer_json(path: Path, reader=None) -> str:
     """A Hugging Face tokenizer.json equivalent to the GGUF's byte-level BPE tokenizer."""
     path = Path(path)
-    reader = open_gguf(path)
+    reader = reader or open_gguf(path)
     model = field(reader, "tokenizer.ggml.model")
     if model is None:
         raise UserError(f"{path}: the GGUF carries no tokenizer; give --tokenizer-path")
