@@ -1,0 +1,46 @@
+#pragma once
+// What the runner needs to know about a model, carried inside the exported
+// artifact as one JSON string (written by the Python exporter):
+//
+//   {"format_version": 1, "arch": "llama", "vocab_size": 32000, "max_seq_len": 2048,
+//    "bos_id": 1, "add_bos": true, "stop_ids": [2], "tokenizer": "sentencepiece",
+//    "chat_template": "llama2", "dtype": "fp32"}
+//
+// tokenizer: sentencepiece | tiktoken | hf_bpe; chat_template: llama2 | llama3 |
+// chatml | none; dtype: fp32 | bf16 | fp16. An artifact without it gets
+// default_metadata() from -l and -v.
+
+#include <string>
+#include <vector>
+
+#include "torchchat/chat_template.h"
+#include "torchchat/tokenizer.h"
+
+namespace torchchat {
+
+struct ModelMetadata {
+  int format_version = 1;
+  std::string arch = "llama";
+  int vocab_size = 0;
+  int max_seq_len = 0;
+  int bos_id = 1;
+  bool add_bos = true;
+  std::vector<int> stop_ids;
+  TokenizerKind tokenizer = TokenizerKind::SentencePiece;
+  ChatTemplateKind chat_template = ChatTemplateKind::None;
+  std::string dtype = "fp32";
+};
+
+// Parses and validates the artifact's metadata. Throws Error naming the bad key.
+ModelMetadata parse_metadata_json(const std::string& text);
+
+// The JSON form of `metadata` (the inverse of parse_metadata_json).
+std::string to_metadata_json(const ModelMetadata& metadata);
+
+// Llama conventions for an artifact without metadata (-l 2 or 3):
+//   2: bos 1, stop {2}, add_bos, llama2 template, sentencepiece
+//   3: bos 128000, stop {128001, 128009}, add_bos, llama3 template, tiktoken
+// vocab_size and max_seq_len are left 0 (unknown) for the backend to fill.
+ModelMetadata default_metadata(int llama_version);
+
+}  // namespace torchchat

@@ -1,0 +1,110 @@
+#include "torchchat/metadata.h"
+
+#include <nlohmann/json.hpp>
+
+#include "torchchat/error.h"
+
+namespace torchchat {
+namespace {
+
+using json = nlohmann::json;
+
+const json& require(const json& root, const char* key, json::value_t type) {
+  if (!root.contains(key)) throw Error(std::string("model metadata lacks \"") + key + "\"");
+  const json& value = root.at(key);
+  const bool ok = type == json::value_t::number_integer ? value.is_number_integer() : value.type() == type;
+  if (!ok) throw Error(std::string("model metadata \"") + key + "\" has the wrong type (" + value.type_name() + ")");
+  return value;
+}
+
+int require_int(const json& root, const char* key, long long low, long long high) {
+  const long long value = require(root, key, json::value_t::number_integer).get<long long>();
+  if (value < low || value > high) {
+    throw Error(std::string("model metadata \"") + key + "\" is out of range: " + std::to_string(value));
+  }
+  return static_cast<int>(value);
+}
+
+std::string require_string(const json& root, const char* key) {
+  return require(root, key, json::value_t::string).get<std::string>();
+}
+
+constexpr long long kMaxId = 1 << 24;
+
+}  // namespace
+
+ModelMetadata parse_metadata_json(const std::string& text) {
+  json root;
+  try {
+    root = json::parse(text);
+  } catch (const json::exception& e) {
+    throw Error("model metadata is not valid JSON: " + std::string(e.what()));
+  }
+  if (!root.is_object()) throw Error("model metadata is not a JSON object");
+
+  ModelMetadata m;
+  m.format_version = require_int(root, "format_version", 0, 1 << 20);
+  if (m.format_version != 1) {
+    throw Error("model metadata format_version " + std::to_string(m.format_version) + " is not supported (this runner reads 1)");
+  }
+  m.arch = require_string(root, "arch");
+  if (m.arch != "llama") throw Error("model architecture \"" + m.arch + "\" is not supported (only llama)");
+  m.vocab_size = require_int(root, "vocab_size", 1, kMaxId);
+  m.max_seq_len = require_int(root, "max_seq_len", 1, 1 << 24);
+  m.bos_id = require_int(root, "bos_id", 0, m.vocab_size - 1);
+  m.add_bos = require(root, "add_bos", json::value_t::boolean).get<bool>();
+  for (const json& id : require(root, "stop_ids", json::value_t::array)) {
+    if (!id.is_number_integer() || id.get<long long>() < 0 || id.get<long long>() >= m.vocab_size) {
+      throw Error("model metadata \"stop_ids\" has an invalid id: " + id.dump());
+    }
+    m.stop_ids.push_back(id.get<int>());
+  }
+  const std::string tokenizer = require_string(root, "tokenizer");
+  const auto tokenizer_kind = parse_tokenizer_kind(tokenizer);
+  if (!tokenizer_kind) throw Error("model metadata \"tokenizer\" is unknown: \"" + tokenizer + "\"");
+  m.tokenizer = *tokenizer_kind;
+  const std::string chat_template = require_string(root, "chat_template");
+  const auto template_kind = parse_chat_template_kind(chat_template);
+  if (!template_kind) throw Error("model metadata \"chat_template\" is unknown: \"" + chat_template + "\"");
+  m.chat_template = *template_kind;
+  m.dtype = require_string(root, "dtype");
+  if (m.dtype != "fp32" && m.dtype != "bf16" && m.dtype != "fp16") {
+    throw Error("model metadata \"dtype\" is unknown: \"" + m.dtype + "\"");
+  }
+  return m;
+}
+
+std::string to_metadata_json(const ModelMetadata& m) {
+  return json{{"format_version", m.format_version},
+              {"arch", m.arch},
+              {"vocab_size", m.vocab_size},
+              {"max_seq_len", m.max_seq_len},
+              {"bos_id", m.bos_id},
+              {"add_bos", m.add_bos},
+              {"stop_ids", m.stop_ids},
+              {"tokenizer", std::string(to_string(m.tokenizer))},
+              {"chat_template", std::string(to_string(m.chat_template))},
+              {"dtype", m.dtype}}
+      .dump();
+}
+
+ModelMetadata default_metadata(int llama_version) {
+  ModelMetadata m;
+  if (llama_version == 3) {
+    m.bos_id = 128000;
+    m.stop_ids = {128001, 128009};  // <|end_of_text|>, <|eot_id|>
+    m.tokenizer = TokenizerKind::Tiktoken;
+    m.chat_template = ChatTemplateKind::Llama3;
+  } else if (llama_version == 2) {
+    m.bos_id = 1;
+    m.stop_ids = {2};
+    m.tokenizer = TokenizerKind::SentencePiece;
+    m.chat_template = ChatTemplateKind::Llama2;
+  } else {
+    throw Error("llama version must be 2 or 3, not " + std::to_string(llama_version));
+  }
+  m.add_bos = true;
+  return m;
+}
+
+}  // namespace torchchat
