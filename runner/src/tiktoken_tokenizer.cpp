@@ -9,7 +9,7 @@
 #include <unordered_map>
 
 #include "bpe_merge.h"
-#include "regex.h"
+#include "unicode_regex.h"
 #include "tokenizer_formats.h"
 #include "torchchat/error.h"
 #include "utf8.h"

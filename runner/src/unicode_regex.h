@@ -1,4 +1,5 @@
 #pragma once
+// (Named unicode_regex.h so that it never shadows the system <regex.h>.)
 // A Unicode regex for pre-tokenization, backed by PCRE2 (which, unlike RE2,
 // has the look-ahead `\s+(?!\S)` that the GPT-2 / Llama 3 patterns need).
 

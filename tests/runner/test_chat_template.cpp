@@ -1,0 +1,65 @@
+#include <gtest/gtest.h>
+
+#include "fakes.h"
+#include "torchchat/chat_template.h"
+#include "torchchat/error.h"
+
+namespace torchchat {
+namespace {
+
+using testing::FakeTokenizer;
+
+const FakeTokenizer kLlama3Tokens({"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"});
+const FakeTokenizer kChatMlTokens({"<|endoftext|>", "<|im_start|>", "<|im_end|>"});
+const FakeTokenizer kPlainTokens({"<s>", "</s>"});  // ids 256, 257 stand for llama2's BOS / EOS
+
+TEST(ChatTemplate, Llama2WithSystemPrompt) {
+  const ChatFormatter f(ChatTemplateKind::Llama2, kPlainTokens, 256, 257, true);
+  EXPECT_EQ(kPlainTokens.decode(f.user_turn("Hi", "Be brief.", true)),
+            "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]");
+  EXPECT_EQ(kPlainTokens.decode(f.user_turn("More", "Be brief.", false)), "<s>[INST] More [/INST]");
+  EXPECT_EQ(f.end_of_reply(), 257);
+}
+
+TEST(ChatTemplate, Llama2WithoutSystemPrompt) {
+  const ChatFormatter f(ChatTemplateKind::Llama2, kPlainTokens, 256, 257, true);
+  EXPECT_EQ(kPlainTokens.decode(f.user_turn("Hi", "", true)), "<s>[INST] Hi [/INST]");
+}
+
+TEST(ChatTemplate, Llama3) {
+  const int bos = *kLlama3Tokens.special_token_id("<|begin_of_text|>");
+  const ChatFormatter f(ChatTemplateKind::Llama3, kLlama3Tokens, bos, 0, true);
+  EXPECT_EQ(kLlama3Tokens.decode(f.user_turn("Hi", "Sys", true)),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nSys<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_EQ(kLlama3Tokens.decode(f.user_turn("Again", "Sys", false)),
+            "<|start_header_id|>user<|end_header_id|>\n\nAgain<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_EQ(f.end_of_reply(), *kLlama3Tokens.special_token_id("<|eot_id|>"));
+}
+
+TEST(ChatTemplate, ChatMlNoDefaultSystemPrompt) {
+  const ChatFormatter f(ChatTemplateKind::ChatML, kChatMlTokens, 0, 0, false);
+  EXPECT_EQ(kChatMlTokens.decode(f.user_turn("Hi", "", true)), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(kChatMlTokens.decode(f.user_turn("Hi", "Sys", true)),
+            "<|im_start|>system\nSys<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+  // The next turn continues after the reply's <|im_end|>.
+  EXPECT_EQ(kChatMlTokens.decode(f.user_turn("Next", "Sys", false)),
+            "\n<|im_start|>user\nNext<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(f.end_of_reply(), *kChatMlTokens.special_token_id("<|im_end|>"));
+}
+
+TEST(ChatTemplate, MissingSpecialTokensAreAnError) {
+  EXPECT_THROW(ChatFormatter(ChatTemplateKind::Llama3, kPlainTokens, 256, 257, true), Error);
+  EXPECT_THROW(ChatFormatter(ChatTemplateKind::ChatML, kLlama3Tokens, 0, 0, false), Error);
+  EXPECT_THROW(ChatFormatter(ChatTemplateKind::None, kPlainTokens, 256, 257, true), Error);
+}
+
+TEST(ChatTemplate, NamesRoundTrip) {
+  for (const auto kind : {ChatTemplateKind::Llama2, ChatTemplateKind::Llama3, ChatTemplateKind::ChatML, ChatTemplateKind::None}) {
+    EXPECT_EQ(parse_chat_template_kind(to_string(kind)), kind);
+  }
+  EXPECT_FALSE(parse_chat_template_kind("alpaca"));
+}
+
+}  // namespace
+}  // namespace torchchat

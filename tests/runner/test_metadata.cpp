@@ -1,0 +1,81 @@
+#include <gtest/gtest.h>
+
+#include "torchchat/error.h"
+#include "torchchat/metadata.h"
+
+namespace torchchat {
+namespace {
+
+const std::string kValid =
+    R"({"format_version":1,"arch":"llama","vocab_size":49152,"max_seq_len":2048,"bos_id":1,"add_bos":false,)"
+    R"("stop_ids":[2],"tokenizer":"hf_bpe","chat_template":"chatml","dtype":"bf16"})";
+
+std::string with(const std::string& key, const std::string& value) {
+  const std::size_t at = kValid.find("\"" + key + "\":");
+  const std::size_t start = at + key.size() + 3;
+  std::size_t end = start;
+  int depth = 0;
+  while (end < kValid.size() && !(depth == 0 && (kValid[end] == ',' || kValid[end] == '}'))) {
+    if (kValid[end] == '[') ++depth;
+    if (kValid[end] == ']') --depth;
+    ++end;
+  }
+  return kValid.substr(0, start) + value + kValid.substr(end);
+}
+
+std::string error_of(const std::string& json) {
+  try {
+    parse_metadata_json(json);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Metadata, ParsesEveryKey) {
+  const ModelMetadata m = parse_metadata_json(kValid);
+  EXPECT_EQ(m.vocab_size, 49152);
+  EXPECT_EQ(m.max_seq_len, 2048);
+  EXPECT_EQ(m.bos_id, 1);
+  EXPECT_FALSE(m.add_bos);
+  EXPECT_EQ(m.stop_ids, std::vector<int>{2});
+  EXPECT_EQ(m.tokenizer, TokenizerKind::HfBpe);
+  EXPECT_EQ(m.chat_template, ChatTemplateKind::ChatML);
+  EXPECT_EQ(m.dtype, "bf16");
+}
+
+TEST(Metadata, RoundTripsThroughJson) {
+  const ModelMetadata m = parse_metadata_json(kValid);
+  const ModelMetadata again = parse_metadata_json(to_metadata_json(m));
+  EXPECT_EQ(to_metadata_json(again), to_metadata_json(m));
+}
+
+TEST(Metadata, RejectsBadValuesWithTheKeyInTheMessage) {
+  EXPECT_NE(error_of("not json").find("not valid JSON"), std::string::npos);
+  EXPECT_NE(error_of("[1,2]").find("not a JSON object"), std::string::npos);
+  EXPECT_NE(error_of(with("format_version", "2")).find("format_version 2"), std::string::npos);
+  EXPECT_NE(error_of(with("arch", "\"gpt2\"")).find("gpt2"), std::string::npos);
+  EXPECT_NE(error_of(with("vocab_size", "0")).find("vocab_size"), std::string::npos);
+  EXPECT_NE(error_of(with("vocab_size", "\"big\"")).find("wrong type"), std::string::npos);
+  EXPECT_NE(error_of(with("bos_id", "49152")).find("bos_id"), std::string::npos);
+  EXPECT_NE(error_of(with("stop_ids", "[2, -1]")).find("stop_ids"), std::string::npos);
+  EXPECT_NE(error_of(with("tokenizer", "\"wordpiece\"")).find("wordpiece"), std::string::npos);
+  EXPECT_NE(error_of(with("chat_template", "\"vicuna\"")).find("vicuna"), std::string::npos);
+  EXPECT_NE(error_of(with("dtype", "\"int4\"")).find("int4"), std::string::npos);
+  EXPECT_NE(error_of(R"({"format_version":1})").find("lacks"), std::string::npos);
+}
+
+TEST(Metadata, DefaultsFollowTheLlamaVersion) {
+  const ModelMetadata two = default_metadata(2), three = default_metadata(3);
+  EXPECT_EQ(two.bos_id, 1);
+  EXPECT_EQ(two.stop_ids, std::vector<int>{2});
+  EXPECT_EQ(two.chat_template, ChatTemplateKind::Llama2);
+  EXPECT_EQ(three.bos_id, 128000);
+  EXPECT_EQ(three.stop_ids, (std::vector<int>{128001, 128009}));
+  EXPECT_EQ(three.chat_template, ChatTemplateKind::Llama3);
+  EXPECT_TRUE(two.add_bos && three.add_bos);
+  EXPECT_THROW(default_metadata(4), Error);
+}
+
+}  // namespace
+}  // namespace torchchat
