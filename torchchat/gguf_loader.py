@@ -6,8 +6,8 @@ rebuilt as a Hugging Face tokenizer.json from the metadata (byte-level BPE only)
 """
 from __future__ import annotations
 
+import functools
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -34,11 +34,19 @@ _GLOBAL_NAMES = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weig
 
 
 def open_gguf(path: Path):
-    import gguf
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"GGUF file not found: {path}")
+    stat = path.stat()
+    return _read_gguf(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_gguf(path: str, mtime_ns: int, size: int):
+    # Parsing the metadata of a real model takes seconds (tens of thousands of token strings),
+    # and loading a model reads it twice (weights, then tokenizer); the key notices a changed file.
+    import gguf
+
     try:
         return gguf.GGUFReader(path, "r")
     except Exception as e:  # truncated files fail in numpy memmap/reshape, garbage on the magic

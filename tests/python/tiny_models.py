@@ -301,24 +301,38 @@ def write_gguf(model, path: Path, qtype: str = "F32", embedding_qtype: str | Non
     return path
 
 
-def add_tiny_vocab(w, vocab_size: int) -> None:
+def write_tokenizer_gguf(path: Path, pre: str = "default", add_bos: bool = False, vocab_size: int = 300) -> Path:
+    """A GGUF holding only a tiny byte-level tokenizer (no tensors), for tokenizer tests."""
+    import gguf
+
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name("tiny-tokenizer")
+    add_tiny_vocab(w, vocab_size, pre, add_bos)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def add_tiny_vocab(w, vocab_size: int, pre: str = "default", add_bos: bool = False) -> None:
     """A byte-level ("gpt2") vocabulary: 256 byte tokens, a few merges, control tokens at the end."""
     from torchchat.gguf_loader import _bytes_to_unicode  # GPT-2's byte alphabet, a fixed table
 
     alphabet = list(_bytes_to_unicode().values())
-    merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a"]
+    merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "1 2", "Ġ 1", "Ċ Ċ", "Ġ Ġ"]
     tokens = alphabet + [m.replace(" ", "") for m in merges]
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tokens += [f"<|extra_{i}|>" for i in range(vocab_size - len(tokens) - len(specials))] + specials
     types = [1] * (vocab_size - len(specials)) + [3] * len(specials)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
+    w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
     w.add_bos_token_id(vocab_size - 2)
     w.add_eos_token_id(vocab_size - 1)
-    w.add_add_bos_token(False)
+    w.add_add_bos_token(add_bos)
 
 
 def dequantized_hf_model(model, qtype: str, embedding_qtype: str | None = None):
