@@ -17,6 +17,15 @@ from torchchat.gguf_loader import load_gguf
 from torchchat.model import Transformer
 
 PROMPT = [1, 17, 42, 99, 200, 7, 3]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run several times faster on one thread: no cross-thread sync per small matmul."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 N_NEW = 64
 
 
