@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
@@ -12,8 +13,8 @@
 namespace torchchat {
 namespace {
 
-constexpr char kSoMagic[] = "TCHMETA1";  // must match torchchat/metadata.py SO_MAGIC
-constexpr char kPt2Key[] = "torchchat";
+constexpr char kSoMagic[] = "TCHMETA1";  // torchchat/metadata.py SO_MAGIC
+constexpr char kPt2Key[] = "torchchat";  // torchchat/metadata.py PT2_KEY
 
 enum class Format { So, Pt2 };
 
@@ -29,9 +30,8 @@ Format sniff(const std::string& path) {
 
 // c10::Error messages run over many lines (with a C++ stack trace); keep the first.
 std::string first_line(const std::exception& e) {
-  std::string s = e.what();
-  auto nl = s.find('\n');
-  return nl == std::string::npos ? s : s.substr(0, nl);
+  const std::string s = e.what();
+  return s.substr(0, s.find('\n'));
 }
 
 }  // namespace
@@ -39,14 +39,14 @@ std::string first_line(const std::exception& e) {
 std::string read_so_metadata(const std::string& path) {
   std::ifstream f(path, std::ios::binary | std::ios::ate);
   if (!f) return "";
-  const auto size = static_cast<uint64_t>(f.tellg());
+  const auto size = static_cast<std::uint64_t>(f.tellg());
   if (size < 16) return "";
   char tail[16];
   f.seekg(static_cast<std::streamoff>(size - 16));
   f.read(tail, 16);
   if (std::memcmp(tail + 8, kSoMagic, 8) != 0) return "";
-  uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(tail[i]);  // little-endian
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(tail[i]);  // little-endian u64
   if (n > size - 16 || n > (1u << 20)) return "";
   std::string json(n, '\0');
   f.seekg(static_cast<std::streamoff>(size - 16 - n));
@@ -54,56 +54,79 @@ std::string read_so_metadata(const std::string& path) {
   return f ? json : "";
 }
 
-struct AotiModel::Impl {
+struct AotiBackend::Model {
   std::unique_ptr<torch::inductor::AOTIModelContainerRunnerCpu> so;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> pt2;
-  at::Tensor logits;  // kept alive while the caller reads the last row
+  at::Tensor logits;  // the last call's output, alive while the caller reads it
 
   std::vector<at::Tensor> run(const std::vector<at::Tensor>& inputs) {
     return so ? so->run(inputs) : pt2->run(inputs);
   }
 };
 
-AotiModel::AotiModel(const std::string& path) : impl_(std::make_unique<Impl>()) {
+AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_unique<Model>()) {
+  const std::string& path = options.model_path;
   const Format format = sniff(path);
+  std::string json;
   try {
     if (format == Format::So) {
-      // Metadata first: a truncated library has lost its trailer, and dlopen of a
-      // truncated ELF can fail in unhelpful ways.
-      metadata_json_ = read_so_metadata(path);
-      if (metadata_json_.empty())
+      // Metadata first: a truncated library has lost its trailer, and a foreign one
+      // never had it; either way we stop before dlopen.
+      json = read_so_metadata(path);
+      if (json.empty())
         throw Error(path + ": no torchchat metadata (truncated, or not exported by `torchchat.py export`)");
       // dlopen searches the library path for a bare file name: make it a path.
       const std::string so_path = path.find('/') == std::string::npos ? "./" + path : path;
-      impl_->so = std::make_unique<torch::inductor::AOTIModelContainerRunnerCpu>(so_path, 1);
+      model_->so = std::make_unique<torch::inductor::AOTIModelContainerRunnerCpu>(so_path, 1);
     } else {
-      impl_->pt2 = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path);
-      auto meta = impl_->pt2->get_metadata();
-      auto it = meta.find(kPt2Key);
-      if (it == meta.end())
-        throw Error(path + ": no torchchat metadata (not exported by `torchchat.py export`)");
-      metadata_json_ = it->second;
+      model_->pt2 = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path);
+      const auto meta = model_->pt2->get_metadata();
+      const auto it = meta.find(kPt2Key);
+      if (it == meta.end()) throw Error(path + ": no torchchat metadata (not exported by `torchchat.py export`)");
+      json = it->second;
     }
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
     throw Error(path + ": cannot load the model: " + first_line(e));
   }
+  try {
+    metadata_ = parse_metadata_json(json);
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  }
+  // For tests: every forward() call appended as a JSON line (what the model was fed).
+  if (const char* trace = std::getenv("TORCHCHAT_AOTI_TRACE")) trace_path_ = trace;
 }
 
-AotiModel::~AotiModel() = default;
+AotiBackend::~AotiBackend() = default;
 
-const float* AotiModel::forward(const int64_t* tokens, int n, int start_pos) {
-  try {
-    at::Tensor ids = at::from_blob(const_cast<int64_t*>(tokens), {1, n}, at::kLong);
-    at::Tensor pos = at::arange(start_pos, start_pos + n, at::kLong);
-    auto out = impl_->run({ids, pos});
-    // [1, n, vocab] fp32: keep the last row, contiguous.
-    impl_->logits = out.at(0).select(1, n - 1).contiguous();
-    return impl_->logits.data_ptr<float>();
-  } catch (const std::exception& e) {
-    throw Error("model run failed: " + first_line(e));
+std::span<const float> AotiBackend::forward(const std::int64_t* tokens, int n, int start_pos) {
+  // Checked here because the compiled model reports out-of-range indices with a
+  // stack trace on stderr before it throws.
+  if (n < 1 || start_pos < 0 || start_pos + n > metadata_.max_seq_len) {
+    throw Error(std::to_string(n) + " tokens at position " + std::to_string(start_pos) +
+                " do not fit the model's context of " + std::to_string(metadata_.max_seq_len));
   }
+  for (int i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= metadata_.vocab_size)
+      throw Error("token id " + std::to_string(tokens[i]) + " is outside the model's vocabulary");
+  }
+  if (!trace_path_.empty()) {
+    std::ofstream trace(trace_path_, std::ios::app);
+    trace << "{\"start_pos\": " << start_pos << ", \"tokens\": [";
+    for (int i = 0; i < n; ++i) trace << (i ? ", " : "") << tokens[i];
+    trace << "]}\n";
+  }
+  try {
+    const at::Tensor ids = at::from_blob(const_cast<std::int64_t*>(tokens), {1, n}, at::kLong);
+    const at::Tensor pos = at::arange(start_pos, start_pos + n, at::kLong);
+    const std::vector<at::Tensor> out = model_->run({ids, pos});
+    model_->logits = out.at(0).select(1, n - 1).to(at::kFloat).contiguous();  // [1, vocab]
+  } catch (const std::exception& e) {
+    throw Error("the model failed: " + first_line(e));
+  }
+  return {model_->logits.data_ptr<float>(), static_cast<std::size_t>(metadata_.vocab_size)};
 }
 
 }  // namespace torchchat

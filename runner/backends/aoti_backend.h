@@ -1,33 +1,32 @@
 #pragma once
-// AOT Inductor backend: runs a model exported by `torchchat.py export` as a bare shared
-// library (--output-dso-path, .so) or as a package (--output-aoti-package-path, .pt2).
-// The format is told by the file's first bytes, not its name. Either file carries the
+// AOT Inductor backend: runs a model exported by `torchchat.py export`, either as a
+// bare shared library (--output-dso-path, .so) or as a package (--output-aoti-package-path,
+// .pt2). The format is told by the file's first bytes, not its name. Both carry the
 // model's metadata JSON (torchchat/metadata.py): a trailer appended to the .so, the
-// "torchchat" entry of the package metadata in the .pt2.
+// "torchchat" entry of the package metadata in the .pt2. The KV cache lives inside
+// the compiled model (mutated buffers), so forward() is all there is.
 
-#include <cstdint>
 #include <memory>
 #include <string>
-#include <vector>
+
+#include "torchchat/backend.h"
 
 namespace torchchat {
 
-class AotiModel {
+class AotiBackend final : public Backend {
  public:
   // Throws torchchat::Error (one line) for a missing, foreign, truncated or unloadable file.
-  explicit AotiModel(const std::string& path);
-  ~AotiModel();
+  explicit AotiBackend(const BackendOptions& options);
+  ~AotiBackend() override;
 
-  const std::string& metadata_json() const { return metadata_json_; }
-
-  // Feeds tokens[0..n) at positions start_pos.. and returns the logits of the last
-  // position (vocab_size floats, valid until the next call). The KV cache lives inside.
-  const float* forward(const int64_t* tokens, int n, int start_pos);
+  const ModelMetadata& metadata() const override { return metadata_; }
+  std::span<const float> forward(const std::int64_t* tokens, int n, int start_pos) override;
 
  private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
-  std::string metadata_json_;
+  struct Model;  // libtorch types stay out of this header
+  std::unique_ptr<Model> model_;
+  ModelMetadata metadata_;
+  std::string trace_path_;
 };
 
 // The metadata JSON appended to an exported .so, or "" if there is none.

@@ -10,6 +10,7 @@
 // The model is assumed to be what utils/tokenizer.py accepts: BPE, identity
 // normalization, dummy prefix, no whitespace collapsing.
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -75,6 +76,7 @@ class SentencePieceTokenizer final : public Tokenizer {
     }
     // llama2.c's convention when a file has no "<unk>" piece.
     if (unk_id_ < 0) unk_id_ = 0;
+    byte_fallback_ = std::find(byte_ids_.begin(), byte_ids_.end(), -1) == byte_ids_.end();
   }
 
   TokenizerKind kind() const override { return TokenizerKind::SentencePiece; }
@@ -112,15 +114,22 @@ class SentencePieceTokenizer final : public Tokenizer {
       return BpeMerge{-static_cast<double>(scores_[it->second]), it->second};
     };
 
+    bool previous_unknown = false;
     for (const BpeSymbol& symbol : bpe_merge(symbols, merge_of)) {
       const std::string_view piece = view.substr(symbol.begin, symbol.length);
-      if (symbol.id >= 0) {
-        ids.push_back(symbol.id);
-      } else if (const auto it = normal_ids_.find(piece); it != normal_ids_.end()) {
-        ids.push_back(it->second);
-      } else {
-        append_fallback(piece, ids);
+      int id = symbol.id;
+      if (id < 0) {
+        if (const auto it = normal_ids_.find(piece); it != normal_ids_.end()) id = it->second;
       }
+      if (id >= 0) {
+        ids.push_back(id);
+      } else if (byte_fallback_) {
+        // An unknown character becomes its UTF-8 bytes as byte pieces.
+        for (const char c : piece) ids.push_back(byte_ids_[static_cast<unsigned char>(c)]);
+      } else if (!previous_unknown) {
+        ids.push_back(unk_id_);  // sentencepiece merges a run of unknown characters into one <unk>
+      }
+      previous_unknown = id < 0;
     }
     return ids;
   }
@@ -185,24 +194,13 @@ class SentencePieceTokenizer final : public Tokenizer {
   }
 
  private:
-  // A piece that is not in the vocabulary: its UTF-8 bytes as byte pieces
-  // (byte fallback), or <unk> for a model without them.
-  void append_fallback(std::string_view piece, std::vector<int>& ids) const {
-    for (const char c : piece) {
-      if (byte_ids_[static_cast<unsigned char>(c)] < 0) {
-        ids.push_back(unk_id_);
-        return;
-      }
-    }
-    for (const char c : piece) ids.push_back(byte_ids_[static_cast<unsigned char>(c)]);
-  }
-
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
   std::vector<PieceType> types_;
   std::unordered_map<std::string_view, int> normal_ids_;  // views into pieces_
   std::array<int, 256> byte_ids_{};
   int unk_id_ = -1;
+  bool byte_fallback_ = false;  // all 256 byte pieces are present
 };
 
 template <class T>
