@@ -31,9 +31,10 @@ fi
 case "$target" in
     core) ;;
     aoti)
-        # AOTI issue: add -DTORCHCHAT_BUILD_AOTI=ON (and Torch's CMAKE_PREFIX_PATH) here.
-        echo "error: the aoti runner is not yet available (next issue); built targets: core" >&2
-        exit 1 ;;
+        # libtorch ships in the torch wheel: find_package(Torch) through its CMake prefix.
+        torch_prefix=$(python3 -c 'import torch.utils; print(torch.utils.cmake_prefix_path)') || {
+            echo "error: cannot import torch (run scripts/setup.sh)" >&2; exit 1; }
+        cmake_args+=(-DTORCHCHAT_BUILD_AOTI=ON "-DCMAKE_PREFIX_PATH=$torch_prefix") ;;
     et)
         # ExecuTorch issue: set up ExecuTorch and add -DTORCHCHAT_BUILD_ET=ON here.
         echo "error: the et runner is not yet available (next issue); built targets: core" >&2

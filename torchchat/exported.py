@@ -45,7 +45,7 @@ class AOTIDecoder:
                 raise UserError(f"{path}: no torchchat metadata (export it with `torchchat.py export`)")
             self.info, self.dtype = metadata.from_json(text, where)
             try:
-                runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(path), 1)
+                runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(path.resolve()), 1)  # dlopen needs a slash
             except RuntimeError as e:
                 raise UserError(f"{path}: cannot load the shared library: {first_line(e)}") from None
             self._run = lambda tokens, pos: runner.run([tokens, pos])[0]

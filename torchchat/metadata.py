@@ -30,6 +30,8 @@ TOKENIZER_KINDS = ("sentencepiece", "tiktoken", "hf_bpe")
 
 
 def to_json(info: ModelInfo, dtype: str) -> str:
+    if info.bos_id is None and info.add_bos:
+        raise UserError("the tokenizer adds a BOS token but has none")
     if info.tokenizer_kind not in TOKENIZER_KINDS:
         raise UserError(f"tokenizer kind '{info.tokenizer_kind}' cannot be exported (known: {', '.join(TOKENIZER_KINDS)})")
     return json.dumps({
@@ -37,7 +39,8 @@ def to_json(info: ModelInfo, dtype: str) -> str:
         "arch": "llama",
         "vocab_size": info.vocab_size,
         "max_seq_len": info.max_seq_len,
-        "bos_id": info.bos_id if info.bos_id is not None else -1,
+        # The runner wants an id in range; a model without BOS never adds one (add_bos false).
+        "bos_id": info.bos_id if info.bos_id is not None else 0,
         "add_bos": bool(info.add_bos),
         "stop_ids": [int(i) for i in info.stop_ids],
         "tokenizer": info.tokenizer_kind,
@@ -52,11 +55,10 @@ def from_json(text: str, where: str) -> tuple[ModelInfo, str]:
         d = json.loads(text)
         if d.get("format_version") != FORMAT_VERSION or d.get("arch") != "llama":
             raise UserError(f"{where}: unsupported metadata (format_version {d.get('format_version')}, arch {d.get('arch')})")
-        bos = int(d["bos_id"])
         info = ModelInfo(
             vocab_size=int(d["vocab_size"]),
             max_seq_len=int(d["max_seq_len"]),
-            bos_id=bos if bos >= 0 else None,
+            bos_id=int(d["bos_id"]),
             add_bos=bool(d["add_bos"]),
             stop_ids=[int(i) for i in d["stop_ids"]],
             tokenizer_kind=str(d["tokenizer"]),
