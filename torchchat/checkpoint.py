@@ -112,6 +112,8 @@ def _load_pickle(path: Path, params_path: Optional[Path]) -> tuple[ModelArgs, St
         return _meta_args_and_weights(params, state_dict, path)
     if not all(isinstance(v, Tensor) for v in obj.values()):
         raise UserError(f"{path}: not a llama state dict")
+    if "model.embed_tokens.weight" in obj or any(k.startswith("model.layers.") for k in obj):
+        return load_hf(path, params_path, raw=obj)  # pytorch_model.bin: HF names, config.json beside
     shards = _sibling_shards(path)
     if len(shards) > 1:
         return load_meta(shards, params_path or path.parent / "params.json", first=obj)
@@ -252,16 +254,16 @@ _HF_LAYER_NAMES = {
 }
 
 
-def load_hf(path: Path, config_path: Optional[Path] = None) -> tuple[ModelArgs, StateDict]:
+def load_hf(path: Path, config_path: Optional[Path] = None, raw: Optional[StateDict] = None) -> tuple[ModelArgs, StateDict]:
     folder = path if path.is_dir() else path.parent
     config_path = config_path or folder / "config.json"
     if not config_path.is_file():
-        raise UserError(f"{path}: config.json not found beside the safetensors; give --params-path")
+        raise UserError(f"{path}: config.json not found beside the Hugging Face weights; give --params-path")
     config = read_json(config_path)
-    files = _safetensors_files(path, folder)
-    raw = {}
-    for f in files:
-        raw.update(read_safetensors(f))
+    if raw is None:
+        raw = {}
+        for f in _safetensors_files(path, folder):
+            raw.update(read_safetensors(f))
     args = hf_model_args(config, config_path)
     state_dict = {}
     for name, tensor in raw.items():

@@ -62,8 +62,6 @@ def field(reader, key: str, default: Any = None) -> Any:
 
 
 def load_gguf(path: Path) -> tuple[ModelArgs, dict[str, Tensor]]:
-    import gguf
-
     path = Path(path)
     reader = open_gguf(path)
     arch = field(reader, "general.architecture")

@@ -142,6 +142,39 @@ def test_hf_safetensors(ref, tmp_path, shard_size):
     assert_matches(args, sd, ref)
 
 
+def test_hf_config_in_transformers4_style(tmp_path):
+    """Older config.json: rope_theta at the top level and rope_scaling with "rope_type"."""
+    import json
+
+    ref = Reference(tm.tiny_hf_model("llama3"))
+    folder = tm.write_hf(ref.hf, tmp_path / "hf")
+    config = json.loads((folder / "config.json").read_text())
+    rope = config.pop("rope_parameters")
+    config["rope_theta"] = rope.pop("rope_theta")
+    config["rope_scaling"] = rope
+    (folder / "config.json").write_text(json.dumps(config))
+    args, sd = load_checkpoint(folder)
+    assert args.rope_theta == 500000.0 and args.rope_scaling["factor"] == 8.0
+    assert_matches(args, sd, ref)
+
+
+def test_legacy_pickle_format(llama2_ref, tmp_path):
+    """torch.save's pre-1.6 format cannot be memory-mapped; it still loads."""
+    path = tmp_path / "model.pth"
+    torch.save(tm.meta_state_dict(llama2_ref.hf), path, _use_new_zipfile_serialization=False)
+    (tmp_path / "params.json").write_text(__import__("json").dumps(tm.meta_params(llama2_ref.hf)))
+    args, sd = load_checkpoint(path)
+    assert_matches(args, sd, llama2_ref)
+
+
+def test_hf_pytorch_model_bin(llama2_ref, tmp_path):
+    folder = tm.write_hf(llama2_ref.hf, tmp_path / "hf")
+    (folder / "model.safetensors").unlink()
+    torch.save(llama2_ref.hf.state_dict(), folder / "pytorch_model.bin")
+    args, sd = load_checkpoint(folder / "pytorch_model.bin")
+    assert_matches(args, sd, llama2_ref)
+
+
 def test_detection_by_content_not_name(llama2_ref, tmp_path):
     hf_dir = tm.write_hf(llama2_ref.hf, tmp_path / "hf")
     (hf_dir / "model.safetensors").rename(hf_dir / "weights.pt")
