@@ -136,7 +136,7 @@ int run_main(int argc, const char* const* argv, const BackendFactory& make_backe
   try {
     options = parse_cli(argc, argv);
   } catch (const UsageError& e) {
-    err << "error: " << e.what() << "\n" << usage_text(program);
+    err << error_line(e.what()) << usage_text(program);
     return 2;
   }
   if (options.help) {
@@ -146,9 +146,9 @@ int run_main(int argc, const char* const* argv, const BackendFactory& make_backe
   try {
     return run(options, make_backend, in, out, err);
   } catch (const std::bad_alloc&) {
-    err << "error: out of memory\n";
+    err << error_line("out of memory");
   } catch (const std::exception& e) {  // torchchat::Error, and anything a backend lets through
-    err << "error: " << e.what() << "\n";
+    err << error_line(e.what());
   }
   return 1;
 }

@@ -95,11 +95,11 @@ int main(int argc, char** argv) {
   try {
     return run(argc, argv);
   } catch (const torchchat::Error& e) {
-    std::cerr << "error: " << e.what() << "\n";
+    std::cerr << torchchat::error_line(e.what());
   } catch (const json::exception& e) {
-    std::cerr << "error: bad input line: " << e.what() << "\n";
+    std::cerr << torchchat::error_line(std::string("bad input line: ") + e.what());
   } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
+    std::cerr << torchchat::error_line(e.what());
   }
   return 1;
 }

@@ -25,6 +25,7 @@ ToyBackend::ToyBackend(const BackendOptions& options) {
     reply_ = model.value("reply", std::vector<int>{});
     stop_id_ = model.value("stop_id", metadata_.stop_ids.empty() ? 0 : metadata_.stop_ids.front());
     trace_path_ = model.value("trace", std::string());
+    uniform_ = model.value("uniform", false);
   } catch (const json::exception& e) {
     throw Error("toy model '" + options.model_path + "' is malformed: " + e.what());
   }
@@ -47,6 +48,7 @@ std::span<const float> ToyBackend::forward(const std::int64_t* tokens, int n, in
   const int next = reply_index_ < reply_.size() ? reply_[reply_index_] : stop_id_;
   ++reply_index_;
   std::fill(logits_.begin(), logits_.end(), 0.0f);
+  if (uniform_) return logits_;
   if (next >= 0 && next < metadata_.vocab_size) logits_[next] = 100.0f;  // certain at any temperature
   return logits_;
 }

@@ -6,6 +6,7 @@
 //    "reply": [ids...],           // what it "predicts" after each prompt, in order
 //    "stop_id": 2,                // predicted once the reply is exhausted
 //    "metadata": {...},           // optional: the artifact metadata (as the exporter writes it)
+//    "uniform": true,             // optional: all logits equal instead (output = the sampler's RNG)
 //    "trace": "path"}             // optional: appends every forward() call as a JSON line
 //
 // It is also the reference for backend authors: metadata from the artifact
@@ -30,6 +31,7 @@ class ToyBackend final : public Backend {
   std::vector<int> reply_;
   int stop_id_ = 0;
   std::string trace_path_;
+  bool uniform_ = false;
   std::size_t reply_index_ = 0;
   std::vector<float> logits_;
 };

@@ -172,3 +172,35 @@ def sentencepiece_models(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
         assert converted.returncode == 0, converted.stderr
         result[name] = (model, model.with_suffix(".bin"))
     return result
+
+
+@pytest.fixture(scope="session")
+def small_hf_tokenizer_json(tmp_path_factory) -> Path:
+    """A small byte-level BPE tokenizer.json trained here by the tokenizers library."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    tokenizer = ByteLevelBPETokenizer()
+    tokenizer.train_from_iterator(
+        make_corpus(seed=99, size=1500), vocab_size=600, min_frequency=2,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], show_progress=False,
+    )
+    path = tmp_path_factory.mktemp("small_hf") / "tokenizer.json"
+    tokenizer.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_tiktoken_model(tmp_path_factory, llama3_tokenizer_model) -> Path:
+    """The first 1,000 ranks of Llama 3's tokenizer.model (all 256 bytes are among them)."""
+    lines = llama3_tokenizer_model.read_bytes().split(b"\n")[:1000]
+    path = tmp_path_factory.mktemp("small_tiktoken") / "tokenizer.model"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess) -> None:
+    """Exit 1 with exactly one line, 'error: ...', on stderr; no crash, no sanitizer report."""
+    assert result.returncode == 1, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    assert "Sanitizer" not in result.stderr and "runtime error:" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.split("\n")
+    assert len(lines) == 2 and lines[1] == "" and lines[0].startswith("error: "), result.stderr[-2000:]

@@ -7,6 +7,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace torchchat {
 
@@ -14,5 +15,9 @@ class Error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+// "error: <message>\n" with control characters in the message (which may
+// quote a file's bytes or a path) escaped, so it is always exactly one line.
+std::string error_line(std::string_view message);
 
 }  // namespace torchchat
