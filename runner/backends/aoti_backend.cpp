@@ -1,10 +1,12 @@
 #include "aoti_backend.h"
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <c10/util/Logging.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/csrc/inductor/aoti_runner/model_container_runner_cpu.h>
 
@@ -79,7 +81,17 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
       const std::string so_path = path.find('/') == std::string::npos ? "./" + path : path;
       model_->so = std::make_unique<torch::inductor::AOTIModelContainerRunnerCpu>(so_path, 1);
     } else {
-      model_->pt2 = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path);
+      // The loader logs warnings about foreign zips before it throws; the error we
+      // raise says it in one line.
+      const int log_level = FLAGS_caffe2_log_level;
+      FLAGS_caffe2_log_level = std::max(log_level, 2);  // errors only
+      try {
+        model_->pt2 = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path);
+      } catch (...) {
+        FLAGS_caffe2_log_level = log_level;
+        throw;
+      }
+      FLAGS_caffe2_log_level = log_level;
       const auto meta = model_->pt2->get_metadata();
       const auto it = meta.find(kPt2Key);
       if (it == meta.end()) throw Error(path + ": no torchchat metadata (not exported by `torchchat.py export`)");
