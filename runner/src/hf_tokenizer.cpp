@@ -10,7 +10,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <array>
+#include <memory>
 #include <unordered_map>
 
 #include "bpe_merge.h"
@@ -355,10 +357,11 @@ SplitBehavior parse_behavior(const std::string& name) {
   throw Error("unsupported Split behavior '" + name + "'");
 }
 
-void parse_pre_tokenizer(const json& node, std::vector<PreTokenizerStep>& steps, bool& has_byte_level) {
+void parse_pre_tokenizer(const json& node, std::vector<PreTokenizerStep>& steps, bool& has_byte_level, int depth = 0) {
+  if (depth > 16) throw Error("pre_tokenizer Sequences are nested too deeply");
   const std::string type = node.at("type").get<std::string>();
   if (type == "Sequence") {
-    for (const json& child : node.at("pretokenizers")) parse_pre_tokenizer(child, steps, has_byte_level);
+    for (const json& child : node.at("pretokenizers")) parse_pre_tokenizer(child, steps, has_byte_level, depth + 1);
   } else if (type == "ByteLevel") {
     PreTokenizerStep step;
     step.kind = PreTokenizerStep::Kind::ByteLevel;
@@ -400,6 +403,10 @@ std::pair<std::string, std::string> parse_merge(const json& merge) {
   return {text.substr(0, space), text.substr(space + 1)};
 }
 
+// Looks at node[key] without copying it (a copy of a deeply nested value
+// would recurse as deep as the nesting).
+bool is_null_or_absent(const json& node, const char* key) { return !node.contains(key) || node.at(key).is_null(); }
+
 bool is_empty_or_null(const json& node, const char* key) {
   return !node.contains(key) || node.at(key).is_null() || (node.at(key).is_string() && node.at(key).get<std::string>().empty());
 }
@@ -413,7 +420,7 @@ HfBpeTokenizer::Config parse_config(const json& root) {
     throw Error("BPE with a continuing_subword_prefix or end_of_word_suffix is not supported");
   }
   if (model.value("byte_fallback", false)) throw Error("BPE with byte_fallback (SentencePiece-style) is not supported");
-  if (!model.value("dropout", json()).is_null()) throw Error("BPE dropout is not supported");
+  if (!is_null_or_absent(model, "dropout")) throw Error("BPE dropout is not supported");
   config.ignore_merges = model.value("ignore_merges", false);
 
   for (const auto& [token, id] : model.at("vocab").items()) {
@@ -438,11 +445,15 @@ HfBpeTokenizer::Config parse_config(const json& root) {
     }
   }
 
-  if (!root.value("normalizer", json()).is_null()) {
-    throw Error("unsupported normalizer '" + root.at("normalizer").value("type", std::string("?")) + "' (only none)");
+  if (!is_null_or_absent(root, "normalizer")) {
+    const json& normalizer = root.at("normalizer");
+    const std::string type = normalizer.is_object() && normalizer.contains("type") && normalizer.at("type").is_string()
+                                 ? normalizer.at("type").get<std::string>()
+                                 : "?";
+    throw Error("unsupported normalizer '" + type + "' (only none)");
   }
   bool has_byte_level = false;
-  if (!root.value("pre_tokenizer", json()).is_null()) parse_pre_tokenizer(root.at("pre_tokenizer"), config.pre_tokenizer, has_byte_level);
+  if (!is_null_or_absent(root, "pre_tokenizer")) parse_pre_tokenizer(root.at("pre_tokenizer"), config.pre_tokenizer, has_byte_level);
   if (!has_byte_level) throw Error("not a byte-level BPE tokenizer (no ByteLevel pre-tokenizer)");
   return config;
 }

@@ -55,7 +55,8 @@ ModelMetadata parse_metadata_json(const std::string& text) {
   m.add_bos = require(root, "add_bos", json::value_t::boolean).get<bool>();
   for (const json& id : require(root, "stop_ids", json::value_t::array)) {
     if (!id.is_number_integer() || id.get<long long>() < 0 || id.get<long long>() >= m.vocab_size) {
-      throw Error("model metadata \"stop_ids\" has an invalid id: " + id.dump());
+      throw Error("model metadata \"stop_ids\" has an invalid id" +
+                  (id.is_number_integer() ? ": " + std::to_string(id.get<long long>()) : std::string(" (not an integer)")));
     }
     m.stop_ids.push_back(id.get<int>());
   }

@@ -26,6 +26,10 @@ class SpecialTokenMatcher {
     int id = -1;
   };
 
+  SpecialTokenMatcher() = default;
+  SpecialTokenMatcher(const SpecialTokenMatcher&) = delete;  // holds pointers into its own map
+  SpecialTokenMatcher& operator=(const SpecialTokenMatcher&) = delete;
+
   void add(std::string text, int id);
   bool empty() const { return tokens_.empty(); }
   std::optional<int> find_exact(std::string_view text) const;

@@ -33,13 +33,17 @@ def bad_files(tmp_path_factory, sentencepiece_models, small_tiktoken_model, smal
     write("bin_header_only", data[:4])
     write("bin_cut_in_header", data[:4 + 5])
     write("bin_cut_mid_piece", data[:-1])
-    write("bin_cut_half", data[: len(data) // 2 + 3] if False else cut_mid_record(data))
+    write("bin_cut_half", cut_mid_record(data))
     write("bin_bad_length", data[:4] + b"\x00\x00\x00\x00" + b"\xff\xff\xff\x7f" + data[12:])
 
     lines = small_tiktoken_model.read_bytes().split(b"\n")
     write("tiktoken_cut_mid_line", b"\n".join(lines[:500]) + b"\n" + lines[500][:3])
     write("tiktoken_bad_base64", b"\n".join(lines[:10] + [b"!!!! 10"] + lines[11:]))
     write("tiktoken_bad_rank", b"\n".join(lines[:10] + [lines[10].split(b" ")[0] + b" -4"] + lines[11:]))
+
+    nested = b'{"type":"Sequence","pretokenizers":[' * 50000 + b"]}" * 50000
+    write("json_deeply_nested", b'{"model":{"type":"BPE","vocab":{"a":0},"merges":[]},"pre_tokenizer":' + nested + b"}")
+    write("json_deep_arrays", b'{"model":' + b"[" * 500000 + b"]" * 500000 + b"}")
 
     text = small_hf_tokenizer_json.read_bytes()
     write("json_cut", text[: len(text) // 2])
@@ -66,7 +70,7 @@ BAD = [
     "missing", "directory", "empty", "one_byte", "garbage_random", "garbage_text", "garbage_json_array",
     "json_wrong_types", "sentencepiece_model_unconverted", "bin_header_only", "bin_cut_in_header",
     "bin_cut_mid_piece", "bin_cut_half", "bin_bad_length", "tiktoken_cut_mid_line", "tiktoken_bad_base64",
-    "tiktoken_bad_rank", "json_cut", "json_cut_early",
+    "tiktoken_bad_rank", "json_cut", "json_cut_early", "json_deeply_nested", "json_deep_arrays",
 ]
 
 

@@ -26,6 +26,8 @@ std::optional<TokenizerKind> parse_tokenizer_kind(std::string_view name);
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
+  Tokenizer(const Tokenizer&) = delete;  // implementations hold views into their own tables
+  Tokenizer& operator=(const Tokenizer&) = delete;
 
   virtual TokenizerKind kind() const = 0;
 
@@ -47,6 +49,9 @@ class Tokenizer {
 
   // The id of a special token given its text ("<|eot_id|>"), if there is one.
   virtual std::optional<int> special_token_id(std::string_view text) const = 0;
+
+ protected:
+  Tokenizer() = default;
 };
 
 // Reads and parses a tokenizer file of any of the three formats.
