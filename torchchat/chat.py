@@ -41,6 +41,16 @@ def render_turn(template: str, user: str, system: Optional[str], first: bool) ->
     raise UserError(f"unknown chat template '{template}' (known: {', '.join(TEMPLATES)})")
 
 
+END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}
+
+
+def end_of_turn_id(tokenizer, info) -> int:
+    """The token that closes an assistant turn in this template (llama2: eos)."""
+    marker = END_OF_TURN.get(info.chat_template)
+    token = tokenizer.token_id(marker) if marker else None
+    return token if token is not None else info.stop_ids[0]
+
+
 class Conversation:
     """Turns a user message into the tokens to feed next, given what the cache already holds."""
 
@@ -66,7 +76,7 @@ def chat_loop(model: Decoder, tokenizer, info, sampler: Sampler, max_new_tokens:
     stdin, out = stdin or sys.stdin, out or sys.stdout
     if info.chat_template == "none":
         raise UserError("this model has no chat template; use `generate` instead")
-    conv = Conversation(tokenizer, info.chat_template, info.stop_ids[0], system)
+    conv = Conversation(tokenizer, info.chat_template, end_of_turn_id(tokenizer, info), system)
     pos = 0
     interactive = stdin.isatty()
     if interactive:

@@ -99,13 +99,13 @@ def prepare(args):
     from torchchat.generate import SamplingConfig, Sampler
     from torchchat.loader import load_model
 
-    sampler = Sampler(SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed))
+    config = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
+    config.validate()
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     exported = getattr(args, "dso_path", None) or getattr(args, "aoti_package_path", None)
-    if exported:
-        return load_exported_model(args, exported), sampler
-    return load_model(args), sampler
+    loaded = load_exported_model(args, exported) if exported else load_model(args)
+    return loaded, Sampler(config, vocab_size=loaded.tokenizer.vocab_size)
 
 
 def load_exported_model(args, path: str):

@@ -46,15 +46,19 @@ class SamplingConfig:
 class Sampler:
     """Greedy, temperature, top-k and top-p sampling with its own seeded generator."""
 
-    def __init__(self, config: SamplingConfig):
+    def __init__(self, config: SamplingConfig, vocab_size: Optional[int] = None):
         config.validate()
-        self.config = config
+        # Models often pad their embedding table past the tokenizer's vocabulary; the
+        # padding rows are no tokens, so they are never sampled.
+        self.config, self.vocab_size = config, vocab_size
         self.generator = torch.Generator()
         self.generator.manual_seed(config.seed if config.seed is not None else int(time.time_ns()))
 
     def __call__(self, logits: Tensor) -> int:
         """logits [vocab] (fp32) -> token id."""
         c = self.config
+        if self.vocab_size is not None:
+            logits = logits[: self.vocab_size]
         if c.temperature == 0:
             return int(torch.argmax(logits))
         logits = logits / c.temperature

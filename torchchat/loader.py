@@ -83,7 +83,7 @@ def resolve_paths(args) -> tuple[Path, Optional[Path], Optional[Path], Optional[
     if explicit:
         checkpoint = Path(explicit)
         tokenizer = Path(args.tokenizer_path) if args.tokenizer_path else None
-        if tokenizer is None:
+        if tokenizer is None and checkpoint.suffix != ".gguf":
             for name in ("tokenizer.json", "tokenizer.model"):
                 if (checkpoint.parent / name).is_file():
                     tokenizer = checkpoint.parent / name
@@ -96,6 +96,8 @@ def resolve_paths(args) -> tuple[Path, Optional[Path], Optional[Path], Optional[
 
     files = registry.model_files(args.model)
     tokenizer = Path(args.tokenizer_path) if args.tokenizer_path else files.tokenizer
+    if files.checkpoint.suffix == ".gguf" and not args.tokenizer_path:
+        tokenizer = None  # the GGUF's own tokenizer keeps its bos/eos ids; tokenizer.json is for the runner
     params = Path(args.params_path) if args.params_path else files.params
     return files.checkpoint, tokenizer, params, files.entry.chat_template
 
@@ -105,15 +107,7 @@ def load_tokenizer_for(checkpoint: Path, tokenizer_path: Optional[Path]):
 
     if tokenizer_path is None:
         if checkpoint.suffix == ".gguf" and checkpoint.is_file():
-            # A GGUF carries its tokenizer; rebuild it rather than ask for a file.
-            import tempfile
-
-            from torchchat.gguf_loader import gguf_tokenizer_json
-
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "tokenizer.json"
-                path.write_text(gguf_tokenizer_json(checkpoint))
-                return load_tokenizer(path)
+            return load_tokenizer(checkpoint)  # a GGUF carries its tokenizer (and its bos/eos ids)
         raise UserError(f"no tokenizer found beside {checkpoint}; give --tokenizer-path")
     return load_tokenizer(tokenizer_path)
 

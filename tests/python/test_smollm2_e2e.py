@@ -84,11 +84,11 @@ def test_raw_prompt_greedy_matches_transformers(hf, ours, prompt):
 
 @pytest.mark.parametrize("system,user", CHATS)
 def test_chat_template_and_greedy_match_transformers(hf, ours, system, user):
-    from torchchat.chat import Conversation
+    from torchchat.chat import Conversation, end_of_turn_id
 
     model, tok = hf
     loaded, _ = ours
-    conv = Conversation(loaded.tokenizer, loaded.info.chat_template, loaded.info.stop_ids[0], system)
+    conv = Conversation(loaded.tokenizer, loaded.info.chat_template, end_of_turn_id(loaded.tokenizer, loaded.info), system)
     ids = conv.turn_tokens(user)
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     want_ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
