@@ -11,7 +11,7 @@ import copy
 import json
 
 import pytest
-from conftest import tokenize_lines
+from conftest import available_builds, binary, tokenize_lines
 
 BOUNDARY_MARK = "\u2581"  # sentencepiece reads it as a space, so it cannot round-trip
 
@@ -40,9 +40,10 @@ def test_corpus_is_large_and_varied(corpus):
         assert sample in joined
 
 
-def test_tiktoken_llama3(tokenize_tool, llama3_tokenizer_model, llama3_reference, corpus):
+@pytest.mark.parametrize("build", available_builds())
+def test_tiktoken_llama3(build, llama3_tokenizer_model, llama3_reference, corpus):
     check_parity(
-        tokenize_tool, llama3_tokenizer_model, corpus,
+        binary("tokenize", build), llama3_tokenizer_model, corpus,
         lambda text: llama3_reference.encode(text, allowed_special="all"),
         llama3_reference.decode,
     )
@@ -57,12 +58,13 @@ def test_tokenizer_info(tokenize_tool, llama3_tokenizer_model, smollm2_tokenizer
         assert json.loads(result.stdout) == {"kind": kind, "vocab_size": size}
 
 
-def test_hf_smollm2(tokenize_tool, smollm2_tokenizer_json, corpus):
+@pytest.mark.parametrize("build", available_builds())
+def test_hf_smollm2(build, smollm2_tokenizer_json, corpus):
     from tokenizers import Tokenizer
 
     reference = Tokenizer.from_file(str(smollm2_tokenizer_json))
     check_parity(
-        tokenize_tool, smollm2_tokenizer_json, corpus,
+        binary("tokenize", build), smollm2_tokenizer_json, corpus,
         lambda text: reference.encode(text, add_special_tokens=False).ids,
         lambda ids: reference.decode(ids, skip_special_tokens=False),
     )
@@ -116,13 +118,25 @@ def test_hf_pre_tokenizer_variants(tokenize_tool, smollm2_tokenizer_json, corpus
     assert not mismatches, f"{len(mismatches)} encodings differ, first: {mismatches[0]!r}"
 
 
+def test_hf_small_trained(tokenize_tool, small_hf_tokenizer_json, corpus):
+    from tokenizers import Tokenizer
+
+    reference = Tokenizer.from_file(str(small_hf_tokenizer_json))
+    check_parity(
+        tokenize_tool, small_hf_tokenizer_json, corpus,
+        lambda text: reference.encode(text, add_special_tokens=False).ids,
+        lambda ids: reference.decode(ids, skip_special_tokens=False),
+    )
+
+
+@pytest.mark.parametrize("build", available_builds())
 @pytest.mark.parametrize("name", ["llama2_like", "no_byte_fallback"])
-def test_sentencepiece(tokenize_tool, sentencepiece_models, corpus, name):
+def test_sentencepiece(build, sentencepiece_models, corpus, name):
     import sentencepiece as spm
 
     model, bin_path = sentencepiece_models[name]
     reference = spm.SentencePieceProcessor(model_file=str(model))
     check_parity(
-        tokenize_tool, bin_path, corpus, reference.encode, reference.decode,
+        binary("tokenize", build), bin_path, corpus, reference.encode, reference.decode,
         round_trips=(name == "llama2_like"),
     )
