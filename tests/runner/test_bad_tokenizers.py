@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import assert_clean_failure, available_builds, binary, run_tool
+from native_helpers import assert_clean_failure, available_builds, binary, run_tool
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import random
 import time
 
 import pytest
-from conftest import available_builds, binary, run_tool
+from native_helpers import available_builds, binary, run_tool
 
 SECONDS_PER_LOADER = 3.0
 PROBE = "".join(json.dumps(s) + "\n" for s in ["hello world", "<|im_end|> 12345 😀", "", "  \n\t x"])

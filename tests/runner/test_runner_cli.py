@@ -9,7 +9,7 @@ import json
 import re
 
 import pytest
-from conftest import assert_clean_failure, run_tool
+from native_helpers import assert_clean_failure, run_tool
 
 SUMMARY = re.compile(
     r"prompt tokens: (\d+), generated tokens: (\d+), time to first token: [\d.]+ s, [\d.]+ tokens/s \(prefill [\d.]+ tokens/s\)"

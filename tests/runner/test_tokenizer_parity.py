@@ -11,7 +11,7 @@ import copy
 import json
 
 import pytest
-from conftest import available_builds, binary, tokenize_lines
+from native_helpers import available_builds, binary, tokenize_lines
 
 BOUNDARY_MARK = "\u2581"  # sentencepiece reads it as a space, so it cannot round-trip
 
@@ -50,7 +50,7 @@ def test_tiktoken_llama3(build, llama3_tokenizer_model, llama3_reference, corpus
 
 
 def test_tokenizer_info(tokenize_tool, llama3_tokenizer_model, smollm2_tokenizer_json):
-    from conftest import run_tool
+    from native_helpers import run_tool
 
     for path, kind, size in [(llama3_tokenizer_model, "tiktoken", 128256), (smollm2_tokenizer_json, "hf_bpe", 49152)]:
         result = run_tool(tokenize_tool, [path, "info"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from conftest import LLAMA2_LIKE, convert, run_tool, train_sentencepiece
+from native_helpers import LLAMA2_LIKE, convert, run_tool, train_sentencepiece
 
 
 @pytest.fixture(scope="module")
