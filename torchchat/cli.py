@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional
 
 from torchchat.errors import UserError
@@ -64,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p, max_new_tokens=512)
     p.add_argument("--system-prompt", help="system message that opens the conversation")
 
+    p = sub.add_parser("eval", help="perplexity over a text corpus (default: a public-domain text shipped here)")
+    add_model_args(p, max_seq_help=f"window length in tokens (default {EVAL_WINDOW}, at most the model's context)")
+    add_exported_args(p)
+    p.add_argument("--text-file", help="corpus to score (UTF-8 text)")
+    p.add_argument("--limit", type=int, help="score at most this many windows")
+    p.add_argument("--output-json", help="also write the results here as JSON")
+
     p = sub.add_parser("export", help="compile a model ahead of time for the native runner (aoti_run)")
     # The exported KV cache is fixed and attention reads all of it every token, so the
     # context costs every token: 2048 covers chats and keeps decode fast.
@@ -91,6 +99,7 @@ def cmd_registry(args) -> None:
             print(f"{r['alias']:<{width}}  {mark:<10}  {r['description']}")
 
 
+EVAL_WINDOW = 256  # tokens per eval window: torchchat's wikitext default is of this order
 CHAT_CONTEXT = 2048  # default chat context: attention reads the whole cache every token
 
 
@@ -134,7 +143,7 @@ def make_decoder(args, loaded, needed: int):
         context = args.max_seq_length
     else:
         context = min(context, needed)
-    return EagerDecoder(loaded.model, context, compile=args.compile)
+    return EagerDecoder(loaded.model, context, compile=getattr(args, "compile", False))
 
 
 def cmd_generate(args) -> None:
@@ -165,6 +174,36 @@ def cmd_chat(args) -> None:
     chat_loop(decoder, loaded.tokenizer, loaded.info, sampler, args.max_new_tokens, system=args.system_prompt)
 
 
+def cmd_eval(args) -> None:
+    from torchchat import eval as evaluation
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    path = Path(args.text_file) if args.text_file else evaluation.DEFAULT_CORPUS
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read --text-file {path}: {e.strerror if isinstance(e, OSError) else 'not UTF-8 text'}")
+    # Here --max-seq-length is the window; an exported model's context only bounds it.
+    window, args.max_seq_length = args.max_seq_length, None
+    exported = getattr(args, "dso_path", None) or getattr(args, "aoti_package_path", None)
+    if exported:
+        loaded = load_exported_model(args, exported)
+    else:
+        from torchchat.loader import load_model
+
+        loaded = load_model(args)
+    window = window or min(EVAL_WINDOW, loaded.info.max_seq_len)
+    if not 2 <= window <= loaded.info.max_seq_len:
+        raise UserError(f"--max-seq-length must be in [2, {loaded.info.max_seq_len}], got {window}")
+    decoder = make_decoder(args, loaded, needed=window)
+    results = evaluation.perplexity(decoder, loaded.tokenizer, loaded.info, text, window, args.limit)
+    results["corpus"] = str(path)
+    print(evaluation.format_table(results))
+    if args.output_json:
+        evaluation.write_json_atomic(Path(args.output_json), results)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -174,6 +213,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             cmd_generate(args)
         elif args.command == "chat":
             cmd_chat(args)
+        elif args.command == "eval":
+            cmd_eval(args)
         elif args.command == "export":
             from torchchat.export import cmd_export
 

@@ -133,3 +133,20 @@ def test_cli_chat_two_turns_on_stdin():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("Assistant: ") == 2
     assert proc.stderr.count("time to first token") == 2
+
+
+def test_perplexity_matches_transformers(hf, ours):
+    from torchchat.eval import DEFAULT_CORPUS, perplexity, windows
+
+    model, _ = hf
+    loaded, decoder = ours
+    text = DEFAULT_CORPUS.read_text()
+    got = perplexity(decoder, loaded.tokenizer, loaded.info, text, 256, limit=3, progress=False)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for w in windows(loaded.tokenizer.encode(text, bos=False), 256, None)[:3]:
+            total += model(torch.tensor([w]), labels=torch.tensor([w])).loss.item() * (len(w) - 1)
+            count += len(w) - 1
+    assert got["tokens"] == count
+    assert got["perplexity"] == pytest.approx(float(torch.tensor(total / count).exp()), rel=1e-4)
+    assert 2 < got["perplexity"] < 30  # a real model reads real English
