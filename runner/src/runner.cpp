@@ -1,5 +1,6 @@
 #include "torchchat/runner.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
@@ -38,6 +39,9 @@ GenerationResult run_turn(Backend& backend, const Tokenizer& tokenizer, Sampler&
                           int& position, const TextCallback& on_text) {
   GenerationResult result;
   const int vocab_size = backend.metadata().vocab_size;
+  // Rows past the tokenizer's vocabulary are padding in the model's output
+  // layer: never sample them.
+  const int sampled_size = std::min(vocab_size, tokenizer.vocab_size());
   const std::vector<std::int64_t> input(turn.prompt.begin(), turn.prompt.end());
 
   const Clock::time_point start = Clock::now();
@@ -51,7 +55,7 @@ GenerationResult run_turn(Backend& backend, const Tokenizer& tokenizer, Sampler&
   Clock::time_point first_token_time;
   int prev = turn.prompt.back();
   for (;;) {
-    const int token = sampler.sample(logits);
+    const int token = sampler.sample(logits.first(sampled_size));
     if (result.tokens.empty()) first_token_time = Clock::now();
     result.tokens.push_back(token);
     if (turn.stop_ids.count(token)) {

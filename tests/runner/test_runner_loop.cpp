@@ -105,6 +105,16 @@ TEST(Generate, StreamsWholeUtf8Characters) {
   EXPECT_EQ(chunks, (std::vector<std::string>{"é", emoji}));
 }
 
+TEST(Generate, NeverSamplesPaddedVocabRows) {
+  ModelMetadata m = metadata(64);
+  m.vocab_size = kTokens.vocab_size() + 8;  // the model's output layer is padded
+  ScriptedBackend backend(m, {kTokens.vocab_size() + 3, kEos}, kEos);
+  Generator generator(backend, kTokens, greedy());
+  const auto result = generator.generate("a", nullptr);
+  ASSERT_FALSE(result.tokens.empty());
+  EXPECT_LT(result.tokens.front(), kTokens.vocab_size());
+}
+
 TEST(Generate, EmptyPromptWithoutBosIsAnError) {
   ModelMetadata m = metadata(64);
   m.add_bos = false;
