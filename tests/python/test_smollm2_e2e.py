@@ -124,11 +124,18 @@ def test_cli_generate_streams_prompt_and_continuation(hf, ours):
     assert "tok/s" in proc.stderr and "time to first token" in proc.stderr
 
 
-def test_cli_chat_two_turns_on_stdin():
+def test_cli_download_then_chat_by_alias(tmp_path):
+    """The user's path: download the default model into a fresh cache, then chat with it by name."""
+    env = {**os.environ, "TORCHCHAT_MODEL_CACHE": str(tmp_path / "cache")}
+    dl = subprocess.run([sys.executable, "torchchat.py", "download", "smollm2-135m"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert dl.returncode == 0, dl.stderr
+    folder = Path(dl.stdout.strip())
+    assert (folder / "tokenizer.json").is_file()
     proc = subprocess.run(
-        [sys.executable, "torchchat.py", "chat", "--gguf-path", str(smollm2_gguf()), "--temperature", "0",
+        [sys.executable, "torchchat.py", "chat", "smollm2-135m", "--temperature", "0",
          "--max-new-tokens", "24", "--system-prompt", "You are brief."],
-        cwd=ROOT, input="Hi there!\nWhat is 2+2?\n", capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=env, input="Hi there!\nWhat is 2+2?\n", capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("Assistant: ") == 2
