@@ -1,0 +1,360 @@
+#!/usr/bin/env python3
+"""Native benchmark: aoti_run's backend vs Python eager vs llama.cpp, side by side in one run.
+
+    python3 bench/bench_native.py [--threads 2] [--reps 3] [--1b] [--plot bench.png]
+
+On SmolLM2-135M (fp32), measures as llama-bench does: prompt processing of 128 tokens (pp128)
+and 128 decode steps (tg128) in tokens/s, with random prompt tokens and no stop tokens;
+plus load time, time to first token, peak RSS and artifact size. Every engine reads the
+same bits: the default model's Q4_1 GGUF is dequantized once to an F32 GGUF, which
+llama.cpp runs directly and from which we export the AOTI artifacts. With --1b, a second
+row set on a random-weight model of Llama 3.2 1B's shape (fp32 and bf16). Also probes the
+machine's memory read bandwidth, the ceiling for decode. Prints one markdown table.
+
+Builds what it needs once and caches it in ~/.cache/torchchat-bench: llama.cpp
+(bench/build_llama_cpp.sh), the F32 GGUF, the exported artifacts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CACHE = Path(os.environ.get("TORCHCHAT_BENCH_CACHE", Path.home() / ".cache" / "torchchat-bench"))
+AOTI_BENCH, AOTI_RUN = ROOT / "cmake-out" / "aoti_bench", ROOT / "cmake-out" / "aoti_run"
+N_PROMPT = N_GEN = 128
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(cmd, env=None, timeout=3600) -> tuple[str, float, float]:
+    """(stdout, wall seconds, 0) for a command that must succeed."""
+    t0 = time.perf_counter()
+    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"error: {cmd[0]} failed:\n{p.stderr.strip()[-2000:]}")
+    return p.stdout, wall, 0.0
+
+
+def run_rss(cmd, env=None, timeout=3600) -> tuple[str, float, float]:
+    """Like run(), with the child's own peak RSS (os.wait4)."""
+    t0 = time.perf_counter()
+    out_path = CACHE / "child.out"
+    with open(out_path, "w") as out, open(CACHE / "child.err", "w") as err:
+        p = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=err, env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"error: {cmd[0]} failed:\n{(CACHE / 'child.err').read_text()[-2000:]}")
+    return out_path.read_text(), wall, usage.ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Models: an F32 (or BF16) GGUF both sides read, and our exports of it
+
+
+def requantize_gguf(src: Path, dst: Path, kind: str) -> Path:
+    """`src` with every tensor dequantized (as our loader does) and stored as F32 or BF16."""
+    import gguf
+    import numpy as np
+
+    if dst.is_file():
+        return dst
+    log(f"== writing {dst.name} ({kind}) from {src.name}")
+    reader = gguf.GGUFReader(src)
+    arch = reader.fields["general.architecture"].contents()
+    tmp = dst.with_suffix(".tmp")
+    w = gguf.GGUFWriter(tmp, arch)
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF.") or field.name == "general.file_type":
+            continue
+        sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if kind == "F32" else gguf.LlamaFileType.MOSTLY_BF16)
+    for t in reader.tensors:
+        shape = [int(d) for d in reversed(t.shape)]  # GGUF lists dims innermost first
+        values = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float32)
+        if kind == "BF16" and values.ndim > 1:
+            w.add_tensor(t.name, gguf.quants.quantize(values, gguf.GGMLQuantizationType.BF16),
+                         raw_dtype=gguf.GGMLQuantizationType.BF16)
+        else:
+            w.add_tensor(t.name, values)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.rename(dst)
+    return dst
+
+
+def random_1b_gguf(dst: Path, kind: str) -> Path:
+    """Llama 3.2 1B's shape (16 layers, dim 2048, GQA 32/8, FFN 8192, vocab 128256, tied), random weights."""
+    import gguf
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tests" / "python"))
+    from tiny_models import add_tiny_vocab
+
+    if dst.is_file():
+        return dst
+    log(f"== writing {dst.name}: random weights, Llama 3.2 1B shape ({kind})")
+    dim, layers, heads, kv, ffn, vocab = 2048, 16, 32, 8, 8192, 128256
+    hd = dim // heads
+    tmp = dst.with_suffix(".tmp")
+    w = gguf.GGUFWriter(tmp, "llama")
+    w.add_name("random-llama3.2-1b-shape")
+    w.add_block_count(layers)
+    w.add_context_length(8192)
+    w.add_embedding_length(dim)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_rope_freq_base(500000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(hd)
+    w.add_vocab_size(vocab)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if kind == "F32" else gguf.LlamaFileType.MOSTLY_BF16)
+    add_tiny_vocab(w, vocab)
+    rng = np.random.default_rng(0)
+
+    def add(name, rows, cols=None):
+        if cols is None:
+            w.add_tensor(name, np.ones(rows, dtype=np.float32))
+            return
+        a = (rng.standard_normal((rows, cols), dtype=np.float32) / np.sqrt(cols)).astype(np.float32)
+        if kind == "BF16":
+            w.add_tensor(name, gguf.quants.quantize(a, gguf.GGMLQuantizationType.BF16),
+                         raw_dtype=gguf.GGMLQuantizationType.BF16)
+        else:
+            w.add_tensor(name, a)
+
+    add("token_embd.weight", vocab, dim)
+    for i in range(layers):
+        add(f"blk.{i}.attn_norm.weight", dim)
+        add(f"blk.{i}.attn_q.weight", dim, dim)
+        add(f"blk.{i}.attn_k.weight", kv * hd, dim)
+        add(f"blk.{i}.attn_v.weight", kv * hd, dim)
+        add(f"blk.{i}.attn_output.weight", dim, dim)
+        add(f"blk.{i}.ffn_norm.weight", dim)
+        add(f"blk.{i}.ffn_gate.weight", ffn, dim)
+        add(f"blk.{i}.ffn_up.weight", ffn, dim)
+        add(f"blk.{i}.ffn_down.weight", dim, ffn)
+    add("output_norm.weight", dim)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.rename(dst)
+    return dst
+
+
+def export(gguf_path: Path, dtype: str, context: int, suffix: str) -> Path:
+    out = CACHE / f"{gguf_path.stem}-{dtype}-ctx{context}.{suffix}"
+    if not out.is_file():
+        flag = "--output-dso-path" if suffix == "so" else "--output-aoti-package-path"
+        log(f"== exporting {out.name} (AOT Inductor; minutes)")
+        subprocess.run([sys.executable, ROOT / "torchchat.py", "export", "--gguf-path", gguf_path, "--dtype", dtype,
+                        "--max-seq-length", str(context), flag, out], check=True, cwd=ROOT)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines; each returns a dict of figures
+
+
+def bench_aoti(artifact: Path, threads: int, reps: int, tokenizer: Path | None) -> dict:
+    env = {"OMP_NUM_THREADS": str(threads)}
+    out, _, rss = run_rss([AOTI_BENCH, artifact, "-p", N_PROMPT, "-g", N_GEN, "-r", reps], env=env)
+    r = json.loads(out)
+    res = dict(load=r["load_s"], ttft=r["ttft_s"], pp=r["pp_tps"], tg=r["tg_tps"], rss=rss,
+               size=artifact.stat().st_size / 1e6)
+    if tokenizer is not None:  # the whole runner, process start to first token (short prompt)
+        cmd = [AOTI_RUN, artifact, "-z", tokenizer, "-i", "Once upon a time", "-t", "0", "-n", "6"]
+        res["first_token_process"] = min(run(cmd, env=env)[1] for _ in range(3))
+    return res
+
+
+def bench_eager(gguf_path: Path, dtype: str, threads: int, reps: int) -> dict:
+    out, _, rss = run_rss([sys.executable, __file__, "--worker-eager", gguf_path, "--dtype", dtype,
+                           "--threads", threads, "--reps", reps])
+    r = json.loads(out.strip().splitlines()[-1])
+    return dict(r, rss=rss, size=None)
+
+
+def worker_eager(gguf_path: str, dtype: str, threads: int, reps: int) -> None:
+    from argparse import Namespace
+
+    import torch
+
+    from torchchat.loader import EagerDecoder, load_model
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    loaded = load_model(Namespace(model=None, gguf_path=gguf_path, checkpoint_path=None, params_path=None,
+                                  tokenizer_path=None, dtype=dtype, max_seq_length=None))
+    decoder = EagerDecoder(loaded.model, N_PROMPT + N_GEN)
+    load = time.perf_counter() - t0
+    gen = torch.Generator().manual_seed(1234)
+    prompt = torch.randint(0, loaded.info.vocab_size, (1, N_PROMPT), generator=gen)
+    pp, tg, ttft = [], [], 0.0
+    with torch.no_grad():
+        for rep in range(reps + 1):
+            t0 = time.perf_counter()
+            token = decoder(prompt, torch.arange(N_PROMPT))[0, -1].argmax()
+            prefill = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for i in range(N_GEN):
+                token = decoder(token.view(1, 1), torch.tensor([N_PROMPT + i]))[0, -1].argmax()
+            decode = time.perf_counter() - t0
+            if rep == 0:
+                ttft = prefill
+            else:
+                pp.append(N_PROMPT / prefill)
+                tg.append(N_GEN / decode)
+    print(json.dumps(dict(load=load, ttft=ttft, pp=pp, tg=tg)))
+
+
+def bench_llama_cpp(llama_dir: Path, gguf_path: Path, threads: int, reps: int) -> dict:
+    bench = llama_dir / "bin" / "llama-bench"
+    out, _, rss = run_rss([bench, "-m", gguf_path, "-p", N_PROMPT, "-n", N_GEN, "-t", threads, "-r", reps,
+                           "-o", "json"])
+    res = dict(size=gguf_path.stat().st_size / 1e6, rss=rss)
+    for test in json.loads(out):
+        key = "pp" if test["n_gen"] == 0 else "tg"
+        res[key] = [float(x) for x in test["samples_ts"]]
+    # Load + first token: one cold-ish run of pp128 only, no warm-up, whole process.
+    _, wall, _ = run([bench, "-m", gguf_path, "-p", N_PROMPT, "-n", 0, "-t", threads, "-r", 1, "--no-warmup",
+                      "-o", "json"])
+    res["load_plus_pp"] = wall
+    return res
+
+
+def bandwidth(threads: int) -> float:
+    out, _, _ = run([AOTI_BENCH, "--bandwidth", "-t", threads])
+    return json.loads(out)["read_gb_per_s"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Table
+
+
+def med(v):
+    return statistics.median(v) if v else float("nan")
+
+
+def fmt(x, spec=".1f"):
+    return "—" if x is None or x != x else format(x, spec)
+
+
+def print_table(rows, bw, weight_mb: dict, threads, reps) -> None:
+    print(f"\n{threads} threads, median of {reps} runs after a warm-up; pp{N_PROMPT}/tg{N_GEN} as llama-bench "
+          f"(random prompt tokens, no stop). Read bandwidth probe: {bw:.1f} GB/s.\n")
+    print("| model | engine | file MB | load s | load+pp128 s | pp128 tok/s | tg128 tok/s | tg ceiling tok/s "
+          "| peak RSS MB | pp × llama.cpp | tg × llama.cpp |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for model, engines in rows:
+        ref = engines.get("llama.cpp")
+        for name, r in engines.items():
+            pp, tg = med(r.get("pp", [])), med(r.get("tg", []))
+            load = r.get("load")
+            first = r.get("load_plus_pp") or ((load or 0) + r["ttft"] if "ttft" in r else None)
+            ceiling = bw * 1e3 / weight_mb[model]
+            rpp = pp / med(ref["pp"]) if ref else None
+            rtg = tg / med(ref["tg"]) if ref else None
+            print(f"| {model} | {name} | {fmt(r.get('size'), '.0f')} | {fmt(load, '.2f')} | {fmt(first, '.2f')} | "
+                  f"{fmt(pp)} | {fmt(tg)} | {ceiling:.0f} | {fmt(r.get('rss'), '.0f')} | {fmt(rpp, '.2f')} | "
+                  f"{fmt(rtg, '.2f')} |")
+    for model, engines in rows:
+        for name, r in engines.items():
+            if "first_token_process" in r:
+                print(f"\n{model}, {name}: aoti_run process start to first generated token (short prompt, "
+                      f"page cache warm): {r['first_token_process']:.2f} s")
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in ((axes[0], "pp", f"prompt processing pp{N_PROMPT}"), (axes[1], "tg", f"decode tg{N_GEN}")):
+        labels, values = [], []
+        for model, engines in rows:
+            for name, r in engines.items():
+                labels.append(f"{model}\n{name}")
+                values.append(med(r.get(key, [])))
+        ax.barh(labels, values)
+        ax.set_title(f"{title} (tok/s)")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    log(f"wrote {path}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--context", type=int, default=2048, help="exported context (the export default)")
+    p.add_argument("--1b", dest="one_b", action="store_true", help="add the Llama 3.2 1B-shaped rows (slow)")
+    p.add_argument("--plot", help="also write a PNG bar chart here")
+    p.add_argument("--worker-eager", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker_eager:
+        return worker_eager(a.worker_eager, a.dtype, a.threads, a.reps)
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if not AOTI_BENCH.is_file():
+        subprocess.run([ROOT / "scripts" / "build_native.sh", "aoti"], check=True)
+    llama_dir = Path(subprocess.run([ROOT / "bench" / "build_llama_cpp.sh"], check=True, capture_output=True,
+                                    text=True).stdout.strip().splitlines()[-1])
+    from torchchat import registry
+
+    folder = Path(registry.where("smollm2-135m"))
+    smol = requantize_gguf(folder / "model.gguf", CACHE / "smollm2-135m-f32.gguf", "F32")
+    jobs = [("SmolLM2-135M fp32", smol, "fp32", folder / "tokenizer.json")]
+    if a.one_b:
+        jobs += [("Llama-3.2-1B-shape fp32", random_1b_gguf(CACHE / "random-1b-f32.gguf", "F32"), "fp32", None),
+                 ("Llama-3.2-1B-shape bf16", random_1b_gguf(CACHE / "random-1b-bf16.gguf", "BF16"), "bf16", None)]
+    artifacts = {name: (export(g, dtype, a.context, "so"), export(g, dtype, a.context, "pt2"))
+                 for name, g, dtype, _ in jobs}
+
+    bw = bandwidth(a.threads)
+    rows, weight_mb = [], {}
+    for name, g, dtype, tok in jobs:
+        so, pt2 = artifacts[name]
+        log(f"== {name}: llama.cpp, aoti (.so, .pt2), eager")
+        engines = {}
+        engines["llama.cpp"] = bench_llama_cpp(llama_dir, g, a.threads, a.reps)
+        engines["aoti_run backend (.so)"] = bench_aoti(so, a.threads, a.reps, tok)
+        engines["aoti_run backend (.pt2)"] = bench_aoti(pt2, a.threads, a.reps, tok)
+        engines["Python eager"] = bench_eager(g, dtype, a.threads, a.reps)
+        rows.append((name, engines))
+        weight_mb[name] = gguf_weight_mb(g)
+    print_table(rows, bw, weight_mb, a.threads, a.reps)
+    if a.plot:
+        plot(rows, Path(a.plot))
+
+
+def gguf_weight_mb(path: Path) -> float:
+    """Bytes of weights one decode step reads (every tensor; the tied table once, as the output)."""
+    import gguf
+
+    return sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors) / 1e6
+
+
+if __name__ == "__main__":
+    main()
