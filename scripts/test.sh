@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# All tests: fast unit tests on tiny random-weight models first, then the native core,
-# then end-to-end tests on the real default model. Run scripts/setup.sh once before.
+# All tests: build the native runners, then fast tests on tiny random-weight models (Python,
+# C++ units, runner CLI and tokenizer parity), then end-to-end tests on the real default
+# model. Run scripts/setup.sh once before.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,15 +12,13 @@ run_pytest() {
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then exit "$rc"; fi
 }
 
-printf '\n== Python unit tests (tiny random models)\n' >&2
-run_pytest -q -m "not e2e" tests/python
+printf '\n== Native runner: build core + aoti_run, and the ASan/UBSan core\n' >&2
+scripts/build_native.sh aoti
+scripts/build_native.sh core --sanitize
 
-if [ -x scripts/build_native.sh ]; then
-    printf '\n== Native runner core: build and tests\n' >&2
-    scripts/build_native.sh core
-    (cd cmake-out && ctest --output-on-failure -j2)
-    run_pytest -q -m "not e2e" tests/runner
-fi
+printf '\n== Unit tests on tiny random models (Python, C++, native runner)\n' >&2
+(cd cmake-out && ctest --output-on-failure -j2)
+run_pytest -q -m "not e2e" tests/python tests/runner
 
 printf '\n== End-to-end tests on the default model\n' >&2
 run_pytest -q -m e2e tests
