@@ -29,6 +29,7 @@ def add_exported_args(p: argparse.ArgumentParser) -> None:
     # Run an exported artifact instead of a checkpoint (validation of what the native runner runs).
     p.add_argument("--dso-path", help="AOT Inductor shared library from `export --output-dso-path`")
     p.add_argument("--aoti-package-path", help="AOT Inductor package from `export --output-aoti-package-path`")
+    p.add_argument("--pte-path", help="ExecuTorch program from `export --output-pte-path` (runs in ExecuTorch's Python runtime)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "attention reads the whole cache each token")
     p.add_argument("--output-dso-path", help="write an AOT Inductor shared library (.so)")
     p.add_argument("--output-aoti-package-path", help="write an AOT Inductor package (.pt2)")
+    p.add_argument("--output-pte-path", help="write an ExecuTorch program (.pte, XNNPACK) for et_run")
     return parser
 
 
@@ -112,9 +114,16 @@ def prepare(args):
     config.validate()
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    exported = getattr(args, "dso_path", None) or getattr(args, "aoti_package_path", None)
+    exported = exported_path(args)
     loaded = load_exported_model(args, exported) if exported else load_model(args)
     return loaded, Sampler(config, vocab_size=loaded.tokenizer.vocab_size)
+
+
+def exported_path(args) -> Optional[str]:
+    paths = [p for p in (getattr(args, a, None) for a in ("dso_path", "aoti_package_path", "pte_path")) if p]
+    if len(paths) > 1:
+        raise UserError("give one of --dso-path, --aoti-package-path and --pte-path")
+    return paths[0] if paths else None
 
 
 def load_exported_model(args, path: str):
@@ -122,9 +131,12 @@ def load_exported_model(args, path: str):
     from torchchat.exported import load_exported
     from torchchat.loader import LoadedModel
 
-    if args.dso_path and args.aoti_package_path:
-        raise UserError("give either --dso-path or --aoti-package-path, not both")
-    decoder, tokenizer, info = load_exported(path, args.tokenizer_path, args.model)
+    if getattr(args, "pte_path", None):
+        from torchchat.et import PTEDecoder
+
+        decoder, tokenizer, info = load_exported(path, args.tokenizer_path, args.model, decoder_class=PTEDecoder)
+    else:
+        decoder, tokenizer, info = load_exported(path, args.tokenizer_path, args.model)
     if args.max_seq_length is not None and args.max_seq_length != info.max_seq_len:
         raise UserError(f"{path} was exported with a context of {info.max_seq_len}; re-export to change it")
     return LoadedModel(decoder, tokenizer, info)
@@ -186,7 +198,7 @@ def cmd_eval(args) -> None:
         raise UserError(f"cannot read --text-file {path}: {e.strerror if isinstance(e, OSError) else 'not UTF-8 text'}")
     # Here --max-seq-length is the window; an exported model's context only bounds it.
     window, args.max_seq_length = args.max_seq_length, None
-    exported = getattr(args, "dso_path", None) or getattr(args, "aoti_package_path", None)
+    exported = exported_path(args)
     if exported:
         loaded = load_exported_model(args, exported)
     else:

@@ -1,4 +1,5 @@
-"""Export with AOT Inductor: `torchchat.py export MODEL --output-dso-path m.so | --output-aoti-package-path m.pt2`.
+"""Export with AOT Inductor: `torchchat.py export MODEL --output-dso-path m.so | --output-aoti-package-path m.pt2`
+(and with ExecuTorch: `--output-pte-path m.pte`, torchchat/et.py, from the same exported graph).
 
 One `torch.export` of torchchat.model.Transformer, with the KV cache inside (its buffers are
 mutated in place by the graph) and a dynamic sequence length, so one artifact serves both
@@ -91,7 +92,7 @@ def staged_output(path: Path, suffix: str) -> Iterator[Path]:
         staged = tmpdir / f"model{suffix}"
         yield staged
         if not staged.is_file():
-            raise UserError(f"AOT Inductor did not produce {staged.name}")
+            raise UserError(f"the compiler did not produce {staged.name}")
         os.replace(staged, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
@@ -114,8 +115,16 @@ def compile_pt2(ep: torch.export.ExportedProgram, out: Path, meta_json: str) -> 
             torch._inductor.aoti_compile_and_package(ep, package_path=str(staged), inductor_configs=options)
 
 
+def compile_pte(ep: torch.export.ExportedProgram, out: Path, meta_json: str) -> None:
+    from torchchat.et import lower_to_pte
+
+    info, _ = metadata.from_json(meta_json, str(out))
+    lower_to_pte(ep, out, info, meta_json)
+
+
 def export_model(model: Transformer, info: ModelInfo, dtype: str, max_seq_len: int,
-                 so_path: Optional[Path] = None, pt2_path: Optional[Path] = None) -> ModelInfo:
+                 so_path: Optional[Path] = None, pt2_path: Optional[Path] = None,
+                 pte_path: Optional[Path] = None) -> ModelInfo:
     """Export `model` to the given paths; returns the metadata stored with it."""
     if not 1 <= max_seq_len <= model.args.max_seq_len:
         raise UserError(f"--max-seq-length must be in [1, {model.args.max_seq_len}], got {max_seq_len}")
@@ -123,9 +132,12 @@ def export_model(model: Transformer, info: ModelInfo, dtype: str, max_seq_len: i
     meta_json = metadata.to_json(info, dtype)
     with phase(f"Exporting the graph (torch.export, context {max_seq_len})"):
         ep = export_program(model, max_seq_len)
-    targets = [(p, f) for p, f in ((so_path, compile_so), (pt2_path, compile_pt2)) if p is not None]
+    targets = [(p, f) for p, f in ((so_path, compile_so), (pt2_path, compile_pt2), (pte_path, compile_pte))
+               if p is not None]
     for path, compile_fn in targets:
-        with phase(f"Compiling {path} with AOT Inductor (minutes: autotuning kernels)", heartbeat=30):
+        what = ("Lowering {} with ExecuTorch + XNNPACK" if compile_fn is compile_pte
+                else "Compiling {} with AOT Inductor (minutes: autotuning kernels)")
+        with phase(what.format(path), heartbeat=30):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # inductor internals' deprecation noise
                 compile_fn(ep, Path(path), meta_json)
@@ -137,12 +149,14 @@ def cmd_export(args) -> None:
     from torchchat.loader import load_model
 
     so_path, pt2_path = args.output_dso_path, args.output_aoti_package_path
-    if not so_path and not pt2_path:
-        raise UserError("give --output-dso-path model.so and/or --output-aoti-package-path model.pt2")
+    pte_path = getattr(args, "output_pte_path", None)
+    if not so_path and not pt2_path and not pte_path:
+        raise UserError("give --output-dso-path model.so, --output-aoti-package-path model.pt2 and/or --output-pte-path model.pte")
     if pt2_path and not pt2_path.endswith(".pt2"):
         raise UserError(f"--output-aoti-package-path must end in .pt2, got {pt2_path}")
     with phase("Loading the model"):
         loaded = load_model(args)
     max_seq = args.max_seq_length or min(loaded.info.max_seq_len, DEFAULT_MAX_SEQ)
     export_model(loaded.model, loaded.info, args.dtype, max_seq,
-                 Path(so_path) if so_path else None, Path(pt2_path) if pt2_path else None)
+                 Path(so_path) if so_path else None, Path(pt2_path) if pt2_path else None,
+                 Path(pte_path) if pte_path else None)

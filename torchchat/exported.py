@@ -72,11 +72,13 @@ def first_line(e: Exception) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def load_exported(path: str | Path, tokenizer_path=None, alias=None):
-    """(decoder, tokenizer, ModelInfo) for an artifact; the tokenizer from --tokenizer-path or the alias."""
+def load_exported(path: str | Path, tokenizer_path=None, alias=None, decoder_class=AOTIDecoder):
+    """(decoder, tokenizer, ModelInfo) for an artifact; the tokenizer from --tokenizer-path or the alias.
+
+    decoder_class: AOTIDecoder, or torchchat.et.PTEDecoder for an ExecuTorch program."""
     from torchchat.tokenizer import check_fits, load_tokenizer
 
-    decoder = AOTIDecoder(path)
+    decoder = decoder_class(path)
     if tokenizer_path is None and alias:
         from torchchat import registry
 

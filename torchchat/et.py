@@ -1,0 +1,143 @@
+"""ExecuTorch: export to a .pte program (`export --output-pte-path`) and run it from Python (`--pte-path`).
+
+The program is the same `torch.export` graph as AOT Inductor's (torchchat/export.py): the
+KV cache is a pair of mutable buffers per layer inside the program, and the sequence length
+is dynamic (1..max_seq_len), so the whole prompt is prefilled in one call and decode is T = 1.
+The XNNPACK partitioner takes the linears, matmuls and elementwise work; what it leaves
+(embedding, index, index_copy_ into the cache) runs on ExecuTorch's optimized CPU kernels.
+
+Metadata travels as constant methods, which is how ExecuTorch's own LLM runner reads it:
+`get_metadata_json` holds torchchat/metadata.py's JSON (the contract with our C++ core), and
+the standard ones (`get_max_seq_len`, `get_vocab_size`, `get_bos_id`, `get_eos_ids`,
+`use_kv_cache`, `enable_dynamic_shape`, ...) the same facts one by one.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from torchchat import metadata
+from torchchat.errors import UserError
+from torchchat.exported import first_line
+from torchchat.loader import ModelInfo
+
+METADATA_METHOD = "get_metadata_json"
+PTE_MAGIC = b"ET"  # bytes 4..6 of a .pte: the flatbuffer file identifier "ET12", "ET13", ...
+
+
+def quiet_executorch_imports() -> None:
+    # executorch imports torchao, which logs a warning per CUDA-only extension it cannot load.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """The runtime logs CPU probing to fd 2 while loading; its errors come back as exceptions."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def constant_methods(info: ModelInfo, meta_json: str) -> dict:
+    """Our JSON, plus ExecuTorch's LLM-runner methods (extension/llm/runner/constants.h)."""
+    return {
+        METADATA_METHOD: meta_json,
+        "get_max_seq_len": info.max_seq_len,
+        "get_max_context_len": info.max_seq_len,
+        "get_vocab_size": info.vocab_size,
+        "get_bos_id": info.bos_id if info.bos_id is not None else 0,
+        "get_n_bos": 1 if info.add_bos else 0,
+        "get_eos_ids": [int(i) for i in info.stop_ids],
+        "get_n_eos": 0,
+        "use_kv_cache": True,
+        "use_sdpa_with_kv_cache": False,
+        "enable_dynamic_shape": True,
+    }
+
+
+def lower_to_pte(ep: torch.export.ExportedProgram, out: Path, info: ModelInfo, meta_json: str) -> None:
+    """XNNPACK-lower `ep` and write the program to `out` (atomically, see export.staged_output)."""
+    quiet_executorch_imports()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+
+    from torchchat.export import staged_output
+
+    edge = to_edge_transform_and_lower(
+        ep,
+        partitioner=[XnnpackPartitioner()],
+        constant_methods=constant_methods(info, meta_json),
+        # index_copy_ and the dynamic shapes are outside the core ATen IR check; ExecuTorch runs them.
+        compile_config=EdgeCompileConfig(_check_ir_validity=False),
+    )
+    # Upper-bound memory planning from the dynamic dimension's range (T <= max_seq_len).
+    program = edge.to_executorch(ExecutorchBackendConfig(sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass()))
+    with staged_output(out, ".pte") as staged:
+        with open(staged, "wb") as f:
+            program.write_to_file(f)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a .pte from Python
+
+
+def sniff_pte(path: Path) -> None:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or head[4:6] != PTE_MAGIC:
+        raise UserError(f"{path}: not an ExecuTorch program (.pte)")
+
+
+class PTEDecoder:
+    """Runs a .pte through ExecuTorch's Python runtime: (tokens [1, T], input_pos [T]) -> logits [1, T, vocab]."""
+
+    def __init__(self, path: str | Path):
+        quiet_executorch_imports()
+        from executorch.runtime import Runtime
+
+        path = Path(path)
+        sniff_pte(path)
+        try:
+            with native_stderr_silenced():
+                program = Runtime.get().load_program(path)
+        except Exception as e:  # the loader raises RuntimeError/ValueError for damaged files
+            raise UserError(f"{path}: cannot load the ExecuTorch program (truncated or damaged?): {first_line(e)}") from None
+        if METADATA_METHOD not in program.method_names or "forward" not in program.method_names:
+            raise UserError(f"{path}: no torchchat metadata (export it with `torchchat.py export --output-pte-path`)")
+        try:
+            # Constant methods first: host methods share memory arenas in this runtime, so
+            # nothing else may run once forward's KV cache holds state.
+            (text,) = program.load_method(METADATA_METHOD).execute([])
+            self.info, self.dtype = metadata.from_json(str(text), str(path))
+            with native_stderr_silenced():
+                self._forward = program.load_method("forward")
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"{path}: cannot load the ExecuTorch program: {first_line(e)}") from None
+        self.program = program  # keeps the methods' program alive
+        self.max_seq_len, self.vocab_size = self.info.max_seq_len, self.info.vocab_size
+
+    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        n, start = tokens.size(1), int(input_pos[0]) if input_pos.numel() else 0
+        if n < 1 or start < 0 or start + n > self.max_seq_len:
+            raise UserError(f"{n} tokens at position {start} do not fit the model's context of {self.max_seq_len}")
+        try:
+            (logits,) = self._forward.execute([tokens.contiguous(), input_pos.contiguous()])
+        except RuntimeError as e:
+            raise UserError(f"the ExecuTorch program failed: {first_line(e)}") from None
+        return logits.clone()  # the runtime's output memory is reused by the next call
