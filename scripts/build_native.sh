@@ -36,9 +36,11 @@ case "$target" in
             echo "error: cannot import torch (run scripts/setup.sh)" >&2; exit 1; }
         cmake_args+=(-DTORCHCHAT_BUILD_AOTI=ON "-DCMAKE_PREFIX_PATH=$torch_prefix") ;;
     et)
-        # ExecuTorch issue: set up ExecuTorch and add -DTORCHCHAT_BUILD_ET=ON here.
-        echo "error: the et runner is not yet available (next issue); built targets: core" >&2
-        exit 1 ;;
+        # ExecuTorch ships in the executorch wheel (headers, shared libraries, CMake package):
+        # find_package(executorch) through its share/cmake; no source build, no submodules.
+        et_dir=$(python3 -c 'import executorch, os; print(os.path.join(executorch.__path__[0], "share", "cmake"))') || {
+            echo "error: cannot import executorch (run scripts/setup.sh)" >&2; exit 1; }
+        cmake_args+=(-DTORCHCHAT_BUILD_ET=ON "-Dexecutorch_DIR=$et_dir") ;;
 esac
 
 mkdir -p "$build_dir"
@@ -48,4 +50,5 @@ cmake -S . -B "$build_dir" "${cmake_args[@]}" > "$build_dir/configure.log" 2>&1 
     exit 1
 }
 cmake --build "$build_dir" -j2
-echo "built: $build_dir (tokenize, toy_run, C++ tests: cd $build_dir && ctest)" >&2
+runners=$(cd "$build_dir" && ls aoti_run et_run 2>/dev/null | tr "\n" " " || true)
+echo "built: $build_dir (tokenize, toy_run, ${runners}C++ tests: cd $build_dir && ctest)" >&2

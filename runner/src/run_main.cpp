@@ -1,6 +1,8 @@
 // run_main: the whole runner program around a backend.
 
+#include <cstdlib>
 #include <ctime>
+#include <fstream>
 #include <iostream>
 
 #include "torchchat/cli.h"
@@ -43,6 +45,25 @@ void check_model_against_tokenizer(const ModelMetadata& metadata, const Tokenize
                 std::to_string(metadata.vocab_size));
   }
 }
+
+// TORCHCHAT_TRACE=FILE (for tests): every forward() call is appended to FILE as a
+// JSON line {"start_pos": p, "tokens": [...]}, what any backend was fed.
+class TracingBackend final : public Backend {
+ public:
+  TracingBackend(std::unique_ptr<Backend> inner, std::string path) : inner_(std::move(inner)), path_(std::move(path)) {}
+  const ModelMetadata& metadata() const override { return inner_->metadata(); }
+  std::span<const float> forward(const std::int64_t* tokens, int n, int start_pos) override {
+    std::ofstream trace(path_, std::ios::app);
+    trace << "{\"start_pos\": " << start_pos << ", \"tokens\": [";
+    for (int i = 0; i < n; ++i) trace << (i ? ", " : "") << tokens[i];
+    trace << "]}\n";
+    return inner_->forward(tokens, n, start_pos);
+  }
+
+ private:
+  std::unique_ptr<Backend> inner_;
+  std::string path_;
+};
 
 void run_generate(Backend& backend, const Tokenizer& tokenizer, const GenerationConfig& config,
                   const CliOptions& options, std::ostream& out, std::ostream& err) {
@@ -109,8 +130,9 @@ int run(const CliOptions& options, const BackendFactory& make_backend, std::istr
   BackendOptions backend_options{options.model_path, default_metadata(options.llama_version)};
   backend_options.fallback_metadata.tokenizer = tokenizer->kind();  // the file's content decides
   backend_options.fallback_metadata.vocab_size = options.vocab_size;
-  const std::unique_ptr<Backend> backend = make_backend(backend_options);
+  std::unique_ptr<Backend> backend = make_backend(backend_options);
   if (!backend) throw Error("the backend could not be created");
+  if (const char* trace = std::getenv("TORCHCHAT_TRACE")) backend = std::make_unique<TracingBackend>(std::move(backend), trace);
   check_model_against_tokenizer(backend->metadata(), *tokenizer, options);
 
   GenerationConfig config;

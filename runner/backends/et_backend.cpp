@@ -1,0 +1,134 @@
+#include "et_backend.h"
+
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <numeric>
+
+#include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor.h>
+#include <executorch/runtime/platform/platform.h>
+
+#include "torchchat/error.h"
+
+namespace torchchat {
+namespace {
+
+namespace et = ::executorch::runtime;
+using ::executorch::extension::Module;
+
+constexpr char kMetadataMethod[] = "get_metadata_json";  // torchchat/et.py METADATA_METHOD
+
+// ExecuTorch logs to stderr (CPU probing at load, and the details of every failure).
+// The runner's errors are one line, so the log is kept instead, and the last
+// error-level message completes our message. TORCHCHAT_ET_LOG=1 shows everything.
+std::mutex log_mutex;
+std::string last_log_error;
+bool log_verbose = false;
+
+void emit_log(et_timestamp_t, et_pal_log_level_t level, const char* filename, const char*, size_t line,
+              const char* message, size_t length) {
+  if (log_verbose) {
+    std::fprintf(stderr, "[%s:%zu] %.*s\n", filename, line, static_cast<int>(length), message);
+    return;
+  }
+  if (level == kError || level == kFatal) {
+    std::lock_guard<std::mutex> lock(log_mutex);
+    last_log_error.assign(message, length);
+    while (!last_log_error.empty() && (last_log_error.back() == '\n' || last_log_error.back() == ' '))
+      last_log_error.pop_back();
+  }
+}
+
+void install_log_handler() {
+  static const bool installed = [] {
+    const char* verbose = std::getenv("TORCHCHAT_ET_LOG");
+    log_verbose = verbose != nullptr && std::strcmp(verbose, "0") != 0;
+    return et::register_pal(et::PalImpl::create(emit_log, __FILE__));
+  }();
+  (void)installed;
+}
+
+// "what failed: Error::X (the runtime's last logged error)".
+std::string describe(const std::string& what, et::Error error) {
+  std::string detail;
+  {
+    std::lock_guard<std::mutex> lock(log_mutex);
+    detail.swap(last_log_error);
+  }
+  return what + ": " + et::to_string(error) + (detail.empty() ? "" : " (" + detail + ")");
+}
+
+// A .pte is a flatbuffer with the file identifier "ET" + two digits at bytes 4..8.
+void sniff(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error(path + ": cannot open the model file");
+  char head[8] = {};
+  f.read(head, 8);
+  if (f.gcount() < 8 || head[4] != 'E' || head[5] != 'T')
+    throw Error(path + ": not an ExecuTorch program (.pte)");
+}
+
+}  // namespace
+
+struct EtBackend::Program {
+  std::unique_ptr<Module> module;
+  std::vector<float> logits;  // the last position's row, valid until the next call
+};
+
+EtBackend::EtBackend(const BackendOptions& options) : program_(std::make_unique<Program>()) {
+  install_log_handler();
+  const std::string& path = options.model_path;
+  sniff(path);
+  // Mmap: weights are paged in from the file, not copied; XNNPACK packs them at load.
+  program_->module = std::make_unique<Module>(path, Module::LoadMode::Mmap);
+  Module& module = *program_->module;
+  // Full verification: a truncated or damaged file fails here, not inside a method.
+  if (const et::Error e = module.load(et::Program::Verification::InternalConsistency); e != et::Error::Ok)
+    throw Error(describe(path + ": cannot load the ExecuTorch program (truncated or damaged?)", e));
+  const auto names = module.method_names();
+  if (!names.ok()) throw Error(describe(path + ": cannot read the program's methods", names.error()));
+  if (!names->count(kMetadataMethod) || !names->count("forward"))
+    throw Error(path + ": no torchchat metadata (export it with `torchchat.py export --output-pte-path`)");
+
+  const auto meta = module.execute(kMetadataMethod);
+  if (!meta.ok() || meta->size() != 1 || !meta->at(0).isString())
+    throw Error(path + ": the get_metadata_json method does not return the metadata string");
+  try {
+    metadata_ = parse_metadata_json(std::string(meta->at(0).toString()));
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  }
+  if (const et::Error e = module.load_method("forward"); e != et::Error::Ok)
+    throw Error(describe(path + ": cannot load the forward method", e));
+}
+
+EtBackend::~EtBackend() = default;
+
+std::span<const float> EtBackend::forward(const std::int64_t* tokens, int n, int start_pos) {
+  // Checked here: the program would index the KV cache and the embedding out of range.
+  if (n < 1 || start_pos < 0 || start_pos + n > metadata_.max_seq_len) {
+    throw Error(std::to_string(n) + " tokens at position " + std::to_string(start_pos) +
+                " do not fit the model's context of " + std::to_string(metadata_.max_seq_len));
+  }
+  for (int i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= metadata_.vocab_size)
+      throw Error("token id " + std::to_string(tokens[i]) + " is outside the model's vocabulary");
+  }
+  tokens_.assign(tokens, tokens + n);
+  positions_.resize(n);
+  std::iota(positions_.begin(), positions_.end(), std::int64_t{start_pos});
+  const auto ids = ::executorch::extension::from_blob(tokens_.data(), {1, n}, et::etensor::ScalarType::Long);
+  const auto pos = ::executorch::extension::from_blob(positions_.data(), {n}, et::etensor::ScalarType::Long);
+  const auto out = program_->module->forward({ids, pos});
+  if (!out.ok()) throw Error(describe("the model failed", out.error()));
+  const auto& logits = out->at(0).toTensor();  // [1, n, vocab] fp32
+  const std::size_t vocab = static_cast<std::size_t>(metadata_.vocab_size);
+  if (logits.scalar_type() != et::etensor::ScalarType::Float || static_cast<std::size_t>(logits.numel()) != n * vocab)
+    throw Error("the model returned logits of an unexpected shape or type");
+  const float* last = logits.const_data_ptr<float>() + (n - 1) * vocab;
+  program_->logits.assign(last, last + vocab);
+  return program_->logits;
+}
+
+}  // namespace torchchat
