@@ -259,7 +259,9 @@ def fmt(x, spec=".1f"):
 
 def print_table(rows, bw, weight_mb: dict, threads, reps) -> None:
     print(f"\n{threads} threads, median of {reps} runs after a warm-up; pp{N_PROMPT}/tg{N_GEN} as llama-bench "
-          f"(random prompt tokens, no stop). Read bandwidth probe: {bw:.1f} GB/s.\n")
+          f"(random prompt tokens, no stop). Read bandwidth probe: {bw:.1f} GB/s; tg ceiling = bandwidth / "
+          f"weight bytes. load+pp128: AOTI and eager load + cold first prefill in-process; llama.cpp a whole "
+          f"llama-bench process with one pp128 and no warm-up.\n")
     print("| model | engine | file MB | load s | load+pp128 s | pp128 tok/s | tg128 tok/s | tg ceiling tok/s "
           "| peak RSS MB | pp × llama.cpp | tg × llama.cpp |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -283,8 +285,11 @@ def print_table(rows, bw, weight_mb: dict, threads, reps) -> None:
 
 
 def plot(rows, path: Path) -> None:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        log("no plot: matplotlib is not installed (pip install matplotlib)")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -307,7 +312,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--context", type=int, default=2048, help="exported context (the export default)")
+    p.add_argument("--context", type=int, default=N_PROMPT + N_GEN,
+                   help="exported context; default pp+tg as llama-bench allocates (attention reads the whole "
+                        "static cache, so a larger context costs every token; one more row shows the export default)")
     p.add_argument("--1b", dest="one_b", action="store_true", help="add the Llama 3.2 1B-shaped rows (slow)")
     p.add_argument("--plot", help="also write a PNG bar chart here")
     p.add_argument("--worker-eager", help=argparse.SUPPRESS)
@@ -329,19 +336,23 @@ def main() -> None:
     if a.one_b:
         jobs += [("Llama-3.2-1B-shape fp32", random_1b_gguf(CACHE / "random-1b-f32.gguf", "F32"), "fp32", None),
                  ("Llama-3.2-1B-shape bf16", random_1b_gguf(CACHE / "random-1b-bf16.gguf", "BF16"), "bf16", None)]
-    artifacts = {name: (export(g, dtype, a.context, "so"), export(g, dtype, a.context, "pt2"))
+    default_ctx = 2048  # torchchat/export.py's default (min(model context, 2048))
+    artifacts = {name: (export(g, dtype, a.context, "so"), export(g, dtype, a.context, "pt2"),
+                        export(g, dtype, default_ctx, "so") if a.context != default_ctx else None)
                  for name, g, dtype, _ in jobs}
 
     bw = bandwidth(a.threads)
     rows, weight_mb = [], {}
     for name, g, dtype, tok in jobs:
-        so, pt2 = artifacts[name]
+        so, pt2, so_default = artifacts[name]
         log(f"== {name}: llama.cpp, aoti (.so, .pt2), eager")
         engines = {}
         engines["llama.cpp"] = bench_llama_cpp(llama_dir, g, a.threads, a.reps)
-        engines["aoti_run backend (.so)"] = bench_aoti(so, a.threads, a.reps, tok)
-        engines["aoti_run backend (.pt2)"] = bench_aoti(pt2, a.threads, a.reps, tok)
-        engines["Python eager"] = bench_eager(g, dtype, a.threads, a.reps)
+        engines[f"AOTI .so, ctx {a.context}"] = bench_aoti(so, a.threads, a.reps, tok)
+        engines[f"AOTI .pt2, ctx {a.context}"] = bench_aoti(pt2, a.threads, a.reps, tok)
+        if so_default is not None:
+            engines[f"AOTI .so, ctx {default_ctx}"] = bench_aoti(so_default, a.threads, a.reps, None)
+        engines[f"Python eager, ctx {N_PROMPT + N_GEN}"] = bench_eager(g, dtype, a.threads, a.reps)
         rows.append((name, engines))
         weight_mb[name] = gguf_weight_mb(g)
     print_table(rows, bw, weight_mb, a.threads, a.reps)
