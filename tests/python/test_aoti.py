@@ -54,7 +54,8 @@ class Exported:
             self.tokenizer = self.runner_tokenizer = write_tiktoken(folder / "tokenizer.model")
         loaded = load_model(model_args(self.checkpoint, self.tokenizer))
         self.paths = {f: folder / f"model.{f}" for f in formats}
-        export_model(loaded.model, loaded.info, "fp32", CONTEXT, self.paths.get("so"), self.paths.get("pt2"))
+        export_model(loaded.model, loaded.info, "fp32", CONTEXT, self.paths.get("so"), self.paths.get("pt2"),
+                     self.paths.get("pte"))  # .pte: test_et.py
         self.eager = load_model(model_args(self.checkpoint, self.tokenizer))  # fresh: export set up caches
 
     def eager_decoder(self):

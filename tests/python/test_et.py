@@ -1,0 +1,269 @@
+"""ExecuTorch export: eager fp32 = ExecuTorch from Python = et_run, token for token, plus bad inputs.
+
+Lowering is the cost (seconds per tiny model), so the programs are built once per session:
+a llama2-style model (SentencePiece, tokenizer.bin for the runner) and a llama3-style model
+(tiktoken, tied embeddings, GQA), the same tiny models as test_aoti.py. Runner tests skip
+when ./cmake-out/et_run has not been built (scripts/build_native.sh et); the bad-input ones
+also run on ./cmake-out-asan/et_run (scripts/build_native.sh et --sanitize) when it is there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from test_aoti import CONTEXT, N_NEW, PROMPTS, ROOT, SYSTEM, USER, Exported, fed_tokens, greedy, one_line_error  # noqa: E402
+from tiny_tokenizers import write_tiktoken  # noqa: E402
+
+from torchchat.errors import UserError  # noqa: E402
+
+ET_RUN = {"release": ROOT / "cmake-out" / "et_run", "asan": ROOT / "cmake-out-asan" / "et_run"}
+
+
+@pytest.fixture(scope="session")
+def llama2(tmp_path_factory) -> Exported:
+    return Exported(tmp_path_factory.mktemp("et_llama2"), "llama2", ("pte",))
+
+
+@pytest.fixture(scope="session")
+def llama3(tmp_path_factory) -> Exported:
+    return Exported(tmp_path_factory.mktemp("et_llama3"), "llama3", ("pte",))
+
+
+@pytest.fixture(scope="session")
+def no_metadata_pte(tmp_path_factory) -> Path:
+    """A valid program with a forward but none of our constant methods."""
+    from executorch.exir import to_edge_transform_and_lower
+
+    ep = torch.export.export(torch.nn.Linear(4, 4).eval(), (torch.zeros(1, 4),))
+    path = tmp_path_factory.mktemp("et_plain") / "plain.pte"
+    path.write_bytes(to_edge_transform_and_lower(ep).to_executorch().buffer)
+    return path
+
+
+@pytest.fixture
+def model(request):
+    return request.getfixturevalue(request.param)
+
+
+STYLES = ["llama2", "llama3"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Python: the program against the eager model
+
+
+@pytest.mark.parametrize("model", STYLES, indirect=True)
+def test_metadata_round_trips(model):
+    from torchchat.et import PTEDecoder
+
+    d = PTEDecoder(model.paths["pte"])
+    want = model.eager.info
+    assert (d.info.vocab_size, d.info.bos_id, d.info.add_bos, d.info.stop_ids, d.info.tokenizer_kind,
+            d.info.chat_template) == (want.vocab_size, want.bos_id, want.add_bos, want.stop_ids,
+                                      want.tokenizer_kind, want.chat_template)
+    assert d.info.max_seq_len == CONTEXT and d.dtype == "fp32"
+
+
+def test_executorch_llm_runner_constant_methods(llama3):
+    """The methods ExecuTorch's own LLM runner reads (extension/llm/runner/constants.h)."""
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(llama3.paths["pte"])
+    info = llama3.eager.info
+
+    def value(name):
+        return program.load_method(name).execute([])
+
+    assert value("get_max_seq_len") == [CONTEXT] and value("get_max_context_len") == [CONTEXT]
+    assert value("get_vocab_size") == [info.vocab_size] and value("get_bos_id") == [info.bos_id]
+    assert value("get_eos_ids") == info.stop_ids
+    assert value("use_kv_cache") == [True] and value("enable_dynamic_shape") == [True]
+
+
+@pytest.mark.parametrize("model", STYLES, indirect=True)
+def test_python_greedy_matches_eager(model):
+    from torchchat.et import PTEDecoder
+
+    d, e = PTEDecoder(model.paths["pte"]), model.eager_decoder()
+    tok, info = model.eager.tokenizer, model.eager.info
+    ids = tok.encode(PROMPTS[0], bos=info.add_bos)
+    # Logits first: the whole prompt in one call (dynamic T), then one decode step.
+    with torch.no_grad():
+        for tokens, pos in ((torch.tensor([ids]), torch.arange(len(ids))),
+                            (torch.tensor([[ids[-1]]]), torch.tensor([len(ids)]))):
+            assert torch.allclose(d(tokens, pos), e(tokens, pos), atol=2e-4, rtol=1e-4)
+    for prompt in PROMPTS:
+        ids = tok.encode(prompt, bos=info.add_bos)
+        assert greedy(d, ids, info.stop_ids) == greedy(e, ids, info.stop_ids), prompt
+
+
+def test_python_chat_with_system_prompt_matches_eager(llama3):
+    from torchchat.chat import Conversation
+    from torchchat.et import PTEDecoder
+
+    tok, info = llama3.eager.tokenizer, llama3.eager.info
+    results = []
+    for decoder in (PTEDecoder(llama3.paths["pte"]), llama3.eager_decoder()):
+        conv = Conversation(tok, info.chat_template, info.stop_ids[0], SYSTEM)
+        first = conv.turn_tokens(USER)
+        reply = greedy(decoder, first, info.stop_ids)
+        conv.reply_done(reply, info.stop_ids)
+        second = conv.turn_tokens("And the second tallest?")
+        results.append((reply, greedy(decoder, second, info.stop_ids, start_pos=len(first) + len(reply) - 1)))
+    assert results[0] == results[1]
+
+
+def cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "torchchat.py", *map(str, args)], cwd=ROOT, input=stdin,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_generate_chat_and_eval_with_pte(llama2):
+    model = ["--tokenizer-path", llama2.tokenizer]
+    outs = {}
+    for flag, path in (("--checkpoint-path", llama2.checkpoint), ("--pte-path", llama2.paths["pte"])):
+        gen = cli("generate", flag, path, *model, "--prompt", PROMPTS[0], "--temperature", "0", "--max-new-tokens", "16")
+        chat = cli("chat", flag, path, *model, "--temperature", "0", "--max-new-tokens", "16", "--system-prompt",
+                   SYSTEM, stdin=f"{USER}\nAnd the second?\n")
+        ev = cli("eval", flag, path, *model, "--limit", "2")
+        for p in (gen, chat, ev):
+            assert p.returncode == 0, p.stderr
+        perplexity = next(line for line in ev.stdout.splitlines() if line.startswith("| perplexity"))
+        outs[flag] = (gen.stdout, chat.stdout, perplexity)
+        assert "cpuinfo" not in gen.stderr + chat.stderr + ev.stderr  # the runtime's load-time log stays quiet
+    assert outs["--checkpoint-path"] == outs["--pte-path"]
+    both = cli("generate", "--pte-path", llama2.paths["pte"], "--dso-path", "x.so", *model)
+    assert both.returncode == 1 and "one of" in both.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Python: bad input
+
+
+def test_python_rejects_garbage_truncated_and_foreign_programs(llama2, no_metadata_pte, tmp_path):
+    from torchchat.et import PTEDecoder
+
+    garbage, cut, cut_small = tmp_path / "garbage.pte", tmp_path / "cut.pte", tmp_path / "tiny.pte"
+    garbage.write_bytes(os.urandom(4096))
+    data = llama2.paths["pte"].read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    cut_small.write_bytes(data[:6])
+    for path, words in ((garbage, "not an ExecuTorch"), (cut, "truncated"), (cut_small, "not an ExecuTorch"),
+                        (no_metadata_pte, "no torchchat metadata"), (tmp_path / "missing.pte", "no such file")):
+        with pytest.raises(UserError) as e:
+            PTEDecoder(path)
+        assert words in str(e.value) and "\n" not in str(e.value), path
+
+
+def test_python_tokenizer_that_does_not_fit_is_refused(llama2, tmp_path):
+    from torchchat.et import PTEDecoder
+    from torchchat.exported import load_exported
+
+    big = write_tiktoken(tmp_path / "big.model", n_base=384)  # 640 tokens > the model's 512
+    with pytest.raises(UserError, match="tokenizer"):
+        load_exported(llama2.paths["pte"], big, decoder_class=PTEDecoder)
+
+
+def test_python_prompt_longer_than_context_is_a_user_error(llama2):
+    from torchchat.et import PTEDecoder
+
+    with pytest.raises(UserError, match="context"):
+        greedy(PTEDecoder(llama2.paths["pte"]), [1] * (CONTEXT + 1), [])
+
+
+# ---------------------------------------------------------------------------------------------
+# The native runner: et_run on the same programs
+
+
+def runner(build: str = "release") -> Path:
+    path = ET_RUN[build]
+    if not path.is_file():
+        pytest.skip(f"build it: scripts/build_native.sh et{' --sanitize' if build == 'asan' else ''}")
+    return path
+
+
+def et_run(model_path, tokenizer, *flags, stdin="", trace=None, build="release", timeout=120):
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
+    if trace is not None:
+        env["TORCHCHAT_TRACE"] = str(trace)
+    return subprocess.run([str(runner(build)), str(model_path), "-z", str(tokenizer), *map(str, flags)], input=stdin,
+                          capture_output=True, text=True, timeout=timeout, env=env, errors="replace")
+
+
+@pytest.mark.parametrize("model", STYLES, indirect=True)
+def test_runner_greedy_matches_eager(model, tmp_path):
+    e = model.eager_decoder()
+    tok, info = model.eager.tokenizer, model.eager.info
+    for i, prompt in enumerate(PROMPTS):
+        ids = tok.encode(prompt, bos=info.add_bos)
+        want = greedy(e, ids, info.stop_ids)
+        trace = tmp_path / f"trace{i}.jsonl"
+        p = et_run(model.paths["pte"], model.runner_tokenizer, "-t", "0", "-n", len(ids) + N_NEW, "-i", prompt,
+                   trace=trace)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.startswith(prompt) and "tokens/s" in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1  # the stats line; the runtime's own log stays quiet
+        first = json.loads(trace.read_text().splitlines()[0])
+        assert first["tokens"] == ids  # the whole prompt in one call (dynamic sequence length)
+        fed = fed_tokens(trace)
+        assert fed[:len(ids) + len(want) - 1] == ids + want[:-1], prompt
+
+
+@pytest.mark.parametrize("build", ["release", "asan"])
+def test_runner_chat_with_system_prompt_matches_eager(llama3, tmp_path, build):
+    from torchchat.chat import Conversation
+
+    tok, info = llama3.eager.tokenizer, llama3.eager.info
+    conv = Conversation(tok, info.chat_template, info.stop_ids[0], SYSTEM)
+    first = conv.turn_tokens(USER)
+    want = greedy(llama3.eager_decoder(), first, info.stop_ids)
+    trace = tmp_path / "chat.jsonl"
+    p = et_run(llama3.paths["pte"], llama3.runner_tokenizer, "-m", "chat", "-y", SYSTEM, "-i", USER, "-t", "0",
+               "-n", len(first) + N_NEW, trace=trace, build=build)
+    assert p.returncode == 0, p.stderr
+    assert "Assistant: " in p.stdout
+    assert fed_tokens(trace)[:len(first) + len(want) - 1] == first + want[:-1]
+
+
+@pytest.mark.parametrize("build", ["release", "asan"])
+def test_runner_rejects_bad_programs(llama2, no_metadata_pte, tmp_path, build):
+    data = llama2.paths["pte"].read_bytes()
+    cases = {
+        "cut.pte": data[: len(data) // 2],
+        "header.pte": data[:200],
+        "garbage.pte": os.urandom(4096),
+        "text.pte": b"not a model\n",
+        "flipped.pte": data[:64] + bytes(b ^ 0x5A for b in data[64:4096]) + data[4096:],
+    }
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+    for path in [tmp_path / n for n in cases] + [no_metadata_pte, tmp_path / "missing.pte"]:
+        line = one_line_error(et_run(path, llama2.runner_tokenizer, "-i", "hi", "-n", "8", build=build))
+        assert str(path) in line
+    assert "no torchchat metadata" in one_line_error(et_run(no_metadata_pte, llama2.runner_tokenizer, "-i", "hi",
+                                                            build=build))
+
+
+@pytest.mark.parametrize("build", ["release", "asan"])
+def test_runner_rejects_tokenizer_that_does_not_fit(llama2, llama3, tmp_path, build):
+    # a tiktoken file for a SentencePiece model, and a tiktoken vocabulary larger than the model's
+    assert "tokenizer" in one_line_error(et_run(llama2.paths["pte"], llama3.runner_tokenizer, "-i", "hi", build=build))
+    big = write_tiktoken(tmp_path / "big.model", n_base=400)  # 656 tokens > 640
+    assert "tokenizer" in one_line_error(et_run(llama3.paths["pte"], big, "-i", "hi", build=build))
+
+
+def test_runner_prompt_longer_than_context_and_large_n(llama2):
+    long_prompt = "Once upon a time " * 200  # > 256 tokens
+    assert "context" in one_line_error(et_run(llama2.paths["pte"], llama2.runner_tokenizer, "-i", long_prompt,
+                                              "-t", "0", "-n", "0"))
+    # -n above the context is the context (the seed: 0 = max_seq_len): runs to the end, no crash
+    p = et_run(llama2.paths["pte"], llama2.runner_tokenizer, "-i", "Once", "-t", "0", "-n", "100000")
+    assert p.returncode == 0, p.stderr
