@@ -315,7 +315,8 @@ def main() -> None:
     p.add_argument("--context", type=int, default=N_PROMPT + N_GEN,
                    help="exported context; default pp+tg as llama-bench allocates (attention reads the whole "
                         "static cache, so a larger context costs every token; one more row shows the export default)")
-    p.add_argument("--1b", dest="one_b", action="store_true", help="add the Llama 3.2 1B-shaped rows (slow)")
+    p.add_argument("--1b", dest="one_b", nargs="*", choices=["fp32", "bf16"], default=None,
+                   help="add Llama 3.2 1B-shaped rows (default both dtypes; slow; fp32 export needs ~20 GB RAM)")
     p.add_argument("--plot", help="also write a PNG bar chart here")
     p.add_argument("--worker-eager", help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
@@ -333,9 +334,11 @@ def main() -> None:
     folder = Path(registry.where("smollm2-135m"))
     smol = requantize_gguf(folder / "model.gguf", CACHE / "smollm2-135m-f32.gguf", "F32")
     jobs = [("SmolLM2-135M fp32", smol, "fp32", folder / "tokenizer.json")]
-    if a.one_b:
-        jobs += [("Llama-3.2-1B-shape fp32", random_1b_gguf(CACHE / "random-1b-f32.gguf", "F32"), "fp32", None),
-                 ("Llama-3.2-1B-shape bf16", random_1b_gguf(CACHE / "random-1b-bf16.gguf", "BF16"), "bf16", None)]
+    if a.one_b is not None:
+        for dtype in a.one_b or ["fp32", "bf16"]:
+            kind = "F32" if dtype == "fp32" else "BF16"
+            jobs.append((f"Llama-3.2-1B-shape {dtype}", random_1b_gguf(CACHE / f"random-1b-{kind.lower()}.gguf", kind),
+                         dtype, None))
     default_ctx = 2048  # torchchat/export.py's default (min(model context, 2048))
     artifacts = {name: (export(g, dtype, a.context, "so"), export(g, dtype, a.context, "pt2"),
                         export(g, dtype, default_ctx, "so") if a.context != default_ctx else None)

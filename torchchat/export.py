@@ -146,7 +146,15 @@ def export_model(model: Transformer, info: ModelInfo, dtype: str, max_seq_len: i
 
 
 def cmd_export(args) -> None:
+    import signal
+
     from torchchat.loader import load_model
+
+    # A plain kill (SIGTERM) ends the export like Ctrl-C, so staged files are cleaned up too.
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
 
     so_path, pt2_path = args.output_dso_path, args.output_aoti_package_path
     pte_path = getattr(args, "output_pte_path", None)
