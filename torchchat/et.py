@@ -66,6 +66,25 @@ def constant_methods(info: ModelInfo, meta_json: str) -> dict:
     }
 
 
+def sdpa_for_xnnpack(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """scaled_dot_product_attention as two batched matmuls XNNPACK takes, for a boolean mask.
+
+    The stock decomposition repeats each KV head for its query heads (grouped-query attention),
+    which copies the whole cache every layer and token; here the G query heads sharing a KV head
+    are instead G*T rows of one matmul against that head's keys and values. Inference only."""
+    b, h, t, d = q.shape
+    kv, s = k.shape[1], k.shape[2]
+    g = h // kv
+    scale = scale if scale is not None else d ** -0.5
+    scores = torch.bmm((q * scale).reshape(b * kv, g * t, d), k.reshape(b * kv, s, d).transpose(1, 2))
+    if attn_mask is not None:
+        bias = torch.where(attn_mask, 0.0, float("-inf")) if attn_mask.dtype == torch.bool else attn_mask
+        bias = bias.to(scores.dtype).reshape(1, t, s)  # one mask for all heads (ours is [1, 1, T, S])
+        scores = scores + (bias.repeat(1, g, 1) if g > 1 else bias)
+    out = torch.bmm(torch.softmax(scores, dim=-1), v.reshape(b * kv, s, d))
+    return out.reshape(b, h, t, d)
+
+
 def lower_to_pte(ep: torch.export.ExportedProgram, out: Path, info: ModelInfo, meta_json: str) -> None:
     """XNNPACK-lower `ep` and write the program to `out` (atomically, see export.staged_output)."""
     quiet_executorch_imports()
@@ -75,6 +94,7 @@ def lower_to_pte(ep: torch.export.ExportedProgram, out: Path, info: ModelInfo, m
 
     from torchchat.export import staged_output
 
+    ep = ep.run_decompositions({torch.ops.aten.scaled_dot_product_attention.default: sdpa_for_xnnpack})
     edge = to_edge_transform_and_lower(
         ep,
         partitioner=[XnnpackPartitioner()],
