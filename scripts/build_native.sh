@@ -28,6 +28,13 @@ if [ "$sanitize" -eq 1 ]; then
     cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTORCHCHAT_WERROR=ON -DTORCHCHAT_BUILD_TESTS=ON -DTORCHCHAT_SANITIZE=ON)
 fi
 
+# Each target adds its runner to what the build folder already has (et_run is also built
+# whenever the executorch wheel is installed: it builds in seconds); aoti_run, slow to
+# compile, only when asked for once.
+if ! grep -qs '^TORCHCHAT_BUILD_AOTI:BOOL=ON' "$build_dir/CMakeCache.txt"; then
+    cmake_args+=(-DTORCHCHAT_BUILD_AOTI=OFF)
+fi
+
 case "$target" in
     core) ;;
     aoti)

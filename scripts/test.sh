@@ -12,7 +12,7 @@ run_pytest() {
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then exit "$rc"; fi
 }
 
-printf '\n== Native runner: build core + aoti_run, and the ASan/UBSan core\n' >&2
+printf '\n== Native runner: build core + aoti_run + et_run, and the ASan/UBSan core + et_run\n' >&2
 scripts/build_native.sh aoti
 scripts/build_native.sh core --sanitize
 
