@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Native benchmark: aoti_run's backend vs Python eager vs llama.cpp, side by side in one run.
+"""Native benchmark: aoti_run's and et_run's backends vs Python eager vs llama.cpp, side by side in one run.
 
     python3 bench/bench_native.py [--threads 2] [--reps 3] [--1b] [--plot bench.png]
 
@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 CACHE = Path(os.environ.get("TORCHCHAT_BENCH_CACHE", Path.home() / ".cache" / "torchchat-bench"))
 AOTI_BENCH, AOTI_RUN = ROOT / "cmake-out" / "aoti_bench", ROOT / "cmake-out" / "aoti_run"
+ET_BENCH, ET_RUN = ROOT / "cmake-out" / "et_bench", ROOT / "cmake-out" / "et_run"  # ExecuTorch (.pte) rows
 N_PROMPT = N_GEN = 128
 
 
@@ -162,8 +163,8 @@ def random_1b_gguf(dst: Path, kind: str) -> Path:
 def export(gguf_path: Path, dtype: str, context: int, suffix: str) -> Path:
     out = CACHE / f"{gguf_path.stem}-{dtype}-ctx{context}.{suffix}"
     if not out.is_file():
-        flag = "--output-dso-path" if suffix == "so" else "--output-aoti-package-path"
-        log(f"== exporting {out.name} (AOT Inductor; minutes)")
+        flag = {"so": "--output-dso-path", "pt2": "--output-aoti-package-path", "pte": "--output-pte-path"}[suffix]
+        log(f"== exporting {out.name} ({'ExecuTorch' if suffix == 'pte' else 'AOT Inductor'}; minutes)")
         subprocess.run([sys.executable, ROOT / "torchchat.py", "export", "--gguf-path", gguf_path, "--dtype", dtype,
                         "--max-seq-length", str(context), flag, out], check=True, cwd=ROOT)
     return out
@@ -173,14 +174,16 @@ def export(gguf_path: Path, dtype: str, context: int, suffix: str) -> Path:
 # Engines; each returns a dict of figures
 
 
-def bench_aoti(artifact: Path, threads: int, reps: int, tokenizer: Path | None) -> dict:
+def bench_aoti(artifact: Path, threads: int, reps: int, tokenizer: Path | None,
+               bench_bin: Path = AOTI_BENCH, run_bin: Path = AOTI_RUN) -> dict:
+    """aoti_bench (or et_bench, with et_run) on one artifact."""
     env = {"OMP_NUM_THREADS": str(threads)}
-    out, _, rss = run_rss([AOTI_BENCH, artifact, "-p", N_PROMPT, "-g", N_GEN, "-r", reps], env=env)
+    out, _, rss = run_rss([bench_bin, artifact, "-p", N_PROMPT, "-g", N_GEN, "-r", reps], env=env)
     r = json.loads(out)
     res = dict(load=r["load_s"], ttft=r["ttft_s"], pp=r["pp_tps"], tg=r["tg_tps"], rss=rss,
                size=artifact.stat().st_size / 1e6)
     if tokenizer is not None:  # the whole runner, process start to first token (short prompt)
-        cmd = [AOTI_RUN, artifact, "-z", tokenizer, "-i", "Once upon a time", "-t", "0", "-n", "6"]
+        cmd = [run_bin, artifact, "-z", tokenizer, "-i", "Once upon a time", "-t", "0", "-n", "6"]
         res["first_token_process"] = min(run(cmd, env=env)[1] for _ in range(3))
     return res
 
@@ -280,7 +283,7 @@ def print_table(rows, bw, weight_mb: dict, threads, reps) -> None:
     for model, engines in rows:
         for name, r in engines.items():
             if "first_token_process" in r:
-                print(f"\n{model}, {name}: aoti_run process start to first generated token (short prompt, "
+                print(f"\n{model}, {name}: runner process start to first generated token (short prompt, "
                       f"page cache warm): {r['first_token_process']:.2f} s")
 
 
@@ -327,6 +330,8 @@ def main() -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     if not AOTI_BENCH.is_file():
         subprocess.run([ROOT / "scripts" / "build_native.sh", "aoti"], check=True)
+    if not ET_BENCH.is_file():
+        subprocess.run([ROOT / "scripts" / "build_native.sh", "et"], check=True)
     llama_dir = Path(subprocess.run([ROOT / "bench" / "build_llama_cpp.sh"], check=True, capture_output=True,
                                     text=True).stdout.strip().splitlines()[-1])
     from torchchat import registry
@@ -344,6 +349,9 @@ def main() -> None:
                         export(g, dtype, default_ctx, "so") if a.context != default_ctx else None)
                  for name, g, dtype, _ in jobs}
 
+    # ExecuTorch: the default model only (XNNPACK lowering preprocesses each delegated subgraph: minutes).
+    ptes = {jobs[0][0]: export(jobs[0][1], jobs[0][2], a.context, "pte")}
+
     bw = bandwidth(a.threads)
     rows, weight_mb = [], {}
     for name, g, dtype, tok in jobs:
@@ -355,6 +363,9 @@ def main() -> None:
         engines[f"AOTI .pt2, ctx {a.context}"] = bench_aoti(pt2, a.threads, a.reps, tok)
         if so_default is not None:
             engines[f"AOTI .so, ctx {default_ctx}"] = bench_aoti(so_default, a.threads, a.reps, None)
+        if name in ptes:
+            engines[f"ET .pte (XNNPACK), ctx {a.context}"] = bench_aoti(ptes[name], a.threads, a.reps, tok,
+                                                                        ET_BENCH, ET_RUN)
         engines[f"Python eager, ctx {N_PROMPT + N_GEN}"] = bench_eager(g, dtype, a.threads, a.reps)
         rows.append((name, engines))
         weight_mb[name] = gguf_weight_mb(g)
