@@ -103,7 +103,10 @@ def lower_to_pte(ep: torch.export.ExportedProgram, out: Path, info: ModelInfo, m
         compile_config=EdgeCompileConfig(_check_ir_validity=False),
     )
     # Upper-bound memory planning from the dynamic dimension's range (T <= max_seq_len).
-    program = edge.to_executorch(ExecutorchBackendConfig(sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass()))
+    # The reinplace pass writes the new keys/values into the cache buffer in place (index_put_);
+    # without it, each layer builds a new cache tensor and copies it back, every token.
+    program = edge.to_executorch(ExecutorchBackendConfig(sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
+                                                         run_reinplace_pass=True))
     with staged_output(out, ".pte") as staged:
         with open(staged, "wb") as f:
             program.write_to_file(f)
