@@ -105,7 +105,7 @@ def compile_so(ep: torch.export.ExportedProgram, out: Path, meta_json: str) -> N
             produced = torch._inductor.aot_compile(ep.module(), ep.example_inputs[0], options=options)
         if Path(produced) != staged:
             shutil.move(produced, staged)
-        metadata.append_so_trailer(staged, meta_json)
+        metadata.insert_so_metadata(staged, meta_json)
 
 
 def compile_pt2(ep: torch.export.ExportedProgram, out: Path, meta_json: str) -> None:

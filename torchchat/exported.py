@@ -40,7 +40,7 @@ class AOTIDecoder:
         kind = sniff(path)
         where = str(path)
         if kind == "so":
-            text = metadata.read_so_trailer(path)
+            text = metadata.read_so_metadata(path)
             if text is None:
                 raise UserError(f"{path}: no torchchat metadata (export it with `torchchat.py export`)")
             self.info, self.dtype = metadata.from_json(text, where)

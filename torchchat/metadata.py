@@ -9,13 +9,18 @@ One JSON object, the same for every format (AOTI .so / .pt2, ExecuTorch .pte):
 `max_seq_len` is the exported context (the KV cache size), not the model's trained one.
 The C++ twin is `parse_metadata_json` in runner/src. Where each format keeps it:
 - .pt2: the package's AOTI metadata, key `torchchat` (AOTIModelPackageLoader::get_metadata).
-- .so: a trailer appended to the shared library (see `append_so_trailer`), because a bare
-  AOTI library has no metadata of its own; the dynamic loader ignores bytes past the ELF
-  segments, so the file stays a normal .so.
+- .so: a block inserted right after the ELF content of the shared library (see
+  `insert_so_metadata`), because a bare AOTI library has no metadata of its own. The
+  dynamic loader reads only what the ELF headers point to, so the file stays a normal .so.
+  Not at the very end: for weights over 2 GB AOTI appends them to the file and finds them
+  at (file size - their size) on a 16 KiB boundary, so the block is a multiple of 16 KiB
+  placed before them.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import struct
 from pathlib import Path
 from typing import Optional
@@ -25,7 +30,8 @@ from torchchat.loader import ModelInfo
 
 FORMAT_VERSION = 1
 PT2_KEY = "torchchat"
-SO_MAGIC = b"TCHMETA1"  # last 8 bytes of an exported .so; preceded by the JSON length (u64 LE)
+SO_MAGIC = b"TCHMETA1"  # then the JSON length (u64 LE), the JSON, zero padding to a 16 KiB multiple
+SO_BLOCK_ALIGN = 16384
 TOKENIZER_KINDS = ("sentencepiece", "tiktoken", "hf_bpe")
 
 
@@ -69,25 +75,54 @@ def from_json(text: str, where: str) -> tuple[ModelInfo, str]:
         raise UserError(f"{where}: malformed torchchat metadata ({e})") from None
 
 
-def append_so_trailer(path: Path, text: str) -> None:
+def elf_end(head: bytes, f) -> int:
+    """Offset just past everything the ELF headers describe (segments, sections, header tables)."""
+    if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        raise UserError("not a 64-bit little-endian ELF shared library")
+    phoff, shoff = struct.unpack_from("<QQ", head, 0x20)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", head, 0x36)
+    end = max(64, phoff + phentsize * phnum, shoff + shentsize * shnum)
+    f.seek(phoff)
+    table = f.read(phentsize * phnum)
+    for i in range(phnum):
+        offset, filesz = struct.unpack_from("<Q", table, i * phentsize + 8)[0], struct.unpack_from("<Q", table, i * phentsize + 32)[0]
+        end = max(end, offset + filesz)
+    f.seek(shoff)
+    table = f.read(shentsize * shnum)
+    for i in range(shnum):
+        kind = struct.unpack_from("<I", table, i * shentsize + 4)[0]
+        offset, size = struct.unpack_from("<QQ", table, i * shentsize + 24)
+        if kind != 8:  # SHT_NOBITS (.bss) takes no room in the file
+            end = max(end, offset + size)
+    return end
+
+
+def insert_so_metadata(path: Path, text: str) -> None:
+    """Rewrite `path` with the metadata block inserted after its ELF content."""
     data = text.encode()
-    with open(path, "ab") as f:
-        f.write(data + struct.pack("<Q", len(data)) + SO_MAGIC)
+    block = SO_MAGIC + struct.pack("<Q", len(data)) + data
+    block += b"\0" * (-len(block) % SO_BLOCK_ALIGN)
+    tmp = path.with_name(path.name + ".meta")
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        at = elf_end(src.read(64), src)
+        src.seek(0)
+        dst.write(src.read(at))
+        dst.write(block)
+        shutil.copyfileobj(src, dst, 64 << 20)  # what AOTI appended (weights), if anything
+    os.replace(tmp, path)
 
 
-def read_so_trailer(path: Path) -> Optional[str]:
-    """The JSON appended by `append_so_trailer`, or None if the file has none."""
+def read_so_metadata(path: Path) -> Optional[str]:
+    """The JSON inserted by `insert_so_metadata`, or None if the library has none."""
     with open(path, "rb") as f:
-        f.seek(0, 2)
-        size = f.tell()
-        if size < 16:
+        try:
+            at = elf_end(f.read(64), f)
+        except (UserError, struct.error):
             return None
-        f.seek(size - 16)
-        tail = f.read(16)
-        if tail[8:] != SO_MAGIC:
+        f.seek(at)
+        head = f.read(16)
+        if len(head) < 16 or head[:8] != SO_MAGIC:
             return None
-        n = struct.unpack("<Q", tail[:8])[0]
-        if n > size - 16 or n > 1 << 20:
-            return None
-        f.seek(size - 16 - n)
-        return f.read(n).decode()
+        n = struct.unpack("<Q", head[8:])[0]
+        data = f.read(n) if n <= SO_BLOCK_ALIGN * 64 else b""
+        return data.decode() if len(data) == n and n else None

@@ -15,7 +15,9 @@
 namespace torchchat {
 namespace {
 
-constexpr char kSoMagic[] = "TCHMETA1";  // torchchat/metadata.py SO_MAGIC
+// torchchat/metadata.py SO_MAGIC: a block right after the ELF content of the .so
+// (before any weights AOTI appended), then the JSON length (u64 LE) and the JSON.
+constexpr char kSoMagic[] = "TCHMETA1";
 constexpr char kPt2Key[] = "torchchat";  // torchchat/metadata.py PT2_KEY
 
 enum class Format { So, Pt2 };
@@ -38,20 +40,57 @@ std::string first_line(const std::exception& e) {
 
 }  // namespace
 
+namespace {
+
+template <typename T>
+T load_le(const char* p) {  // the ELF files we read are little-endian, as is this machine
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Offset just past everything the ELF headers describe (segments, sections, header
+// tables); 0 if this is not a 64-bit little-endian ELF. Twin of torchchat/metadata.py elf_end.
+std::uint64_t elf_end(std::ifstream& f) {
+  char h[64];
+  f.seekg(0);
+  if (!f.read(h, 64) || std::memcmp(h, "\x7f" "ELF", 4) != 0 || h[4] != 2 || h[5] != 1) return 0;
+  const auto phoff = load_le<std::uint64_t>(h + 0x20), shoff = load_le<std::uint64_t>(h + 0x28);
+  const auto phentsize = load_le<std::uint16_t>(h + 0x36), phnum = load_le<std::uint16_t>(h + 0x38);
+  const auto shentsize = load_le<std::uint16_t>(h + 0x3a), shnum = load_le<std::uint16_t>(h + 0x3c);
+  if (phentsize < 56 || shentsize < 64) return 0;
+  std::uint64_t end = std::max<std::uint64_t>({64, phoff + std::uint64_t{phentsize} * phnum, shoff + std::uint64_t{shentsize} * shnum});
+  std::vector<char> table(std::max<std::size_t>(std::size_t{phentsize} * phnum, std::size_t{shentsize} * shnum));
+  f.seekg(static_cast<std::streamoff>(phoff));
+  if (!f.read(table.data(), static_cast<std::streamsize>(std::size_t{phentsize} * phnum))) return 0;
+  for (int i = 0; i < phnum; ++i) {
+    const char* e = table.data() + std::size_t{phentsize} * i;
+    end = std::max(end, load_le<std::uint64_t>(e + 8) + load_le<std::uint64_t>(e + 32));  // p_offset + p_filesz
+  }
+  f.seekg(static_cast<std::streamoff>(shoff));
+  if (!f.read(table.data(), static_cast<std::streamsize>(std::size_t{shentsize} * shnum))) return 0;
+  for (int i = 0; i < shnum; ++i) {
+    const char* e = table.data() + std::size_t{shentsize} * i;
+    if (load_le<std::uint32_t>(e + 4) != 8)  // SHT_NOBITS (.bss) takes no room in the file
+      end = std::max(end, load_le<std::uint64_t>(e + 24) + load_le<std::uint64_t>(e + 32));  // sh_offset + sh_size
+  }
+  return end;
+}
+
+}  // namespace
+
 std::string read_so_metadata(const std::string& path) {
-  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  std::ifstream f(path, std::ios::binary);
   if (!f) return "";
-  const auto size = static_cast<std::uint64_t>(f.tellg());
-  if (size < 16) return "";
-  char tail[16];
-  f.seekg(static_cast<std::streamoff>(size - 16));
-  f.read(tail, 16);
-  if (std::memcmp(tail + 8, kSoMagic, 8) != 0) return "";
-  std::uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(tail[i]);  // little-endian u64
-  if (n > size - 16 || n > (1u << 20)) return "";
+  const std::uint64_t at = elf_end(f);
+  if (at == 0) return "";
+  char head[16];
+  f.clear();
+  f.seekg(static_cast<std::streamoff>(at));
+  if (!f.read(head, 16) || std::memcmp(head, kSoMagic, 8) != 0) return "";
+  const auto n = load_le<std::uint64_t>(head + 8);
+  if (n == 0 || n > (1u << 20)) return "";
   std::string json(n, '\0');
-  f.seekg(static_cast<std::streamoff>(size - 16 - n));
   f.read(json.data(), static_cast<std::streamsize>(n));
   return f ? json : "";
 }
@@ -72,8 +111,8 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
   std::string json;
   try {
     if (format == Format::So) {
-      // Metadata first: a truncated library has lost its trailer, and a foreign one
-      // never had it; either way we stop before dlopen.
+      // Metadata first: a foreign library never had it, a truncated one may have lost
+      // it; either way we stop before dlopen.
       json = read_so_metadata(path);
       if (json.empty())
         throw Error(path + ": no torchchat metadata (truncated, or not exported by `torchchat.py export`)");
@@ -116,14 +155,7 @@ AotiBackend::~AotiBackend() = default;
 std::span<const float> AotiBackend::forward(const std::int64_t* tokens, int n, int start_pos) {
   // Checked here because the compiled model reports out-of-range indices with a
   // stack trace on stderr before it throws.
-  if (n < 1 || start_pos < 0 || start_pos + n > metadata_.max_seq_len) {
-    throw Error(std::to_string(n) + " tokens at position " + std::to_string(start_pos) +
-                " do not fit the model's context of " + std::to_string(metadata_.max_seq_len));
-  }
-  for (int i = 0; i < n; ++i) {
-    if (tokens[i] < 0 || tokens[i] >= metadata_.vocab_size)
-      throw Error("token id " + std::to_string(tokens[i]) + " is outside the model's vocabulary");
-  }
+  check_forward_args(metadata_, tokens, n, start_pos);
   if (!trace_path_.empty()) {
     std::ofstream trace(trace_path_, std::ios::app);
     trace << "{\"start_pos\": " << start_pos << ", \"tokens\": [";

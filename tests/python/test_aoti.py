@@ -316,3 +316,23 @@ def test_runner_prompt_longer_than_context_and_large_n(llama2):
     # -n above the context is the context (the seed: 0 = max_seq_len): runs to the end, no crash
     p = aoti_run(llama2.paths["pt2"], llama2.runner_tokenizer, "-i", "Once", "-t", "0", "-n", "100000")
     assert p.returncode == 0, p.stderr
+
+
+def test_so_metadata_survives_weights_appended_to_the_library(llama2, tmp_path, monkeypatch):
+    """Over 2 GB of weights, AOTI appends them to the .so and finds them from the file's end
+    (on a 16 KiB boundary); the metadata block must not disturb that. Forced here on a tiny model."""
+    from torchchat import export
+    from torchchat.exported import AOTIDecoder
+    from torchchat.loader import load_model
+
+    monkeypatch.setitem(export.INDUCTOR_CONFIGS, "aot_inductor.force_mmap_weights", True)
+    loaded = load_model(model_args(llama2.checkpoint, llama2.tokenizer))
+    out = tmp_path / "mmap.so"
+    export.export_model(loaded.model, loaded.info, "fp32", CONTEXT, so_path=out)
+    ids = llama2.eager.tokenizer.encode(PROMPTS[0], bos=True)
+    d = AOTIDecoder(out)
+    assert d.info.vocab_size == llama2.eager.info.vocab_size
+    assert greedy(d, ids, d.info.stop_ids) == greedy(llama2.eager_decoder(), ids, d.info.stop_ids)
+    if AOTI_RUN.is_file():
+        p = aoti_run(out, llama2.runner_tokenizer, "-t", "0", "-n", "24", "-i", PROMPTS[0])
+        assert p.returncode == 0, p.stderr
