@@ -2,13 +2,9 @@
 //
 //   ./cmake-out/et_run ./model.pte -z ./tokenizer.bin -l 2 -i "Once upon a time"
 
-#include <memory>
-
 #include "backends/et_backend.h"
 #include "torchchat/cli.h"
 
 int main(int argc, char** argv) {
-  return torchchat::run_main(argc, argv, [](const torchchat::BackendOptions& options) {
-    return std::make_unique<torchchat::EtBackend>(options);
-  });
+  return torchchat::run_main(argc, argv, torchchat::make_et_backend);
 }

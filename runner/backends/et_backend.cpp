@@ -4,6 +4,7 @@
 #include <fstream>
 #include <mutex>
 #include <numeric>
+#include <vector>
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
@@ -69,20 +70,26 @@ void sniff(const std::string& path) {
     throw Error(path + ": not an ExecuTorch program (.pte)");
 }
 
-}  // namespace
+class EtBackend final : public Backend {
+ public:
+  explicit EtBackend(const BackendOptions& options);
+  const ModelMetadata& metadata() const override { return metadata_; }
+  std::span<const float> forward(const std::int64_t* tokens, int n, int start_pos) override;
 
-struct EtBackend::Program {
-  std::unique_ptr<Module> module;
-  std::vector<float> logits;  // the last position's row, valid until the next call
+ private:
+  std::unique_ptr<Module> module_;
+  ModelMetadata metadata_;
+  std::vector<std::int64_t> tokens_, positions_;
+  std::vector<float> logits_;  // the last position's row, valid until the next call
 };
 
-EtBackend::EtBackend(const BackendOptions& options) : program_(std::make_unique<Program>()) {
+EtBackend::EtBackend(const BackendOptions& options) {
   install_log_handler();
   const std::string& path = options.model_path;
   sniff(path);
   // Mmap: weights are paged in from the file, not copied; XNNPACK packs them at load.
-  program_->module = std::make_unique<Module>(path, Module::LoadMode::Mmap);
-  Module& module = *program_->module;
+  module_ = std::make_unique<Module>(path, Module::LoadMode::Mmap);
+  Module& module = *module_;
   // Full verification: a truncated or damaged file fails here, not inside a method.
   if (const et::Error e = module.load(et::Program::Verification::InternalConsistency); e != et::Error::Ok)
     throw Error(describe(path + ": cannot load the ExecuTorch program (truncated or damaged?)", e));
@@ -103,32 +110,28 @@ EtBackend::EtBackend(const BackendOptions& options) : program_(std::make_unique<
     throw Error(describe(path + ": cannot load the forward method", e));
 }
 
-EtBackend::~EtBackend() = default;
-
 std::span<const float> EtBackend::forward(const std::int64_t* tokens, int n, int start_pos) {
-  // Checked here: the program would index the KV cache and the embedding out of range.
-  if (n < 1 || start_pos < 0 || start_pos + n > metadata_.max_seq_len) {
-    throw Error(std::to_string(n) + " tokens at position " + std::to_string(start_pos) +
-                " do not fit the model's context of " + std::to_string(metadata_.max_seq_len));
-  }
-  for (int i = 0; i < n; ++i) {
-    if (tokens[i] < 0 || tokens[i] >= metadata_.vocab_size)
-      throw Error("token id " + std::to_string(tokens[i]) + " is outside the model's vocabulary");
-  }
+  check_forward_args(metadata_, tokens, n, start_pos);  // the program would index out of range
   tokens_.assign(tokens, tokens + n);
   positions_.resize(n);
   std::iota(positions_.begin(), positions_.end(), std::int64_t{start_pos});
   const auto ids = ::executorch::extension::from_blob(tokens_.data(), {1, n}, et::etensor::ScalarType::Long);
   const auto pos = ::executorch::extension::from_blob(positions_.data(), {n}, et::etensor::ScalarType::Long);
-  const auto out = program_->module->forward({ids, pos});
+  const auto out = module_->forward({ids, pos});
   if (!out.ok()) throw Error(describe("the model failed", out.error()));
   const auto& logits = out->at(0).toTensor();  // [1, n, vocab] fp32
   const std::size_t vocab = static_cast<std::size_t>(metadata_.vocab_size);
   if (logits.scalar_type() != et::etensor::ScalarType::Float || static_cast<std::size_t>(logits.numel()) != n * vocab)
     throw Error("the model returned logits of an unexpected shape or type");
   const float* last = logits.const_data_ptr<float>() + (n - 1) * vocab;
-  program_->logits.assign(last, last + vocab);
-  return program_->logits;
+  logits_.assign(last, last + vocab);
+  return logits_;
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_et_backend(const BackendOptions& options) {
+  return std::make_unique<EtBackend>(options);
 }
 
 }  // namespace torchchat

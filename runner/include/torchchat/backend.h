@@ -42,4 +42,9 @@ struct BackendOptions {
 // Loads the model; throws torchchat::Error (one line) if it cannot.
 using BackendFactory = std::function<std::unique_ptr<Backend>(const BackendOptions&)>;
 
+// For a backend's forward(): throws Error unless n >= 1, the positions fit the
+// context and every token is inside the vocabulary. Compiled models index out
+// of range (or print a stack trace) rather than fail cleanly, so backends check.
+void check_forward_args(const ModelMetadata& metadata, const std::int64_t* tokens, int n, int start_pos);
+
 }  // namespace torchchat
