@@ -3,8 +3,11 @@
 The program is the same `torch.export` graph as AOT Inductor's (torchchat/export.py): the
 KV cache is a pair of mutable buffers per layer inside the program, and the sequence length
 is dynamic (1..max_seq_len), so the whole prompt is prefilled in one call and decode is T = 1.
-The XNNPACK partitioner takes the linears, matmuls and elementwise work; what it leaves
-(embedding, index, index_copy_ into the cache) runs on ExecuTorch's optimized CPU kernels.
+The XNNPACK partitioner takes the linears, matmuls, softmax and elementwise work; what it
+leaves (embedding, position indexing, rotary's selects, RMSNorm's mean, the in-place cache
+write) runs on ExecuTorch's CPU kernels. Two export-time choices, not model changes: attention
+is decomposed for XNNPACK (sdpa_for_xnnpack), and the cache write is re-placed in place.
+A tied output matrix is stored twice: once for the embedding lookup, once in XNNPACK's data.
 
 Metadata travels as constant methods, which is how ExecuTorch's own LLM runner reads it:
 `get_metadata_json` holds torchchat/metadata.py's JSON (the contract with our C++ core), and
