@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p, max_seq_help=f"window length in tokens (default {EVAL_WINDOW}, at most the model's context)")
     add_exported_args(p)
     p.add_argument("--text-file", help="corpus to score (UTF-8 text)")
-    p.add_argument("--limit", type=int, help="score at most this many windows")
+    p.add_argument("--tasks", help="lm-eval harness tasks instead of perplexity: NAME[,NAME...], a name "
+                                   "or a task .yaml file (its dataset must be on local disk offline)")
+    p.add_argument("--limit", type=int, help="score at most this many windows (with --tasks: examples per task)")
     p.add_argument("--output-json", help="also write the results here as JSON")
 
     p = sub.add_parser("export", help="compile a model ahead of time for the native runner (aoti_run)")
@@ -191,6 +193,8 @@ def cmd_eval(args) -> None:
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if args.tasks is not None:
+        return cmd_eval_tasks(args)
     path = Path(args.text_file) if args.text_file else evaluation.DEFAULT_CORPUS
     try:
         text = path.read_text(encoding="utf-8")
@@ -214,6 +218,41 @@ def cmd_eval(args) -> None:
     print(evaluation.format_table(results))
     if args.output_json:
         evaluation.write_json_atomic(Path(args.output_json), results)
+
+
+TASK_CONTEXT = 2048  # default context for --tasks: enough for few-shot prompts, small enough to stay quick
+
+
+def cmd_eval_tasks(args) -> None:
+    """`eval --tasks`: lm-eval harness tasks over the same decoders as perplexity."""
+    from torchchat import eval as evaluation
+    from torchchat import lm_eval_adapter
+
+    if args.text_file:
+        raise UserError("--text-file is the perplexity corpus; --tasks brings its own data (give one of them)")
+    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    if not names:
+        raise UserError("--tasks: name at least one task")
+    manager = lm_eval_adapter.resolve_tasks(names)  # before the slow model load
+    # --max-seq-length is the longest request (context + continuation) the model sees.
+    window, args.max_seq_length = args.max_seq_length, None
+    exported = exported_path(args)
+    if exported:
+        loaded = load_exported_model(args, exported)
+    else:
+        from torchchat.loader import load_model
+
+        loaded = load_model(args)
+    window = window or min(TASK_CONTEXT, loaded.info.max_seq_len)
+    if not 2 <= window <= loaded.info.max_seq_len:
+        raise UserError(f"--max-seq-length must be in [2, {loaded.info.max_seq_len}], got {window}")
+    decoder = make_decoder(args, loaded, needed=window)
+    lm = lm_eval_adapter.make_lm(decoder, loaded.tokenizer, loaded.info, window)
+    results = lm_eval_adapter.run_tasks(lm, manager, names, args.limit)
+    print(lm_eval_adapter.format_table(results))
+    if args.output_json:
+        evaluation.write_json_atomic(Path(args.output_json), {"tasks": results, "limit": args.limit,
+                                                              "max_seq_length": window})
 
 
 def main(argv: Optional[list[str]] = None) -> int:
