@@ -21,7 +21,11 @@ def add_model_args(p: argparse.ArgumentParser,
     p.add_argument("--params-path", help="params.json (Meta) or config.json (Hugging Face) for --checkpoint-path")
     p.add_argument("--gguf-path", help="weights and tokenizer in one GGUF file")
     p.add_argument("--tokenizer-path", help="tokenizer.model (SentencePiece or tiktoken) or tokenizer.json")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="weights and activations (--quantize's precision wins over it)")
+    p.add_argument("--quantize", metavar="JSON|FILE",
+                   help='e.g. \'{"linear:int4": {"groupsize": 32}}\'; schemes: linear:int8, linear:int4, '
+                        'linear:a8w4dq, embedding:int8, embedding:int4, precision (see README)')
     p.add_argument("--max-seq-length", type=int, help=max_seq_help)
 
 
@@ -133,6 +137,8 @@ def load_exported_model(args, path: str):
     from torchchat.exported import load_exported
     from torchchat.loader import LoadedModel
 
+    if getattr(args, "quantize", None):
+        raise UserError(f"--quantize does not apply to {path}: quantization is fixed at export (pass it to `export`)")
     if getattr(args, "pte_path", None):
         from torchchat.et import PTEDecoder
 
@@ -215,6 +221,11 @@ def cmd_eval(args) -> None:
     decoder = make_decoder(args, loaded, needed=window)
     results = evaluation.perplexity(decoder, loaded.tokenizer, loaded.info, text, window, args.limit)
     results["corpus"] = str(path)
+    if loaded.info.quantize:  # from --quantize, or from the artifact's metadata
+        from torchchat.quantize import describe
+
+        results["quantize"] = loaded.info.quantize
+        print(f"quantized: {describe(loaded.info.quantize)}")
     print(evaluation.format_table(results))
     if args.output_json:
         evaluation.write_json_atomic(Path(args.output_json), results)

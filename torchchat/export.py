@@ -162,9 +162,14 @@ def cmd_export(args) -> None:
         raise UserError("give --output-dso-path model.so, --output-aoti-package-path model.pt2 and/or --output-pte-path model.pte")
     if pt2_path and not pt2_path.endswith(".pt2"):
         raise UserError(f"--output-aoti-package-path must end in .pt2, got {pt2_path}")
+    # Quantized weights take a different form per backend (torchchat/quantize.py).
+    backend = "et" if pte_path else "aoti"
+    if getattr(args, "quantize", None) and pte_path and (so_path or pt2_path):
+        raise UserError("--quantize: export AOT Inductor and ExecuTorch artifacts one at a time "
+                        "(quantized weights take a different form for each)")
     with phase("Loading the model"):
-        loaded = load_model(args)
+        loaded = load_model(args, backend)
     max_seq = args.max_seq_length or min(loaded.info.max_seq_len, DEFAULT_MAX_SEQ)
-    export_model(loaded.model, loaded.info, args.dtype, max_seq,
+    export_model(loaded.model, loaded.info, loaded.dtype, max_seq,
                  Path(so_path) if so_path else None, Path(pt2_path) if pt2_path else None,
                  Path(pte_path) if pte_path else None)

@@ -28,6 +28,7 @@ class ModelInfo:
     stop_ids: list[int]
     tokenizer_kind: str
     chat_template: str
+    quantize: Optional[dict] = None  # the --quantize spec the weights went through (torchchat/quantize.py)
 
 
 def model_info(args: ModelArgs, tokenizer, chat_template: Optional[str] = None) -> ModelInfo:
@@ -75,6 +76,7 @@ class LoadedModel:
     model: Transformer
     tokenizer: object
     info: ModelInfo
+    dtype: str = "fp32"  # --dtype, or --quantize's precision
 
 
 def resolve_paths(args) -> tuple[Path, Optional[Path], Optional[Path], Optional[str]]:
@@ -112,16 +114,22 @@ def load_tokenizer_for(checkpoint: Path, tokenizer_path: Optional[Path]):
     return load_tokenizer(tokenizer_path)
 
 
-def load_model(args) -> LoadedModel:
-    """Load weights and tokenizer named by the command-line arguments (eager PyTorch)."""
+def load_model(args, backend: str = "eager") -> LoadedModel:
+    """Load weights and tokenizer named by the command-line arguments, quantized for `backend`
+    (eager, aoti or et) if --quantize is given."""
+    from torchchat import quantize
     from torchchat.checkpoint import load_checkpoint
     from torchchat.tokenizer import check_fits
 
+    spec = quantize.parse_quantize(args.quantize) if getattr(args, "quantize", None) else None
+    dtype_name = quantize.precision(spec) or args.dtype
+    if spec:
+        quantize.check_backend(spec, backend)  # before the slow part
     checkpoint, tokenizer_path, params, template = resolve_paths(args)
     model_args, state_dict = load_checkpoint(checkpoint, params)
     tokenizer = load_tokenizer_for(checkpoint, tokenizer_path)
     check_fits(tokenizer, model_args.vocab_size)
-    dtype = DTYPES[args.dtype]
+    dtype = DTYPES[dtype_name]
     with torch.device("meta"):
         model = Transformer(model_args)
     if model_args.tie_embeddings:
@@ -134,4 +142,8 @@ def load_model(args) -> LoadedModel:
     if model_args.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight  # one tensor, not two copies
     model = model.to(dtype=dtype).eval()
-    return LoadedModel(model, tokenizer, model_info(model_args, tokenizer, template))
+    info = model_info(model_args, tokenizer, template)
+    if spec:
+        quantize.quantize_model(model, spec, backend)
+        info.quantize = spec
+    return LoadedModel(model, tokenizer, info, dtype_name)

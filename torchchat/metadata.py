@@ -4,7 +4,8 @@ One JSON object, the same for every format (AOTI .so / .pt2, ExecuTorch .pte):
 
     {"format_version": 1, "arch": "llama", "vocab_size": ..., "max_seq_len": ...,
      "bos_id": ..., "add_bos": ..., "stop_ids": [...], "tokenizer": "sentencepiece"|"tiktoken"|"hf_bpe",
-     "chat_template": "llama2"|"llama3"|"chatml"|"none", "dtype": "fp32"|"bf16"|"fp16"}
+     "chat_template": "llama2"|"llama3"|"chatml"|"none", "dtype": "fp32"|"bf16"|"fp16",
+     "quantize": {"linear:int4": {"groupsize": 32}, ...}}   (only if exported with --quantize)
 
 `max_seq_len` is the exported context (the KV cache size), not the model's trained one.
 The C++ twin is `parse_metadata_json` in runner/src. Where each format keeps it:
@@ -40,7 +41,7 @@ def to_json(info: ModelInfo, dtype: str) -> str:
         raise UserError("the tokenizer adds a BOS token but has none")
     if info.tokenizer_kind not in TOKENIZER_KINDS:
         raise UserError(f"tokenizer kind '{info.tokenizer_kind}' cannot be exported (known: {', '.join(TOKENIZER_KINDS)})")
-    return json.dumps({
+    meta = {
         "format_version": FORMAT_VERSION,
         "arch": "llama",
         "vocab_size": info.vocab_size,
@@ -52,7 +53,10 @@ def to_json(info: ModelInfo, dtype: str) -> str:
         "tokenizer": info.tokenizer_kind,
         "chat_template": info.chat_template,
         "dtype": dtype,
-    })
+    }
+    if info.quantize:
+        meta["quantize"] = info.quantize  # readers that do not know it ignore it
+    return json.dumps(meta)
 
 
 def from_json(text: str, where: str) -> tuple[ModelInfo, str]:
@@ -69,6 +73,7 @@ def from_json(text: str, where: str) -> tuple[ModelInfo, str]:
             stop_ids=[int(i) for i in d["stop_ids"]],
             tokenizer_kind=str(d["tokenizer"]),
             chat_template=str(d["chat_template"]),
+            quantize=d.get("quantize") if isinstance(d.get("quantize"), dict) else None,
         )
         return info, str(d["dtype"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:

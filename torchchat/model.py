@@ -184,7 +184,7 @@ class Transformer(nn.Module):
         """Allocate KV caches and rotary/mask tables for `max_seq_len` positions (<= the model's)."""
         if max_seq_len > self.args.max_seq_len:
             raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's context of {self.args.max_seq_len}")
-        dtype = dtype or self.tok_embeddings.weight.dtype
+        dtype = dtype or self.norm.weight.dtype  # never quantized (the embedding may be)
         for layer in self.layers:
             layer.attention.kv_cache = KVCache(self.args.n_kv_heads, max_seq_len, self.args.head_dim, dtype)
         self.register_buffer("rope", rope_table(self.args, max_seq_len), persistent=False)
