@@ -62,7 +62,7 @@ REFUSAL_HINT = {
 def parse_quantize(arg: str) -> dict:
     """The spec from inline JSON or a JSON file, validated; normalised to {key: {option: value}}."""
     text = arg.strip()
-    if not text.startswith("{"):
+    if not text.startswith(("{", "[", '"')):
         path = Path(arg)
         if not path.is_file():
             raise UserError(f"--quantize: {arg!r} is neither JSON nor a file")
