@@ -147,15 +147,20 @@ def _groups(w: Tensor, groupsize: int) -> Tensor:
 class Int8Linear(nn.Module):
     """Weight-only int8, symmetric, one scale per output channel: y = (x @ q.T) * scale."""
 
-    def __init__(self, weight: Tensor):
+    def __init__(self, weight: Tensor, eager: bool = False):
         super().__init__()
         w = weight.detach().float()
         scale = w.abs().amax(1).clamp(min=1e-10) / 127
         self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
         self.register_buffer("scales", scale.to(weight.dtype))
-        self.in_features, self.out_features = w.shape[1], w.shape[0]
+        self.in_features, self.out_features, self.eager = w.shape[1], w.shape[0], eager
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.eager and x.numel() > x.size(-1):
+            # ATen's kernel is a loop of GEMVs (cost grows with the tokens): a prompt is
+            # cheaper as one float GEMM over the dequantized weight. Eager only: export
+            # would fold that weight into a float constant.
+            return F.linear(x, self.weight.to(x.dtype)) * self.scales
         y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.size(-1)), self.weight, self.scales)
         return y.reshape(*x.shape[:-1], self.out_features)
 
@@ -167,18 +172,27 @@ class Int4Linear(nn.Module):
     q packed two per byte by `_convert_weight_to_int4pack_for_cpu`, scales and zeros
     interleaved as [in / groupsize, out, 2]."""
 
-    def __init__(self, weight: Tensor, groupsize: int):
+    def __init__(self, weight: Tensor, groupsize: int, eager: bool = False):
         super().__init__()
         wg = _groups(weight.detach(), groupsize)
         lo, hi = wg.amin(-1), wg.amax(-1)
         scale = ((hi - lo) / 15).clamp(min=1e-10)
-        q = torch.round((wg - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32)
-        self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.reshape(weight.shape), 1))
+        q = torch.round((wg - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32).reshape(weight.shape)
+        self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
         zero = lo + 8 * scale
         self.register_buffer("scales_and_zeros", torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(weight.dtype))
-        self.groupsize, self.in_features, self.out_features = groupsize, weight.shape[1], weight.shape[0]
+        self.groupsize, self.in_features, self.out_features, self.eager = groupsize, weight.shape[1], weight.shape[0], eager
+        if eager:  # for prompts (see Int8Linear): a plain copy, two per byte, high nibble first
+            self.register_buffer("plain", (q[:, 0::2] << 4 | q[:, 1::2]).to(torch.uint8))
+
+    def dequantized(self, dtype: torch.dtype) -> Tensor:
+        q = torch.stack([self.plain >> 4, self.plain & 15], dim=-1).flatten(-2).to(dtype) - 8
+        scale, zero = self.scales_and_zeros.to(dtype).permute(2, 1, 0)  # each [out, in / groupsize]
+        return (q.unflatten(-1, (scale.size(-1), -1)) * scale[..., None] + zero[..., None]).flatten(-2)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.eager and x.numel() > x.size(-1):
+            return F.linear(x, self.dequantized(x.dtype))
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, x.size(-1)), self.weight, self.groupsize,
                                                        self.scales_and_zeros)
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -245,9 +259,9 @@ def quantize_model(model: nn.Module, spec: dict, backend: str) -> None:
     for key, options in spec.items():
         g = options.get("groupsize", 0)
         if key == "linear:int8":
-            swap(model, nn.Linear, lambda m: Int8Linear(m.weight))
+            swap(model, nn.Linear, lambda m: Int8Linear(m.weight, eager=backend == "eager"))
         elif key == "linear:int4":
-            swap(model, nn.Linear, lambda m: Int4Linear(m.weight, g))
+            swap(model, nn.Linear, lambda m: Int4Linear(m.weight, g, eager=backend == "eager"))
         elif key == "linear:a8w4dq":
             quantize_a8w4dq(model, g)
         elif key == "embedding:int8":
