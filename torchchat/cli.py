@@ -263,7 +263,8 @@ def cmd_eval_tasks(args) -> None:
     print(lm_eval_adapter.format_table(results))
     if args.output_json:
         evaluation.write_json_atomic(Path(args.output_json), {"tasks": results, "limit": args.limit,
-                                                              "max_seq_length": window})
+                                                              "max_seq_length": window,
+                                                              "quantize": loaded.info.quantize})
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -277,3 +277,21 @@ def test_generate_does_not_import_lm_eval():
             "print(any(m.split('.')[0] in ('lm_eval', 'datasets') for m in sys.modules))")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.stdout.strip() == "False", p.stderr
+
+
+def test_tasks_through_executorch_program_match_eager(tiny, tmp_path_factory, tmp_path):
+    """The same tasks on the exported .pte (ExecuTorch's Python runtime) score as eager does."""
+    from test_aoti import Exported
+
+    exported = Exported(tmp_path_factory.mktemp("lm_eval_pte"), "llama2", ("pte",))
+    tasks = f"{tiny.folder / 'tiny_mc.yaml'},{tiny.folder / 'tiny_ppl.yaml'}"
+    scores = {}
+    for flag, path in (("--checkpoint-path", exported.checkpoint), ("--pte-path", exported.paths["pte"])):
+        out = tmp_path / f"{flag.strip('-')}.json"
+        p = run("eval", flag, str(path), "--tokenizer-path", str(exported.tokenizer), "--tasks", tasks,
+                "--max-seq-length", str(WINDOW), "--output-json", str(out))
+        assert p.returncode == 0, p.stderr
+        scores[flag] = json.loads(out.read_text())["tasks"]
+    eager, et = scores["--checkpoint-path"], scores["--pte-path"]
+    assert et["tiny_mc"]["acc"] == eager["tiny_mc"]["acc"]
+    assert et["tiny_ppl"]["word_perplexity"] == pytest.approx(eager["tiny_ppl"]["word_perplexity"], rel=1e-4)
