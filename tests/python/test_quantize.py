@@ -289,3 +289,17 @@ def test_same_perplexity_eager_and_exported(tiny, tmp_path, capsys, spec, export
     assert exported["quantize"] == eager["quantize"] == parse_quantize(spec)  # the metadata carries the scheme
     assert exported["perplexity"] == pytest.approx(eager["perplexity"], rel=0.005)
     assert exported["perplexity"] != pytest.approx(fp32["perplexity"], rel=1e-4)  # quantization did something
+
+
+def test_precision_wins_over_dtype(tiny):
+    from torchchat.loader import load_model
+
+    args = SimpleNamespace(model=None, checkpoint_path=str(tiny.ckpt), gguf_path=None, params_path=None,
+                           tokenizer_path=str(tiny.tok), dtype="fp16",
+                           quantize='{"precision": {"dtype": "bf16"}, "linear:int8": {"groupsize": 0}}')
+    loaded = load_model(args)
+    assert loaded.dtype == "bf16" and loaded.model.norm.weight.dtype == torch.bfloat16
+    assert loaded.model.layers[0].attention.wq.scales.dtype == torch.bfloat16
+    loaded.model.setup_caches(16)
+    with torch.no_grad():
+        assert torch.isfinite(loaded.model(torch.tensor([[1, 5, 9]]), torch.arange(3))).all()
