@@ -60,8 +60,9 @@ def decoder_for(model: str, quantize, backend: str, workdir: Path):
     from torchchat.export import export_model
     from torchchat.exported import AOTIDecoder
 
-    path = workdir / ("model.so" if backend == "aoti" else "model.pte")
-    path.unlink(missing_ok=True)
+    # A new name each time: dlopen hands back an already loaded library of the same path.
+    path = Path(tempfile.mkstemp(dir=workdir, suffix=".so" if backend == "aoti" else ".pte")[1])
+    path.unlink()
     export_model(loaded.model, loaded.info, loaded.dtype, WINDOW,
                  path if backend == "aoti" else None, None, path if backend == "et" else None)
     if backend == "aoti":
