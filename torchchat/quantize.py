@@ -14,12 +14,13 @@ The model definition stays one: quantization swaps modules after loading (and af
 dtype cast), before the KV caches are set up and before export. Each quantized module's
 forward is plain PyTorch or ATen ops that torch.export traces:
 - linear:int8 / linear:int4 call ATen's CPU weight-only kernels (`_weight_int8pack_mm`,
-  `_weight_int4pack_mm_for_cpu`), which AOT Inductor compiles too; XNNPACK has no weight-only
-  linear, so ExecuTorch refuses them.
+  `_weight_int4pack_mm_for_cpu`), which AOT Inductor compiles too (slowly at run time: see
+  README); XNNPACK has no weight-only linear, so ExecuTorch refuses them.
 - linear:a8w4dq is torchao's `Int8DynamicActivationIntxWeightConfig`: it exports as
   choose_qparams/quantize/dequantize ops around a linear, the pattern the XNNPACK partitioner
-  fuses into its qd8-f32-qb4w kernel (how ExecuTorch's own llama export does it). Eager and
-  AOT Inductor run the same graph as fake quantization: right numbers, no speed.
+  fuses into its qd8-f32-qb4w kernel (how ExecuTorch's own llama export does it). Eager runs
+  the same graph as fake quantization (right numbers, no speed); AOT Inductor refuses it, as
+  freezing would fold the dequantized weights back into float constants.
 - embeddings are a gather of integer rows times their scales, which every backend runs.
 Tied embedding/output weights are untied by construction: a swap builds new tensors for the
 module it replaces and leaves the other module's floating-point weight as it was.
