@@ -189,7 +189,12 @@ def cmd_export(args) -> None:
         if pte_path and (so_path or pt2_path):
             raise UserError("--quantize: export AOT Inductor and ExecuTorch artifacts one at a time "
                             "(quantized weights take a different form for each)")
-        check_backend(parse_quantize(args.quantize), backend)  # before the slow part
+        spec = parse_quantize(args.quantize)
+        check_backend(spec, backend)  # before the slow part
+        if backend == "aoti" and any(k in spec for k in ("linear:int8", "linear:int4")):
+            # Smaller, but slower: ATen's weight-only CPU kernels (README, Quantization).
+            log("note: AOT Inductor runs linear:int8/int4 with ATen's weight-only CPU kernels, which decode "
+                "several times slower than fp32 on CPU; ExecuTorch's linear:a8w4dq is the fast low-bit path")
     with phase("Loading the model"):
         loaded = load_model(args, backend)
     max_seq = args.max_seq_length or min(loaded.info.max_seq_len, DEFAULT_MAX_SEQ)
