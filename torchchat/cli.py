@@ -194,6 +194,23 @@ def cmd_chat(args) -> None:
     chat_loop(decoder, loaded.tokenizer, loaded.info, sampler, args.max_new_tokens, system=args.system_prompt)
 
 
+def load_for_eval(args, default_window: int):
+    """(loaded, decoder, window) for eval: here --max-seq-length is the window, which an
+    exported model's fixed context only bounds."""
+    window, args.max_seq_length = args.max_seq_length, None
+    exported = exported_path(args)
+    if exported:
+        loaded = load_exported_model(args, exported)
+    else:
+        from torchchat.loader import load_model
+
+        loaded = load_model(args)
+    window = window or min(default_window, loaded.info.max_seq_len)
+    if not 2 <= window <= loaded.info.max_seq_len:
+        raise UserError(f"--max-seq-length must be in [2, {loaded.info.max_seq_len}], got {window}")
+    return loaded, make_decoder(args, loaded, needed=window), window
+
+
 def cmd_eval(args) -> None:
     from torchchat import eval as evaluation
 
@@ -206,19 +223,7 @@ def cmd_eval(args) -> None:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read --text-file {path}: {e.strerror if isinstance(e, OSError) else 'not UTF-8 text'}")
-    # Here --max-seq-length is the window; an exported model's context only bounds it.
-    window, args.max_seq_length = args.max_seq_length, None
-    exported = exported_path(args)
-    if exported:
-        loaded = load_exported_model(args, exported)
-    else:
-        from torchchat.loader import load_model
-
-        loaded = load_model(args)
-    window = window or min(EVAL_WINDOW, loaded.info.max_seq_len)
-    if not 2 <= window <= loaded.info.max_seq_len:
-        raise UserError(f"--max-seq-length must be in [2, {loaded.info.max_seq_len}], got {window}")
-    decoder = make_decoder(args, loaded, needed=window)
+    loaded, decoder, window = load_for_eval(args, EVAL_WINDOW)
     results = evaluation.perplexity(decoder, loaded.tokenizer, loaded.info, text, window, args.limit)
     results["corpus"] = str(path)
     if loaded.info.quantize:  # from --quantize, or from the artifact's metadata
@@ -246,18 +251,7 @@ def cmd_eval_tasks(args) -> None:
         raise UserError("--tasks: name at least one task")
     manager = lm_eval_adapter.resolve_tasks(names)  # before the slow model load
     # --max-seq-length is the longest request (context + continuation) the model sees.
-    window, args.max_seq_length = args.max_seq_length, None
-    exported = exported_path(args)
-    if exported:
-        loaded = load_exported_model(args, exported)
-    else:
-        from torchchat.loader import load_model
-
-        loaded = load_model(args)
-    window = window or min(TASK_CONTEXT, loaded.info.max_seq_len)
-    if not 2 <= window <= loaded.info.max_seq_len:
-        raise UserError(f"--max-seq-length must be in [2, {loaded.info.max_seq_len}], got {window}")
-    decoder = make_decoder(args, loaded, needed=window)
+    loaded, decoder, window = load_for_eval(args, TASK_CONTEXT)
     lm = lm_eval_adapter.make_lm(decoder, loaded.tokenizer, loaded.info, window)
     results = lm_eval_adapter.run_tasks(lm, manager, names, args.limit)
     print(lm_eval_adapter.format_table(results))
