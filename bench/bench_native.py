@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Native benchmark: aoti_run's and et_run's backends vs Python eager vs llama.cpp, side by side in one run.
 
-    python3 bench/bench_native.py [--threads 2] [--reps 3] [--1b] [--plot bench.png]
+    python3 bench/bench_native.py [--threads 2] [--reps 3] [--1b] [--quant] [--plot bench.png]
 
 On SmolLM2-135M (fp32), measures as llama-bench does: prompt processing of 128 tokens (pp128)
 and 128 decode steps (tg128) in tokens/s, with random prompt tokens and no stop tokens;
 plus load time, time to first token, peak RSS and artifact size. Every engine reads the
 same bits: the default model's Q4_1 GGUF is dequantized once to an F32 GGUF, which
 llama.cpp runs directly and from which we export the AOTI artifacts. With --1b, a second
-row set on a random-weight model of Llama 3.2 1B's shape (fp32 and bf16). Also probes the
+row set on a random-weight model of Llama 3.2 1B's shape (fp32 and bf16); with --quant, rows for
+our quantization schemes beside llama.cpp's Q8_0 and Q4_1 of the same F32 GGUF. Also probes the
 machine's memory read bandwidth, the ceiling for decode. Prints one markdown table.
 
 Builds what it needs once and caches it in ~/.cache/torchchat-bench: llama.cpp
@@ -160,14 +161,38 @@ def random_1b_gguf(dst: Path, kind: str) -> Path:
     return dst
 
 
-def export(gguf_path: Path, dtype: str, context: int, suffix: str) -> Path:
-    out = CACHE / f"{gguf_path.stem}-{dtype}-ctx{context}.{suffix}"
+def export(gguf_path: Path, dtype: str, context: int, suffix: str, quantize: str | None = None,
+           tag: str = "") -> Path:
+    """An exported artifact of `gguf_path` (cached under a name that says how it was made)."""
+    out = CACHE / f"{gguf_path.stem}-{dtype}{tag}-ctx{context}.{suffix}"
     if not out.is_file():
         flag = {"so": "--output-dso-path", "pt2": "--output-aoti-package-path", "pte": "--output-pte-path"}[suffix]
         log(f"== exporting {out.name} ({'ExecuTorch' if suffix == 'pte' else 'AOT Inductor'}; minutes)")
+        quant = ["--quantize", quantize] if quantize else []
         subprocess.run([sys.executable, ROOT / "torchchat.py", "export", "--gguf-path", gguf_path, "--dtype", dtype,
-                        "--max-seq-length", str(context), flag, out], check=True, cwd=ROOT)
+                        "--max-seq-length", str(context), *quant, flag, out], check=True, cwd=ROOT)
     return out
+
+
+def llama_quantize(llama_dir: Path, src: Path, kind: str) -> Path:
+    """`src` (F32 GGUF) quantized by llama.cpp's own tool to `kind` (Q8_0, Q4_1, ...)."""
+    dst = CACHE / f"{src.stem.removesuffix('-f32')}-{kind.lower()}.gguf"
+    if not dst.is_file():
+        log(f"== llama-quantize {src.name} -> {dst.name}")
+        tmp = dst.with_suffix(".tmp")
+        run([llama_dir / "bin" / "llama-quantize", src, tmp, kind])
+        tmp.rename(dst)
+    return dst
+
+
+# --quant: our schemes beside llama.cpp at equal bits (README, Quantization). AOTI runs
+# int8/int4 with ATen's weight-only kernels, ExecuTorch a8w4dq with XNNPACK's qd8 kernels.
+QUANT_GROUPS = [
+    ("SmolLM2-135M 8-bit", "Q8_0", [("AOTI .so linear:int8", "so", '{"linear:int8": {"groupsize": 0}}', "-int8")]),
+    ("SmolLM2-135M 4-bit", "Q4_1", [("AOTI .so linear:int4 g32", "so", '{"linear:int4": {"groupsize": 32}}', "-int4g32"),
+                                    ("ET .pte linear:a8w4dq g32", "pte", '{"linear:a8w4dq": {"groupsize": 32}}',
+                                     "-a8w4dq32")]),
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,17 +253,17 @@ def worker_eager(gguf_path: str, dtype: str, threads: int, reps: int) -> None:
     print(json.dumps(dict(load=load, ttft=ttft, pp=pp, tg=tg)))
 
 
-def bench_llama_cpp(llama_dir: Path, gguf_path: Path, threads: int, reps: int) -> dict:
+def bench_llama_cpp(llama_dir: Path, gguf_path: Path, threads: int, reps: int, extra: tuple = ()) -> dict:
     bench = llama_dir / "bin" / "llama-bench"
     out, _, rss = run_rss([bench, "-m", gguf_path, "-p", N_PROMPT, "-n", N_GEN, "-t", threads, "-r", reps,
-                           "-o", "json"])
+                           *extra, "-o", "json"])
     res = dict(size=gguf_path.stat().st_size / 1e6, rss=rss)
     for test in json.loads(out):
         key = "pp" if test["n_gen"] == 0 else "tg"
         res[key] = [float(x) for x in test["samples_ts"]]
     # Load + first token: one cold-ish run of pp128 only, no warm-up, whole process.
     _, wall, _ = run([bench, "-m", gguf_path, "-p", N_PROMPT, "-n", 0, "-t", threads, "-r", 1, "--no-warmup",
-                      "-o", "json"])
+                      *extra, "-o", "json"])
     res["load_plus_pp"] = wall
     return res
 
@@ -269,7 +294,7 @@ def print_table(rows, bw, weight_mb: dict, threads, reps) -> None:
           "| peak RSS MB | pp × llama.cpp | tg × llama.cpp |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model, engines in rows:
-        ref = engines.get("llama.cpp")
+        ref = next((r for n, r in engines.items() if n.startswith("llama.cpp")), None)
         for name, r in engines.items():
             pp, tg = med(r.get("pp", [])), med(r.get("tg", []))
             load = r.get("load")
@@ -320,6 +345,8 @@ def main() -> None:
                         "static cache, so a larger context costs every token; one more row shows the export default)")
     p.add_argument("--1b", dest="one_b", nargs="*", choices=["fp32", "bf16"], default=None,
                    help="add Llama 3.2 1B-shaped rows (default both dtypes; slow; fp32 export needs ~20 GB RAM)")
+    p.add_argument("--quant", action="store_true",
+                   help="add rows for --quantize schemes beside llama.cpp Q8_0 / Q4_1 (several exports: slow once)")
     p.add_argument("--plot", help="also write a PNG bar chart here")
     p.add_argument("--worker-eager", help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
@@ -373,6 +400,20 @@ def main() -> None:
         engines[f"Python eager, ctx {N_PROMPT + N_GEN}"] = bench_eager(g, dtype, a.threads, a.reps)
         rows.append((name, engines))
         weight_mb[name] = gguf_weight_mb(g)
+    if a.quant:
+        for group, kind, ours in QUANT_GROUPS:
+            g = llama_quantize(llama_dir, smol, kind)
+            log(f"== {group}: llama.cpp {kind}, " + ", ".join(name for name, *_ in ours))
+            # --repack 0: this build (GGML_NATIVE on an AVX-512/AMX CPU) segfaults while repacking
+            # quantized weights for its CPU kernels (also on the original Q4_1 GGUF); plain layout works.
+            engines = {f"llama.cpp {kind} (no repack)": bench_llama_cpp(llama_dir, g, a.threads, a.reps,
+                                                                        ("--repack", "0"))}
+            for name, suffix, spec, tag in ours:
+                artifact = export(smol, "fp32", a.context, suffix, spec, tag)
+                bench_bin, run_bin = (ET_BENCH, ET_RUN) if suffix == "pte" else (AOTI_BENCH, AOTI_RUN)
+                engines[name] = bench_aoti(artifact, a.threads, a.reps, jobs[0][3], bench_bin, run_bin)
+            rows.append((group, engines))
+            weight_mb[group] = gguf_weight_mb(g)
     print_table(rows, bw, weight_mb, a.threads, a.reps)
     if a.plot:
         plot(rows, Path(a.plot))
