@@ -7,7 +7,8 @@
 namespace torchchat {
 namespace {
 
-using json = nlohmann::json;
+// Ordered: the "quantize" entries keep the artifact's order (linear before embedding).
+using json = nlohmann::ordered_json;
 
 const json& require(const json& root, const char* key, json::value_t type) {
   if (!root.contains(key)) throw Error(std::string("model metadata lacks \"") + key + "\"");
@@ -30,6 +31,26 @@ std::string require_string(const json& root, const char* key) {
 }
 
 constexpr long long kMaxId = 1 << 24;
+
+// The optional "quantize" object, checked for shape only ({scheme: {option: integer or
+// string}}): the runner reports it and does not act on it, so unknown schemes are fine.
+std::string optional_quantize(const json& root) {
+  if (!root.contains("quantize") || root.at("quantize").is_null()) return "";
+  const json& value = root.at("quantize");
+  if (!value.is_object()) {
+    throw Error(std::string("model metadata \"quantize\" has the wrong type (") + value.type_name() + ")");
+  }
+  for (const auto& [scheme, options] : value.items()) {
+    bool ok = options.is_object();
+    if (ok) {
+      for (const auto& [name, option] : options.items()) ok = ok && (option.is_number_integer() || option.is_string());
+    }
+    if (!ok) {
+      throw Error("model metadata \"quantize\" entry \"" + scheme + "\" is not an object of integer or string options");
+    }
+  }
+  return value.empty() ? "" : value.dump();
+}
 
 }  // namespace
 
@@ -72,21 +93,55 @@ ModelMetadata parse_metadata_json(const std::string& text) {
   if (m.dtype != "fp32" && m.dtype != "bf16" && m.dtype != "fp16") {
     throw Error("model metadata \"dtype\" is unknown: \"" + m.dtype + "\"");
   }
+  m.quantize = optional_quantize(root);
   return m;
 }
 
 std::string to_metadata_json(const ModelMetadata& m) {
-  return json{{"format_version", m.format_version},
-              {"arch", m.arch},
-              {"vocab_size", m.vocab_size},
-              {"max_seq_len", m.max_seq_len},
-              {"bos_id", m.bos_id},
-              {"add_bos", m.add_bos},
-              {"stop_ids", m.stop_ids},
-              {"tokenizer", std::string(to_string(m.tokenizer))},
-              {"chat_template", std::string(to_string(m.chat_template))},
-              {"dtype", m.dtype}}
-      .dump();
+  json root{{"format_version", m.format_version},
+            {"arch", m.arch},
+            {"vocab_size", m.vocab_size},
+            {"max_seq_len", m.max_seq_len},
+            {"bos_id", m.bos_id},
+            {"add_bos", m.add_bos},
+            {"stop_ids", m.stop_ids},
+            {"tokenizer", std::string(to_string(m.tokenizer))},
+            {"chat_template", std::string(to_string(m.chat_template))},
+            {"dtype", m.dtype}};
+  if (!m.quantize.empty()) root["quantize"] = json::parse(m.quantize);
+  return root.dump();
+}
+
+std::string describe_quantize(const ModelMetadata& m) {
+  if (m.quantize.empty()) return "none";
+  json spec;
+  try {
+    spec = json::parse(m.quantize);
+  } catch (const json::exception&) {
+    return m.quantize;  // not from parse_metadata_json: show it as it is
+  }
+  if (!spec.is_object()) return m.quantize;
+  std::string out;
+  for (const auto& [scheme, options] : spec.items()) {
+    if (scheme == "precision") continue;  // the dtype says it
+    std::string text = scheme;
+    if (options.is_object()) {
+      for (const auto& [name, value] : options.items()) {
+        if (name == "groupsize" && value.is_number_integer()) {
+          if (value.get<long long>() > 0) text += " g" + std::to_string(value.get<long long>());
+        } else {
+          text += " " + name + "=" + (value.is_string() ? value.get<std::string>() : value.dump());
+        }
+      }
+    }
+    out += (out.empty() ? "" : " + ") + text;
+  }
+  return out.empty() ? "none" : out;
+}
+
+std::string describe_model(const ModelMetadata& m) {
+  return "model: " + m.arch + ", vocab " + std::to_string(m.vocab_size) + ", context " + std::to_string(m.max_seq_len) +
+         ", dtype " + m.dtype + ", quantize " + describe_quantize(m);
 }
 
 ModelMetadata default_metadata(int llama_version) {

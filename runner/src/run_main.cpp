@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "torchchat/cli.h"
+#include "torchchat/metadata.h"
 #include "torchchat/runner.h"
 #include "torchchat/tokenizer.h"
 
@@ -84,7 +85,7 @@ void run_generate(Backend& backend, const Tokenizer& tokenizer, const Generation
   if (result.stop_reason == StopReason::ContextFull) {
     err << "[context full: reached the model's max_seq_len of " << backend.metadata().max_seq_len << "]\n";
   }
-  err << result.stats.summary() << "\n";
+  err << describe_model(backend.metadata()) << "\n" << result.stats.summary() << "\n";
 }
 
 void run_chat(Backend& backend, const Tokenizer& tokenizer, const GenerationConfig& config, const CliOptions& options,
@@ -120,7 +121,7 @@ void run_chat(Backend& backend, const Tokenizer& tokenizer, const GenerationConf
       break;
     }
   }
-  err << total.summary() << "\n";
+  err << describe_model(backend.metadata()) << "\n" << total.summary() << "\n";
 }
 
 int run(const CliOptions& options, const BackendFactory& make_backend, std::istream& in, std::ostream& out,

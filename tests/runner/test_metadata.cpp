@@ -65,6 +65,46 @@ TEST(Metadata, RejectsBadValuesWithTheKeyInTheMessage) {
   EXPECT_NE(error_of(R"({"format_version":1})").find("lacks"), std::string::npos);
 }
 
+TEST(Metadata, QuantizeIsOptionalAndKeepsItsOrder) {
+  EXPECT_EQ(parse_metadata_json(kValid).quantize, "");
+  const std::string spec = R"({"linear:int4":{"groupsize":32},"embedding:int8":{"groupsize":0}})";
+  const std::string quantized = kValid.substr(0, kValid.size() - 1) + R"(,"quantize":)" + spec + "}";
+  const ModelMetadata m = parse_metadata_json(quantized);
+  EXPECT_EQ(m.quantize, spec);
+  EXPECT_EQ(parse_metadata_json(to_metadata_json(m)).quantize, spec);
+  EXPECT_EQ(parse_metadata_json(kValid.substr(0, kValid.size() - 1) + R"(,"quantize":null})").quantize, "");
+  EXPECT_EQ(parse_metadata_json(kValid.substr(0, kValid.size() - 1) + R"(,"quantize":{}})").quantize, "");
+  EXPECT_EQ(to_metadata_json(parse_metadata_json(kValid)).find("quantize"), std::string::npos);
+}
+
+TEST(Metadata, RejectsAMalformedQuantizeEntry) {
+  const auto quantize = [](const std::string& value) {
+    return error_of(kValid.substr(0, kValid.size() - 1) + R"(,"quantize":)" + value + "}");
+  };
+  EXPECT_NE(quantize(R"("linear:int8")").find("\"quantize\" has the wrong type"), std::string::npos);
+  EXPECT_NE(quantize(R"({"linear:int4":32})").find("linear:int4"), std::string::npos);
+  EXPECT_NE(quantize(R"({"linear:int4":{"groupsize":[32]}})").find("linear:int4"), std::string::npos);
+  EXPECT_EQ(quantize(R"({"linear:int9":{"bits":9,"kind":"new"}})"), "");  // unknown schemes: reported, not refused
+}
+
+TEST(Metadata, DescribesDtypeAndQuantization) {
+  ModelMetadata m = parse_metadata_json(kValid);
+  EXPECT_EQ(describe_quantize(m), "none");
+  EXPECT_EQ(describe_model(m), "model: llama, vocab 49152, context 2048, dtype bf16, quantize none");
+  m.quantize = R"({"linear:int4":{"groupsize":32},"embedding:int8":{"groupsize":0}})";
+  EXPECT_EQ(describe_quantize(m), "linear:int4 g32 + embedding:int8");  // groupsize 0: per channel
+  EXPECT_EQ(describe_model(m),
+            "model: llama, vocab 49152, context 2048, dtype bf16, quantize linear:int4 g32 + embedding:int8");
+  m.quantize = R"({"linear:int8":{"groupsize":0}})";
+  EXPECT_EQ(describe_quantize(m), "linear:int8");
+  m.quantize = R"({"precision":{"dtype":"bf16"},"linear:a8w4dq":{"groupsize":64}})";
+  EXPECT_EQ(describe_quantize(m), "linear:a8w4dq g64");  // the precision is the dtype
+  m.quantize = R"({"precision":{"dtype":"bf16"}})";
+  EXPECT_EQ(describe_quantize(m), "none");
+  m.quantize = R"({"linear:int9":{"bits":9,"kind":"new"}})";
+  EXPECT_EQ(describe_quantize(m), "linear:int9 bits=9 kind=new");
+}
+
 TEST(Metadata, DefaultsFollowTheLlamaVersion) {
   const ModelMetadata two = default_metadata(2), three = default_metadata(3);
   EXPECT_EQ(two.bos_id, 1);

@@ -83,6 +83,35 @@ def test_generate_streams_prompt_and_continuation(toy_run, smollm2_tokenizer_jso
     assert all(len(call["tokens"]) == 1 for call in calls[1:])
 
 
+@pytest.mark.parametrize("quantize,shown", [
+    (None, "none"),
+    # In key order: toy_run re-serializes its metadata with sorted keys (an artifact's order is kept: test_metadata.cpp).
+    ({"embedding:int8": {"groupsize": 0}, "linear:int4": {"groupsize": 32}}, "embedding:int8 + linear:int4 g32"),
+    ({"linear:int8": {"groupsize": 0}}, "linear:int8"),
+], ids=["none", "emb-int8+int4-g32", "int8"])
+def test_stderr_reports_dtype_and_quantization(toy_run, smollm2_tokenizer_json, smollm2, tmp_path, quantize, shown):
+    metadata = dict(SMOLLM2_METADATA, **({"quantize": quantize} if quantize else {}))
+    model = toy_model(tmp_path, metadata=metadata, reply=smollm2.encode(" there was a fox.", add_special_tokens=False))
+    result = run_tool(toy_run, [model, "-z", smollm2_tokenizer_json, "-i", "Once upon a time", "-t", "0"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Once upon a time there was a fox.\n"  # the text alone, as before
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and SUMMARY.fullmatch(lines[1]), result.stderr  # the stats line stays last
+    assert lines[0] == f"model: llama, vocab 49152, context 256, dtype fp32, quantize {shown}"
+    chat = run_tool(toy_run, [model, "-z", smollm2_tokenizer_json, "-m", "chat", "-t", "0"], stdin="hi\n")
+    assert chat.returncode == 0, chat.stderr
+    *_, model_line, summary = chat.stderr.splitlines()
+    assert model_line == lines[0] and SUMMARY.fullmatch(summary), chat.stderr
+
+
+def test_stderr_reports_bf16(toy_run, smollm2_tokenizer_json, tmp_path):
+    metadata = dict(SMOLLM2_METADATA, dtype="bf16", quantize={"precision": {"dtype": "bf16"}})
+    model = toy_model(tmp_path, metadata=metadata, reply=[1000])
+    result = run_tool(toy_run, [model, "-z", smollm2_tokenizer_json, "-i", "a", "-t", "0"])
+    assert result.returncode == 0, result.stderr
+    assert "model: llama, vocab 49152, context 256, dtype bf16, quantize none\n" in result.stderr
+
+
 def test_steps_count_prompt_positions(toy_run, smollm2_tokenizer_json, tmp_path):
     model = toy_model(tmp_path, metadata=SMOLLM2_METADATA, reply=[1000] * 100)
     result = run_tool(toy_run, [model, "-z", smollm2_tokenizer_json, "-i", "a b c", "-n", "10"])

@@ -4,11 +4,14 @@
 //
 //   {"format_version": 1, "arch": "llama", "vocab_size": 32000, "max_seq_len": 2048,
 //    "bos_id": 1, "add_bos": true, "stop_ids": [2], "tokenizer": "sentencepiece",
-//    "chat_template": "llama2", "dtype": "fp32"}
+//    "chat_template": "llama2", "dtype": "fp32",
+//    "quantize": {"linear:int4": {"groupsize": 32}, "embedding:int8": {"groupsize": 0}}}
 //
 // tokenizer: sentencepiece | tiktoken | hf_bpe; chat_template: llama2 | llama3 |
-// chatml | none; dtype: fp32 | bf16 | fp16. An artifact without it gets
-// default_metadata() from -l and -v.
+// chatml | none; dtype: fp32 | bf16 | fp16; quantize (only in a model exported
+// with --quantize): the spec its weights went through, {scheme: {option: value}}
+// (torchchat/quantize.py). An artifact without metadata gets default_metadata()
+// from -l and -v.
 
 #include <string>
 #include <vector>
@@ -29,6 +32,10 @@ struct ModelMetadata {
   TokenizerKind tokenizer = TokenizerKind::SentencePiece;
   ChatTemplateKind chat_template = ChatTemplateKind::None;
   std::string dtype = "fp32";
+  // The "quantize" object as compact JSON, keys in the artifact's order; empty
+  // when the model is not quantized. The runner only reports it (the weights'
+  // form is the exported program's business).
+  std::string quantize;
 };
 
 // Parses and validates the artifact's metadata. Throws Error naming the bad key.
@@ -36,6 +43,13 @@ ModelMetadata parse_metadata_json(const std::string& text);
 
 // The JSON form of `metadata` (the inverse of parse_metadata_json).
 std::string to_metadata_json(const ModelMetadata& metadata);
+
+// The quantization for people: "linear:int4 g32 + embedding:int8" (a groupsize
+// of 0, per channel, is not shown; "precision" is left to the dtype), or "none".
+std::string describe_quantize(const ModelMetadata& metadata);
+
+// One line for stderr: "model: llama, vocab 49152, context 512, dtype fp32, quantize none".
+std::string describe_model(const ModelMetadata& metadata);
 
 // Llama conventions for an artifact without metadata (-l 2 or 3):
 //   2: bos 1, stop {2}, add_bos, llama2 template, sentencepiece
