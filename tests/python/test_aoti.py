@@ -7,10 +7,7 @@ llama3-style model (tiktoken, tied embeddings, GQA) as .pt2. Runner tests skip w
 """
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -18,50 +15,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny_models import tiny_hf_model, write_hf, write_llama2c_pt  # noqa: E402
-from tiny_tokenizers import write_sentencepiece, write_tiktoken, write_tokenizer_bin  # noqa: E402
+from backend_helpers import (  # noqa: E402
+    AOTI_RUN, CONTEXT, N_NEW, PROMPTS, SYSTEM, USER, Exported, aoti_run, assert_same_greedy,
+    check_long_prompt_and_large_n, cli, fed_tokens, greedy, model_args, one_line_error, system_chat_turn, two_turn_chat,
+)
+from tiny_tokenizers import write_tiktoken  # noqa: E402
 
 from torchchat.errors import UserError  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-AOTI_RUN = ROOT / "cmake-out" / "aoti_run"
-CONTEXT = 256
-N_NEW = 64
-PROMPTS = ["Once upon a time", "The capital of France is", "def fibonacci(n):", "Ünïcödé and 日本語 text:"]
-SYSTEM, USER = "You are a helpful assistant.", "What is the tallest mountain in the world?"
-
-
-def model_args(checkpoint: Path, tokenizer: Path, **kw) -> Namespace:
-    return Namespace(model=None, checkpoint_path=str(checkpoint), gguf_path=None, params_path=None,
-                     tokenizer_path=str(tokenizer), dtype="fp32", max_seq_length=None, **kw)
-
-
-class Exported:
-    """One tiny model: its checkpoint, tokenizer files, exported artifacts and eager reference."""
-
-    def __init__(self, folder: Path, style: str, formats: tuple[str, ...]):
-        from torchchat.export import export_model
-        from torchchat.loader import load_model
-
-        self.folder, self.style = folder, style
-        hf = tiny_hf_model(style)
-        if style == "llama2":
-            self.checkpoint = write_llama2c_pt(hf, folder / "model.pt")
-            self.tokenizer = write_sentencepiece(folder / "sp")
-            self.runner_tokenizer = write_tokenizer_bin(self.tokenizer, folder / "tokenizer.bin")
-        else:
-            self.checkpoint = write_hf(hf, folder / "hf")
-            self.tokenizer = self.runner_tokenizer = write_tiktoken(folder / "tokenizer.model")
-        loaded = load_model(model_args(self.checkpoint, self.tokenizer))
-        self.paths = {f: folder / f"model.{f}" for f in formats}
-        export_model(loaded.model, loaded.info, "fp32", CONTEXT, self.paths.get("so"), self.paths.get("pt2"),
-                     self.paths.get("pte"))  # .pte: test_et.py
-        self.eager = load_model(model_args(self.checkpoint, self.tokenizer))  # fresh: export set up caches
-
-    def eager_decoder(self):
-        from torchchat.loader import EagerDecoder
-
-        return EagerDecoder(self.eager.model, CONTEXT)
 
 
 @pytest.fixture(scope="session")
@@ -72,12 +32,6 @@ def llama2(tmp_path_factory) -> Exported:
 @pytest.fixture(scope="session")
 def llama3(tmp_path_factory) -> Exported:
     return Exported(tmp_path_factory.mktemp("aoti_llama3"), "llama3", ("pt2",))
-
-
-def greedy(decoder, ids, stop_ids, start_pos=0):
-    from torchchat.generate import SamplingConfig, Sampler, generate
-
-    return generate(decoder, ids, N_NEW, Sampler(SamplingConfig(temperature=0)), stop_ids, start_pos=start_pos)
 
 
 CASES = [("llama2", "so"), ("llama2", "pt2"), ("llama3", "pt2")]
@@ -118,25 +72,15 @@ def test_python_greedy_matches_eager(case):
     with torch.no_grad():
         a, b = d(torch.tensor([ids]), torch.arange(len(ids))), e(torch.tensor([ids]), torch.arange(len(ids)))
         assert torch.allclose(a, b, atol=2e-4, rtol=1e-4)
-    for prompt in PROMPTS:
-        ids = tok.encode(prompt, bos=info.add_bos)
-        assert greedy(d, ids, info.stop_ids) == greedy(e, ids, info.stop_ids), prompt
+    assert_same_greedy(d, e, tok, info)
 
 
 def test_python_chat_with_system_prompt_matches_eager(llama3):
-    from torchchat.chat import Conversation
     from torchchat.exported import AOTIDecoder
 
     tok, info = llama3.eager.tokenizer, llama3.eager.info
-    results = []
-    for decoder in (AOTIDecoder(llama3.paths["pt2"]), llama3.eager_decoder()):
-        conv = Conversation(tok, info.chat_template, info.stop_ids[0], SYSTEM)
-        first = conv.turn_tokens(USER)
-        reply = greedy(decoder, first, info.stop_ids)
-        conv.reply_done(reply, info.stop_ids)
-        second = conv.turn_tokens("And the second tallest?")
-        results.append((reply, greedy(decoder, second, info.stop_ids, start_pos=len(first) + len(reply) - 1)))
-    assert results[0] == results[1]
+    exported = AOTIDecoder(llama3.paths["pt2"])
+    assert two_turn_chat(exported, tok, info) == two_turn_chat(llama3.eager_decoder(), tok, info)
 
 
 def test_cli_generate_with_exported_artifacts(llama2):
@@ -145,8 +89,7 @@ def test_cli_generate_with_exported_artifacts(llama2):
     outs = []
     for flag, path in (("--checkpoint-path", llama2.checkpoint), ("--dso-path", llama2.paths["so"]),
                        ("--aoti-package-path", llama2.paths["pt2"])):
-        p = subprocess.run([sys.executable, "torchchat.py", "generate", flag, str(path), *common],
-                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+        p = cli("generate", flag, path, *common)
         assert p.returncode == 0, p.stderr
         outs.append(p.stdout)
     assert outs[0] == outs[1] == outs[2]
@@ -218,28 +161,6 @@ def test_export_is_atomic(tmp_path, monkeypatch, error):
 needs_runner = pytest.mark.skipif(not AOTI_RUN.is_file(), reason="build it: scripts/build_native.sh aoti")
 
 
-def aoti_run(model_path, tokenizer, *flags, stdin="", trace=None, timeout=120):
-    env = dict(os.environ)
-    if trace is not None:
-        env["TORCHCHAT_AOTI_TRACE"] = str(trace)
-    return subprocess.run([str(AOTI_RUN), str(model_path), "-z", str(tokenizer), *flags], input=stdin,
-                          capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def fed_tokens(trace: Path) -> list[int]:
-    """Everything the runner fed the model, in order (prompt, then each token it sampled but the last)."""
-    import json
-
-    calls = [json.loads(line) for line in trace.read_text().splitlines()]
-    pos = 0
-    out = []
-    for c in calls:
-        assert c["start_pos"] == pos  # one prefill, then one position at a time, no gaps
-        out += c["tokens"]
-        pos += len(c["tokens"])
-    return out
-
-
 @needs_runner
 @pytest.mark.parametrize("case", CASES, indirect=True, ids=[f"{s}-{f}" for s, f in CASES])
 def test_runner_greedy_matches_eager(case, tmp_path):
@@ -263,11 +184,8 @@ def test_runner_greedy_matches_eager(case, tmp_path):
 
 @needs_runner
 def test_runner_chat_with_system_prompt_matches_eager(llama3, tmp_path):
-    from torchchat.chat import Conversation
-
     tok, info = llama3.eager.tokenizer, llama3.eager.info
-    conv = Conversation(tok, info.chat_template, info.stop_ids[0], SYSTEM)
-    first = conv.turn_tokens(USER)
+    first = system_chat_turn(tok, info)
     want = greedy(llama3.eager_decoder(), first, info.stop_ids)
     trace = tmp_path / "chat.jsonl"
     p = aoti_run(llama3.paths["pt2"], llama3.runner_tokenizer, "-m", "chat", "-y", SYSTEM, "-i", USER, "-t", "0",
@@ -275,13 +193,6 @@ def test_runner_chat_with_system_prompt_matches_eager(llama3, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "Assistant: " in p.stdout
     assert fed_tokens(trace)[:len(first) + len(want) - 1] == first + want[:-1]
-
-
-def one_line_error(p) -> str:
-    assert p.returncode != 0 and p.returncode < 128, (p.returncode, p.stderr)  # an error, not a signal
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
-    return lines[0]
 
 
 @needs_runner
@@ -310,12 +221,7 @@ def test_runner_rejects_tokenizer_that_does_not_fit(llama2, llama3, tmp_path):
 
 @needs_runner
 def test_runner_prompt_longer_than_context_and_large_n(llama2):
-    long_prompt = "Once upon a time " * 200  # > 256 tokens
-    assert "context" in one_line_error(aoti_run(llama2.paths["so"], llama2.runner_tokenizer, "-i", long_prompt,
-                                                "-t", "0", "-n", "0"))
-    # -n above the context is the context (the seed: 0 = max_seq_len): runs to the end, no crash
-    p = aoti_run(llama2.paths["pt2"], llama2.runner_tokenizer, "-i", "Once", "-t", "0", "-n", "100000")
-    assert p.returncode == 0, p.stderr
+    check_long_prompt_and_large_n(aoti_run, llama2.paths["so"], llama2.paths["pt2"], llama2.runner_tokenizer)
 
 
 def test_so_metadata_survives_weights_appended_to_the_library(llama2, tmp_path, monkeypatch):

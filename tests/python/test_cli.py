@@ -1,23 +1,10 @@
 """The command line as a user meets it: real subprocesses, tiny models, one-line errors."""
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-from tiny_models import tiny_hf_model, write_llama2c_pt
+from backend_helpers import cli
+from tiny_models import tiny_llama2_files
 from tiny_tokenizers import write_sentencepiece
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(*args, stdin=None, env=None):
-    # Bytes, decoded by hand: text mode would turn a generated "\r" into "\n".
-    proc = subprocess.run([sys.executable, "torchchat.py", *args], cwd=ROOT, input=stdin and stdin.encode(),
-                          capture_output=True, timeout=300, env=env)
-    proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
-    return proc
 
 
 def assert_one_line_error(proc, pattern):
@@ -32,11 +19,8 @@ def assert_one_line_error(proc, pattern):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny llama2-style checkpoint (512 embeddings) with a 400-piece SentencePiece tokenizer: a padded vocabulary."""
-    folder = tmp_path_factory.mktemp("tiny")
-    model = tiny_hf_model("llama2")
-    ckpt = write_llama2c_pt(model, folder / "model.pt")
-    tok = write_sentencepiece(folder / "sp", vocab_size=400)
-    return model, ckpt, tok
+    t = tiny_llama2_files(tmp_path_factory.mktemp("tiny"), vocab_size=400)
+    return t.hf, t.ckpt, t.tok
 
 
 def test_generate_from_checkpoint_matches_transformers(tiny):
@@ -50,7 +34,7 @@ def test_generate_from_checkpoint_matches_transformers(tiny):
         want = hf_greedy_in_vocab(model, ids, 40, sp.vocab_size())
     if 2 in want:  # our generate stops at eos like the runner
         want = want[: want.index(2) + 1]
-    proc = run("generate", "--checkpoint-path", str(ckpt), "--tokenizer-path", str(tok), "--prompt", prompt,
+    proc = cli("generate", "--checkpoint-path", str(ckpt), "--tokenizer-path", str(tok), "--prompt", prompt,
                "--temperature", "0", "--max-new-tokens", "40")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == sp.decode(ids[1:] + [t for t in want if t != 2]) + "\n"
@@ -68,7 +52,7 @@ def test_seeded_sampling_is_reproducible(tiny):
     _, ckpt, tok = tiny
     args = ("generate", "--checkpoint-path", str(ckpt), "--tokenizer-path", str(tok), "--prompt", "The",
             "--temperature", "1.0", "--seed", "42", "--max-new-tokens", "30", "--num-samples", "2")
-    a, b = run(*args), run(*args)
+    a, b = cli(*args), cli(*args)
     assert a.returncode == 0, a.stderr
     assert a.stdout == b.stdout
     samples = a.stdout.splitlines()
@@ -76,29 +60,29 @@ def test_seeded_sampling_is_reproducible(tiny):
 
 
 def test_unknown_alias():
-    assert_one_line_error(run("generate", "no-such-model"), "unknown model 'no-such-model'")
+    assert_one_line_error(cli("generate", "no-such-model"), "unknown model 'no-such-model'")
 
 
 def test_missing_checkpoint(tmp_path):
-    assert_one_line_error(run("generate", "--checkpoint-path", str(tmp_path / "nope.pt")), "nope.pt")
+    assert_one_line_error(cli("generate", "--checkpoint-path", str(tmp_path / "nope.pt")), "nope.pt")
 
 
 def test_truncated_checkpoint(tiny, tmp_path):
     _, ckpt, tok = tiny
     cut = tmp_path / "cut.pt"
     cut.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
-    assert_one_line_error(run("generate", "--checkpoint-path", str(cut), "--tokenizer-path", str(tok)), "cut.pt")
+    assert_one_line_error(cli("generate", "--checkpoint-path", str(cut), "--tokenizer-path", str(tok)), "cut.pt")
 
 
 def test_tokenizer_too_big_for_model(tiny, tmp_path):
     _, ckpt, _ = tiny
     big = write_sentencepiece(tmp_path / "big", vocab_size=700)  # the model has 512 embeddings
-    assert_one_line_error(run("generate", "--checkpoint-path", str(ckpt), "--tokenizer-path", str(big)), "tokenizer has 700 tokens")
+    assert_one_line_error(cli("generate", "--checkpoint-path", str(ckpt), "--tokenizer-path", str(big)), "tokenizer has 700 tokens")
 
 
 def test_prompt_longer_than_context(tiny):
     _, ckpt, tok = tiny
-    proc = run("generate", "--checkpoint-path", str(ckpt), "--tokenizer-path", str(tok), "--max-seq-length", "8",
+    proc = cli("generate", "--checkpoint-path", str(ckpt), "--tokenizer-path", str(tok), "--max-seq-length", "8",
                "--prompt", "Once upon a time there was a little girl who lived in a village")
     assert_one_line_error(proc, "context")
 
@@ -111,12 +95,12 @@ def test_prompt_longer_than_context(tiny):
 ])
 def test_bad_sampling_options(tiny, flags, pattern):
     _, ckpt, tok = tiny
-    assert_one_line_error(run("generate", "--checkpoint-path", str(ckpt), "--tokenizer-path", str(tok), *flags), pattern)
+    assert_one_line_error(cli("generate", "--checkpoint-path", str(ckpt), "--tokenizer-path", str(tok), *flags), pattern)
 
 
 def test_chat_reads_turns_from_stdin(tiny):
     _, ckpt, tok = tiny
-    proc = run("chat", "--checkpoint-path", str(ckpt), "--tokenizer-path", str(tok), "--temperature", "0",
+    proc = cli("chat", "--checkpoint-path", str(ckpt), "--tokenizer-path", str(tok), "--temperature", "0",
                "--max-new-tokens", "10", "--system-prompt", "Be brief.", stdin="Hello\nWho are you?\n")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("Assistant: ") == 2

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,12 +18,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_aoti import CONTEXT, N_NEW, PROMPTS, ROOT, SYSTEM, USER, Exported, fed_tokens, greedy, one_line_error  # noqa: E402
+from backend_helpers import (  # noqa: E402
+    CONTEXT, N_NEW, PROMPTS, SYSTEM, USER, Exported, assert_same_greedy, check_long_prompt_and_large_n, cli, et_run,
+    fed_tokens, greedy, one_line_error, system_chat_turn, two_turn_chat,
+)
 from tiny_tokenizers import write_tiktoken  # noqa: E402
 
 from torchchat.errors import UserError  # noqa: E402
-
-ET_RUN = {"release": ROOT / "cmake-out" / "et_run", "asan": ROOT / "cmake-out-asan" / "et_run"}
 
 
 @pytest.fixture(scope="session")
@@ -100,30 +100,15 @@ def test_python_greedy_matches_eager(model):
         for tokens, pos in ((torch.tensor([ids]), torch.arange(len(ids))),
                             (torch.tensor([[ids[-1]]]), torch.tensor([len(ids)]))):
             assert torch.allclose(d(tokens, pos), e(tokens, pos), atol=2e-4, rtol=1e-4)
-    for prompt in PROMPTS:
-        ids = tok.encode(prompt, bos=info.add_bos)
-        assert greedy(d, ids, info.stop_ids) == greedy(e, ids, info.stop_ids), prompt
+    assert_same_greedy(d, e, tok, info)
 
 
 def test_python_chat_with_system_prompt_matches_eager(llama3):
-    from torchchat.chat import Conversation
     from torchchat.et import PTEDecoder
 
     tok, info = llama3.eager.tokenizer, llama3.eager.info
-    results = []
-    for decoder in (PTEDecoder(llama3.paths["pte"]), llama3.eager_decoder()):
-        conv = Conversation(tok, info.chat_template, info.stop_ids[0], SYSTEM)
-        first = conv.turn_tokens(USER)
-        reply = greedy(decoder, first, info.stop_ids)
-        conv.reply_done(reply, info.stop_ids)
-        second = conv.turn_tokens("And the second tallest?")
-        results.append((reply, greedy(decoder, second, info.stop_ids, start_pos=len(first) + len(reply) - 1)))
-    assert results[0] == results[1]
-
-
-def cli(*args, stdin=None):
-    return subprocess.run([sys.executable, "torchchat.py", *map(str, args)], cwd=ROOT, input=stdin,
-                          capture_output=True, text=True, timeout=300)
+    exported = PTEDecoder(llama3.paths["pte"])
+    assert two_turn_chat(exported, tok, info) == two_turn_chat(llama3.eager_decoder(), tok, info)
 
 
 def test_cli_generate_chat_and_eval_with_pte(llama2):
@@ -185,21 +170,6 @@ def test_python_prompt_longer_than_context_is_a_user_error(llama2):
 # The native runner: et_run on the same programs
 
 
-def runner(build: str = "release") -> Path:
-    path = ET_RUN[build]
-    if not path.is_file():
-        pytest.skip(f"build it: scripts/build_native.sh et{' --sanitize' if build == 'asan' else ''}")
-    return path
-
-
-def et_run(model_path, tokenizer, *flags, stdin="", trace=None, build="release", timeout=120):
-    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
-    if trace is not None:
-        env["TORCHCHAT_TRACE"] = str(trace)
-    return subprocess.run([str(runner(build)), str(model_path), "-z", str(tokenizer), *map(str, flags)], input=stdin,
-                          capture_output=True, text=True, timeout=timeout, env=env, errors="replace")
-
-
 @pytest.mark.parametrize("model", STYLES, indirect=True)
 def test_runner_greedy_matches_eager(model, tmp_path):
     e = model.eager_decoder()
@@ -212,7 +182,10 @@ def test_runner_greedy_matches_eager(model, tmp_path):
                    trace=trace)
         assert p.returncode == 0, p.stderr
         assert p.stdout.startswith(prompt) and "tokens/s" in p.stderr
-        assert len(p.stderr.strip().splitlines()) == 1  # the stats line; the runtime's own log stays quiet
+        # The model line (runners built since it exists), then the stats line; the runtime's own log stays quiet.
+        lines = p.stderr.strip().splitlines()
+        model_line = f"model: llama, vocab {info.vocab_size}, context {CONTEXT}, dtype fp32, quantize none"
+        assert lines[:-1] in ([], [model_line]) and "tokens/s" in lines[-1], p.stderr
         first = json.loads(trace.read_text().splitlines()[0])
         assert first["tokens"] == ids  # the whole prompt in one call (dynamic sequence length)
         fed = fed_tokens(trace)
@@ -221,11 +194,8 @@ def test_runner_greedy_matches_eager(model, tmp_path):
 
 @pytest.mark.parametrize("build", ["release", "asan"])
 def test_runner_chat_with_system_prompt_matches_eager(llama3, tmp_path, build):
-    from torchchat.chat import Conversation
-
     tok, info = llama3.eager.tokenizer, llama3.eager.info
-    conv = Conversation(tok, info.chat_template, info.stop_ids[0], SYSTEM)
-    first = conv.turn_tokens(USER)
+    first = system_chat_turn(tok, info)
     want = greedy(llama3.eager_decoder(), first, info.stop_ids)
     trace = tmp_path / "chat.jsonl"
     p = et_run(llama3.paths["pte"], llama3.runner_tokenizer, "-m", "chat", "-y", SYSTEM, "-i", USER, "-t", "0",
@@ -263,9 +233,4 @@ def test_runner_rejects_tokenizer_that_does_not_fit(llama2, llama3, tmp_path, bu
 
 
 def test_runner_prompt_longer_than_context_and_large_n(llama2):
-    long_prompt = "Once upon a time " * 200  # > 256 tokens
-    assert "context" in one_line_error(et_run(llama2.paths["pte"], llama2.runner_tokenizer, "-i", long_prompt,
-                                              "-t", "0", "-n", "0"))
-    # -n above the context is the context (the seed: 0 = max_seq_len): runs to the end, no crash
-    p = et_run(llama2.paths["pte"], llama2.runner_tokenizer, "-i", "Once", "-t", "0", "-n", "100000")
-    assert p.returncode == 0, p.stderr
+    check_long_prompt_and_large_n(et_run, llama2.paths["pte"], llama2.paths["pte"], llama2.runner_tokenizer)

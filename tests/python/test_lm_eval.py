@@ -22,10 +22,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny_models import hf_greedy, tiny_hf_model, write_llama2c_pt  # noqa: E402
-from tiny_tokenizers import write_sentencepiece  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
+from backend_helpers import ROOT, Exported, cli  # noqa: E402
+from tiny_models import hf_greedy, tiny_llama2_files  # noqa: E402
 BOS = 1
 
 QUESTIONS = [
@@ -50,10 +48,8 @@ DOCS = [
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lm_eval")
-    hf = tiny_hf_model("llama2")
-    ckpt = write_llama2c_pt(hf, folder / "model.pt")
-    tok = write_sentencepiece(folder / "sp", vocab_size=512)
+    t = tiny_llama2_files(tmp_path_factory.mktemp("lm_eval"))
+    folder = t.folder
     with open(folder / "mc.jsonl", "w") as f:
         for i, (q, choices) in enumerate(QUESTIONS):
             f.write(json.dumps({"question": q, "choices": choices, "answer": i % len(choices)}) + "\n")
@@ -91,12 +87,8 @@ metric_list:
                                          .replace("tiny_mc", "tiny_missing").replace("mc.jsonl", "gone.jsonl"))
     import sentencepiece as spm
 
-    sp = spm.SentencePieceProcessor(model_file=str(tok))
-    return SimpleNamespace(hf=hf, ckpt=ckpt, tok=tok, sp=sp, folder=folder)
-
-
-def run(*args):
-    return subprocess.run([sys.executable, "torchchat.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    t.sp = spm.SentencePieceProcessor(model_file=str(t.tok))
+    return t
 
 
 def model_flags(tiny):
@@ -218,7 +210,7 @@ WINDOW = 24  # --max-seq-length: every question fits, a document takes several w
 
 def test_tasks_command_scores_match_transformers(tiny, tmp_path):
     out = tmp_path / "tasks.json"
-    p = run("eval", *model_flags(tiny), "--tasks", f"{tiny.folder / 'tiny_mc.yaml'},{tiny.folder / 'tiny_ppl.yaml'}",
+    p = cli("eval", *model_flags(tiny), "--tasks", f"{tiny.folder / 'tiny_mc.yaml'},{tiny.folder / 'tiny_ppl.yaml'}",
             "--max-seq-length", str(WINDOW), "--output-json", str(out))
     assert p.returncode == 0, p.stderr
     results = json.loads(out.read_text())["tasks"]
@@ -251,7 +243,7 @@ def test_tasks_command_scores_match_transformers(tiny, tmp_path):
 
 def test_tasks_limit(tiny, tmp_path):
     out = tmp_path / "tasks.json"
-    p = run("eval", *model_flags(tiny), "--tasks", str(tiny.folder / "tiny_mc.yaml"), "--limit", "3",
+    p = cli("eval", *model_flags(tiny), "--tasks", str(tiny.folder / "tiny_mc.yaml"), "--limit", "3",
             "--output-json", str(out))
     assert p.returncode == 0, p.stderr
     results = json.loads(out.read_text())
@@ -268,7 +260,7 @@ def test_tasks_limit(tiny, tmp_path):
     ("{folder}/tiny_mc.yaml", ["--max-seq-length", "1"], "--max-seq-length"),
 ])
 def test_tasks_bad_input(tiny, tasks, extra, pattern):
-    p = run("eval", *model_flags(tiny), "--tasks", tasks.format(folder=tiny.folder), *extra)
+    p = cli("eval", *model_flags(tiny), "--tasks", tasks.format(folder=tiny.folder), *extra)
     assert pattern in one_line_error(p)
 
 
@@ -281,14 +273,12 @@ def test_generate_does_not_import_lm_eval():
 
 def test_tasks_through_executorch_program_match_eager(tiny, tmp_path_factory, tmp_path):
     """The same tasks on the exported .pte (ExecuTorch's Python runtime) score as eager does."""
-    from test_aoti import Exported
-
     exported = Exported(tmp_path_factory.mktemp("lm_eval_pte"), "llama2", ("pte",))
     tasks = f"{tiny.folder / 'tiny_mc.yaml'},{tiny.folder / 'tiny_ppl.yaml'}"
     scores = {}
     for flag, path in (("--checkpoint-path", exported.checkpoint), ("--pte-path", exported.paths["pte"])):
         out = tmp_path / f"{flag.strip('-')}.json"
-        p = run("eval", flag, str(path), "--tokenizer-path", str(exported.tokenizer), "--tasks", tasks,
+        p = cli("eval", flag, str(path), "--tokenizer-path", str(exported.tokenizer), "--tasks", tasks,
                 "--max-seq-length", str(WINDOW), "--output-json", str(out))
         assert p.returncode == 0, p.stderr
         scores[flag] = json.loads(out.read_text())["tasks"]

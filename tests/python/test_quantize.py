@@ -17,10 +17,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny_models import tiny_hf_model, write_hf, write_llama2c_pt  # noqa: E402
-from tiny_tokenizers import write_sentencepiece, write_tiktoken  # noqa: E402
+from backend_helpers import cli  # noqa: E402
+from tiny_models import tiny_llama2_files  # noqa: E402
 
-from torchchat import cli  # noqa: E402
 from torchchat.errors import UserError  # noqa: E402
 from torchchat.model import ModelArgs, Transformer  # noqa: E402
 from torchchat.quantize import parse_quantize, quantize_model  # noqa: E402
@@ -68,16 +67,7 @@ def test_parse_rejects(arg, pattern):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_quantize")
-    hf = tiny_hf_model("llama2")
-    return SimpleNamespace(hf=hf, ckpt=write_llama2c_pt(hf, folder / "model.pt"),
-                           tok=write_sentencepiece(folder / "sp", vocab_size=512), folder=folder)
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return tiny_llama2_files(tmp_path_factory.mktemp("tiny_quantize"))
 
 
 def model_flags(t) -> list[str]:
@@ -100,9 +90,9 @@ def model_flags(t) -> list[str]:
 ])
 def test_cli_bad_input_is_one_line(tiny, tmp_path, capsys, monkeypatch, command, extra, pattern):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(capsys, command, *model_flags(tiny), *extra)
-    assert code == 1 and err.count("\n") == 1 and err.startswith("error: --quantize"), err
-    assert pattern in err
+    p = cli(command, *model_flags(tiny), *extra, capsys=capsys)  # in this process, in tmp_path
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and p.stderr.startswith("error: --quantize"), p.stderr
+    assert pattern in p.stderr
     assert not list(tmp_path.iterdir())  # nothing exported
 
 
@@ -272,17 +262,17 @@ BACKEND_CASES = [  # (spec, export flag, eval flag)
 
 def eval_json(capsys, tmp_path, *flags) -> dict:
     out = tmp_path / f"ppl{len(list(tmp_path.iterdir()))}.json"
-    code, _, err = run_cli(capsys, "eval", *flags, "--max-seq-length", "64", "--limit", "4", "--output-json", str(out))
-    assert code == 0, err
+    p = cli("eval", *flags, "--max-seq-length", "64", "--limit", "4", "--output-json", out, capsys=capsys)
+    assert p.returncode == 0, p.stderr
     return json.loads(out.read_text())
 
 
 @pytest.mark.parametrize("spec,export_flag,eval_flag", BACKEND_CASES, ids=["aoti-int4", "aoti-int8", "et-a8w4dq"])
 def test_same_perplexity_eager_and_exported(tiny, tmp_path, capsys, spec, export_flag, eval_flag):
     artifact = tmp_path / ("model.pte" if "pte" in export_flag else "model.so")
-    code, _, err = run_cli(capsys, "export", *model_flags(tiny), "--quantize", spec, "--max-seq-length", "64",
-                           export_flag, str(artifact))
-    assert code == 0, err
+    p = cli("export", *model_flags(tiny), "--quantize", spec, "--max-seq-length", "64", export_flag, artifact,
+            capsys=capsys)
+    assert p.returncode == 0, p.stderr
     eager = eval_json(capsys, tmp_path, *model_flags(tiny), "--quantize", spec)
     exported = eval_json(capsys, tmp_path, "--tokenizer-path", str(tiny.tok), eval_flag, str(artifact))
     fp32 = eval_json(capsys, tmp_path, *model_flags(tiny))

@@ -129,6 +129,18 @@ def write_llama2c_pt(model, path: Path, orig_mod_prefix: bool = False) -> Path:
     return path
 
 
+def tiny_llama2_files(folder: Path, vocab_size: int = 512):
+    """A tiny llama2-style model (512 embeddings) as a llama2.c checkpoint, with a SentencePiece
+    tokenizer of `vocab_size` pieces (fewer than 512: a padded vocabulary): hf, ckpt, tok, folder."""
+    from types import SimpleNamespace
+
+    from tiny_tokenizers import write_sentencepiece
+
+    hf = tiny_hf_model("llama2")
+    return SimpleNamespace(hf=hf, ckpt=write_llama2c_pt(hf, folder / "model.pt"),
+                           tok=write_sentencepiece(folder / "sp", vocab_size=vocab_size), folder=folder)
+
+
 def write_bare_pt(model, path: Path) -> Path:
     """A bare Meta-named state dict, with params.json beside it."""
     torch.save(meta_state_dict(model), path)
