@@ -99,22 +99,29 @@ def staged_output(path: Path, suffix: str) -> Iterator[Path]:
 
 
 def inductor_configs(ep: torch.export.ExportedProgram) -> dict:
-    """INDUCTOR_CONFIGS, with inductor's C++ GEMM templates as the only choice for fp32 float linears.
+    """INDUCTOR_CONFIGS, with inductor's C++ GEMM templates as the only choice for fp32 float linears,
+    and the C entry points of our quantized-linear kernels when the graph calls them.
 
     One artifact serves prefill and decode, so each GEMM is autotuned once, at the example
     size (T = 2); there oneDNN wins some GEMMs that then run decode (T = 1) slower than the
     C++ template. Measured on SmolLM2-135M, 2 threads, side by side: templates only, decode
     40.5 vs 34 tok/s and 128-token prefill 415 vs 540 tok/s. Decode is what a chat feels, so
-    fp32 takes the templates. Quantized linears (ATen's weight-only kernels) and bf16/fp16
-    keep ATen among the choices: not measured here, and a GEMM no template covers needs it.
+    fp32 takes the templates. bf16/fp16 keep ATen among the choices: not measured here, and
+    a GEMM no template covers needs it.
     """
-    weight_only = {torch.ops.aten._weight_int8pack_mm.default, torch.ops.aten._weight_int4pack_mm_for_cpu.default}
-    quantized = any(n.op == "call_function" and n.target in weight_only for n in ep.graph.nodes)
+    from torchchat import kernels
+
+    configs = dict(INDUCTOR_CONFIGS)
     floats = {t.dtype for t in (*ep.state_dict.values(), *ep.constants.values())
-              if isinstance(t, torch.Tensor) and t.is_floating_point()}
-    if quantized or floats != {torch.float32}:
-        return INDUCTOR_CONFIGS
-    return {**INDUCTOR_CONFIGS, "max_autotune_gemm_backends": "CPP"}
+              if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float16}
+    if floats <= {torch.float32}:  # (fp16 tensors of int4 scales are not activations)
+        configs["max_autotune_gemm_backends"] = "CPP"
+    ours = {n.target for n in ep.graph.nodes if n.op == "call_function"
+            and getattr(n.target, "namespace", None) == "torchchat"}
+    if ours:
+        # Called directly from the model's C++ (no dispatcher): kernels/torch_ops.cpp.
+        configs["aot_inductor.custom_ops_to_c_shims"] = kernels.aoti_c_shims()
+    return configs
 
 
 def compile_so(ep: torch.export.ExportedProgram, out: Path, meta_json: str) -> None:
@@ -191,10 +198,6 @@ def cmd_export(args) -> None:
                             "(quantized weights take a different form for each)")
         spec = parse_quantize(args.quantize)
         check_backend(spec, backend)  # before the slow part
-        if backend == "aoti" and any(k in spec for k in ("linear:int8", "linear:int4")):
-            # Smaller, but slower: ATen's weight-only CPU kernels (README, Quantization).
-            log("note: AOT Inductor runs linear:int8/int4 with ATen's weight-only CPU kernels, which decode "
-                "several times slower than fp32 on CPU; ExecuTorch's linear:a8w4dq is the fast low-bit path")
     with phase("Loading the model"):
         loaded = load_model(args, backend)
     max_seq = args.max_seq_length or min(loaded.info.max_seq_len, DEFAULT_MAX_SEQ)

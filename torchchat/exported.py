@@ -44,6 +44,7 @@ class AOTIDecoder:
             if text is None:
                 raise UserError(f"{path}: no torchchat metadata (export it with `torchchat.py export`)")
             self.info, self.dtype = metadata.from_json(text, where)
+            load_kernels_for(self.info)
             try:
                 runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(path.resolve()), 1)  # dlopen needs a slash
             except RuntimeError as e:
@@ -52,6 +53,9 @@ class AOTIDecoder:
         else:
             if not zipfile.is_zipfile(path):
                 raise UserError(f"{path}: truncated or damaged .pt2 package")
+            info = peek_pt2_metadata(path)
+            if info is not None:
+                load_kernels_for(info)
             try:
                 package = torch._inductor.aoti_load_package(str(path))
                 meta = package.get_metadata()
@@ -65,6 +69,30 @@ class AOTIDecoder:
 
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         return self._run(tokens.contiguous(), input_pos.contiguous())
+
+
+def load_kernels_for(info: ModelInfo) -> None:
+    """Models quantized with linear:int8/int4 call our kernels' C functions: load them first."""
+    if any(k in (info.quantize or {}) for k in ("linear:int8", "linear:int4")):
+        from torchchat import kernels
+
+        kernels.load()
+
+
+def peek_pt2_metadata(path: Path):
+    """The torchchat metadata of a .pt2 without loading its model (None if not found)."""
+    import json
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                if name.endswith("_metadata.json"):
+                    text = json.loads(z.read(name)).get(metadata.PT2_KEY)
+                    if text:
+                        return metadata.from_json(text, str(path))[0]
+    except (OSError, zipfile.BadZipFile, ValueError, AttributeError):
+        pass
+    return None
 
 
 def first_line(e: Exception) -> str:

@@ -3,7 +3,7 @@
 The spec is torchchat's JSON form, inline or in a file; keys combine in one object:
 
     {"linear:int8": {"groupsize": 0}}        weight-only int8, one scale per output channel
-    {"linear:int4": {"groupsize": 32}}       weight-only int4, asymmetric, one scale+zero per group
+    {"linear:int4": {"groupsize": 32}}       weight-only int4, asymmetric, one scale+min per group
     {"linear:a8w4dq": {"groupsize": 32}}     int8 dynamic activations (per token), int4 symmetric
                                              groupwise weights: what XNNPACK runs (ExecuTorch)
     {"embedding:int8": {"groupsize": 0}}     int8 table, one scale per row (0) or per group
@@ -13,9 +13,9 @@ The spec is torchchat's JSON form, inline or in a file; keys combine in one obje
 The model definition stays one: quantization swaps modules after loading (and after the
 dtype cast), before the KV caches are set up and before export. Each quantized module's
 forward is plain PyTorch or ATen ops that torch.export traces:
-- linear:int8 / linear:int4 call ATen's CPU weight-only kernels (`_weight_int8pack_mm`,
-  `_weight_int4pack_mm_for_cpu`), which AOT Inductor compiles too (slowly at run time: see
-  README); XNNPACK has no weight-only linear, so ExecuTorch refuses them.
+- linear:int8 / linear:int4 call our CPU kernels (kernels/, torchchat/kernels.py), operators
+  that eager PyTorch runs and AOT Inductor models call directly; ExecuTorch refuses them
+  (XNNPACK has no weight-only linear, and et_run does not link our kernels).
 - linear:a8w4dq is torchao's `Int8DynamicActivationIntxWeightConfig`: it exports as
   choose_qparams/quantize/dequantize ops around a linear, the pattern the XNNPACK partitioner
   fuses into its qd8-f32-qb4w kernel (how ExecuTorch's own llama export does it). Eager runs
@@ -35,11 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchchat import kernels
 from torchchat.errors import UserError
 
 BACKENDS = ("eager", "aoti", "et")
 DTYPES = ("fp32", "bf16", "fp16")
-GROUPSIZES = (32, 64, 128, 256)  # what the int4 kernels (ATen's and XNNPACK's) take
+GROUPSIZES = (32, 64, 128, 256)  # what the int4 kernels (ours and XNNPACK's) take
 
 # scheme -> (allowed groupsizes: None = 0 or any positive, default groupsize, backends that run it)
 SCHEMES = {
@@ -50,7 +51,7 @@ SCHEMES = {
     "embedding:int4": (None, 32, ("eager", "aoti", "et")),
 }
 REFUSAL_HINT = {
-    "et": "XNNPACK runs only dynamically quantized linears; use linear:a8w4dq",
+    "et": "XNNPACK runs only dynamically quantized linears and et_run does not link our kernels; use linear:a8w4dq",
     # Inductor has no int8-activation GEMM on CPU: it would fold the weights back to float.
     "aoti": "it has no kernel for int8 activations and would store float weights; use linear:int4 or linear:int8",
 }
@@ -146,57 +147,36 @@ def _groups(w: Tensor, groupsize: int) -> Tensor:
 
 
 class Int8Linear(nn.Module):
-    """Weight-only int8, symmetric, one scale per output channel: y = (x @ q.T) * scale."""
+    """Weight-only int8, symmetric, one fp32 scale per output channel: y = (x @ q.T) * scale.
 
-    def __init__(self, weight: Tensor, eager: bool = False):
+    Runs our kernel (torchchat/kernels.py), in eager PyTorch and in AOT Inductor models."""
+
+    def __init__(self, weight: Tensor):
         super().__init__()
-        w = weight.detach().float()
-        scale = w.abs().amax(1).clamp(min=1e-10) / 127
-        self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scales", scale.to(weight.dtype))
-        self.in_features, self.out_features, self.eager = w.shape[1], w.shape[0], eager
+        q, scale = kernels.quantize_int8(weight)
+        self.register_buffer("weight", q)
+        self.register_buffer("scales", scale)
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.eager and x.numel() > x.size(-1):
-            # ATen's kernel is a loop of GEMVs (cost grows with the tokens): a prompt is
-            # cheaper as one float GEMM over the dequantized weight. Eager only: export
-            # would fold that weight into a float constant.
-            return F.linear(x, self.weight.to(x.dtype)) * self.scales
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.size(-1)), self.weight, self.scales)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return torch.ops.torchchat.int8_weight_linear(x, self.weight, self.scales)
 
 
 class Int4Linear(nn.Module):
-    """Weight-only int4, asymmetric per group: w = (q - 8) * scale + zero, q in [0, 15].
+    """Weight-only int4, min/max per group: w = q * scale + min, q in [0, 15], fp16 scale and min.
 
-    That is min/max quantization (zero = min + 8 * scale) in the layout of ATen's CPU kernel:
-    q packed two per byte by `_convert_weight_to_int4pack_for_cpu`, scales and zeros
-    interleaved as [in / groupsize, out, 2]."""
+    Runs our kernel (torchchat/kernels.py; its packing: two weights per byte), in eager
+    PyTorch and in AOT Inductor models."""
 
-    def __init__(self, weight: Tensor, groupsize: int, eager: bool = False):
+    def __init__(self, weight: Tensor, groupsize: int):
         super().__init__()
-        wg = _groups(weight.detach(), groupsize)
-        lo, hi = wg.amin(-1), wg.amax(-1)
-        scale = ((hi - lo) / 15).clamp(min=1e-10)
-        q = torch.round((wg - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32).reshape(weight.shape)
-        self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-        zero = lo + 8 * scale
-        self.register_buffer("scales_and_zeros", torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(weight.dtype))
-        self.groupsize, self.in_features, self.out_features, self.eager = groupsize, weight.shape[1], weight.shape[0], eager
-        if eager:  # for prompts (see Int8Linear): a plain copy, two per byte, high nibble first
-            self.register_buffer("plain", (q[:, 0::2] << 4 | q[:, 1::2]).to(torch.uint8))
-
-    def dequantized(self, dtype: torch.dtype) -> Tensor:
-        q = torch.stack([self.plain >> 4, self.plain & 15], dim=-1).flatten(-2).to(dtype) - 8
-        scale, zero = self.scales_and_zeros.to(dtype).permute(2, 1, 0)  # each [out, in / groupsize]
-        return (q.unflatten(-1, (scale.size(-1), -1)) * scale[..., None] + zero[..., None]).flatten(-2)
+        q, scales_mins = kernels.quantize_int4(weight, groupsize)
+        self.register_buffer("weight", kernels.pack_int4(q))
+        self.register_buffer("scales_mins", scales_mins)
+        self.groupsize, self.in_features, self.out_features = groupsize, weight.shape[1], weight.shape[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.eager and x.numel() > x.size(-1):
-            return F.linear(x, self.dequantized(x.dtype))
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, x.size(-1)), self.weight, self.groupsize,
-                                                       self.scales_and_zeros)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return torch.ops.torchchat.int4_weight_linear(x, self.weight, self.scales_mins, self.groupsize)
 
 
 class QuantizedEmbedding(nn.Module):
@@ -260,9 +240,11 @@ def quantize_model(model: nn.Module, spec: dict, backend: str) -> None:
     for key, options in spec.items():
         g = options.get("groupsize", 0)
         if key == "linear:int8":
-            swap(model, nn.Linear, lambda m: Int8Linear(m.weight, eager=backend == "eager"))
+            kernels.load()
+            swap(model, nn.Linear, lambda m: Int8Linear(m.weight))
         elif key == "linear:int4":
-            swap(model, nn.Linear, lambda m: Int4Linear(m.weight, g, eager=backend == "eager"))
+            kernels.load()
+            swap(model, nn.Linear, lambda m: Int4Linear(m.weight, g))
         elif key == "linear:a8w4dq":
             quantize_a8w4dq(model, g)
         elif key == "embedding:int8":

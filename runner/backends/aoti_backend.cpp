@@ -10,6 +10,7 @@
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/csrc/inductor/aoti_runner/model_container_runner_cpu.h>
 
+#include "quant_linear.h"
 #include "torchchat/error.h"
 
 namespace torchchat {
@@ -146,6 +147,9 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
   }
+  // Models quantized with linear:int8/int4 call our kernels (libtorchchat_kernels, linked
+  // in): report now, not mid-generation, if this CPU runs their portable fallback.
+  if (metadata_.quantize.find("\"linear:int") != std::string::npos) kernels::isa();
   // For tests: every forward() call appended as a JSON line (what the model was fed).
   if (const char* trace = std::getenv("TORCHCHAT_AOTI_TRACE")) trace_path_ = trace;
 }

@@ -115,10 +115,10 @@ def ref_int8_weight(w):  # symmetric, per output channel, [-127, 127]
     return torch.round(w / s).clamp(-127, 127) * s
 
 
-def ref_int4_weight(w, g):  # asymmetric min/max per group: q in [0, 15], w = q * scale + min
+def ref_int4_weight(w, g):  # asymmetric min/max per group: q in [0, 15], w = q * scale + min (both stored in fp16)
     wg = groups(w, g)
     lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
-    s = (hi - lo) / 15
+    s, lo = ((hi - lo) / 15).half().float(), lo.half().float()
     return (torch.round((wg - lo) / s).clamp(0, 15) * s + lo).reshape(w.shape)
 
 
@@ -164,7 +164,7 @@ def test_linear_matches_reference(spec, reference):
     w = m.lin.weight.detach().clone()
     x = torch.randn(2, 7, 256)
     quantize_model(m, parse_quantize(spec), "eager")
-    # Prompts (many tokens) and decode (one token) take different paths in eager (Int8Linear).
+    # Prompts (many tokens) and decode (one token): different tiles of the kernels.
     for xs in (x, x[:1, :1]):
         with torch.no_grad():
             got, want, exact = m.lin(xs), reference(xs, w), F.linear(xs, w)
@@ -289,7 +289,9 @@ def test_precision_wins_over_dtype(tiny):
                            quantize='{"precision": {"dtype": "bf16"}, "linear:int8": {"groupsize": 0}}')
     loaded = load_model(args)
     assert loaded.dtype == "bf16" and loaded.model.norm.weight.dtype == torch.bfloat16
-    assert loaded.model.layers[0].attention.wq.scales.dtype == torch.bfloat16
+    wq = loaded.model.layers[0].attention.wq
+    assert wq.weight.dtype == torch.int8
+    assert wq(torch.randn(1, 3, wq.in_features, dtype=torch.bfloat16)).dtype == torch.bfloat16
     loaded.model.setup_caches(16)
     with torch.no_grad():
         assert torch.isfinite(loaded.model(torch.tensor([[1, 5, 9]]), torch.arange(3))).all()

@@ -1,0 +1,48 @@
+// Choosing the implementation at run time (quant_linear.h).
+#include "quant_linear.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+namespace torchchat::kernels {
+namespace {
+
+enum class Isa { Generic, Avx512 };
+
+Isa detect() {
+  const char* forced = std::getenv("TORCHCHAT_KERNELS");
+  const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("f16c");
+  if (forced && std::strcmp(forced, "generic") == 0) {
+    std::fprintf(stderr, "torchchat kernels: portable fallback (TORCHCHAT_KERNELS=generic)\n");
+    return Isa::Generic;
+  }
+  if (!has_avx512) {
+    std::fprintf(stderr, "torchchat kernels: this CPU lacks AVX-512 (F/BW/VL); using the portable fallback (slower)\n");
+    return Isa::Generic;
+  }
+  return Isa::Avx512;
+}
+
+Isa active() {
+  static const Isa isa = detect();  // thread-safe, once
+  return isa;
+}
+
+}  // namespace
+
+const char* isa() { return active() == Isa::Avx512 ? "avx512" : "generic"; }
+
+void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1) {
+  if (active() == Isa::Avx512) return avx512::int8_linear(x, M, w, y, n0, n1);
+  generic::int8_linear(x, M, w, y, n0, n1);
+}
+
+void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1) {
+  if (active() == Isa::Avx512) return avx512::int4_linear(x, M, w, y, n0, n1);
+  generic::int4_linear(x, M, w, y, n0, n1);
+}
+
+}  // namespace torchchat::kernels

@@ -1,0 +1,52 @@
+// Quantized linear layers on CPU: y[M, N] = x[M, K] @ dequant(W)[N, K]^T, fp32 activations.
+//
+// Weight formats (prepacked once, at quantization time, by torchchat/kernels.py):
+//   int8: q int8 [N, K] row-major, one fp32 scale per output row:      w = q * scale[n]
+//   int4: q uint8 [N, K/2]: each 16-byte chunk holds 32 consecutive weights of a row,
+//         byte j = q[j] | q[j + 16] << 4, q in [0, 15]; per group of G weights (G a multiple
+//         of 32 dividing K) an fp16 (scale, min) pair, [N, K/G, 2]:  w = q * scale + min
+//         (the group's min/max quantization, the layout of llama.cpp's Q4_1 with our packing).
+//
+// Every y[m, n] is computed the same way whatever M is (same accumulation order), so a
+// token's logits do not depend on whether it came in a prompt or alone.
+//
+// The functions compute the output columns [n0, n1) of every row of y (row stride N): the
+// caller splits N across its threads. No threads, no allocation, no torch in here, so the
+// same code serves PyTorch (eager / AOT Inductor through torch_ops.cpp) and anything else.
+#pragma once
+
+#include <cstdint>
+
+namespace torchchat::kernels {
+
+struct Int8Weights {
+  const std::int8_t* q;
+  const float* scale;
+  std::int64_t N, K;
+};
+
+struct Int4Weights {
+  const std::uint8_t* q;
+  const std::uint16_t* scale_min;  // fp16 bits
+  std::int64_t N, K, G;
+};
+
+void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
+void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
+
+// Which implementation runs: "avx512" when the CPU (and OS) have AVX-512 F/BW/VL, else
+// "generic" (portable C++). TORCHCHAT_KERNELS=generic forces the fallback. The first call
+// prints a notice on stderr when the fallback is used.
+const char* isa();
+
+// The implementations, for tests that compare them directly.
+namespace generic {
+void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
+void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
+}  // namespace generic
+namespace avx512 {
+void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
+void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
+}  // namespace avx512
+
+}  // namespace torchchat::kernels

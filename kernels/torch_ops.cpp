@@ -1,0 +1,111 @@
+// The kernels as PyTorch operators, for eager PyTorch, torch.export and AOT Inductor:
+//   torchchat::int8_weight_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor
+//   torchchat::int4_weight_linear(Tensor x, Tensor weight, Tensor scales_mins, int groupsize) -> Tensor
+// x [..., K] (any float dtype; computed in fp32, returned in x's dtype); weight/scales in the
+// formats of quant_linear.h. Shapes for tracing (fake tensors) are registered in
+// torchchat/kernels.py. AOT Inductor calls the C functions at the bottom directly
+// (aot_inductor.custom_ops_to_c_shims), so an exported model needs this library loaded with
+// its symbols global: aoti_run links it, Python loads it with RTLD_GLOBAL.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/inductor/aoti_torch/utils.h>
+#include <torch/library.h>
+
+#include "quant_linear.h"
+
+namespace torchchat::kernels {
+namespace {
+
+// Output rows per task: enough work per thread to amortise the pool's wake-up (a few us).
+constexpr std::int64_t kGrainRows = 64;
+
+// x as a contiguous fp32 [M, K] matrix.
+at::Tensor activations(const at::Tensor& x, std::int64_t K, const char* op) {
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, op, ": x has ", x.size(-1), " features, the weight ", K);
+  TORCH_CHECK(x.is_floating_point() && x.device().is_cpu(), op, ": x must be a float CPU tensor");
+  return x.reshape({-1, K}).to(at::kFloat).contiguous();
+}
+
+at::Tensor output(const at::Tensor& x, const at::Tensor& y) {
+  auto shape = x.sizes().vec();
+  shape.back() = y.size(1);
+  return y.view(shape).to(x.scalar_type());
+}
+
+at::Tensor int8_weight_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.is_contiguous(),
+              "int8_weight_linear: weight must be a contiguous int8 [N, K] matrix");
+  const std::int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.numel() == N && scales.is_contiguous(),
+              "int8_weight_linear: scales must be N contiguous fp32 values");
+  const at::Tensor xf = activations(x, K, "int8_weight_linear");
+  const std::int64_t M = xf.size(0);
+  at::Tensor y = at::empty({M, N}, xf.options());
+  const Int8Weights w{weight.const_data_ptr<std::int8_t>(), scales.const_data_ptr<float>(), N, K};
+  const float* xp = xf.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  at::parallel_for(0, N, kGrainRows, [&](std::int64_t n0, std::int64_t n1) { int8_linear(xp, M, w, yp, n0, n1); });
+  return output(x, y);
+}
+
+at::Tensor int4_weight_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales_mins,
+                              std::int64_t groupsize) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kByte && weight.is_contiguous(),
+              "int4_weight_linear: weight must be a contiguous uint8 [N, K / 2] matrix");
+  const std::int64_t N = weight.size(0), K = 2 * weight.size(1);
+  TORCH_CHECK(groupsize >= 32 && groupsize % 32 == 0 && K % groupsize == 0,
+              "int4_weight_linear: groupsize must be a multiple of 32 dividing K = ", K, ", got ", groupsize);
+  TORCH_CHECK(scales_mins.scalar_type() == at::kHalf && scales_mins.is_contiguous() &&
+                  scales_mins.numel() == N * (K / groupsize) * 2,
+              "int4_weight_linear: scales_mins must be a contiguous fp16 [N, K / groupsize, 2] tensor");
+  const at::Tensor xf = activations(x, K, "int4_weight_linear");
+  const std::int64_t M = xf.size(0);
+  at::Tensor y = at::empty({M, N}, xf.options());
+  const Int4Weights w{weight.const_data_ptr<std::uint8_t>(),
+                      reinterpret_cast<const std::uint16_t*>(scales_mins.const_data_ptr<at::Half>()), N, K, groupsize};
+  const float* xp = xf.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  at::parallel_for(0, N, kGrainRows, [&](std::int64_t n0, std::int64_t n1) { int4_linear(xp, M, w, yp, n0, n1); });
+  return output(x, y);
+}
+
+std::string isa_op() { return isa(); }
+
+}  // namespace
+}  // namespace torchchat::kernels
+
+TORCH_LIBRARY(torchchat, m) {
+  m.def("int8_weight_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor");
+  m.def("int4_weight_linear(Tensor x, Tensor weight, Tensor scales_mins, int groupsize) -> Tensor");
+  m.def("kernels_isa() -> str", &torchchat::kernels::isa_op);
+}
+
+TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
+  m.impl("int8_weight_linear", &torchchat::kernels::int8_weight_linear);
+  m.impl("int4_weight_linear", &torchchat::kernels::int4_weight_linear);
+}
+
+// C shims for AOT Inductor: declarations in torchchat/kernels.py (AOTI_C_SHIMS) must match.
+using torch::aot_inductor::new_tensor_handle;
+using torch::aot_inductor::tensor_handle_to_tensor_pointer;
+
+extern "C" AOTITorchError aoti_torch_cpu_int8_weight_linear(AtenTensorHandle x, AtenTensorHandle weight,
+                                                            AtenTensorHandle scales, AtenTensorHandle* ret) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret = new_tensor_handle(torchchat::kernels::int8_weight_linear(
+        *tensor_handle_to_tensor_pointer(x), *tensor_handle_to_tensor_pointer(weight),
+        *tensor_handle_to_tensor_pointer(scales)));
+  });
+}
+
+extern "C" AOTITorchError aoti_torch_cpu_int4_weight_linear(AtenTensorHandle x, AtenTensorHandle weight,
+                                                            AtenTensorHandle scales_mins, int64_t groupsize,
+                                                            AtenTensorHandle* ret) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret = new_tensor_handle(torchchat::kernels::int4_weight_linear(
+        *tensor_handle_to_tensor_pointer(x), *tensor_handle_to_tensor_pointer(weight),
+        *tensor_handle_to_tensor_pointer(scales_mins), groupsize));
+  });
+}

@@ -1,0 +1,217 @@
+"""Our quantized-linear kernels (kernels/, torchchat/kernels.py): each against its reference
+math on random shapes (odd sizes included), the AVX-512 code against the portable fallback,
+a forced fallback, bad weights, and the kernels inside AOT Inductor models: eager = AOTI from
+Python = aoti_run, token for token, on a tiny model quantized int8 and int4.
+
+The reference is written here from the formats' definitions (kernels/quant_linear.h):
+dequantize, then a float64 matmul; the kernels accumulate in fp32, so they must agree within
+fp32 rounding of a K-term dot product.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from backend_helpers import AOTI_RUN, CONTEXT, PROMPTS, aoti_run, fed_tokens, greedy, model_args  # noqa: E402
+from tiny_models import tiny_hf_model, write_llama2c_pt  # noqa: E402
+from tiny_tokenizers import write_sentencepiece, write_tokenizer_bin  # noqa: E402
+
+from torchchat import kernels  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def loaded():
+    kernels.load()
+
+
+def ref_int8(x, q, scale):  # w = q * scale, per output row
+    return x.double() @ (q.double() * scale.double()[:, None]).T
+
+
+def ref_int4(x, packed, scales_mins, g):  # per 32 weights, byte j = q[j] | q[j + 16] << 4; w = q * scale + min
+    n, half = packed.shape
+    blocks = packed.reshape(n, half // 16, 16).long()
+    q = torch.stack([blocks & 15, blocks >> 4], dim=2).reshape(n, 2 * half).double()
+    sm = scales_mins.double()
+    w = q.reshape(n, -1, g) * sm[..., :1] + sm[..., 1:]
+    return x.double() @ w.reshape(n, -1).T
+
+
+def tolerance(x, w_abs_max, k):
+    # fp32 accumulation of K products: error <= ~K * eps * sum|x * w|; bound it generously.
+    return 1e-6 * k * (x.abs().double().sum(-1, keepdim=True) * w_abs_max).clamp(min=1e-6)
+
+
+INT8_SHAPES = [(1, 1, 1), (1, 7, 15), (2, 5, 17), (3, 130, 64), (5, 33, 577), (9, 4, 1536), (1, 576, 576),
+               (128, 67, 96)]
+INT4_SHAPES = [(1, 1, 32, 32), (2, 5, 64, 32), (3, 130, 96, 32), (5, 33, 256, 64), (9, 7, 512, 128),
+               (4, 3, 768, 256), (128, 67, 576, 32), (1, 576, 1536, 32)]
+
+
+@pytest.mark.parametrize("m,n,k", INT8_SHAPES)
+def test_int8_matches_reference(m, n, k):
+    torch.manual_seed(m * 1000 + n + k)
+    w, x = torch.randn(n, k), torch.randn(m, k)
+    q, scale = kernels.quantize_int8(w)
+    got = torch.ops.torchchat.int8_weight_linear(x, q, scale)
+    want = ref_int8(x, q, scale)
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    assert ((got.double() - want).abs() <= tolerance(x, (q.double().abs() * scale[:, None]).max(), k)).all()
+
+
+@pytest.mark.parametrize("m,n,k,g", INT4_SHAPES)
+def test_int4_matches_reference(m, n, k, g):
+    torch.manual_seed(m * 1000 + n + k + g)
+    w, x = torch.randn(n, k), torch.randn(m, k)
+    q, scales_mins = kernels.quantize_int4(w, g)
+    packed = kernels.pack_int4(q)
+    assert packed.shape == (n, k // 2) and torch.equal(kernels.unpack_int4(packed), q)
+    got = torch.ops.torchchat.int4_weight_linear(x, packed, scales_mins, g)
+    want = ref_int4(x, packed, scales_mins, g)
+    assert ((got.double() - want).abs() <= tolerance(x, w.abs().max() * 1.01, k)).all()
+    # and the quantization itself is min/max: every weight within half a step of its code
+    step = scales_mins[..., 0].float().repeat_interleave(g, dim=1)
+    assert ((kernels.dequantize_int4(packed, scales_mins, g) - w).abs() <= step * 0.51 + 1e-3).all()
+
+
+def test_a_token_gets_the_same_bits_alone_or_in_a_prompt():
+    """Prefill and decode must agree exactly: the logits of a position do not depend on T."""
+    torch.manual_seed(1)
+    w, x = torch.randn(70, 576), torch.randn(11, 576)
+    q8, s8 = kernels.quantize_int8(w)
+    q4, sm = kernels.quantize_int4(w, 32)
+    p4 = kernels.pack_int4(q4)
+    batch8 = torch.ops.torchchat.int8_weight_linear(x, q8, s8)
+    batch4 = torch.ops.torchchat.int4_weight_linear(x, p4, sm, 32)
+    for i in range(len(x)):
+        assert torch.equal(torch.ops.torchchat.int8_weight_linear(x[i:i + 1], q8, s8), batch8[i:i + 1])
+        assert torch.equal(torch.ops.torchchat.int4_weight_linear(x[i:i + 1], p4, sm, 32), batch4[i:i + 1])
+
+
+def test_shapes_and_dtypes_follow_the_input():
+    q, s = kernels.quantize_int8(torch.randn(12, 64))
+    y = torch.ops.torchchat.int8_weight_linear(torch.randn(2, 3, 64, dtype=torch.bfloat16), q, s)
+    assert y.shape == (2, 3, 12) and y.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("call,pattern", [
+    (lambda: torch.ops.torchchat.int8_weight_linear(torch.randn(1, 64), torch.zeros(4, 64), torch.ones(4)),
+     "weight must be a contiguous int8"),
+    (lambda: torch.ops.torchchat.int8_weight_linear(torch.randn(1, 63), torch.zeros(4, 64, dtype=torch.int8),
+                                                    torch.ones(4)), "x has 63 features, the weight 64"),
+    (lambda: torch.ops.torchchat.int4_weight_linear(torch.randn(1, 64), torch.zeros(4, 32, dtype=torch.uint8),
+                                                    torch.ones(4, 1, 2, dtype=torch.half), 48), "groupsize must be"),
+    (lambda: torch.ops.torchchat.int4_weight_linear(torch.randn(1, 64), torch.zeros(4, 32, dtype=torch.uint8),
+                                                    torch.ones(4, 2, 2), 32), "scales_mins must be"),
+])
+def test_bad_weights_are_refused(call, pattern):
+    with pytest.raises(RuntimeError, match=pattern):
+        call()
+
+
+FALLBACK_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from torchchat import kernels
+print(kernels.isa())
+torch.manual_seed(0)
+x, w = torch.randn(3, 96), torch.randn(37, 96)
+q8, s8 = kernels.quantize_int8(w)
+q4, sm = kernels.quantize_int4(w, 32)
+p4 = kernels.pack_int4(q4)
+torch.save({"x": x, "q8": q8, "s8": s8, "p4": p4, "sm": sm,
+            "y8": torch.ops.torchchat.int8_weight_linear(x, q8, s8),
+            "y4": torch.ops.torchchat.int4_weight_linear(x, p4, sm, 32)}, sys.argv[2])
+"""
+
+
+def test_forced_fallback_says_so_and_computes_the_same(tmp_path):
+    out = tmp_path / "generic.pt"
+    p = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, str(ROOT), str(out)], capture_output=True, text=True,
+                       env=dict(os.environ, TORCHCHAT_KERNELS="generic"), timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["generic"]
+    assert "torchchat kernels: portable fallback (TORCHCHAT_KERNELS=generic)" in p.stderr
+    r = torch.load(out)
+    x = r["x"]
+    assert ((r["y8"].double() - ref_int8(x, r["q8"], r["s8"])).abs() <= tolerance(x, 4.0, 96)).all()
+    assert ((r["y4"].double() - ref_int4(x, r["p4"], r["sm"], 32)).abs() <= tolerance(x, 4.0, 96)).all()
+    # and this process (AVX-512 when the CPU has it) within rounding of the fallback
+    assert torch.allclose(torch.ops.torchchat.int8_weight_linear(x, r["q8"], r["s8"]), r["y8"], rtol=1e-5, atol=1e-5)
+    assert torch.allclose(torch.ops.torchchat.int4_weight_linear(x, r["p4"], r["sm"], 32), r["y4"], rtol=1e-5,
+                          atol=1e-5)
+
+
+def test_isa_is_avx512_on_this_kind_of_machine():
+    if not all(f in Path("/proc/cpuinfo").read_text() for f in ("avx512f", "avx512bw", "avx512vl")):
+        pytest.skip("no AVX-512 here")
+    assert kernels.isa() == "avx512"
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside AOT Inductor models
+
+# (spec, format): one artifact per scheme keeps the compile time down; both formats are covered.
+SCHEMES = {"int8-so": ('{"linear:int8": {"groupsize": 0}}', "so"), "int4-pt2": ('{"linear:int4": {"groupsize": 32}}', "pt2")}
+
+
+class QuantizedTiny:
+    """A tiny llama2-style model quantized with `spec`: eager, and exported as `fmt` (so or pt2)."""
+
+    def __init__(self, folder: Path, spec: str, fmt: str):
+        from torchchat.export import export_model
+        from torchchat.loader import load_model
+
+        hf = tiny_hf_model("llama2")
+        self.checkpoint = write_llama2c_pt(hf, folder / "model.pt")
+        self.tokenizer = write_sentencepiece(folder / "sp")
+        self.runner_tokenizer = write_tokenizer_bin(self.tokenizer, folder / "tokenizer.bin")
+        args = model_args(self.checkpoint, self.tokenizer, quantize=spec)
+        loaded = load_model(args, "aoti")
+        self.paths = {fmt: folder / f"model.{fmt}"}
+        export_model(loaded.model, loaded.info, "fp32", CONTEXT, self.paths.get("so"), self.paths.get("pt2"))
+        self.eager = load_model(args)
+
+
+@pytest.fixture(scope="module", params=list(SCHEMES))
+def quantized(request, tmp_path_factory):
+    return QuantizedTiny(tmp_path_factory.mktemp(f"kernels_{request.param}"), *SCHEMES[request.param])
+
+
+def test_aoti_from_python_equals_eager(quantized):
+    from torchchat.exported import AOTIDecoder
+    from torchchat.loader import EagerDecoder
+
+    tok, info = quantized.eager.tokenizer, quantized.eager.info
+    for fmt, path in quantized.paths.items():
+        decoder = AOTIDecoder(path)
+        assert decoder.info.quantize == info.quantize
+        for prompt in PROMPTS:
+            ids = tok.encode(prompt, bos=info.add_bos)
+            assert greedy(decoder, ids, info.stop_ids) == greedy(EagerDecoder(quantized.eager.model, CONTEXT), ids,
+                                                                 info.stop_ids), (fmt, prompt)
+
+
+@pytest.mark.skipif(not AOTI_RUN.is_file(), reason="build it: scripts/build_native.sh aoti")
+def test_aoti_run_equals_eager(quantized, tmp_path):
+    from torchchat.loader import EagerDecoder
+
+    tok, info = quantized.eager.tokenizer, quantized.eager.info
+    for fmt, path in quantized.paths.items():
+        for i, prompt in enumerate(PROMPTS[:2]):
+            ids = tok.encode(prompt, bos=info.add_bos)
+            want = greedy(EagerDecoder(quantized.eager.model, CONTEXT), ids, info.stop_ids)
+            trace = tmp_path / f"{fmt}{i}.jsonl"
+            p = aoti_run(path, quantized.runner_tokenizer, "-t", "0", "-n", str(len(ids) + len(want)), "-i", prompt,
+                         trace=trace)
+            assert p.returncode == 0, p.stderr
+            assert fed_tokens(trace)[:len(ids) + len(want) - 1] == ids + want[:-1], (fmt, prompt)

@@ -1,0 +1,142 @@
+"""Our CPU kernels for quantized linears (kernels/): build, load, pack weights, reference math.
+
+The C++ sources are compiled once per machine with torch.utils.cpp_extension (cached under
+~/.cache/torch_extensions, rebuilt when a source changes) and registered as PyTorch operators
+`torch.ops.torchchat.int8_weight_linear` / `int4_weight_linear`, which eager PyTorch,
+torch.export and AOT Inductor all call. AOT Inductor calls them through C shims
+(`AOTI_C_SHIMS`), so an exported model needs the library loaded with global symbols: `load()`
+does that, and `aoti_run` links the same sources (CMakeLists.txt, torchchat_kernels).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from torchchat.errors import UserError
+
+SOURCES = [Path(__file__).resolve().parent.parent / "kernels" / name
+           for name in ("quant_linear.cpp", "quant_linear_generic.cpp", "quant_linear_avx512.cpp", "torch_ops.cpp")]
+
+_loaded = False
+
+
+def load() -> None:
+    """Build (first time only) and load the kernel library; idempotent."""
+    global _loaded
+    if _loaded:
+        return
+    from torch.utils import cpp_extension
+
+    missing = [str(p) for p in SOURCES if not p.is_file()]
+    if missing:
+        raise UserError(f"the kernel sources are missing: {', '.join(missing)}")
+    print("Loading torchchat kernels (the first time, compiling them takes about a minute)...", file=sys.stderr,
+          flush=True)
+    try:
+        path = cpp_extension.load(name="torchchat_kernels", sources=[str(p) for p in SOURCES],
+                                  # -fopenmp: at::parallel_for is OpenMP in the torch wheel (its own libgomp)
+                                  extra_cflags=["-O2", "-std=c++20", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                                  is_python_module=False, verbose=False)
+    except (RuntimeError, OSError, ImportError) as e:
+        lines = str(e).strip().splitlines()
+        raise UserError(f"cannot build the torchchat kernels: {lines[-1] if lines else e}") from None
+    # Global symbols, so that AOT Inductor models resolve aoti_torch_cpu_int*_weight_linear.
+    ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_GLOBAL)
+    register_fakes()
+    _loaded = True
+
+
+def isa() -> str:
+    """'avx512' or 'generic': which implementation runs on this machine."""
+    load()
+    return torch.ops.torchchat.kernels_isa()
+
+
+def register_fakes() -> None:
+    """Output shapes for tracing (torch.export, torch.compile): x [..., K] -> [..., N]."""
+
+    @torch.library.register_fake("torchchat::int8_weight_linear")
+    def _(x, weight, scales):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+    @torch.library.register_fake("torchchat::int4_weight_linear")
+    def _(x, weight, scales_mins, groupsize):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def aoti_c_shims() -> dict:
+    """aot_inductor.custom_ops_to_c_shims: the C functions of kernels/torch_ops.cpp."""
+    load()
+    ops = torch.ops.torchchat
+    return {
+        ops.int8_weight_linear.default: [
+            "AOTITorchError aoti_torch_cpu_int8_weight_linear(AtenTensorHandle x, AtenTensorHandle weight, "
+            "AtenTensorHandle scales, AtenTensorHandle* ret)"],
+        ops.int4_weight_linear.default: [
+            "AOTITorchError aoti_torch_cpu_int4_weight_linear(AtenTensorHandle x, AtenTensorHandle weight, "
+            "AtenTensorHandle scales_mins, int64_t groupsize, AtenTensorHandle* ret)"],
+    }
+
+
+OPS = ("int8_weight_linear", "int4_weight_linear")
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing (kernels/quant_linear.h formats) and the reference math the kernels must equal
+
+
+def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-row int8: (q int8 [N, K], scale fp32 [N]) with w ~ q * scale."""
+    w = w.detach().float()
+    scale = w.abs().amax(1).clamp(min=1e-10) / 127
+    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+def quantize_int4(w: Tensor, groupsize: int) -> tuple[Tensor, Tensor]:
+    """Min/max int4 per group: (q uint8 [N, K] in [0, 15], scales_mins fp16 [N, K / g, 2]) with
+    w ~ q * scale + min. scale and min are rounded to fp16 before q is chosen, so q is the
+    best code for the stored values."""
+    n, k = w.shape
+    wg = w.detach().float().reshape(n, k // groupsize, groupsize)
+    lo, hi = wg.amin(-1), wg.amax(-1)
+    scale = ((hi - lo) / 15).clamp(min=1e-8).half()
+    lo = lo.half()
+    q = torch.round((wg - lo.float()[..., None]) / scale.float()[..., None]).clamp(0, 15).to(torch.uint8)
+    return q.reshape(n, k), torch.stack([scale, lo], -1).contiguous()
+
+
+def pack_int4(q: Tensor) -> Tensor:
+    """q uint8 [N, K] in [0, 15] -> [N, K / 2]: per 32 weights, byte j = q[j] | q[j + 16] << 4."""
+    n, k = q.shape
+    blocks = q.reshape(n, k // 32, 2, 16)
+    return (blocks[:, :, 0] | blocks[:, :, 1] << 4).reshape(n, k // 2).contiguous()
+
+
+def unpack_int4(packed: Tensor) -> Tensor:
+    n, half = packed.shape
+    blocks = packed.reshape(n, half // 16, 1, 16)
+    return torch.cat([blocks & 15, blocks >> 4], dim=2).reshape(n, half * 2)
+
+
+def dequantize_int8(q: Tensor, scale: Tensor) -> Tensor:
+    return q.float() * scale[:, None]
+
+
+def dequantize_int4(packed: Tensor, scales_mins: Tensor, groupsize: int) -> Tensor:
+    q = unpack_int4(packed).float()
+    n, k = q.shape
+    sm = scales_mins.float()
+    return (q.reshape(n, k // groupsize, groupsize) * sm[..., :1] + sm[..., 1:]).reshape(n, k)
+
+
+def int8_weight_linear_ref(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
+    return (torch.nn.functional.linear(x.float(), q.float()) * scale).to(x.dtype)
+
+
+def int4_weight_linear_ref(x: Tensor, packed: Tensor, scales_mins: Tensor, groupsize: int) -> Tensor:
+    return torch.nn.functional.linear(x.float(), dequantize_int4(packed, scales_mins, groupsize)).to(x.dtype)
