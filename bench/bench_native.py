@@ -185,14 +185,26 @@ def llama_quantize(llama_dir: Path, src: Path, kind: str) -> Path:
     return dst
 
 
-# --quant: our schemes beside llama.cpp at equal bits (README, Quantization). AOTI runs
-# int8/int4 with ATen's weight-only kernels, ExecuTorch a8w4dq with XNNPACK's qd8 kernels.
+# --quant: our schemes beside llama.cpp at equal bits (README, Quantization). AOTI and eager run
+# int8/int4 with our kernels (kernels/), ExecuTorch a8w4dq with XNNPACK's qd8 kernels.
 QUANT_GROUPS = [
     ("SmolLM2-135M 8-bit", "Q8_0", [("AOTI .so linear:int8", "so", '{"linear:int8": {"groupsize": 0}}', "-int8")]),
     ("SmolLM2-135M 4-bit", "Q4_1", [("AOTI .so linear:int4 g32", "so", '{"linear:int4": {"groupsize": 32}}', "-int4g32"),
                                     ("ET .pte linear:a8w4dq g32", "pte", '{"linear:a8w4dq": {"groupsize": 32}}',
                                      "-a8w4dq32")]),
 ]
+
+
+def quant_source_tag() -> str:
+    """A short hash of the code that decides what a quantized export holds: cached artifacts
+    built by older kernels or schemes are not reused."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted([*(ROOT / "kernels").iterdir(), ROOT / "torchchat" / "quantize.py",
+                        ROOT / "torchchat" / "kernels.py"]):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:8]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,14 +225,15 @@ def bench_aoti(artifact: Path, threads: int, reps: int, tokenizer: Path | None,
     return res
 
 
-def bench_eager(gguf_path: Path, dtype: str, threads: int, reps: int) -> dict:
+def bench_eager(gguf_path: Path, dtype: str, threads: int, reps: int, quantize: str | None = None) -> dict:
+    quant = ["--quantize", quantize] if quantize else []
     out, _, rss = run_rss([sys.executable, __file__, "--worker-eager", gguf_path, "--dtype", dtype,
-                           "--threads", threads, "--reps", reps])
+                           "--threads", threads, "--reps", reps, *quant])
     r = json.loads(out.strip().splitlines()[-1])
     return dict(r, rss=rss, size=None)
 
 
-def worker_eager(gguf_path: str, dtype: str, threads: int, reps: int) -> None:
+def worker_eager(gguf_path: str, dtype: str, threads: int, reps: int, quantize: str | None) -> None:
     from argparse import Namespace
 
     import torch
@@ -230,7 +243,7 @@ def worker_eager(gguf_path: str, dtype: str, threads: int, reps: int) -> None:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     loaded = load_model(Namespace(model=None, gguf_path=gguf_path, checkpoint_path=None, params_path=None,
-                                  tokenizer_path=None, dtype=dtype, max_seq_length=None))
+                                  tokenizer_path=None, dtype=dtype, max_seq_length=None, quantize=quantize))
     decoder = EagerDecoder(loaded.model, N_PROMPT + N_GEN)
     load = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(1234)
@@ -253,17 +266,18 @@ def worker_eager(gguf_path: str, dtype: str, threads: int, reps: int) -> None:
     print(json.dumps(dict(load=load, ttft=ttft, pp=pp, tg=tg)))
 
 
-def bench_llama_cpp(llama_dir: Path, gguf_path: Path, threads: int, reps: int, extra: tuple = ()) -> dict:
+def bench_llama_cpp(llama_dir: Path, gguf_path: Path, threads: int, reps: int, pp_extra: tuple = ()) -> dict:
+    """llama-bench: pp and tg as two runs, so that pp can take its own flags (`pp_extra`)."""
     bench = llama_dir / "bin" / "llama-bench"
-    out, _, rss = run_rss([bench, "-m", gguf_path, "-p", N_PROMPT, "-n", N_GEN, "-t", threads, "-r", reps,
-                           *extra, "-o", "json"])
-    res = dict(size=gguf_path.stat().st_size / 1e6, rss=rss)
-    for test in json.loads(out):
-        key = "pp" if test["n_gen"] == 0 else "tg"
-        res[key] = [float(x) for x in test["samples_ts"]]
+    res = dict(size=gguf_path.stat().st_size / 1e6, rss=0.0)
+    for key, p, n, extra in (("pp", N_PROMPT, 0, pp_extra), ("tg", 0, N_GEN, ())):
+        out, _, rss = run_rss([bench, "-m", gguf_path, "-p", p, "-n", n, "-t", threads, "-r", reps, *extra,
+                               "-o", "json"])
+        res[key] = [float(x) for x in json.loads(out)[0]["samples_ts"]]
+        res["rss"] = max(res["rss"], rss)
     # Load + first token: one cold-ish run of pp128 only, no warm-up, whole process.
     _, wall, _ = run([bench, "-m", gguf_path, "-p", N_PROMPT, "-n", 0, "-t", threads, "-r", 1, "--no-warmup",
-                      *extra, "-o", "json"])
+                      *pp_extra, "-o", "json"])
     res["load_plus_pp"] = wall
     return res
 
@@ -350,9 +364,10 @@ def main() -> None:
     p.add_argument("--plot", help="also write a PNG bar chart here")
     p.add_argument("--worker-eager", help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--quantize", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker_eager:
-        return worker_eager(a.worker_eager, a.dtype, a.threads, a.reps)
+        return worker_eager(a.worker_eager, a.dtype, a.threads, a.reps, a.quantize)
 
     CACHE.mkdir(parents=True, exist_ok=True)
     if not AOTI_BENCH.is_file():
@@ -404,14 +419,18 @@ def main() -> None:
         for group, kind, ours in QUANT_GROUPS:
             g = llama_quantize(llama_dir, smol, kind)
             log(f"== {group}: llama.cpp {kind}, " + ", ".join(name for name, *_ in ours))
-            # --repack 0: this build (GGML_NATIVE on an AVX-512/AMX CPU) segfaults while repacking
-            # quantized weights for its CPU kernels (also on the original Q4_1 GGUF); plain layout works.
-            engines = {f"llama.cpp {kind} (no repack)": bench_llama_cpp(llama_dir, g, a.threads, a.reps,
-                                                                        ("--repack", "0"))}
+            # Decode with llama.cpp's repacked weights (its fastest CPU path, the default). Its
+            # prompt processing on repacked weights crashes in this build (GGML_NATIVE on this
+            # AVX-512 CPU: segfault, also on the original Q4_1 GGUF), so pp runs with --repack 0.
+            engines = {f"llama.cpp {kind} (pp: --repack 0)": bench_llama_cpp(llama_dir, g, a.threads, a.reps,
+                                                                             ("--repack", "0"))}
             for name, suffix, spec, tag in ours:
-                artifact = export(smol, "fp32", a.context, suffix, spec, tag)
+                artifact = export(smol, "fp32", a.context, suffix, spec, f"{tag}-{quant_source_tag()}")
                 bench_bin, run_bin = (ET_BENCH, ET_RUN) if suffix == "pte" else (AOTI_BENCH, AOTI_RUN)
                 engines[name] = bench_aoti(artifact, a.threads, a.reps, jobs[0][3], bench_bin, run_bin)
+                if suffix == "so":  # the same scheme in eager PyTorch, with the same kernels
+                    engines[f"Python eager {name.split(' ', 2)[2]}"] = bench_eager(smol, "fp32", a.threads, a.reps,
+                                                                                  spec)
             rows.append((group, engines))
             weight_mb[group] = gguf_weight_mb(g)
     print_table(rows, bw, weight_mb, a.threads, a.reps)
