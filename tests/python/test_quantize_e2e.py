@@ -14,9 +14,13 @@ The two misses are strict xfails: they fail loudly if a change makes them meet t
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 pytestmark = pytest.mark.e2e
 
@@ -56,3 +60,86 @@ def fp32() -> float:
 def test_perplexity_within_bound(fp32, spec, bound):
     got = perplexity(spec)
     assert got <= fp32 * (1 + bound), f"{spec}: {got:.3f} vs fp32 {fp32:.3f} ({(got / fp32 - 1) * 100:+.2f}%)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Our kernels (kernels/) on the default model: the same perplexity as the reference math, and
+# the same greedy tokens in eager, AOTI from Python and aoti_run.
+
+KERNEL_SCHEMES = ['{"linear:int8": {"groupsize": 0}}', '{"linear:int4": {"groupsize": 32}}']
+
+
+def dequantized_reference(model) -> None:
+    """Replace each kernel-backed linear by an nn.Linear over its dequantized weight (plain F.linear)."""
+    import torch
+
+    from torchchat import kernels
+    from torchchat.quantize import Int4Linear, Int8Linear
+
+    for parent in list(model.modules()):
+        for name, m in list(parent.named_children()):
+            if isinstance(m, Int8Linear):
+                w = kernels.dequantize_int8(m.weight, m.scales)
+            elif isinstance(m, Int4Linear):
+                w = kernels.dequantize_int4(m.weight, m.scales_mins, m.groupsize)
+            else:
+                continue
+            linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+            linear.weight.data = w
+            setattr(parent, name, linear)
+
+
+@pytest.mark.parametrize("spec", KERNEL_SCHEMES, ids=["int8", "int4"])
+def test_kernels_perplexity_equals_the_reference_math(spec):
+    from torchchat.eval import DEFAULT_CORPUS, perplexity
+    from torchchat.loader import EagerDecoder, load_model
+
+    args = SimpleNamespace(model="smollm2-135m", checkpoint_path=None, gguf_path=None, params_path=None,
+                           tokenizer_path=None, dtype="fp32", quantize=spec)
+    loaded = load_model(args)
+    text = DEFAULT_CORPUS.read_text()
+
+    def ppl():
+        return perplexity(EagerDecoder(loaded.model, 256), loaded.tokenizer, loaded.info, text, 256, limit=3,
+                          progress=False)["perplexity"]
+
+    ours = ppl()
+    dequantized_reference(loaded.model)
+    reference = ppl()
+    assert ours == pytest.approx(reference, rel=1e-3), (ours, reference)
+
+
+def test_int8_greedy_eager_aoti_and_runner_agree(tmp_path):
+    import subprocess
+
+    from backend_helpers import AOTI_RUN, aoti_run, fed_tokens, greedy
+
+    from torchchat import registry
+    from torchchat.exported import AOTIDecoder
+    from torchchat.loader import EagerDecoder, load_model
+
+    spec = KERNEL_SCHEMES[0]
+    args = SimpleNamespace(model="smollm2-135m", checkpoint_path=None, gguf_path=None, params_path=None,
+                           tokenizer_path=None, dtype="fp32", quantize=spec)
+    try:
+        loaded = load_model(args)
+    except Exception as e:  # not downloaded: scripts/setup.sh does it
+        pytest.skip(f"smollm2-135m is not in the cache: {e}")
+    out = tmp_path / "int8.so"
+    p = subprocess.run([sys.executable, "torchchat.py", "export", "smollm2-135m", "--quantize", spec,
+                        "--max-seq-length", "128", "--output-dso-path", str(out)], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert p.returncode == 0, p.stderr
+    exported = AOTIDecoder(out)
+    tok, info = loaded.tokenizer, loaded.info
+    for i, prompt in enumerate(["Once upon a time", "The capital of France is"]):
+        ids = tok.encode(prompt, bos=info.add_bos)
+        want = greedy(EagerDecoder(loaded.model, 128), ids, info.stop_ids)
+        assert greedy(exported, ids, info.stop_ids) == want, prompt
+        if AOTI_RUN.is_file():
+            trace = tmp_path / f"trace{i}.jsonl"
+            r = aoti_run(out, Path(registry.where("smollm2-135m")) / "tokenizer.json", "-t", "0",
+                         "-n", len(ids) + len(want), "-i", prompt, trace=trace)
+            assert r.returncode == 0, r.stderr
+            assert "quantize linear:int8" in r.stderr
+            assert fed_tokens(trace)[:len(ids) + len(want) - 1] == ids + want[:-1], prompt
