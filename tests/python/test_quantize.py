@@ -277,8 +277,15 @@ def test_same_perplexity_eager_and_exported(tiny, tmp_path, capsys, spec, export
     exported = eval_json(capsys, tmp_path, "--tokenizer-path", str(tiny.tok), eval_flag, str(artifact))
     fp32 = eval_json(capsys, tmp_path, *model_flags(tiny))
     assert exported["quantize"] == eager["quantize"] == parse_quantize(spec)  # the metadata carries the scheme
-    assert exported["perplexity"] == pytest.approx(eager["perplexity"], rel=0.005)
     assert exported["perplexity"] != pytest.approx(fp32["perplexity"], rel=1e-4)  # quantization did something
+    if "a8w4dq" not in spec:  # our kernels in both: the same math
+        assert exported["perplexity"] == pytest.approx(eager["perplexity"], rel=0.005)
+    else:
+        # XNNPACK quantizes the activations with its own rounding, which on this random model (where
+        # a8w4dq itself moves perplexity by ~8 %) shows as up to ~0.6 % depending on the CPU's
+        # kernels: require the backends to agree within a tenth of the scheme's own effect.
+        effect = abs(eager["perplexity"] - fp32["perplexity"])
+        assert abs(exported["perplexity"] - eager["perplexity"]) <= 0.1 * effect, (fp32, eager, exported)
 
 
 def test_precision_wins_over_dtype(tiny):
