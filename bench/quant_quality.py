@@ -30,6 +30,7 @@ SCHEMES = {
     "fp32": None,
     "linear:int8": {"linear:int8": {"groupsize": 0}},
     "linear:int4 g32": {"linear:int4": {"groupsize": 32}},
+    "linear:int4 g32 output int4": {"linear:int4": {"groupsize": 32, "output": "int4"}},
     "linear:int4 g128": {"linear:int4": {"groupsize": 128}},
     "linear:a8w4dq g32": {"linear:a8w4dq": {"groupsize": 32}},
     "embedding:int8": {"embedding:int8": {"groupsize": 0}},

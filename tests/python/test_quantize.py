@@ -34,13 +34,15 @@ A8W4 = '{"linear:a8w4dq": {"groupsize": 32}}'
 
 
 def test_parse_inline_file_and_defaults(tmp_path):
-    spec = {"linear:int4": {"groupsize": 64}, "embedding:int8": {"groupsize": 0}, "precision": {"dtype": "bf16"}}
+    spec = {"linear:int4": {"groupsize": 64, "output": "int4"}, "embedding:int8": {"groupsize": 0},
+            "precision": {"dtype": "bf16"}}
     assert parse_quantize(json.dumps(spec)) == spec
     (tmp_path / "q.json").write_text(json.dumps(spec))
     assert parse_quantize(str(tmp_path / "q.json")) == spec
     # Options left out take the scheme's default groupsize.
     assert parse_quantize('{"linear:a8w4dq": {}, "embedding:int4": {}}') == {
         "linear:a8w4dq": {"groupsize": 32}, "embedding:int4": {"groupsize": 32}}
+    assert parse_quantize('{"linear:int4": {}}') == {"linear:int4": {"groupsize": 32, "output": "int8"}}
 
 
 @pytest.mark.parametrize("arg,pattern", [
@@ -52,6 +54,8 @@ def test_parse_inline_file_and_defaults(tmp_path):
     ('{"embedding:int8": {"groupsize": -1}}', "non-negative integer"),
     ('{"linear:int4": {"group_size": 32}}', "no option 'group_size'"),
     ('{"linear:int4": 32}', "takes an object of options"),
+    ('{"linear:int4": {"output": "fp32"}}', 'output must be "int8" or "int4", got "fp32"'),
+    ('{"linear:int8": {"output": "int4"}}', "no option 'output' (it takes groupsize)"),
     ('{"precision": {"dtype": "int8"}}', "precision dtype must be one of"),
     ('{"linear:int8": {}, "linear:int4": {}}', "give one linear scheme"),
     ("no/such/file.json", "neither JSON nor a file"),
@@ -208,6 +212,15 @@ def test_tied_weights_are_untied_not_changed(spec, kept):
     model.setup_caches(32)
     with torch.no_grad():
         assert torch.isfinite(model(torch.tensor([[1, 2, 3]]), torch.arange(3))).all()
+
+
+@pytest.mark.parametrize("output,kind", [(None, "Int8Linear"), ("int8", "Int8Linear"), ("int4", "Int4Linear")])
+def test_int4_output_layer_is_int8_unless_asked(output, kind):
+    model = tied_model()
+    options = {"groupsize": 32, **({"output": output} if output else {})}
+    quantize_model(model, parse_quantize(json.dumps({"linear:int4": options})), "eager")
+    assert type(model.output).__name__ == kind
+    assert type(model.layers[0].attention.wq).__name__ == "Int4Linear"
 
 
 # ---------------------------------------------------------------------------------------------
