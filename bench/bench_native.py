@@ -50,16 +50,31 @@ def run(cmd, env=None, timeout=3600) -> tuple[str, float, float]:
 
 
 def run_rss(cmd, env=None, timeout=3600) -> tuple[str, float, float]:
-    """Like run(), with the child's own peak RSS (os.wait4)."""
+    """Like run(), with the child's own peak RSS in MB.
+
+    Not rusage's ru_maxrss: Linux folds the RSS of the process that exec'd (here, a fork of this
+    Python process, hundreds of MB after loading models) into the child's maximum. The child's
+    own VmHWM (its memory's high-water mark since exec) is read from /proc every 20 ms instead."""
     t0 = time.perf_counter()
     out_path = CACHE / "child.out"
+    peak_kb = 0
     with open(out_path, "w") as out, open(CACHE / "child.err", "w") as err:
         p = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=err, env={**os.environ, **(env or {})})
-        _, status, usage = os.wait4(p.pid, 0)
+        status = Path(f"/proc/{p.pid}/status")
+        while p.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak_kb = max(peak_kb, int(line.split()[1]))
+            except (OSError, ValueError):
+                pass
+            if time.perf_counter() - t0 > timeout:
+                p.kill()
+            time.sleep(0.02)
     wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
+    if p.returncode != 0:
         raise SystemExit(f"error: {cmd[0]} failed:\n{(CACHE / 'child.err').read_text()[-2000:]}")
-    return out_path.read_text(), wall, usage.ru_maxrss / 1024
+    return out_path.read_text(), wall, peak_kb / 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +201,7 @@ def llama_quantize(llama_dir: Path, src: Path, kind: str) -> Path:
 
 
 # --quant: our schemes beside llama.cpp at equal bits (README, Quantization; llama.cpp's Q4_1 keeps
-# the output layer at Q6_K, our linear:int4 at int8 unless output int4 is asked). AOTI and eager run
+# the tied output matrix at Q8_0, our linear:int4 the output layer at int8 unless output int4 is asked). AOTI and eager run
 # int8/int4 with our kernels (kernels/), ExecuTorch a8w4dq with XNNPACK's qd8 kernels.
 QUANT_GROUPS = [
     ("SmolLM2-135M 8-bit", "Q8_0", [("AOTI .so linear:int8", "so", '{"linear:int8": {"groupsize": 0}}', "-int8")]),
