@@ -25,7 +25,7 @@ forward is plain PyTorch or ATen ops that torch.export traces:
 - embeddings are a gather of integer rows times their scales, which every backend runs.
 linear:int4 keeps the output layer (logits) at int8 by default, as llama.cpp's 4-bit files keep it
 at 6-8 bits: it is the layer most sensitive to 4 bits (on SmolLM2, int4 g32 everywhere costs
-+6.5 % perplexity, with an int8 output layer +0.4 %), and a small share of a large model's weights.
++6.5 % perplexity, with an int8 output layer +0.3 %), and a small share of a large model's weights.
 Tied embedding/output weights are untied by construction: a swap builds new tensors for the
 module it replaces and leaves the other module's floating-point weight as it was.
 """
