@@ -220,7 +220,7 @@ def quant_source_tag() -> str:
 
     h = hashlib.sha256()
     for path in sorted([*(ROOT / "kernels").iterdir(), ROOT / "torchchat" / "quantize.py",
-                        ROOT / "torchchat" / "kernels.py"]):
+                        ROOT / "torchchat" / "kernels.py", ROOT / "torchchat" / "model.py"]):
         h.update(path.read_bytes())
     return h.hexdigest()[:8]
 

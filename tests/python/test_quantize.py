@@ -220,7 +220,23 @@ def test_int4_output_layer_is_int8_unless_asked(output, kind):
     options = {"groupsize": 32, **({"output": output} if output else {})}
     quantize_model(model, parse_quantize(json.dumps({"linear:int4": options})), "eager")
     assert type(model.output).__name__ == kind
-    assert type(model.layers[0].attention.wq).__name__ == "Int4Linear"
+    assert type(model.layers[0].attention.wqkv).__name__ == "Int4Linear"
+    assert type(model.layers[0].feed_forward.w13).__name__ == "Int4Linear"
+
+
+def test_fused_projections_compute_the_same_as_separate():
+    from torchchat.quantize import fuse_projections
+
+    model = tied_model()
+    tokens, pos = torch.tensor([[5, 9, 2, 77]]), torch.arange(4)
+    model.setup_caches(32)
+    with torch.no_grad():
+        want = model(tokens, pos)
+        fuse_projections(model)
+        assert not hasattr(model.layers[0].attention, "wq") and not hasattr(model.layers[0].feed_forward, "w1")
+        model.setup_caches(32)
+        got = model(tokens, pos)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (got - want).abs().max()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +325,7 @@ def test_precision_wins_over_dtype(tiny):
                            quantize='{"precision": {"dtype": "bf16"}, "linear:int8": {"groupsize": 0}}')
     loaded = load_model(args)
     assert loaded.dtype == "bf16" and loaded.model.norm.weight.dtype == torch.bfloat16
-    wq = loaded.model.layers[0].attention.wq
+    wq = loaded.model.layers[0].attention.wqkv
     assert wq.weight.dtype == torch.int8
     assert wq(torch.randn(1, 3, wq.in_features, dtype=torch.bfloat16)).dtype == torch.bfloat16
     loaded.model.setup_caches(16)
