@@ -200,9 +200,10 @@ def llama_quantize(llama_dir: Path, src: Path, kind: str) -> Path:
     return dst
 
 
-# --quant: our schemes beside llama.cpp at equal bits (README, Quantization; llama.cpp's Q4_1 keeps
-# the tied output matrix at Q8_0, our linear:int4 the output layer at int8 unless output int4 is asked). AOTI and eager run
-# int8/int4 with our kernels (kernels/), ExecuTorch a8w4dq with XNNPACK's qd8 kernels.
+# --quant: our schemes beside llama.cpp at equal bits (README, Quantization). llama.cpp's Q4_1 keeps
+# the tied output matrix at Q8_0, our linear:int4 its output layer at int8 unless output int4 is
+# asked. AOTI and eager run int8/int4 with our kernels (kernels/), ExecuTorch a8w4dq with XNNPACK's
+# qd8 kernels.
 QUANT_GROUPS = [
     ("SmolLM2-135M 8-bit", "Q8_0", [("AOTI .so linear:int8", "so", '{"linear:int8": {"groupsize": 0}}', "-int8")]),
     ("SmolLM2-135M 4-bit", "Q4_1", [("AOTI .so linear:int4 g32", "so", '{"linear:int4": {"groupsize": 32}}', "-int4g32"),
