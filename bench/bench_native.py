@@ -205,10 +205,17 @@ def llama_quantize(llama_dir: Path, src: Path, kind: str) -> Path:
 # asked. AOTI and eager run int8/int4 with our kernels (kernels/), ExecuTorch a8w4dq with XNNPACK's
 # qd8 kernels.
 QUANT_GROUPS = [
-    ("SmolLM2-135M 8-bit", "Q8_0", [("AOTI .so linear:int8", "so", '{"linear:int8": {"groupsize": 0}}', "-int8")]),
+    ("SmolLM2-135M bf16", "BF16", [("AOTI .so bf16", "so", '{"precision": {"dtype": "bf16"}}', "-bf16")]),
+    ("SmolLM2-135M 8-bit", "Q8_0", [("AOTI .so linear:int8", "so", '{"linear:int8": {"groupsize": 0}}', "-int8"),
+                                    ("AOTI .so linear:int8 + embedding:int8", "so",
+                                     '{"linear:int8": {"groupsize": 0}, "embedding:int8": {"groupsize": 0}}',
+                                     "-int8-emb8")]),
     ("SmolLM2-135M 4-bit", "Q4_1", [("AOTI .so linear:int4 g32", "so", '{"linear:int4": {"groupsize": 32}}', "-int4g32"),
                                     ("AOTI .so linear:int4 g32, output int4", "so",
                                      '{"linear:int4": {"groupsize": 32, "output": "int4"}}', "-int4g32-out4"),
+                                    ("AOTI .so linear:int4 g32 + embedding:int4 g32", "so",
+                                     '{"linear:int4": {"groupsize": 32}, "embedding:int4": {"groupsize": 32}}',
+                                     "-int4g32-emb4"),
                                     ("ET .pte linear:a8w4dq g32", "pte", '{"linear:a8w4dq": {"groupsize": 32}}',
                                      "-a8w4dq32")]),
 ]
