@@ -278,7 +278,8 @@ def fuse_projections(model: nn.Module) -> None:
 
     def concat(*linears: nn.Linear) -> nn.Linear:
         w = torch.cat([m.weight.detach() for m in linears])
-        fused = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+        # On the meta device: no random initialisation of a weight that is replaced at once.
+        fused = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta", dtype=w.dtype)
         fused.weight = nn.Parameter(w, requires_grad=False)
         return fused
 
