@@ -178,8 +178,9 @@ def random_1b_gguf(dst: Path, kind: str) -> Path:
 
 def export(gguf_path: Path, dtype: str, context: int, suffix: str, quantize: str | None = None,
            tag: str = "") -> Path:
-    """An exported artifact of `gguf_path` (cached under a name that says how it was made)."""
-    out = CACHE / f"{gguf_path.stem}-{dtype}{tag}-ctx{context}.{suffix}"
+    """An exported artifact of `gguf_path` (cached under a name that says how it was made, and
+    with a hash of the code that made it: artifacts of older code are not reused)."""
+    out = CACHE / f"{gguf_path.stem}-{dtype}{tag}-{source_tag()}-ctx{context}.{suffix}"
     if not out.is_file():
         flag = {"so": "--output-dso-path", "pt2": "--output-aoti-package-path", "pte": "--output-pte-path"}[suffix]
         log(f"== exporting {out.name} ({'ExecuTorch' if suffix == 'pte' else 'AOT Inductor'}; minutes)")
@@ -221,14 +222,14 @@ QUANT_GROUPS = [
 ]
 
 
-def quant_source_tag() -> str:
-    """A short hash of the code that decides what a quantized export holds: cached artifacts
-    built by older kernels or schemes are not reused."""
+def source_tag() -> str:
+    """A short hash of the code that decides what an export holds (model, export, quantization, kernels)."""
     import hashlib
 
     h = hashlib.sha256()
-    for path in sorted([*(ROOT / "kernels").iterdir(), ROOT / "torchchat" / "quantize.py",
-                        ROOT / "torchchat" / "kernels.py", ROOT / "torchchat" / "model.py"]):
+    torchchat = ROOT / "torchchat"
+    for path in sorted([*(ROOT / "kernels").iterdir(), *(torchchat / f for f in (
+            "quantize.py", "kernels.py", "model.py", "export.py", "et.py", "mapped_constants.py", "metadata.py"))]):
         h.update(path.read_bytes())
     return h.hexdigest()[:8]
 
@@ -455,7 +456,7 @@ def main() -> None:
                 engines = {f"llama.cpp {kind} (pp: --repack 0)": bench_llama_cpp(llama_dir, g, a.threads, a.reps,
                                                                                  ("--repack", "0"))}
             for name, suffix, spec, tag in ours:
-                artifact = export(smol, "fp32", a.context, suffix, spec, f"{tag}-{quant_source_tag()}")
+                artifact = export(smol, "fp32", a.context, suffix, spec, tag)
                 bench_bin, run_bin = (ET_BENCH, ET_RUN) if suffix == "pte" else (AOTI_BENCH, AOTI_RUN)
                 engines[name] = bench_aoti(artifact, a.threads, a.reps, jobs[0][3], bench_bin, run_bin)
                 if suffix == "so":  # the same scheme in eager PyTorch, with the same kernels

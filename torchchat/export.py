@@ -125,13 +125,28 @@ def inductor_configs(ep: torch.export.ExportedProgram) -> dict:
 
 
 def compile_so(ep: torch.export.ExportedProgram, out: Path, meta_json: str) -> None:
+    from torchchat import mapped_constants
+
     with staged_output(out, ".so") as staged:
         options = {"aot_inductor.output_path": str(staged)}
-        with torch.no_grad(), torch._inductor.config.patch(inductor_configs(ep)):
+        configs = inductor_configs(ep)
+        # Weights stored after the library and mapped at load, not copied (torchchat/mapped_constants.py),
+        # where every constant is a plain tensor: with ATen among the GEMM choices (bf16/fp16)
+        # oneDNN may keep packed weights in its own opaque format, so those keep AOTI's own storage.
+        # (A configuration asking for AOTI's own mmap of appended weights keeps that too.)
+        mapped = configs["max_autotune_gemm_backends"] == "CPP" and not configs.get("aot_inductor.force_mmap_weights")
+        if mapped:
+            configs["aot_inductor.package_constants_in_so"] = False
+        with mapped_constants.capture() as constants, torch.no_grad(), torch._inductor.config.patch(configs):
             produced = torch._inductor.aot_compile(ep.module(), ep.example_inputs[0], options=options)
         if Path(produced) != staged:
             shutil.move(produced, staged)
         metadata.insert_so_metadata(staged, meta_json)
+        if mapped:
+            problem = mapped_constants.can_map(constants)
+            if problem:
+                raise UserError(f"cannot store the compiled model's constants: {problem}")
+            mapped_constants.append_to_so(staged, constants)
 
 
 def compile_pt2(ep: torch.export.ExportedProgram, out: Path, meta_json: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from torchchat import metadata
+from torchchat import mapped_constants, metadata
 from torchchat.errors import UserError
 from torchchat.loader import ModelInfo
 
@@ -40,13 +40,23 @@ class AOTIDecoder:
         kind = sniff(path)
         where = str(path)
         if kind == "so":
-            text = metadata.read_so_metadata(path)
-            if text is None:
+            found = metadata.read_so_metadata_block(path)
+            if found is None:
                 raise UserError(f"{path}: no torchchat metadata (export it with `torchchat.py export`)")
+            text, metadata_end = found
             self.info, self.dtype = metadata.from_json(text, where)
             load_kernels_for(self.info)
             try:
+                constants = mapped_constants.load(path, metadata_end)
+            except (ValueError, KeyError, TypeError) as e:
+                raise UserError(f"{path}: damaged constants ({e})") from None
+            try:
                 runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(path.resolve()), 1)  # dlopen needs a slash
+                if constants is not None:
+                    tensors, _ = constants
+                    self._constants = constants  # the model keeps pointers to them: they live as long as it
+                    # user_managed: the model uses these tensors as they are, no copy
+                    runner.update_constant_buffer(tensors, False, True, True)
             except RuntimeError as e:
                 raise UserError(f"{path}: cannot load the shared library: {first_line(e)}") from None
             self._run = lambda tokens, pos: runner.run([tokens, pos])[0]

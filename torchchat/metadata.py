@@ -15,7 +15,8 @@ The C++ twin is `parse_metadata_json` in runner/src. Where each format keeps it:
   dynamic loader reads only what the ELF headers point to, so the file stays a normal .so.
   Not at the very end: for weights over 2 GB AOTI appends them to the file and finds them
   at (file size - their size) on a 16 KiB boundary, so the block is a multiple of 16 KiB
-  placed before them.
+  placed before them. Where torchchat stores the weights itself, their block
+  (torchchat/mapped_constants.py) follows this one.
 """
 from __future__ import annotations
 
@@ -119,6 +120,12 @@ def insert_so_metadata(path: Path, text: str) -> None:
 
 def read_so_metadata(path: Path) -> Optional[str]:
     """The JSON inserted by `insert_so_metadata`, or None if the library has none."""
+    found = read_so_metadata_block(path)
+    return found[0] if found else None
+
+
+def read_so_metadata_block(path: Path) -> Optional[tuple[str, int]]:
+    """(the JSON inserted by `insert_so_metadata`, the file offset just past its block), or None."""
     with open(path, "rb") as f:
         try:
             at = elf_end(f.read(64), f)
@@ -130,4 +137,6 @@ def read_so_metadata(path: Path) -> Optional[str]:
             return None
         n = struct.unpack("<Q", head[8:])[0]
         data = f.read(n) if n <= SO_BLOCK_ALIGN * 64 else b""
-        return data.decode() if len(data) == n and n else None
+        if len(data) != n or not n:
+            return None
+        return data.decode(), at + -(-(16 + n) // SO_BLOCK_ALIGN) * SO_BLOCK_ALIGN

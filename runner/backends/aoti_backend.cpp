@@ -10,6 +10,7 @@
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/csrc/inductor/aoti_runner/model_container_runner_cpu.h>
 
+#include "mapped_constants.h"
 #include "quant_linear.h"
 #include "torchchat/error.h"
 
@@ -19,6 +20,7 @@ namespace {
 // torchchat/metadata.py SO_MAGIC: a block right after the ELF content of the .so
 // (before any weights AOTI appended), then the JSON length (u64 LE) and the JSON.
 constexpr char kSoMagic[] = "TCHMETA1";
+constexpr std::uint64_t kSoBlockAlign = 16384;  // SO_BLOCK_ALIGN: the block's length is a multiple
 constexpr char kPt2Key[] = "torchchat";  // torchchat/metadata.py PT2_KEY
 
 enum class Format { So, Pt2 };
@@ -80,7 +82,7 @@ std::uint64_t elf_end(std::ifstream& f) {
 
 }  // namespace
 
-std::string read_so_metadata(const std::string& path) {
+std::string read_so_metadata(const std::string& path, std::uint64_t* block_end) {
   std::ifstream f(path, std::ios::binary);
   if (!f) return "";
   const std::uint64_t at = elf_end(f);
@@ -93,10 +95,14 @@ std::string read_so_metadata(const std::string& path) {
   if (n == 0 || n > (1u << 20)) return "";
   std::string json(n, '\0');
   f.read(json.data(), static_cast<std::streamsize>(n));
+  if (block_end != nullptr) *block_end = at + (16 + n + kSoBlockAlign - 1) / kSoBlockAlign * kSoBlockAlign;
   return f ? json : "";
 }
 
 struct AotiBackend::Model {
+  // The .so's weights, when stored after it: the model holds pointers to these tensors,
+  // so they are declared first and destroyed last.
+  std::unique_ptr<MappedConstants> constants;
   std::unique_ptr<torch::inductor::AOTIModelContainerRunnerCpu> so;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> pt2;
   at::Tensor logits;  // the last call's output, alive while the caller reads it
@@ -114,12 +120,19 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
     if (format == Format::So) {
       // Metadata first: a foreign library never had it, a truncated one may have lost
       // it; either way we stop before dlopen.
-      json = read_so_metadata(path);
+      std::uint64_t metadata_end = 0;
+      json = read_so_metadata(path, &metadata_end);
       if (json.empty())
         throw Error(path + ": no torchchat metadata (truncated, or not exported by `torchchat.py export`)");
+      model_->constants = std::make_unique<MappedConstants>(path, metadata_end);
       // dlopen searches the library path for a bare file name: make it a path.
       const std::string so_path = path.find('/') == std::string::npos ? "./" + path : path;
       model_->so = std::make_unique<torch::inductor::AOTIModelContainerRunnerCpu>(so_path, 1);
+      if (!model_->constants->empty()) {
+        // user_managed: the model uses our tensors as they are (no copy); all must be given.
+        model_->so->update_constant_buffer(model_->constants->tensors(), /*use_inactive=*/false,
+                                           /*validate_full_updates=*/true, /*user_managed=*/true);
+      }
     } else {
       // The loader logs warnings about foreign zips before it throws; the error we
       // raise says it in one line.

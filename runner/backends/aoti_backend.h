@@ -6,6 +6,7 @@
 // "torchchat" entry of the package metadata in the .pt2. The KV cache lives inside
 // the compiled model (mutated buffers), so forward() is all there is.
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -29,7 +30,8 @@ class AotiBackend final : public Backend {
   std::string trace_path_;
 };
 
-// The metadata JSON appended to an exported .so, or "" if there is none.
-std::string read_so_metadata(const std::string& path);
+// The metadata JSON appended to an exported .so, or "" if there is none; `block_end`
+// receives the file offset just past its block (where stored constants would start).
+std::string read_so_metadata(const std::string& path, std::uint64_t* block_end = nullptr);
 
 }  // namespace torchchat

@@ -31,10 +31,10 @@ def llama2(tmp_path_factory) -> Exported:
 
 @pytest.fixture(scope="session")
 def llama3(tmp_path_factory) -> Exported:
-    return Exported(tmp_path_factory.mktemp("aoti_llama3"), "llama3", ("pt2",))
+    return Exported(tmp_path_factory.mktemp("aoti_llama3"), "llama3", ("so", "pt2"))
 
 
-CASES = [("llama2", "so"), ("llama2", "pt2"), ("llama3", "pt2")]
+CASES = [("llama2", "so"), ("llama2", "pt2"), ("llama3", "so"), ("llama3", "pt2")]
 
 
 @pytest.fixture
@@ -113,6 +113,52 @@ def test_python_rejects_foreign_and_truncated_files(llama2, tmp_path):
         with pytest.raises(UserError) as e:
             AOTIDecoder(path)
         assert "\n" not in str(e.value)
+
+
+def test_so_weights_are_stored_once_after_the_library(llama3):
+    """fp32 .so: the constants live after the ELF content (mapped at load, not copied), the tied
+    embedding/output matrix once, the KV cache not at all (allocated as zeros)."""
+    from torchchat import mapped_constants, metadata
+
+    path = llama3.paths["so"]
+    _, at = metadata.read_so_metadata_block(path)
+    data_start, index = mapped_constants.read_index(path, at)
+    by_name = {e["name"]: e for e in index["constants"]}
+    weights = llama3.eager.model.state_dict()
+    tied = llama3.eager.model.output.weight
+    assert tied.data_ptr() == llama3.eager.model.tok_embeddings.weight.data_ptr()
+    param_bytes = sum(t.numel() * t.element_size() for n, t in weights.items()
+                      if "kv_cache" not in n and n != "output.weight")  # the tied matrix counted once
+    # Inductor also stores prepacked copies of the matrices its GEMM templates use: at most one more.
+    assert param_bytes <= index["data_bytes"] <= 2.2 * param_bytes
+    assert path.stat().st_size == data_start + index["data_bytes"]
+    caches = [e for n, e in by_name.items() if "kv_cache" in n]
+    assert caches and all(e.get("zeros") and "data" not in e for e in caches)
+    tied_entries = [e for e in index["constants"] if e["sizes"] == list(tied.shape) and not e.get("zeros")]
+    assert len({e["data"] for e in tied_entries}) == 1
+    stored = mapped_constants.load(path, at)[0][tied_entries[0]["name"]]
+    assert torch.equal(stored, tied.detach())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "index"])
+def test_damaged_constants_are_one_line_errors(llama2, tmp_path, damage):
+    from torchchat import metadata
+    from torchchat.exported import AOTIDecoder
+
+    data = bytearray(llama2.paths["so"].read_bytes())
+    _, at = metadata.read_so_metadata_block(llama2.paths["so"])
+    if damage == "truncated":
+        data = data[:-1000]
+    else:
+        data[at + 16:at + 24] = b"{broken "
+    bad = tmp_path / f"{damage}.so"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(UserError) as e:
+        AOTIDecoder(bad)
+    assert "\n" not in str(e.value) and "constants" in str(e.value)
+    if AOTI_RUN.is_file():
+        line = one_line_error(aoti_run(bad, llama2.runner_tokenizer, "-i", "hi", "-n", "8"))
+        assert str(bad) in line and "constants" in line
 
 
 def test_python_prompt_longer_than_context_is_a_user_error(llama2):
