@@ -124,36 +124,54 @@ def inductor_configs(ep: torch.export.ExportedProgram) -> dict:
     return configs
 
 
+def compile_configs(ep: torch.export.ExportedProgram) -> tuple[dict, bool]:
+    """(inductor configs, whether we store the constants ourselves: torchchat/mapped_constants.py).
+
+    We do where every constant is a plain tensor: with ATen among the GEMM choices (bf16/fp16)
+    oneDNN may keep packed weights in its own opaque format, so those keep AOTI's own storage,
+    as does a configuration asking for AOTI's mmap of weights appended to the library."""
+    configs = inductor_configs(ep)
+    mapped = configs["max_autotune_gemm_backends"] == "CPP" and not configs.get("aot_inductor.force_mmap_weights")
+    if mapped:
+        configs["aot_inductor.package_constants_in_so"] = False
+    return configs, mapped
+
+
+def checked(constants: list) -> list:
+    from torchchat import mapped_constants
+
+    problem = mapped_constants.can_map(constants)
+    if problem:
+        raise UserError(f"cannot store the compiled model's constants: {problem}")
+    return constants
+
+
 def compile_so(ep: torch.export.ExportedProgram, out: Path, meta_json: str) -> None:
     from torchchat import mapped_constants
 
     with staged_output(out, ".so") as staged:
         options = {"aot_inductor.output_path": str(staged)}
-        configs = inductor_configs(ep)
-        # Weights stored after the library and mapped at load, not copied (torchchat/mapped_constants.py),
-        # where every constant is a plain tensor: with ATen among the GEMM choices (bf16/fp16)
-        # oneDNN may keep packed weights in its own opaque format, so those keep AOTI's own storage.
-        # (A configuration asking for AOTI's own mmap of appended weights keeps that too.)
-        mapped = configs["max_autotune_gemm_backends"] == "CPP" and not configs.get("aot_inductor.force_mmap_weights")
-        if mapped:
-            configs["aot_inductor.package_constants_in_so"] = False
+        configs, mapped = compile_configs(ep)
         with mapped_constants.capture() as constants, torch.no_grad(), torch._inductor.config.patch(configs):
             produced = torch._inductor.aot_compile(ep.module(), ep.example_inputs[0], options=options)
         if Path(produced) != staged:
             shutil.move(produced, staged)
         metadata.insert_so_metadata(staged, meta_json)
         if mapped:
-            problem = mapped_constants.can_map(constants)
-            if problem:
-                raise UserError(f"cannot store the compiled model's constants: {problem}")
-            mapped_constants.append_to_so(staged, constants)
+            mapped_constants.append_to_so(staged, checked(constants))
 
 
 def compile_pt2(ep: torch.export.ExportedProgram, out: Path, meta_json: str) -> None:
+    from torchchat import mapped_constants
+
     with staged_output(out, ".pt2") as staged:
         options = {"aot_inductor.metadata": {metadata.PT2_KEY: meta_json}}
-        with torch.no_grad(), torch._inductor.config.patch(inductor_configs(ep)):
-            torch._inductor.aoti_compile_and_package(ep, package_path=str(staged), inductor_configs=options)
+        configs, mapped = compile_configs(ep)
+        package = staged.with_name("inductor.pt2") if mapped else staged
+        with mapped_constants.capture() as constants, torch.no_grad(), torch._inductor.config.patch(configs):
+            torch._inductor.aoti_compile_and_package(ep, package_path=str(package), inductor_configs=options)
+        if mapped:
+            mapped_constants.write_pt2(package, staged, checked(constants))
 
 
 def compile_pte(ep: torch.export.ExportedProgram, out: Path, meta_json: str) -> None:

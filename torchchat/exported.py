@@ -46,17 +46,11 @@ class AOTIDecoder:
             text, metadata_end = found
             self.info, self.dtype = metadata.from_json(text, where)
             load_kernels_for(self.info)
-            try:
-                constants = mapped_constants.load(path, metadata_end)
-            except (ValueError, KeyError, TypeError) as e:
-                raise UserError(f"{path}: damaged constants ({e})") from None
+            self._constants = map_constants(path, metadata_end)
             try:
                 runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(path.resolve()), 1)  # dlopen needs a slash
-                if constants is not None:
-                    tensors, _ = constants
-                    self._constants = constants  # the model keeps pointers to them: they live as long as it
-                    # user_managed: the model uses these tensors as they are, no copy
-                    runner.update_constant_buffer(tensors, False, True, True)
+                if self._constants is not None:
+                    runner.update_constant_buffer(self._constants[0], False, True, True)
             except RuntimeError as e:
                 raise UserError(f"{path}: cannot load the shared library: {first_line(e)}") from None
             self._run = lambda tokens, pos: runner.run([tokens, pos])[0]
@@ -71,6 +65,9 @@ class AOTIDecoder:
                 meta = package.get_metadata()
             except Exception as e:  # the loader raises RuntimeError/KeyError/... for foreign zips
                 raise UserError(f"{path}: not a loadable AOT Inductor package: {first_line(e)}") from None
+            self._constants = map_constants(path, mapped_constants.PT2_BLOCK_AT)
+            if self._constants is not None:
+                package.loader.update_constant_buffer(self._constants[0], False, True, True)
             if metadata.PT2_KEY not in meta:
                 raise UserError(f"{path}: no torchchat metadata (export it with `torchchat.py export`)")
             self.info, self.dtype = metadata.from_json(meta[metadata.PT2_KEY], where)
@@ -79,6 +76,17 @@ class AOTIDecoder:
 
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         return self._run(tokens.contiguous(), input_pos.contiguous())
+
+
+def map_constants(path: Path, at: int):
+    """The artifact's own stored constants (torchchat/mapped_constants.py), or None if AOTI keeps them.
+
+    The model is given them as user-managed constants (used as they are, no copy), so it
+    keeps pointers to them: the decoder holds the result as long as the model."""
+    try:
+        return mapped_constants.load(path, at)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: damaged constants ({e})") from None
 
 
 def load_kernels_for(info: ModelInfo) -> None:

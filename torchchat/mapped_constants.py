@@ -84,36 +84,93 @@ def storage_bytes(storage: torch.UntypedStorage) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),), (1,))
 
 
+class Block:
+    """The constants block of a model: its header (magic, index) and the storages to write after it."""
+
+    def __init__(self, constants: list[tuple[str, torch.Tensor]]):
+        self.storages: dict[int, tuple[int, Optional[torch.Tensor]]] = {}  # storage address -> (offset, bytes)
+        index, size = [], 0
+        for name, t in constants:
+            if t.dtype not in DTYPES:
+                raise ValueError(f"constant {name}: dtype {t.dtype} cannot be stored")
+            storage = t.untyped_storage()
+            entry = {"name": name, "dtype": DTYPES[t.dtype], "sizes": list(t.shape),
+                     "strides": list(t.stride()), "storage_offset": t.storage_offset(), "nbytes": storage.nbytes()}
+            key = storage.data_ptr()
+            if storage.nbytes() and not storage_bytes(storage).any():
+                entry["zeros"] = True
+            else:
+                if key not in self.storages:
+                    self.storages[key] = (size, storage_bytes(storage) if storage.nbytes() else None)
+                    size = align(size + storage.nbytes(), DATA_ALIGN)
+                entry["data"] = self.storages[key][0]
+            index.append(entry)
+        self.data_bytes = size
+        text = json.dumps({"version": 1, "data_bytes": size, "constants": index}).encode()
+        self.header = MAGIC + struct.pack("<Q", len(text)) + text
+
+    def size(self, at: int) -> int:
+        """Bytes the block takes when it starts at file offset `at`."""
+        return align(at + len(self.header), BLOCK_ALIGN) + self.data_bytes - at
+
+    def write(self, f, at: int) -> None:
+        """Write the block to `f` (any file-like object, positioned at file offset `at`)."""
+        data_start = align(at + len(self.header), BLOCK_ALIGN)
+        f.write(self.header + b"\0" * (data_start - at - len(self.header)))
+        written = 0
+        for offset, data in self.storages.values():  # in offset order (insertion order)
+            if data is not None:
+                f.write(b"\0" * (offset - written))
+                f.write(memoryview(data.numpy()))
+                written = offset + data.numel()
+        f.write(b"\0" * (self.data_bytes - written))
+
+
 def append_to_so(path: Path, constants: list[tuple[str, torch.Tensor]]) -> None:
     """Append the constants block to `path` (a library compiled without its constants)."""
-    storages: dict[int, tuple[int, torch.Tensor]] = {}  # storage address -> (data offset, bytes)
-    index, size = [], 0
-    for name, t in constants:
-        if t.dtype not in DTYPES:
-            raise ValueError(f"constant {name}: dtype {t.dtype} cannot be stored")
-        storage = t.untyped_storage()
-        entry = {"name": name, "dtype": DTYPES[t.dtype], "sizes": list(t.shape),
-                 "strides": list(t.stride()), "storage_offset": t.storage_offset(), "nbytes": storage.nbytes()}
-        key = storage.data_ptr()
-        if storage.nbytes() and not storage_bytes(storage).any():
-            entry["zeros"] = True
-        else:
-            if key not in storages:
-                storages[key] = (size, storage_bytes(storage) if storage.nbytes() else None)
-                size = align(size + storage.nbytes(), DATA_ALIGN)
-            entry["data"] = storages[key][0]
-        index.append(entry)
-    text = json.dumps({"version": 1, "data_bytes": size, "constants": index}).encode()
-    header = MAGIC + struct.pack("<Q", len(text)) + text
+    block = Block(constants)
     with open(path, "r+b") as f:
-        start = f.seek(0, 2)
-        data_start = align(start + len(header), BLOCK_ALIGN)
-        f.write(header + b"\0" * (data_start - start - len(header)))
-        for offset, data in storages.values():
-            if data is not None:
-                f.seek(data_start + offset)
-                f.write(memoryview(data.numpy()))
-        f.truncate(data_start + size)
+        block.write(f, f.seek(0, 2))
+
+
+# In a .pt2 the block is the package's first entry (in the archive's root folder, which the
+# loader takes from the first entry; a folder that PyTorch's loaders ignore), stored
+# uncompressed with its data at this file offset (the local header's extra field pads it):
+# readers find it without a zip parser.
+PT2_ENTRY = "torchchat/constants.bin"
+PT2_BLOCK_AT = BLOCK_ALIGN
+PADDING_EXTRA_ID = 0xD935  # the extra-field id Android's zipalign uses for padding
+
+
+def write_pt2(package: Path, out: Path, constants: list[tuple[str, torch.Tensor]]) -> None:
+    """Write `out`: the block as first entry, then every entry of `package` (compiled without constants)."""
+    import zipfile
+
+    block = Block(constants)
+    size = block.size(PT2_BLOCK_AT)
+    with zipfile.ZipFile(package) as src:
+        root = src.infolist()[0].filename.split("/")[0]
+    name = f"{root}/{PT2_ENTRY}"
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    info.file_size = size
+    zip64 = size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule: it then adds a 20-byte zip64 extra
+    fixed = 30 + len(name.encode()) + 4 + (20 if zip64 else 0)
+    if fixed > PT2_BLOCK_AT:
+        raise ValueError("zip header longer than the block offset")
+    info.extra = struct.pack("<HH", PADDING_EXTRA_ID, PT2_BLOCK_AT - fixed) + b"\0" * (PT2_BLOCK_AT - fixed)
+    with zipfile.ZipFile(package) as src, zipfile.ZipFile(out, "w", allowZip64=True) as dst:
+        with dst.open(info, "w") as w:
+            block.write(w, PT2_BLOCK_AT)
+        for item in src.infolist():
+            with src.open(item) as r, dst.open(item, "w") as w:
+                while chunk := r.read(1 << 24):
+                    w.write(chunk)
+    with open(out, "rb") as f:  # the data must be where readers look for it
+        head = f.read(30)
+        name_len, extra_len = struct.unpack_from("<HH", head, 26)
+        if 30 + name_len + extra_len != PT2_BLOCK_AT:
+            raise ValueError(f"constants entry placed at {30 + name_len + extra_len}, not {PT2_BLOCK_AT}")
 
 
 def read_index(path: Path, at: int) -> Optional[tuple[int, dict]]:

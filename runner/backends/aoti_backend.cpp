@@ -22,6 +22,8 @@ namespace {
 constexpr char kSoMagic[] = "TCHMETA1";
 constexpr std::uint64_t kSoBlockAlign = 16384;  // SO_BLOCK_ALIGN: the block's length is a multiple
 constexpr char kPt2Key[] = "torchchat";  // torchchat/metadata.py PT2_KEY
+// torchchat/mapped_constants.py PT2_BLOCK_AT: the constants block, when the package has one.
+constexpr std::uint64_t kPt2ConstantsAt = 16384;
 
 enum class Format { So, Pt2 };
 
@@ -145,6 +147,10 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
         throw;
       }
       FLAGS_caffe2_log_level = log_level;
+      model_->constants = std::make_unique<MappedConstants>(path, kPt2ConstantsAt);
+      if (!model_->constants->empty())
+        model_->pt2->update_constant_buffer(model_->constants->tensors(), /*use_inactive=*/false,
+                                            /*validate_full_updates=*/true, /*user_managed=*/true);
       const auto meta = model_->pt2->get_metadata();
       const auto it = meta.find(kPt2Key);
       if (it == meta.end()) throw Error(path + ": no torchchat metadata (not exported by `torchchat.py export`)");

@@ -115,13 +115,14 @@ def test_python_rejects_foreign_and_truncated_files(llama2, tmp_path):
         assert "\n" not in str(e.value)
 
 
-def test_so_weights_are_stored_once_after_the_library(llama3):
-    """fp32 .so: the constants live after the ELF content (mapped at load, not copied), the tied
-    embedding/output matrix once, the KV cache not at all (allocated as zeros)."""
+@pytest.mark.parametrize("fmt", ["so", "pt2"])
+def test_weights_are_stored_once_and_mapped(llama3, fmt):
+    """fp32: the constants live after the .so's ELF content / first in the .pt2 (mapped at load,
+    not copied), the tied embedding/output matrix once, the KV cache not at all (allocated as zeros)."""
     from torchchat import mapped_constants, metadata
 
-    path = llama3.paths["so"]
-    _, at = metadata.read_so_metadata_block(path)
+    path = llama3.paths[fmt]
+    at = metadata.read_so_metadata_block(path)[1] if fmt == "so" else mapped_constants.PT2_BLOCK_AT
     data_start, index = mapped_constants.read_index(path, at)
     by_name = {e["name"]: e for e in index["constants"]}
     weights = llama3.eager.model.state_dict()
@@ -131,7 +132,8 @@ def test_so_weights_are_stored_once_after_the_library(llama3):
                       if "kv_cache" not in n and n != "output.weight")  # the tied matrix counted once
     # Inductor also stores prepacked copies of the matrices its GEMM templates use: at most one more.
     assert param_bytes <= index["data_bytes"] <= 2.2 * param_bytes
-    assert path.stat().st_size == data_start + index["data_bytes"]
+    if fmt == "so":
+        assert path.stat().st_size == data_start + index["data_bytes"]
     caches = [e for n, e in by_name.items() if "kv_cache" in n]
     assert caches and all(e.get("zeros") and "data" not in e for e in caches)
     tied_entries = [e for e in index["constants"] if e["sizes"] == list(tied.shape) and not e.get("zeros")]
