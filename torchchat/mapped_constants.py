@@ -5,8 +5,9 @@ a fresh allocation: the file's pages and the copy are both resident (peak RSS 2x
 weights) and the copy alone takes most of the load time. Instead we compile with
 `aot_inductor.package_constants_in_so=False`, record the constants inductor hands to its
 code generator (after freezing: the weights as the kernels want them, prepacked where a
-GEMM template packed them), and store them ourselves after the library's ELF content and
-metadata block (torchchat/metadata.py):
+GEMM template packed them), and store them ourselves: in a .so after the library's ELF
+content and metadata block (torchchat/metadata.py), in a .pt2 as the package's first entry
+(`write_pt2`):
 
     "TCHCNST1", u64 LE index length, index JSON, zero padding to a 16 KiB file offset, data
 
