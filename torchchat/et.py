@@ -158,7 +158,8 @@ class PTEDecoder:
         self.program = program  # keeps the methods' program alive
         self.max_seq_len, self.vocab_size = self.info.max_seq_len, self.info.vocab_size
 
-    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        # last_only is a hint (generate.Decoder): the program always returns every position.
         n, start = tokens.size(1), int(input_pos[0]) if input_pos.numel() else 0
         if n < 1 or start < 0 or start + n > self.max_seq_len:
             raise UserError(f"{n} tokens at position {start} do not fit the model's context of {self.max_seq_len}")
