@@ -77,9 +77,9 @@ def export_program(model: Transformer, max_seq_len: int, aoti: bool = False) -> 
     logits are wanted. Otherwise the 2-input form (full cache, every position's logits), which
     ExecuTorch lowers.
     """
-    model.setup_caches(max_seq_len)
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)
     if not aoti:
+        model.setup_caches(max_seq_len)
         # Example of 2 tokens: any size >= 2 keeps the dimension symbolic (0/1 would specialise it).
         example = (torch.zeros(1, 2, dtype=torch.long), torch.arange(2, dtype=torch.long))
         with torch.no_grad():
@@ -92,12 +92,12 @@ def export_program(model: Transformer, max_seq_len: int, aoti: bool = False) -> 
     n_logits = torch.export.Dim("n_logits", min=1, max=max_seq_len)
     example = (torch.zeros(1, 3, dtype=torch.long), torch.arange(2, 5, dtype=torch.long), length_tensor(5),
                length_tensor(2))
-    # Slicing the cache to kv_len positions gives a view that is contiguous only when kv_len =
-    # max_seq_len; by default the exporter guards on that (kv_len != max_seq_len) and then
-    # refuses its own guard. Size-oblivious reasoning treats the size as unknown instead.
-    import torch.fx.experimental._config as fx_config
-
-    with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
+    # Attention slices the cache to kv_len positions, a view that is contiguous only when it is
+    # the whole cache; the exporter decides that once, as a guard kv_len != cache size, and then
+    # refuses its own guard if the range allows the equality. One spare cache position (never
+    # written, always masked) puts every kv_len below the cache size.
+    model.setup_caches(max_seq_len, spare=1)
+    with torch.no_grad():
         return torch.export.export(model, example, dynamic_shapes=({1: seq}, {0: seq}, {0: kv_len}, {0: n_logits}),
                                    strict=False)
 

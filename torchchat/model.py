@@ -197,17 +197,21 @@ class Transformer(nn.Module):
             self.output.weight = self.tok_embeddings.weight
         self.cache_len = 0
 
-    def setup_caches(self, max_seq_len: int, dtype: Optional[torch.dtype] = None) -> None:
-        """Allocate KV caches and rotary/mask tables for `max_seq_len` positions (<= the model's)."""
+    def setup_caches(self, max_seq_len: int, dtype: Optional[torch.dtype] = None, spare: int = 0) -> None:
+        """Allocate KV caches and rotary/mask tables for `max_seq_len` positions (<= the model's).
+
+        spare: that many more cache positions, which no call writes and the mask always hides
+        (torchchat/export.py needs one, so that kv_len <= max_seq_len stays below the cache size)."""
         if max_seq_len > self.args.max_seq_len:
             raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's context of {self.args.max_seq_len}")
         dtype = dtype or self.norm.weight.dtype  # never quantized (the embedding may be)
+        cache_len = max_seq_len + spare
         for layer in self.layers:
-            layer.attention.kv_cache = KVCache(self.args.n_kv_heads, max_seq_len, self.args.head_dim, dtype)
+            layer.attention.kv_cache = KVCache(self.args.n_kv_heads, cache_len, self.args.head_dim, dtype)
         self.register_buffer("rope", rope_table(self.args, max_seq_len), persistent=False)
-        causal = torch.tril(torch.ones(max_seq_len, max_seq_len, dtype=torch.bool))
+        causal = torch.tril(torch.ones(max_seq_len, cache_len, dtype=torch.bool))
         self.register_buffer("causal_mask", causal, persistent=False)
-        self.cache_len = max_seq_len
+        self.cache_len = cache_len
 
     def forward(self, tokens: Tensor, input_pos: Tensor, kv_len: Optional[Tensor] = None,
                 n_logits: Optional[Tensor] = None) -> Tensor:
@@ -228,8 +232,8 @@ class Transformer(nn.Module):
             filled = None
             mask = self.causal_mask[input_pos].view(1, 1, tokens.size(1), self.cache_len)
         else:
-            # Computed, not cut from causal_mask: a slice narrower than the table is not
-            # contiguous, and viewing it would make torch.export specialise on L.
+            # Computed from the positions rather than cut from causal_mask: the same values,
+            # without a strided [T, L] view of the table for the exporter to reason about.
             filled = kv_len.size(0)
             cols = torch.arange(filled, device=input_pos.device)
             mask = (cols.view(1, filled) <= input_pos.view(-1, 1)).view(1, 1, tokens.size(1), filled)

@@ -49,7 +49,7 @@ def test_filled_attention_and_last_logits_match_the_full_cache():
     full = tiny_model(seed=3)
     short = copy.deepcopy(full)
     full.setup_caches(48)
-    short.setup_caches(48)
+    short.setup_caches(48, spare=1)  # as exported for AOT Inductor (torchchat/export.py)
     g = torch.Generator().manual_seed(5)
     steps = [(0, 9)] + [(9 + i, 1) for i in range(4)] + [(13, 7), (20, 1), (21, 27), (0, 5), (5, 1)]
     for start, n in steps:
@@ -62,8 +62,10 @@ def test_filled_attention_and_last_logits_match_the_full_cache():
                 got = short(tokens, pos, length_tensor(start + n), length_tensor(k))
                 assert got.shape == (1, k, 97)
                 torch.testing.assert_close(got, want[:, n - k:], atol=1e-5, rtol=1e-5)
-            # a kv_len past the last position reads masked entries only: the same again
+            # a kv_len past the last position reads masked entries only, and so does the whole
+            # cache with its spare position: the same again
             torch.testing.assert_close(short(tokens, pos, length_tensor(48)), want, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(short(tokens, pos), want, atol=1e-5, rtol=1e-5)
 
 
 def test_eager_decoder_asks_for_the_filled_cache_and_last_logits(monkeypatch):
