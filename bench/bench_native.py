@@ -178,8 +178,13 @@ def random_1b_gguf(dst: Path, kind: str) -> Path:
 
 def export(gguf_path: Path, dtype: str, context: int, suffix: str, quantize: str | None = None,
            tag: str = "") -> Path:
-    """An exported artifact of `gguf_path` (cached under a name that says how it was made)."""
-    out = CACHE / f"{gguf_path.stem}-{dtype}{tag}-ctx{context}.{suffix}"
+    """An exported artifact of `gguf_path` (cached under a name that says how it was made).
+
+    AOTI names say "-in4": the 4-input program (torchchat/metadata.py "inputs"), so artifacts
+    cached before it (which still run, with the full cache and every position's logits) are
+    not reused."""
+    form = "" if suffix == "pte" else "-in4"
+    out = CACHE / f"{gguf_path.stem}-{dtype}{tag}{form}-ctx{context}.{suffix}"
     if not out.is_file():
         flag = {"so": "--output-dso-path", "pt2": "--output-aoti-package-path", "pte": "--output-pte-path"}[suffix]
         log(f"== exporting {out.name} ({'ExecuTorch' if suffix == 'pte' else 'AOT Inductor'}; minutes)")
