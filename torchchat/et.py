@@ -1,6 +1,7 @@
 """ExecuTorch: export to a .pte program (`export --output-pte-path`) and run it from Python (`--pte-path`).
 
-The program is the same `torch.export` graph as AOT Inductor's (torchchat/export.py): the
+The program is the same model's `torch.export` as AOT Inductor's (torchchat/export.py), in the
+2-input form (tokens, input_pos; whole-cache attention, every position's logits): the
 KV cache is a pair of mutable buffers per layer inside the program, and the sequence length
 is dynamic (1..max_seq_len), so the whole prompt is prefilled in one call and decode is T = 1.
 The XNNPACK partitioner takes the linears, matmuls, softmax and elementwise work; what it

@@ -1,9 +1,12 @@
 """Export with AOT Inductor: `torchchat.py export MODEL --output-dso-path m.so | --output-aoti-package-path m.pt2`
-(and with ExecuTorch: `--output-pte-path m.pte`, torchchat/et.py, from the same exported graph).
+(and with ExecuTorch: `--output-pte-path m.pte`, torchchat/et.py, from the same model).
 
 One `torch.export` of torchchat.model.Transformer, with the KV cache inside (its buffers are
 mutated in place by the graph) and a dynamic sequence length, so one artifact serves both
-prefill (T prompt tokens) and decode (T = 1). Inductor then compiles it ahead of time:
+prefill (T prompt tokens) and decode (T = 1). AOT Inductor gets the 4-input form, with two
+more dynamic sizes: how many cache positions attention reads (the filled ones) and how many
+positions get logits (the runner wants the last); ExecuTorch the 2-input form (whole cache,
+every position). Inductor then compiles it ahead of time:
 - .so: `torch._inductor.aot_compile`, a bare shared library (AOTIModelContainerRunnerCpu);
 - .pt2: `torch._inductor.aoti_compile_and_package`, a zip package (AOTIModelPackageLoader).
 The model's metadata (torchchat/metadata.py) goes inside either file. Files are written
