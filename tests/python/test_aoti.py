@@ -157,6 +157,25 @@ def test_tokenizer_larger_than_model_is_refused(llama2, tmp_path):
         load_exported(llama2.paths["pt2"], big)
 
 
+def test_aoti_program_keeps_three_symbolic_sizes():
+    """T, kv_len and n_logits stay three symbols over [1, context]: neither specialised to the
+    example sizes nor unified with each other; ExecuTorch's program keeps its two inputs."""
+    from torchchat import export
+    from torchchat.model import ModelArgs, Transformer
+
+    model = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=64, max_seq_len=32)).eval()
+    ep = export.export_program(model, 16, aoti=True)
+    vals = {n.name: n.meta["val"] for n in ep.graph.nodes if n.op == "placeholder"}
+    sizes = [vals["tokens"].shape[1], vals["kv_len"].shape[0], vals["n_logits"].shape[0]]
+    assert all(isinstance(s, torch.SymInt) for s in sizes)
+    symbols = [s.node.expr for s in sizes]
+    assert len(set(symbols)) == 3 and vals["input_pos"].shape[0].node.expr == symbols[0]
+    for sym in symbols:
+        assert (int(ep.range_constraints[sym].lower), int(ep.range_constraints[sym].upper)) == (1, 16)
+    assert list(ep.graph_signature.user_inputs) == ["tokens", "input_pos", "kv_len", "n_logits"]
+    assert list(export.export_program(model, 16).graph_signature.user_inputs) == ["tokens", "input_pos"]
+
+
 @pytest.mark.parametrize("error", [RuntimeError("compiler crashed"), KeyboardInterrupt()])
 def test_export_is_atomic(tmp_path, monkeypatch, error):
     """A failed or interrupted compile leaves neither the output nor temporary files behind."""
