@@ -80,10 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-json", help="also write the results here as JSON")
 
     p = sub.add_parser("export", help="compile a model ahead of time for the native runner (aoti_run)")
-    # The exported KV cache is fixed and attention reads all of it every token, so the
-    # context costs every token: 2048 covers chats and keeps decode fast.
+    # The exported KV cache is fixed, and ExecuTorch's attention reads all of it every token
+    # (AOT Inductor's only the filled positions): 2048 covers chats and keeps decode fast.
     add_model_args(p, max_seq_help="context (KV cache size) of the exported model; default min(model context, 2048): "
-                                   "attention reads the whole cache each token")
+                                   "an ExecuTorch program's attention reads the whole cache each token")
     p.add_argument("--output-dso-path", help="write an AOT Inductor shared library (.so)")
     p.add_argument("--output-aoti-package-path", help="write an AOT Inductor package (.pt2)")
     p.add_argument("--output-pte-path", help="write an ExecuTorch program (.pte, XNNPACK) for et_run")

@@ -1,6 +1,7 @@
 """ExecuTorch: export to a .pte program (`export --output-pte-path`) and run it from Python (`--pte-path`).
 
-The program is the same `torch.export` graph as AOT Inductor's (torchchat/export.py): the
+The program is the same model's `torch.export` as AOT Inductor's (torchchat/export.py), in the
+2-input form (tokens, input_pos; whole-cache attention, every position's logits): the
 KV cache is a pair of mutable buffers per layer inside the program, and the sequence length
 is dynamic (1..max_seq_len), so the whole prompt is prefilled in one call and decode is T = 1.
 The XNNPACK partitioner takes the linears, matmuls, softmax and elementwise work; what it
@@ -158,7 +159,8 @@ class PTEDecoder:
         self.program = program  # keeps the methods' program alive
         self.max_seq_len, self.vocab_size = self.info.max_seq_len, self.info.vocab_size
 
-    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        # last_only is a hint (generate.Decoder): the program always returns every position.
         n, start = tokens.size(1), int(input_pos[0]) if input_pos.numel() else 0
         if n < 1 or start < 0 or start + n > self.max_seq_len:
             raise UserError(f"{n} tokens at position {start} do not fit the model's context of {self.max_seq_len}")

@@ -1,9 +1,12 @@
 """Export with AOT Inductor: `torchchat.py export MODEL --output-dso-path m.so | --output-aoti-package-path m.pt2`
-(and with ExecuTorch: `--output-pte-path m.pte`, torchchat/et.py, from the same exported graph).
+(and with ExecuTorch: `--output-pte-path m.pte`, torchchat/et.py, from the same model).
 
 One `torch.export` of torchchat.model.Transformer, with the KV cache inside (its buffers are
 mutated in place by the graph) and a dynamic sequence length, so one artifact serves both
-prefill (T prompt tokens) and decode (T = 1). Inductor then compiles it ahead of time:
+prefill (T prompt tokens) and decode (T = 1). AOT Inductor gets the 4-input form, with two
+more dynamic sizes: how many cache positions attention reads (the filled ones) and how many
+positions get logits (the runner wants the last); ExecuTorch the 2-input form (whole cache,
+every position). Inductor then compiles it ahead of time:
 - .so: `torch._inductor.aot_compile`, a bare shared library (AOTIModelContainerRunnerCpu);
 - .pt2: `torch._inductor.aoti_compile_and_package`, a zip package (AOTIModelPackageLoader).
 The model's metadata (torchchat/metadata.py) goes inside either file. Files are written
@@ -29,7 +32,7 @@ import torch
 from torchchat import metadata
 from torchchat.errors import UserError
 from torchchat.loader import ModelInfo
-from torchchat.model import Transformer
+from torchchat.model import Transformer, length_tensor
 
 DEFAULT_MAX_SEQ = 2048
 
@@ -69,14 +72,37 @@ def phase(name: str, heartbeat: float = 0.0) -> Iterator[None]:
     log(f"{name}: done in {time.perf_counter() - t0:.1f} s")
 
 
-def export_program(model: Transformer, max_seq_len: int) -> torch.export.ExportedProgram:
-    """torch.export the model with a static KV cache of `max_seq_len` and T in [1, max_seq_len]."""
-    model.setup_caches(max_seq_len)
+def export_program(model: Transformer, max_seq_len: int, aoti: bool = False) -> torch.export.ExportedProgram:
+    """torch.export the model with a static KV cache of `max_seq_len` and T in [1, max_seq_len].
+
+    aoti: the 4-input form (tokens, input_pos, kv_len, n_logits; Transformer.forward), whose
+    attention reads only the filled cache positions and whose output layer runs only where
+    logits are wanted. Otherwise the 2-input form (full cache, every position's logits), which
+    ExecuTorch lowers.
+    """
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)
-    # Example of 2 tokens: any size >= 2 keeps the dimension symbolic (0/1 would specialise it).
-    example = (torch.zeros(1, 2, dtype=torch.long), torch.arange(2, dtype=torch.long))
+    if not aoti:
+        model.setup_caches(max_seq_len)
+        # Example of 2 tokens: any size >= 2 keeps the dimension symbolic (0/1 would specialise it).
+        example = (torch.zeros(1, 2, dtype=torch.long), torch.arange(2, dtype=torch.long))
+        with torch.no_grad():
+            return torch.export.export(model, example, dynamic_shapes=({1: seq}, {0: seq}), strict=False)
+    # Three distinct example sizes >= 2 (equal ones would be unified into one symbol): 3 tokens at
+    # positions 2..4, so kv_len 5 >= T as in every real call, and logits for the last 2. The
+    # graph asserts no relation between them: kv_len only has to cover the last position, and
+    # n_logits <= T is the caller's promise (as T <= max_seq_len - start is).
+    kv_len = torch.export.Dim("kv_len", min=1, max=max_seq_len)
+    n_logits = torch.export.Dim("n_logits", min=1, max=max_seq_len)
+    example = (torch.zeros(1, 3, dtype=torch.long), torch.arange(2, 5, dtype=torch.long), length_tensor(5),
+               length_tensor(2))
+    # Attention slices the cache to kv_len positions, a view that is contiguous only when it is
+    # the whole cache; the exporter decides that once, as a guard kv_len != cache size, and then
+    # refuses its own guard if the range allows the equality. One spare cache position (never
+    # written, always masked) puts every kv_len below the cache size.
+    model.setup_caches(max_seq_len, spare=1)
     with torch.no_grad():
-        return torch.export.export(model, example, dynamic_shapes=({1: seq}, {0: seq}), strict=False)
+        return torch.export.export(model, example, dynamic_shapes=({1: seq}, {0: seq}, {0: kv_len}, {0: n_logits}),
+                                   strict=False)
 
 
 @contextlib.contextmanager
@@ -188,18 +214,23 @@ def export_model(model: Transformer, info: ModelInfo, dtype: str, max_seq_len: i
     if not 1 <= max_seq_len <= model.args.max_seq_len:
         raise UserError(f"--max-seq-length must be in [1, {model.args.max_seq_len}], got {max_seq_len}")
     info = replace(info, max_seq_len=max_seq_len)  # the artifact's context is its KV cache
-    meta_json = metadata.to_json(info, dtype)
-    with phase(f"Exporting the graph (torch.export, context {max_seq_len})"):
-        ep = export_program(model, max_seq_len)
+    # Per input form (checked here, before the slow part): AOTI artifacts record theirs.
+    meta_json = {True: metadata.to_json(info, dtype, inputs=4), False: metadata.to_json(info, dtype)}
     targets = [(p, f) for p, f in ((so_path, compile_so), (pt2_path, compile_pt2), (pte_path, compile_pte))
                if p is not None]
+    programs: dict[bool, torch.export.ExportedProgram] = {}  # one per input form, exported when first needed
     for path, compile_fn in targets:
-        what = ("Lowering {} with ExecuTorch + XNNPACK" if compile_fn is compile_pte
-                else "Compiling {} with AOT Inductor (minutes: autotuning kernels)")
+        aoti = compile_fn is not compile_pte
+        if aoti not in programs:
+            form = "4 inputs" if aoti else "2 inputs"
+            with phase(f"Exporting the graph (torch.export, context {max_seq_len}, {form})"):
+                programs[aoti] = export_program(model, max_seq_len, aoti)
+        what = ("Compiling {} with AOT Inductor (minutes: autotuning kernels)" if aoti
+                else "Lowering {} with ExecuTorch + XNNPACK")
         with phase(what.format(path), heartbeat=30):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # inductor internals' deprecation noise
-                compile_fn(ep, Path(path), meta_json)
+                compile_fn(programs[aoti], Path(path), meta_json[aoti])
         log(f"Wrote {path} ({Path(path).stat().st_size / 1e6:.1f} MB)")
     return info
 

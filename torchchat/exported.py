@@ -14,6 +14,7 @@ import torch
 from torchchat import mapped_constants, metadata
 from torchchat.errors import UserError
 from torchchat.loader import ModelInfo
+from torchchat.model import length_tensor
 
 ELF_MAGIC = b"\x7fELF"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -33,7 +34,9 @@ def sniff(path: Path) -> str:
 
 
 class AOTIDecoder:
-    """Runs an exported artifact: (tokens [1, T], input_pos [T]) -> logits [1, T, vocab]."""
+    """Runs an exported artifact: (tokens [1, T], input_pos [T]) -> logits [1, T, vocab],
+    or [1, 1, vocab] with last_only (when its program takes the 4-input form; see
+    torchchat/model.py Transformer.forward and metadata.input_count)."""
 
     def __init__(self, path: str | Path):
         path = Path(path)
@@ -45,6 +48,7 @@ class AOTIDecoder:
                 raise UserError(f"{path}: no torchchat metadata (export it with `torchchat.py export`)")
             text, metadata_end = found
             self.info, self.dtype = metadata.from_json(text, where)
+            self.inputs = metadata.input_count(text, where)
             load_kernels_for(self.info)
             self._constants = map_constants(path, metadata_end)
             try:
@@ -53,7 +57,7 @@ class AOTIDecoder:
                     runner.update_constant_buffer(self._constants[0], False, True, True)
             except RuntimeError as e:
                 raise UserError(f"{path}: cannot load the shared library: {first_line(e)}") from None
-            self._run = lambda tokens, pos: runner.run([tokens, pos])[0]
+            self._run = lambda *inputs: runner.run(list(inputs))[0]
         else:
             if not zipfile.is_zipfile(path):
                 raise UserError(f"{path}: truncated or damaged .pt2 package")
@@ -71,11 +75,18 @@ class AOTIDecoder:
             if metadata.PT2_KEY not in meta:
                 raise UserError(f"{path}: no torchchat metadata (export it with `torchchat.py export`)")
             self.info, self.dtype = metadata.from_json(meta[metadata.PT2_KEY], where)
-            self._run = lambda tokens, pos: package(tokens, pos)
+            self.inputs = metadata.input_count(meta[metadata.PT2_KEY], where)
+            self._run = package
         self.max_seq_len, self.vocab_size = self.info.max_seq_len, self.info.vocab_size
+        self.lengths = length_tensor(self.max_seq_len)  # sliced for kv_len and n_logits
 
-    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        return self._run(tokens.contiguous(), input_pos.contiguous())
+    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        tokens, input_pos = tokens.contiguous(), input_pos.contiguous()
+        if self.inputs == 2:
+            return self._run(tokens, input_pos)
+        filled = int(input_pos.max()) + 1 if input_pos.numel() else 0
+        n_logits = 1 if last_only else tokens.size(1)
+        return self._run(tokens, input_pos, self.lengths[:filled], self.lengths[:n_logits])
 
 
 def map_constants(path: Path, at: int):

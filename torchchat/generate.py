@@ -1,6 +1,7 @@
 """Token generation: sampling, prefill, decode, and the streaming loop.
 
-Works with anything that maps (tokens [1, T], input_pos [T]) -> logits [1, T, vocab]:
+Works with anything that maps (tokens [1, T], input_pos [T]) -> logits [1, T, vocab]
+(or only the last position's, [1, 1, vocab], when asked for `last_only`):
 the eager model, its torch.compile'd form, or an exported artifact loaded back
 into Python. The loop is the same for all of them, so what we validate in Python
 is what the native runner does.
@@ -19,12 +20,16 @@ from torchchat.errors import UserError
 
 
 class Decoder(Protocol):
-    """A model with a static KV cache of `max_seq_len` positions."""
+    """A model with a static KV cache of `max_seq_len` positions.
+
+    last_only: the caller reads only the last position's logits, so the decoder may skip the
+    others (the output layer is ~20 % of a small model's prefill); it returns [1, T, vocab]
+    or [1, 1, vocab], and `[0, -1]` is the last position's either way."""
 
     max_seq_len: int
     vocab_size: int
 
-    def __call__(self, tokens: Tensor, input_pos: Tensor) -> Tensor: ...
+    def __call__(self, tokens: Tensor, input_pos: Tensor, last_only: bool = False) -> Tensor: ...
 
 
 @dataclass
@@ -128,7 +133,7 @@ def generate(
     tokens = torch.tensor([list(prompt)], dtype=torch.long)
     positions = torch.arange(start_pos, end, dtype=torch.long)
     with torch.no_grad():
-        logits = model(tokens, positions)[0, -1]
+        logits = model(tokens, positions, last_only=True)[0, -1]
     out: list[int] = []
     pos = end
     while len(out) < max_new_tokens:
@@ -142,7 +147,7 @@ def generate(
         if token in stop or len(out) == max_new_tokens:
             break
         with torch.no_grad():
-            logits = model(torch.tensor([[token]]), torch.tensor([pos]))[0, -1]
+            logits = model(torch.tensor([[token]]), torch.tensor([pos]), last_only=True)[0, -1]
         pos += 1
     stats.new_tokens = len(out)
     stats.decode_s = time.perf_counter() - t0

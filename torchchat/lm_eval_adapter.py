@@ -72,10 +72,11 @@ def make_lm(decoder, tokenizer, info, max_len: int, progress: bool = True):
                 return ctx, self.tokenizer.encode(continuation, bos=False)
             return ctx, whole[len(ctx):]
 
-        def logits(self, tokens: list[int], start: int = 0) -> torch.Tensor:
+        def logits(self, tokens: list[int], start: int = 0, last_only: bool = False) -> torch.Tensor:
+            """[T, vocab], or [1, vocab] (the last position) with last_only."""
             with torch.no_grad():
-                out = self.decoder(torch.tensor([tokens]), torch.arange(start, start + len(tokens)))
-            return out[0].float()
+                out = self.decoder(torch.tensor([tokens]), torch.arange(start, start + len(tokens)), last_only=last_only)
+            return out[0, -1:].float() if last_only else out[0].float()
 
         def score(self, inputs: list[int], targets: list[int]) -> tuple[float, bool]:
             """Sum of log p(target) over the last len(targets) positions of one forward of `inputs`.
@@ -87,7 +88,7 @@ def make_lm(decoder, tokenizer, info, max_len: int, progress: bool = True):
             if self._last is not None and self._last[0] == prefix:
                 first = self._last[1]
             else:
-                first = self.logits(prefix)[-1:]
+                first = self.logits(prefix, last_only=True)
                 self._last = (prefix, first)
             rows = torch.cat([first, self.logits(rest, start=shared)]) if rest else first
             logprobs = F.log_softmax(rows, dim=-1)
@@ -147,7 +148,7 @@ def make_lm(decoder, tokenizer, info, max_len: int, progress: bool = True):
 
         def greedy(self, prompt: list[int], max_new: int, until: list[str]) -> str:
             stop_ids, out = set(self.info.stop_ids), []
-            logits, pos = self.logits(prompt)[-1], len(prompt)
+            logits, pos = self.logits(prompt, last_only=True)[-1], len(prompt)
             while len(out) < max_new:
                 token = int(logits[: self.tokenizer.vocab_size].argmax())
                 if token in stop_ids:

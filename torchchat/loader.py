@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from torchchat.errors import UserError
-from torchchat.model import ModelArgs, Transformer
+from torchchat.model import ModelArgs, Transformer, length_tensor
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -49,14 +49,18 @@ class EagerDecoder:
     def __init__(self, model: Transformer, max_seq_len: int, compile: bool = False):
         model.setup_caches(max_seq_len)
         self.model, self.max_seq_len, self.vocab_size = model, max_seq_len, model.args.vocab_size
-        self.decode = model
-        if compile:
-            self.decode = compile_for_decode(model)
+        self.decode = compile_for_decode(model) if compile else None
+        self.lengths = length_tensor(max_seq_len)  # sliced for kv_len and n_logits
 
-    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        # Decode (one token) is the hot path and has one static shape: that is what we compile.
-        step = self.decode if tokens.size(1) == 1 else self.model
-        return step(tokens, input_pos)
+    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        # Decode (one token) is the hot path and has one static shape: that is what we compile,
+        # over the whole cache (a kv_len growing every token would recompile every token).
+        if self.decode is not None and tokens.size(1) == 1:
+            return self.decode(tokens, input_pos)
+        # Otherwise attention over the filled positions only, and logits only where wanted.
+        filled = int(input_pos.max()) + 1
+        n_logits = 1 if last_only else tokens.size(1)
+        return self.model(tokens, input_pos, self.lengths[:filled], self.lengths[:n_logits])
 
 
 def compile_for_decode(model: Transformer):

@@ -5,7 +5,12 @@ One JSON object, the same for every format (AOTI .so / .pt2, ExecuTorch .pte):
     {"format_version": 1, "arch": "llama", "vocab_size": ..., "max_seq_len": ...,
      "bos_id": ..., "add_bos": ..., "stop_ids": [...], "tokenizer": "sentencepiece"|"tiktoken"|"hf_bpe",
      "chat_template": "llama2"|"llama3"|"chatml"|"none", "dtype": "fp32"|"bf16"|"fp16",
-     "quantize": {"linear:int4": {"groupsize": 32}, ...}}   (only if exported with --quantize)
+     "quantize": {"linear:int4": {"groupsize": 32}, ...},   (only if exported with --quantize)
+     "inputs": 4}   (AOT Inductor exports since the 4-input form; absent: 2)
+
+`inputs` is the program's calling convention (torchchat/model.py Transformer.forward):
+2 = (tokens, input_pos), 4 = (tokens, input_pos, kv_len, n_logits). Artifacts without
+the key (older exports, every .pte) take 2.
 
 `max_seq_len` is the exported context (the KV cache size), not the model's trained one.
 The C++ twin is `parse_metadata_json` in runner/src. Where each format keeps it:
@@ -35,9 +40,10 @@ PT2_KEY = "torchchat"
 SO_MAGIC = b"TCHMETA1"  # then the JSON length (u64 LE), the JSON, zero padding to a 16 KiB multiple
 SO_BLOCK_ALIGN = 16384
 TOKENIZER_KINDS = ("sentencepiece", "tiktoken", "hf_bpe")
+INPUT_FORMS = (2, 4)
 
 
-def to_json(info: ModelInfo, dtype: str) -> str:
+def to_json(info: ModelInfo, dtype: str, inputs: int = 2) -> str:
     if info.bos_id is None and info.add_bos:
         raise UserError("the tokenizer adds a BOS token but has none")
     if info.tokenizer_kind not in TOKENIZER_KINDS:
@@ -57,7 +63,20 @@ def to_json(info: ModelInfo, dtype: str) -> str:
     }
     if info.quantize:
         meta["quantize"] = info.quantize  # readers that do not know it ignore it
+    if inputs != 2:
+        meta["inputs"] = inputs  # the default is left out: 2-input artifacts read as before
     return json.dumps(meta)
+
+
+def input_count(text: str, where: str) -> int:
+    """How many inputs the artifact's program takes (2 when the metadata does not say)."""
+    try:
+        inputs = json.loads(text).get("inputs", 2)
+    except (ValueError, AttributeError) as e:
+        raise UserError(f"{where}: malformed torchchat metadata ({e})") from None
+    if inputs not in INPUT_FORMS:
+        raise UserError(f"{where}: the program takes {inputs!r} inputs; this version runs {' or '.join(map(str, INPUT_FORMS))}")
+    return inputs
 
 
 def from_json(text: str, where: str) -> tuple[ModelInfo, str]:

@@ -132,7 +132,9 @@ class Attention(nn.Module):
         self.wqkv: Optional[nn.Module] = None
         self.kv_cache: Optional[KVCache] = None
 
-    def forward(self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor,
+                filled: Optional[int] = None) -> Tensor:
+        """`filled`: attend over cache positions [0, filled) only (None: the whole cache)."""
         bsz, seqlen, _ = x.shape
         if self.wqkv is None:
             q, k, v = self.wq(x), self.wk(x), self.wv(x)
@@ -145,6 +147,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         k, v = self.kv_cache.update(input_pos, k, v)
+        if filled is not None:
+            k, v = k[:, :, :filled], v[:, :, :filled]
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads
         )
@@ -175,8 +179,9 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), rope, mask, input_pos)
+    def forward(self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor,
+                filled: Optional[int] = None) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, mask, input_pos, filled)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -192,23 +197,55 @@ class Transformer(nn.Module):
             self.output.weight = self.tok_embeddings.weight
         self.cache_len = 0
 
-    def setup_caches(self, max_seq_len: int, dtype: Optional[torch.dtype] = None) -> None:
-        """Allocate KV caches and rotary/mask tables for `max_seq_len` positions (<= the model's)."""
+    def setup_caches(self, max_seq_len: int, dtype: Optional[torch.dtype] = None, spare: int = 0) -> None:
+        """Allocate KV caches and rotary/mask tables for `max_seq_len` positions (<= the model's).
+
+        spare: that many more cache positions, which no call writes and the mask always hides
+        (torchchat/export.py needs one, so that kv_len <= max_seq_len stays below the cache size)."""
         if max_seq_len > self.args.max_seq_len:
             raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's context of {self.args.max_seq_len}")
         dtype = dtype or self.norm.weight.dtype  # never quantized (the embedding may be)
+        cache_len = max_seq_len + spare
         for layer in self.layers:
-            layer.attention.kv_cache = KVCache(self.args.n_kv_heads, max_seq_len, self.args.head_dim, dtype)
+            layer.attention.kv_cache = KVCache(self.args.n_kv_heads, cache_len, self.args.head_dim, dtype)
         self.register_buffer("rope", rope_table(self.args, max_seq_len), persistent=False)
-        causal = torch.tril(torch.ones(max_seq_len, max_seq_len, dtype=torch.bool))
+        causal = torch.tril(torch.ones(max_seq_len, cache_len, dtype=torch.bool))
         self.register_buffer("causal_mask", causal, persistent=False)
-        self.cache_len = max_seq_len
+        self.cache_len = cache_len
 
-    def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
-        """tokens [1, T] at positions input_pos [T] -> logits [1, T, vocab] (fp32)."""
+    def forward(self, tokens: Tensor, input_pos: Tensor, kv_len: Optional[Tensor] = None,
+                n_logits: Optional[Tensor] = None) -> Tensor:
+        """tokens [1, T] at positions input_pos [T] -> logits [1, T, vocab] (fp32).
+
+        Two optional inputs say how much work a call needs; their *lengths* carry it (their
+        values are never read), so torch.export keeps them as symbolic sizes like T, where a
+        number read from a tensor would be data-dependent:
+        - kv_len [L]: attention reads cache positions [0, L) only, L = last position + 1
+          (every position after the last one written is masked anyway). None: all max_seq_len.
+        - n_logits [K]: logits of the last K positions only, [1, K, vocab] (generation needs 1,
+          perplexity all T). None: every position.
+        Without them the call is the full-cache, all-logits form that ExecuTorch exports.
+        """
         x = self.tok_embeddings(tokens)
         rope = self.rope[input_pos]
-        mask = self.causal_mask[input_pos].view(1, 1, tokens.size(1), self.cache_len)
+        if kv_len is None:
+            filled = None
+            mask = self.causal_mask[input_pos].view(1, 1, tokens.size(1), self.cache_len)
+        else:
+            # Computed from the positions rather than cut from causal_mask: the same values,
+            # without a strided [T, L] view of the table for the exporter to reason about.
+            filled = kv_len.size(0)
+            cols = torch.arange(filled, device=input_pos.device)
+            mask = (cols.view(1, filled) <= input_pos.view(-1, 1)).view(1, 1, tokens.size(1), filled)
         for layer in self.layers:
-            x = layer(x, rope, mask, input_pos)
+            x = layer(x, rope, mask, input_pos, filled)
+        if n_logits is not None:
+            # A gather, not a slice: a slice's length would be an unknown size to the exporter.
+            last = torch.arange(n_logits.size(0), device=x.device) + (x.size(1) - n_logits.size(0))
+            x = x.index_select(1, last)
         return self.output(self.norm(x)).float()
+
+
+def length_tensor(n: int) -> Tensor:
+    """A tensor whose length is `n`, for Transformer.forward's kv_len and n_logits (contents unused)."""
+    return torch.empty(n, dtype=torch.long)

@@ -94,6 +94,12 @@ ModelMetadata parse_metadata_json(const std::string& text) {
     throw Error("model metadata \"dtype\" is unknown: \"" + m.dtype + "\"");
   }
   m.quantize = optional_quantize(root);
+  if (root.contains("inputs")) {
+    m.inputs = require_int(root, "inputs", 2, 4);
+    if (m.inputs != 2 && m.inputs != 4) {
+      throw Error("model metadata \"inputs\" is " + std::to_string(m.inputs) + " (this runner takes 2 or 4)");
+    }
+  }
   return m;
 }
 
@@ -109,6 +115,7 @@ std::string to_metadata_json(const ModelMetadata& m) {
             {"chat_template", std::string(to_string(m.chat_template))},
             {"dtype", m.dtype}};
   if (!m.quantize.empty()) root["quantize"] = json::parse(m.quantize);
+  if (m.inputs != 2) root["inputs"] = m.inputs;  // absent means 2, as older artifacts say it
   return root.dump();
 }
 

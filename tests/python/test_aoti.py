@@ -8,6 +8,7 @@ llama3-style model (tiktoken, tied embeddings, GQA) as .pt2. Runner tests skip w
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,31 @@ def test_python_greedy_matches_eager(case):
         a, b = d(torch.tensor([ids]), torch.arange(len(ids))), e(torch.tensor([ids]), torch.arange(len(ids)))
         assert torch.allclose(a, b, atol=2e-4, rtol=1e-4)
     assert_same_greedy(d, e, tok, info)
+
+
+@pytest.mark.parametrize("case", CASES, indirect=True, ids=[f"{s}-{f}" for s, f in CASES])
+def test_python_filled_cache_and_last_logits_match_eager(case):
+    """The 4-input artifact (attention over the filled positions, logits where asked) against the
+    eager model's full-cache form, along a chat: prompt, decode steps, a second chunk at
+    start_pos > 0, to the end of the context, then a restart at 0 over the old entries."""
+    from torchchat.exported import AOTIDecoder
+
+    m, fmt = case
+    d = AOTIDecoder(m.paths[fmt])
+    assert d.inputs == 4
+    full = m.eager.model
+    full.setup_caches(CONTEXT)
+    vocab = d.vocab_size
+    g = torch.Generator().manual_seed(11)
+    steps = [(0, 13), (13, 1), (14, 1), (15, 40), (55, 1), (56, CONTEXT - 56), (0, 6), (6, 1)]
+    for start, n in steps:
+        tokens, pos = torch.randint(0, vocab, (1, n), generator=g), torch.arange(start, start + n)
+        with torch.no_grad():
+            want = full(tokens, pos)  # no kv_len, no n_logits: the whole cache, every position
+            last_only = n % 2 == 1  # both forms along the way, both writing the cache
+            got = d(tokens, pos, last_only=last_only)
+        assert got.shape == (1, 1 if last_only else n, vocab)
+        torch.testing.assert_close(got, want[:, -got.size(1):], atol=1e-3, rtol=1e-3)  # fp32 noise over 200 positions
 
 
 def test_python_chat_with_system_prompt_matches_eager(llama3):
@@ -179,6 +205,25 @@ def test_tokenizer_larger_than_model_is_refused(llama2, tmp_path):
         load_exported(llama2.paths["pt2"], big)
 
 
+def test_aoti_program_keeps_three_symbolic_sizes():
+    """T, kv_len and n_logits stay three symbols over [1, context]: neither specialised to the
+    example sizes nor unified with each other; ExecuTorch's program keeps its two inputs."""
+    from torchchat import export
+    from torchchat.model import ModelArgs, Transformer
+
+    model = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=64, max_seq_len=32)).eval()
+    ep = export.export_program(model, 16, aoti=True)
+    vals = {n.name: n.meta["val"] for n in ep.graph.nodes if n.op == "placeholder"}
+    sizes = [vals["tokens"].shape[1], vals["kv_len"].shape[0], vals["n_logits"].shape[0]]
+    assert all(isinstance(s, torch.SymInt) for s in sizes)
+    symbols = [s.node.expr for s in sizes]
+    assert len(set(symbols)) == 3 and vals["input_pos"].shape[0].node.expr == symbols[0]
+    for sym in symbols:
+        assert (int(ep.range_constraints[sym].lower), int(ep.range_constraints[sym].upper)) == (1, 16)
+    assert list(ep.graph_signature.user_inputs) == ["tokens", "input_pos", "kv_len", "n_logits"]
+    assert list(export.export_program(model, 16).graph_signature.user_inputs) == ["tokens", "input_pos"]
+
+
 @pytest.mark.parametrize("error", [RuntimeError("compiler crashed"), KeyboardInterrupt()])
 def test_export_is_atomic(tmp_path, monkeypatch, error):
     """A failed or interrupted compile leaves neither the output nor temporary files behind."""
@@ -270,6 +315,78 @@ def test_runner_rejects_tokenizer_that_does_not_fit(llama2, llama3, tmp_path):
 @needs_runner
 def test_runner_prompt_longer_than_context_and_large_n(llama2):
     check_long_prompt_and_large_n(aoti_run, llama2.paths["so"], llama2.paths["pt2"], llama2.runner_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def two_input_so(llama2, tmp_path_factory) -> Path:
+    """A .so as exported before the 4-input form: the 2-input program, metadata without "inputs"
+    (like the artifacts cached in ~/.cache/torchchat-bench)."""
+    import json
+
+    from torchchat import export, metadata
+    from torchchat.loader import load_model
+
+    loaded = load_model(model_args(llama2.checkpoint, llama2.tokenizer))
+    info = replace(loaded.info, max_seq_len=CONTEXT)
+    meta_json = metadata.to_json(info, "fp32")
+    assert "inputs" not in json.loads(meta_json)
+    out = tmp_path_factory.mktemp("aoti_two_inputs") / "old.so"
+    export.compile_so(export.export_program(loaded.model, CONTEXT), out, meta_json)
+    return out
+
+
+def test_python_two_input_artifact_still_runs(llama2, two_input_so):
+    from torchchat.exported import AOTIDecoder
+
+    d = AOTIDecoder(two_input_so)
+    assert d.inputs == 2
+    ids = llama2.eager.tokenizer.encode(PROMPTS[0], bos=True)
+    with torch.no_grad():
+        assert d(torch.tensor([ids]), torch.arange(len(ids)), last_only=True).shape == (1, len(ids), d.vocab_size)
+    assert_same_greedy(d, llama2.eager_decoder(), llama2.eager.tokenizer, llama2.eager.info)
+
+
+def test_python_unknown_input_form_is_refused(tmp_path):
+    from torchchat import metadata
+
+    assert metadata.input_count('{"format_version": 1}', "m.so") == 2
+    assert metadata.input_count('{"inputs": 4}', "m.so") == 4
+    for bad in ('{"inputs": 3}', '{"inputs": "4"}', '{"inputs": true}'):
+        with pytest.raises(UserError, match="inputs"):
+            metadata.input_count(bad, "m.so")
+
+
+def test_one_command_exports_so_with_four_inputs_and_pte_with_two(tmp_path):
+    """`export --output-dso-path --output-pte-path` together: ExecuTorch still gets the 2-input program."""
+    pytest.importorskip("executorch")
+    import json
+
+    from torchchat.et import PTEDecoder
+    from torchchat.exported import AOTIDecoder
+
+    m = Exported(tmp_path, "llama2", ("so", "pte"))
+    so, pte = AOTIDecoder(m.paths["so"]), PTEDecoder(m.paths["pte"])
+    assert so.inputs == 4
+    (text,) = pte.program.load_method("get_metadata_json").execute([])
+    assert "inputs" not in json.loads(str(text))
+    tok, info = m.eager.tokenizer, m.eager.info
+    ids = tok.encode(PROMPTS[1], bos=True)
+    with torch.no_grad():
+        assert pte(torch.tensor([ids]), torch.arange(len(ids))).shape == (1, len(ids), info.vocab_size)
+    assert greedy(so, ids, info.stop_ids) == greedy(pte, ids, info.stop_ids) == greedy(m.eager_decoder(), ids,
+                                                                                           info.stop_ids)
+
+
+@needs_runner
+def test_runner_two_input_artifact_still_runs(llama2, two_input_so, tmp_path):
+    e, tok, info = llama2.eager_decoder(), llama2.eager.tokenizer, llama2.eager.info
+    ids = tok.encode(PROMPTS[2], bos=True)
+    want = greedy(e, ids, info.stop_ids)
+    trace = tmp_path / "trace.jsonl"
+    p = aoti_run(two_input_so, llama2.runner_tokenizer, "-t", "0", "-n", str(len(ids) + N_NEW), "-i", PROMPTS[2],
+                 trace=trace)
+    assert p.returncode == 0, p.stderr
+    assert fed_tokens(trace)[:len(ids) + len(want) - 1] == ids + want[:-1]
 
 
 def test_so_metadata_survives_weights_appended_to_the_library(llama2, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
 """The generate loop, sampler, text streaming and chat bookkeeping on tiny random models."""
+import copy
 import io
 
 import pytest
@@ -8,7 +9,7 @@ from torchchat.chat import Conversation, render_turn
 from torchchat.errors import UserError
 from torchchat.generate import SamplingConfig, Sampler, Stats, TextStream, generate
 from torchchat.loader import EagerDecoder
-from torchchat.model import ModelArgs, Transformer
+from torchchat.model import ModelArgs, Transformer, length_tensor
 
 
 def tiny_model(seed=0, vocab=97):
@@ -38,6 +39,50 @@ def test_kv_cache_generation_matches_full_recompute():
     got = generate(EagerDecoder(model, 64), prompt, 20, Sampler(SamplingConfig(temperature=0)))
     assert got == want
     assert len(set(got)) > 3  # the check means something only if the continuation varies
+
+
+def test_filled_attention_and_last_logits_match_the_full_cache():
+    """Transformer.forward with kv_len (attention over the filled positions) and n_logits (the
+    last positions' logits) computes what the full-cache, all-positions form does, along a chat:
+    a prompt, decode steps, a second prompt chunk at start_pos > 0, then a restart at position 0
+    over a cache holding a longer conversation's entries (as lm-eval's requests do)."""
+    full = tiny_model(seed=3)
+    short = copy.deepcopy(full)
+    full.setup_caches(48)
+    short.setup_caches(48, spare=1)  # as exported for AOT Inductor (torchchat/export.py)
+    g = torch.Generator().manual_seed(5)
+    steps = [(0, 9)] + [(9 + i, 1) for i in range(4)] + [(13, 7), (20, 1), (21, 27), (0, 5), (5, 1)]
+    for start, n in steps:
+        tokens = torch.randint(0, 97, (1, n), generator=g)
+        pos = torch.arange(start, start + n)
+        with torch.no_grad():
+            want = full(tokens, pos)
+            for k in sorted({1, n}):
+                # each call also writes the same entries into `short`'s cache; kv_len = start + n
+                got = short(tokens, pos, length_tensor(start + n), length_tensor(k))
+                assert got.shape == (1, k, 97)
+                torch.testing.assert_close(got, want[:, n - k:], atol=1e-5, rtol=1e-5)
+            # a kv_len past the last position reads masked entries only, and so does the whole
+            # cache with its spare position: the same again
+            torch.testing.assert_close(short(tokens, pos, length_tensor(48)), want, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(short(tokens, pos), want, atol=1e-5, rtol=1e-5)
+
+
+def test_eager_decoder_asks_for_the_filled_cache_and_last_logits(monkeypatch):
+    model = tiny_model()
+    decoder = EagerDecoder(model, 64)
+    calls = []
+    forward = Transformer.forward
+
+    def spy(self, tokens, input_pos, kv_len=None, n_logits=None):
+        calls.append((tokens.size(1), None if kv_len is None else kv_len.numel(),
+                      None if n_logits is None else n_logits.numel()))
+        return forward(self, tokens, input_pos, kv_len, n_logits)
+
+    monkeypatch.setattr(Transformer, "forward", spy)
+    generate(decoder, [5, 17, 3, 44, 9], 3, Sampler(SamplingConfig(temperature=0)), start_pos=10)
+    assert calls == [(5, 15, 1), (1, 16, 1), (1, 17, 1)]
+    assert decoder(torch.tensor([[1, 2]]), torch.arange(2)).shape == (1, 2, 97)  # all positions by default
 
 
 def test_generate_stops_at_stop_id_and_includes_it():

@@ -77,6 +77,20 @@ TEST(Metadata, QuantizeIsOptionalAndKeepsItsOrder) {
   EXPECT_EQ(to_metadata_json(parse_metadata_json(kValid)).find("quantize"), std::string::npos);
 }
 
+TEST(Metadata, InputsDefaultsToTwoAndRoundTrips) {
+  EXPECT_EQ(parse_metadata_json(kValid).inputs, 2);  // artifacts exported before the key
+  const ModelMetadata four = parse_metadata_json(kValid.substr(0, kValid.size() - 1) + R"(,"inputs":4})");
+  EXPECT_EQ(four.inputs, 4);
+  EXPECT_EQ(parse_metadata_json(to_metadata_json(four)).inputs, 4);
+  EXPECT_EQ(to_metadata_json(parse_metadata_json(kValid)).find("inputs"), std::string::npos);
+  const auto inputs = [](const std::string& value) {
+    return error_of(kValid.substr(0, kValid.size() - 1) + R"(,"inputs":)" + value + "}");
+  };
+  EXPECT_NE(inputs("3").find("inputs"), std::string::npos);
+  EXPECT_NE(inputs("5").find("inputs"), std::string::npos);
+  EXPECT_NE(inputs("\"4\"").find("wrong type"), std::string::npos);
+}
+
 TEST(Metadata, RejectsAMalformedQuantizeEntry) {
   const auto quantize = [](const std::string& value) {
     return error_of(kValid.substr(0, kValid.size() - 1) + R"(,"quantize":)" + value + "}");
