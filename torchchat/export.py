@@ -132,15 +132,17 @@ def inductor_configs(ep: torch.export.ExportedProgram) -> dict:
     size (T = 2); there oneDNN wins some GEMMs that then run decode (T = 1) slower than the
     C++ template. Measured on SmolLM2-135M, 2 threads, side by side: templates only, decode
     40.5 vs 34 tok/s and 128-token prefill 415 vs 540 tok/s. Decode is what a chat feels, so
-    fp32 takes the templates. bf16/fp16 keep ATen among the choices: not measured here, and
-    a GEMM no template covers needs it.
+    fp32 takes the templates. So does bf16: the same speed as with oneDNN among the choices
+    (SmolLM2, AMD AVX-512, alternated twice: pp128 454-494 vs 472-492 tok/s, tg 59-64 vs 56-60),
+    and its weights become plain tensors we can map at load (oneDNN's packed ones are opaque):
+    load 0.006 vs 0.15-0.62 s, peak RSS 428 vs 754 MB. fp16 keeps ATen: not measured here.
     """
     from torchchat import kernels
 
     configs = dict(INDUCTOR_CONFIGS)
     floats = {t.dtype for t in (*ep.state_dict.values(), *ep.constants.values())
               if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float16}
-    if floats <= {torch.float32}:  # (fp16 tensors of int4 scales are not activations)
+    if floats <= {torch.float32, torch.bfloat16}:  # (fp16 tensors of int4 scales are not activations)
         configs["max_autotune_gemm_backends"] = "CPP"
     ours = {n.target for n in ep.graph.nodes if n.op == "call_function"
             and getattr(n.target, "namespace", None) == "torchchat"}
@@ -153,7 +155,7 @@ def inductor_configs(ep: torch.export.ExportedProgram) -> dict:
 def compile_configs(ep: torch.export.ExportedProgram) -> tuple[dict, bool]:
     """(inductor configs, whether we store the constants ourselves: torchchat/mapped_constants.py).
 
-    We do where every constant is a plain tensor: with ATen among the GEMM choices (bf16/fp16)
+    We do where every constant is a plain tensor: with ATen among the GEMM choices (fp16)
     oneDNN may keep packed weights in its own opaque format, so those keep AOTI's own storage,
     as does a configuration asking for AOTI's mmap of weights appended to the library."""
     configs = inductor_configs(ep)

@@ -168,6 +168,31 @@ def test_weights_are_stored_once_and_mapped(llama3, fmt):
     assert torch.equal(stored, tied.detach())
 
 
+def test_bf16_so_is_mapped_and_matches_eager(llama2, tmp_path):
+    """bf16 compiles with inductor's C++ GEMM templates only, so its weights are plain tensors
+    stored after the library and mapped; the artifact computes what eager bf16 does."""
+    from torchchat import export, mapped_constants, metadata
+    from torchchat.exported import AOTIDecoder
+    from torchchat.loader import EagerDecoder, load_model
+
+    args = model_args(llama2.checkpoint, llama2.tokenizer)
+    args.dtype = "bf16"
+    out = tmp_path / "bf16.so"
+    loaded = load_model(args)
+    export.export_model(loaded.model, loaded.info, "bf16", CONTEXT, so_path=out)
+    _, at = metadata.read_so_metadata_block(out)
+    assert mapped_constants.read_index(out, at) is not None
+    d, eager = AOTIDecoder(out), EagerDecoder(load_model(args).model, CONTEXT)
+    assert d.dtype == "bf16"
+    ids = llama2.eager.tokenizer.encode(PROMPTS[0], bos=True)
+    tokens, pos = torch.tensor([ids]), torch.arange(len(ids))
+    got, want = d(tokens, pos).float(), eager(tokens, pos).float()
+    assert torch.allclose(got, want, atol=0.05 * want.abs().max().item()), (got - want).abs().max()
+    if AOTI_RUN.is_file():
+        p = aoti_run(out, llama2.runner_tokenizer, "-t", "0", "-n", "16", "-i", PROMPTS[0])
+        assert p.returncode == 0, p.stderr
+
+
 @pytest.mark.parametrize("damage", ["truncated", "index"])
 def test_damaged_constants_are_one_line_errors(llama2, tmp_path, damage):
     from torchchat import metadata
