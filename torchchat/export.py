@@ -81,28 +81,28 @@ def export_program(model: Transformer, max_seq_len: int, aoti: bool = False) -> 
     ExecuTorch lowers.
     """
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)
-    if not aoti:
-        model.setup_caches(max_seq_len)
+    if aoti:
+        # Three distinct example sizes >= 2 (equal ones would be unified into one symbol): 3 tokens at
+        # positions 2..4, so kv_len 5 >= T as in every real call, and logits for the last 2. The
+        # graph asserts no relation between them: kv_len only has to cover the last position, and
+        # n_logits <= T is the caller's promise (as T <= max_seq_len - start is).
+        kv_len = torch.export.Dim("kv_len", min=1, max=max_seq_len)
+        n_logits = torch.export.Dim("n_logits", min=1, max=max_seq_len)
+        example = (torch.zeros(1, 3, dtype=torch.long), torch.arange(2, 5, dtype=torch.long), length_tensor(5),
+                   length_tensor(2))
+        shapes = ({1: seq}, {0: seq}, {0: kv_len}, {0: n_logits})
+        # Attention slices the cache to kv_len positions, a view that is contiguous only when it is
+        # the whole cache; the exporter decides that once, as a guard kv_len != cache size, and then
+        # refuses its own guard if the range allows the equality. One spare cache position (never
+        # written, always masked) puts every kv_len below the cache size.
+        spare = 1
+    else:
         # Example of 2 tokens: any size >= 2 keeps the dimension symbolic (0/1 would specialise it).
         example = (torch.zeros(1, 2, dtype=torch.long), torch.arange(2, dtype=torch.long))
-        with torch.no_grad():
-            return torch.export.export(model, example, dynamic_shapes=({1: seq}, {0: seq}), strict=False)
-    # Three distinct example sizes >= 2 (equal ones would be unified into one symbol): 3 tokens at
-    # positions 2..4, so kv_len 5 >= T as in every real call, and logits for the last 2. The
-    # graph asserts no relation between them: kv_len only has to cover the last position, and
-    # n_logits <= T is the caller's promise (as T <= max_seq_len - start is).
-    kv_len = torch.export.Dim("kv_len", min=1, max=max_seq_len)
-    n_logits = torch.export.Dim("n_logits", min=1, max=max_seq_len)
-    example = (torch.zeros(1, 3, dtype=torch.long), torch.arange(2, 5, dtype=torch.long), length_tensor(5),
-               length_tensor(2))
-    # Attention slices the cache to kv_len positions, a view that is contiguous only when it is
-    # the whole cache; the exporter decides that once, as a guard kv_len != cache size, and then
-    # refuses its own guard if the range allows the equality. One spare cache position (never
-    # written, always masked) puts every kv_len below the cache size.
-    model.setup_caches(max_seq_len, spare=1)
+        shapes, spare = ({1: seq}, {0: seq}), 0
+    model.setup_caches(max_seq_len, spare=spare)
     with torch.no_grad():
-        return torch.export.export(model, example, dynamic_shapes=({1: seq}, {0: seq}, {0: kv_len}, {0: n_logits}),
-                                   strict=False)
+        return torch.export.export(model, example, dynamic_shapes=shapes, strict=False)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import torch
 from torchchat import mapped_constants, metadata
 from torchchat.errors import UserError
 from torchchat.loader import ModelInfo
-from torchchat.model import length_tensor
+from torchchat.model import length_tensor, size_inputs
 
 ELF_MAGIC = b"\x7fELF"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -84,9 +84,7 @@ class AOTIDecoder:
         tokens, input_pos = tokens.contiguous(), input_pos.contiguous()
         if self.inputs == 2:
             return self._run(tokens, input_pos)
-        filled = int(input_pos.max()) + 1 if input_pos.numel() else 0
-        n_logits = 1 if last_only else tokens.size(1)
-        return self._run(tokens, input_pos, self.lengths[:filled], self.lengths[:n_logits])
+        return self._run(tokens, input_pos, *size_inputs(self.lengths, input_pos, tokens.size(1), last_only))
 
 
 def map_constants(path: Path, at: int):

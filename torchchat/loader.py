@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from torchchat.errors import UserError
-from torchchat.model import ModelArgs, Transformer, length_tensor
+from torchchat.model import ModelArgs, Transformer, length_tensor, size_inputs
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -58,9 +58,7 @@ class EagerDecoder:
         if self.decode is not None and tokens.size(1) == 1:
             return self.decode(tokens, input_pos)
         # Otherwise attention over the filled positions only, and logits only where wanted.
-        filled = int(input_pos.max()) + 1
-        n_logits = 1 if last_only else tokens.size(1)
-        return self.model(tokens, input_pos, self.lengths[:filled], self.lengths[:n_logits])
+        return self.model(tokens, input_pos, *size_inputs(self.lengths, input_pos, tokens.size(1), last_only))
 
 
 def compile_for_decode(model: Transformer):

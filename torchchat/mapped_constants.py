@@ -210,7 +210,7 @@ def load(path: Path, at: int) -> Optional[tuple[dict[str, torch.Tensor], object]
     tensors = {}
     for e in index["constants"]:
         dtype = TORCH_DTYPES[e["dtype"]]
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         if e.get("zeros"):
             storage = torch.zeros(e["nbytes"] // itemsize, dtype=dtype)
         else:

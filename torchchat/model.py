@@ -249,3 +249,11 @@ class Transformer(nn.Module):
 def length_tensor(n: int) -> Tensor:
     """A tensor whose length is `n`, for Transformer.forward's kv_len and n_logits (contents unused)."""
     return torch.empty(n, dtype=torch.long)
+
+
+def size_inputs(lengths: Tensor, input_pos: Tensor, n_tokens: int, last_only: bool) -> tuple[Tensor, Tensor]:
+    """Transformer.forward's (kv_len, n_logits) for a call, as views of `lengths` (a length_tensor
+    of the context): attention over the positions up to the last one, logits of the last
+    position only or of all `n_tokens`."""
+    filled = int(input_pos.max()) + 1 if input_pos.numel() else 0
+    return lengths[:filled], lengths[:1 if last_only else n_tokens]
