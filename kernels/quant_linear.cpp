@@ -35,6 +35,16 @@ Isa active() {
 
 const char* isa() { return active() == Isa::Avx512 ? "avx512" : "generic"; }
 
+void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
+  if (active() == Isa::Avx512) return avx512::float_linear(x, M, w, y, n0, n1);
+  generic::float_linear(x, M, w, y, n0, n1);
+}
+
+void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
+  if (active() == Isa::Avx512) return avx512::panel_linear(x, M, w, y, n0, n1);
+  generic::panel_linear(x, M, w, y, n0, n1);
+}
+
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1) {
   if (active() == Isa::Avx512) return avx512::int8_linear(x, M, w, y, n0, n1);
   generic::int8_linear(x, M, w, y, n0, n1);

@@ -1,6 +1,11 @@
-// Quantized linear layers on CPU: y[M, N] = x[M, K] @ dequant(W)[N, K]^T, fp32 activations.
+// Linear layers on CPU: y[M, N] = x[M, K] @ dequant(W)[N, K]^T, fp32 activations.
 //
-// Weight formats (prepacked once, at quantization time, by torchchat/kernels.py):
+// Weight formats (quantized ones prepacked once, at quantization time, by torchchat/kernels.py):
+//   float: fp32 or bf16 [N, K] row-major, as the model holds it (no packed copy: an output layer
+//         tied to the embedding table reads the table itself)
+//   panels: fp32 or bf16 in column panels of 32 outputs, [ceil(N / 32), K, 32] (zero rows pad N):
+//         a prompt's GEMM broadcasts one activation against 32 weights of a k (no horizontal
+//         sums), and decode streams each panel front to back
 //   int8: q int8 [N, K] row-major, one fp32 scale per output row:      w = q * scale[n]
 //   int4: q uint8 [N, K/2]: each 16-byte chunk holds 32 consecutive weights of a row,
 //         byte j = q[j] | q[j + 16] << 4, q in [0, 15]; per group of G weights (G a multiple
@@ -19,6 +24,19 @@
 
 namespace torchchat::kernels {
 
+struct FloatWeights {
+  const void* w;  // fp32, or bf16 bits when bf16
+  bool bf16;
+  std::int64_t N, K;
+};
+
+struct PanelWeights {
+  const void* w;  // fp32, or bf16 bits when bf16
+  bool bf16;
+  std::int64_t N, K;
+};
+constexpr std::int64_t kPanel = 32;  // outputs per panel
+
 struct Int8Weights {
   const std::int8_t* q;
   const float* scale;
@@ -31,6 +49,9 @@ struct Int4Weights {
   std::int64_t N, K, G;
 };
 
+void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+// n0 and n1 are multiples of kPanel (or N).
+void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 
@@ -41,10 +62,14 @@ const char* isa();
 
 // The implementations, for tests that compare them directly.
 namespace generic {
+void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 }  // namespace generic
 namespace avx512 {
+void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 }  // namespace avx512

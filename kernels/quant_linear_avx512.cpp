@@ -31,6 +31,85 @@ inline i64 min(i64 a, i64 b) { return a < b ? a : b; }
 // without it, 12-13 GB/s with it (as fast as ATen's fp32 GEMV reads fp32 weights here).
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
+// float weights: 16 of a row widened to fp32 (bf16 is the top half of an fp32).
+inline __m512 widen(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 widen(const std::uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+inline __m512 widen(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
+inline __m512 widen(const std::uint16_t* p, __mmask16 mask) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16));
+}
+
+template <typename W, int R, int T>
+void float_tile(const float* x, i64 K, const W* w, float* y, i64 ldy) {
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  auto step = [&](i64 k) {
+    __m512 wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = widen(w + r * K + k);
+    for (int t = 0; t < T; ++t) {
+      const __m512 xv = _mm512_loadu_ps(x + t * K + k);
+      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(xv, wv[r], acc[r][t]);
+    }
+  };
+  constexpr i64 kPerLine = 64 / sizeof(W);  // weights per cache line
+  i64 k = 0;
+  for (; k + 64 <= K; k += 64) {
+    for (int r = 0; r < R; ++r)
+      for (i64 j = 0; j < 64; j += kPerLine) prefetch(w + (R + r) * K + k + j);
+    step(k), step(k + 16), step(k + 32), step(k + 48);
+  }
+  for (; k + 16 <= K; k += 16) step(k);
+  if (k < K) {  // the last K % 16 columns, masked
+    const __mmask16 mask = static_cast<__mmask16>((1u << (K - k)) - 1);
+    __m512 wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = widen(w + r * K + k, mask);
+    for (int t = 0; t < T; ++t) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + t * K + k);
+      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(xv, wv[r], acc[r][t]);
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+// Panels (quant_linear.h): T tokens x the panel's 32 outputs, T * 2 accumulators; per k, the
+// 32 weights are loaded once (2 vectors) and each token's x[k] broadcast against them. Each
+// output accumulates over k in order in its own lane, whatever T is.
+constexpr int kPanelVectors = kPanel / 16;
+constexpr int kPanelTokens = 12;  // 24 accumulators + 2 weight vectors + 1 broadcast of 32 registers
+
+template <typename W, int T>
+void panel_tile(const float* x, i64 K, const W* p, float* y, i64 ldy, i64 cols) {
+  __m512 acc[T][kPanelVectors];
+  for (int t = 0; t < T; ++t)
+    for (int j = 0; j < kPanelVectors; ++j) acc[t][j] = _mm512_setzero_ps();
+  // Decode streams the panel from memory: ask for the weights 32 k ahead (4 KiB of fp32, one page).
+  constexpr i64 kAhead = 32 * kPanel;
+  for (i64 k = 0; k < K; ++k) {
+    const W* pk = p + k * kPanel;
+    constexpr i64 kBytes = kPanel * static_cast<i64>(sizeof(W));  // a k's weights: 128 (fp32) or 64 bytes
+    for (i64 line = 0; line < kBytes; line += 64) prefetch(reinterpret_cast<const char*>(pk + kAhead) + line);
+    __m512 w[kPanelVectors];
+    for (int j = 0; j < kPanelVectors; ++j) w[j] = widen(pk + 16 * j);
+    for (int t = 0; t < T; ++t) {
+      const __m512 xv = _mm512_set1_ps(x[t * K + k]);
+      for (int j = 0; j < kPanelVectors; ++j) acc[t][j] = _mm512_fmadd_ps(xv, w[j], acc[t][j]);
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    for (int j = 0; j < kPanelVectors; ++j) {
+      const i64 c = 16 * j;
+      if (c + 16 <= cols) {
+        _mm512_storeu_ps(y + t * ldy + c, acc[t][j]);
+      } else if (c < cols) {
+        _mm512_mask_storeu_ps(y + t * ldy + c, static_cast<__mmask16>((1u << (cols - c)) - 1), acc[t][j]);
+      }
+    }
+}
+
 template <int R, int T>
 void int8_tile(const float* x, i64 K, const std::int8_t* q, const float* scale, float* y, i64 ldy) {
   __m512 acc[R][T];
@@ -120,6 +199,28 @@ void int4_tile(const float* x, i64 K, i64 G, const std::uint8_t* q, const std::u
 
 // tiles[R - 1][T - 1], for the edges of the output where fewer rows or tokens remain.
 template <int R, int T>
+struct Fp32Tile {
+  static constexpr auto fn = &float_tile<float, R, T>;
+};
+template <int R, int T>
+struct Bf16Tile {
+  static constexpr auto fn = &float_tile<std::uint16_t, R, T>;
+};
+template <typename W>
+constexpr auto panel_tiles() {
+  using Fn = decltype(&panel_tile<W, 1>);
+  struct Table {
+    Fn at[kPanelTokens];
+  } t{{&panel_tile<W, 1>, &panel_tile<W, 2>, &panel_tile<W, 3>, &panel_tile<W, 4>, &panel_tile<W, 5>,
+        &panel_tile<W, 6>, &panel_tile<W, 7>, &panel_tile<W, 8>, &panel_tile<W, 9>, &panel_tile<W, 10>,
+        &panel_tile<W, 11>, &panel_tile<W, 12>}};
+  static_assert(kPanelTokens == 12, "the table lists 1..12 tokens");
+  return t;
+}
+constexpr auto kFp32Panels = panel_tiles<float>();
+constexpr auto kBf16Panels = panel_tiles<std::uint16_t>();
+
+template <int R, int T>
 struct Int8Tile {
   static constexpr auto fn = &int8_tile<R, T>;
 };
@@ -141,6 +242,8 @@ constexpr auto tile_table() {
   return t;
 }
 
+constexpr auto kFp32Tiles = tile_table<Fp32Tile>();
+constexpr auto kBf16Tiles = tile_table<Bf16Tile>();
 constexpr auto kInt8Tiles = tile_table<Int8Tile>();
 constexpr auto kInt4Tiles = tile_table<Int4Tile>();
 
@@ -158,6 +261,29 @@ void walk(i64 M, i64 n0, i64 n1, Run run) {
 }
 
 }  // namespace
+
+void float_linear(const float* x, i64 M, const FloatWeights& w, float* y, i64 n0, i64 n1) {
+  walk(M, n0, n1, [&](int r, int t, i64 m, i64 n) {
+    if (w.bf16)
+      kBf16Tiles.at[r - 1][t - 1](x + m * w.K, w.K, static_cast<const std::uint16_t*>(w.w) + n * w.K, y + m * w.N + n, w.N);
+    else
+      kFp32Tiles.at[r - 1][t - 1](x + m * w.K, w.K, static_cast<const float*>(w.w) + n * w.K, y + m * w.N + n, w.N);
+  });
+}
+
+void panel_linear(const float* x, i64 M, const PanelWeights& w, float* y, i64 n0, i64 n1) {
+  // Panel by panel: a panel (K x 32 weights, 74 KB for K = 576) stays in L2 while every token passes.
+  for (i64 n = n0; n < n1; n += kPanel) {
+    const i64 offset = n * w.K, cols = min(kPanel, n1 - n);
+    for (i64 m = 0; m < M; m += kPanelTokens) {
+      const int t = static_cast<int>(min(kPanelTokens, M - m));
+      if (w.bf16)
+        kBf16Panels.at[t - 1](x + m * w.K, w.K, static_cast<const std::uint16_t*>(w.w) + offset, y + m * w.N + n, w.N, cols);
+      else
+        kFp32Panels.at[t - 1](x + m * w.K, w.K, static_cast<const float*>(w.w) + offset, y + m * w.N + n, w.N, cols);
+    }
+  }
+}
 
 void int8_linear(const float* x, i64 M, const Int8Weights& w, float* y, i64 n0, i64 n1) {
   walk(M, n0, n1, [&](int r, int t, i64 m, i64 n) {

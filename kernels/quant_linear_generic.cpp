@@ -26,7 +26,39 @@ float half_to_float(std::uint16_t h) {
   return f;
 }
 
+// Element i of fp32 or bf16 (the top half of an fp32) weights.
+float float_at(const void* w, bool bf16, std::int64_t i) {
+  if (!bf16) return static_cast<const float*>(w)[i];
+  const std::uint32_t bits = static_cast<std::uint32_t>(static_cast<const std::uint16_t*>(w)[i]) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
 }  // namespace
+
+void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
+  for (std::int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * w.K;
+    for (std::int64_t n = n0; n < n1; ++n) {
+      float acc = 0.f;
+      for (std::int64_t k = 0; k < w.K; ++k) acc += xm[k] * float_at(w.w, w.bf16, n * w.K + k);
+      y[m * w.N + n] = acc;
+    }
+  }
+}
+
+void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
+  for (std::int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * w.K;
+    for (std::int64_t n = n0; n < n1; ++n) {
+      const std::int64_t panel = (n / kPanel) * w.K * kPanel, col = n % kPanel;
+      float acc = 0.f;
+      for (std::int64_t k = 0; k < w.K; ++k) acc += xm[k] * float_at(w.w, w.bf16, panel + k * kPanel + col);
+      y[m * w.N + n] = acc;
+    }
+  }
+}
 
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1) {
   for (std::int64_t m = 0; m < M; ++m) {

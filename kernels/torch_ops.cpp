@@ -1,4 +1,6 @@
 // The kernels as PyTorch operators, for eager PyTorch, torch.export and AOT Inductor:
+//   torchchat::float_weight_linear(Tensor x, Tensor weight) -> Tensor
+//   torchchat::panel_weight_linear(Tensor x, Tensor panels, int N) -> Tensor
 //   torchchat::int8_weight_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor
 //   torchchat::int4_weight_linear(Tensor x, Tensor weight, Tensor scales_mins, int groupsize) -> Tensor
 // x [..., K] (any float dtype; computed in fp32, returned in x's dtype); weight/scales in the
@@ -6,6 +8,8 @@
 // torchchat/kernels.py. AOT Inductor calls the C functions at the bottom directly
 // (aot_inductor.custom_ops_to_c_shims), so an exported model needs this library loaded with
 // its symbols global: aoti_run links it, Python loads it with RTLD_GLOBAL.
+#include <algorithm>
+
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -32,6 +36,41 @@ at::Tensor output(const at::Tensor& x, const at::Tensor& y) {
   auto shape = x.sizes().vec();
   shape.back() = y.size(1);
   return y.view(shape).to(x.scalar_type());
+}
+
+at::Tensor float_weight_linear(const at::Tensor& x, const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kBFloat16) &&
+                  weight.is_contiguous(),
+              "float_weight_linear: weight must be a contiguous fp32 or bf16 [N, K] matrix");
+  const std::int64_t N = weight.size(0), K = weight.size(1);
+  const at::Tensor xf = activations(x, K, "float_weight_linear");
+  const std::int64_t M = xf.size(0);
+  at::Tensor y = at::empty({M, N}, xf.options());
+  const FloatWeights w{weight.const_data_ptr(), weight.scalar_type() == at::kBFloat16, N, K};
+  const float* xp = xf.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  at::parallel_for(0, N, kGrainRows, [&](std::int64_t n0, std::int64_t n1) { float_linear(xp, M, w, yp, n0, n1); });
+  return output(x, y);
+}
+
+at::Tensor panel_weight_linear(const at::Tensor& x, const at::Tensor& panels, std::int64_t N) {
+  TORCH_CHECK(panels.dim() == 3 && panels.size(2) == kPanel && panels.is_contiguous() &&
+                  (panels.scalar_type() == at::kFloat || panels.scalar_type() == at::kBFloat16),
+              "panel_weight_linear: panels must be a contiguous fp32 or bf16 [ceil(N / 32), K, 32] tensor");
+  TORCH_CHECK(N >= 1 && (N + kPanel - 1) / kPanel == panels.size(0), "panel_weight_linear: ", panels.size(0),
+              " panels do not hold N = ", N, " outputs");
+  const std::int64_t K = panels.size(1);
+  const at::Tensor xf = activations(x, K, "panel_weight_linear");
+  const std::int64_t M = xf.size(0);
+  at::Tensor y = at::empty({M, N}, xf.options());
+  const PanelWeights w{panels.const_data_ptr(), panels.scalar_type() == at::kBFloat16, N, K};
+  const float* xp = xf.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  // Whole panels per task.
+  at::parallel_for(0, panels.size(0), 1, [&](std::int64_t p0, std::int64_t p1) {
+    panel_linear(xp, M, w, yp, p0 * kPanel, std::min(p1 * kPanel, N));
+  });
+  return output(x, y);
 }
 
 at::Tensor int8_weight_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales) {
@@ -77,12 +116,16 @@ std::string isa_op() { return isa(); }
 }  // namespace torchchat::kernels
 
 TORCH_LIBRARY(torchchat, m) {
+  m.def("float_weight_linear(Tensor x, Tensor weight) -> Tensor");
+  m.def("panel_weight_linear(Tensor x, Tensor panels, int N) -> Tensor");
   m.def("int8_weight_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor");
   m.def("int4_weight_linear(Tensor x, Tensor weight, Tensor scales_mins, int groupsize) -> Tensor");
   m.def("kernels_isa() -> str", &torchchat::kernels::isa_op);
 }
 
 TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
+  m.impl("float_weight_linear", &torchchat::kernels::float_weight_linear);
+  m.impl("panel_weight_linear", &torchchat::kernels::panel_weight_linear);
   m.impl("int8_weight_linear", &torchchat::kernels::int8_weight_linear);
   m.impl("int4_weight_linear", &torchchat::kernels::int4_weight_linear);
 }
@@ -90,6 +133,22 @@ TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
 // C shims for AOT Inductor: declarations in torchchat/kernels.py (AOTI_C_SHIMS) must match.
 using torch::aot_inductor::new_tensor_handle;
 using torch::aot_inductor::tensor_handle_to_tensor_pointer;
+
+extern "C" AOTITorchError aoti_torch_cpu_float_weight_linear(AtenTensorHandle x, AtenTensorHandle weight,
+                                                             AtenTensorHandle* ret) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret = new_tensor_handle(torchchat::kernels::float_weight_linear(*tensor_handle_to_tensor_pointer(x),
+                                                                      *tensor_handle_to_tensor_pointer(weight)));
+  });
+}
+
+extern "C" AOTITorchError aoti_torch_cpu_panel_weight_linear(AtenTensorHandle x, AtenTensorHandle panels, int64_t N,
+                                                             AtenTensorHandle* ret) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret = new_tensor_handle(torchchat::kernels::panel_weight_linear(*tensor_handle_to_tensor_pointer(x),
+                                                                      *tensor_handle_to_tensor_pointer(panels), N));
+  });
+}
 
 extern "C" AOTITorchError aoti_torch_cpu_int8_weight_linear(AtenTensorHandle x, AtenTensorHandle weight,
                                                             AtenTensorHandle scales, AtenTensorHandle* ret) {

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
+from torch import nn
 
 from torchchat import metadata
 from torchchat.errors import UserError
@@ -101,8 +102,67 @@ def export_program(model: Transformer, max_seq_len: int, aoti: bool = False) -> 
         example = (torch.zeros(1, 2, dtype=torch.long), torch.arange(2, dtype=torch.long))
         shapes, spare = ({1: seq}, {0: seq}), 0
     model.setup_caches(max_seq_len, spare=spare)
-    with torch.no_grad():
+    with torch.no_grad(), float_kernels(model) if aoti else contextlib.nullcontext():
         return torch.export.export(model, example, dynamic_shapes=shapes, strict=False)
+
+
+class TiedOutput(nn.Module):
+    """The output layer through our row-major float kernel (kernels/), reading the embedding table
+    it is tied to: a packed copy would add the table's size to the file (113 MB of SmolLM2's
+    538 MB in fp32)."""
+
+    def __init__(self, weight: nn.Parameter):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.torchchat.float_weight_linear(x, self.weight)
+
+
+class PanelLinear(nn.Module):
+    """A float linear through our panel kernel (kernels/), its weight packed in column panels."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        from torchchat import kernels
+
+        self.register_buffer("panels", kernels.pack_panels(weight))
+        self.out_features = weight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.torchchat.panel_weight_linear(x, self.panels, self.out_features)
+
+
+# Whether AOTI exports run fp32/bf16 linears on our kernels (float_kernels) or on inductor's GEMM templates.
+FLOAT_KERNELS = True
+
+
+@contextlib.contextmanager
+def float_kernels(model: Transformer) -> Iterator[None]:
+    """For AOT Inductor: while exporting, the fp32/bf16 linears run our kernels (kernels/).
+
+    Why: see bench/README. The output layer tied to the embedding table reads the table
+    (TiedOutput); the other linears read weights packed in column panels (PanelLinear)."""
+    swaps = []  # (parent, name, original module, replacement)
+    if FLOAT_KERNELS:
+        from torchchat import kernels
+
+        kernels.load()
+        floats = (torch.float32, torch.bfloat16)
+        tied = model.output if (isinstance(model.tok_embeddings, nn.Embedding)
+                                and model.output.weight is model.tok_embeddings.weight) else None
+        for parent in list(model.modules()):
+            for name, child in parent.named_children():
+                if type(child) is nn.Linear and child.bias is None and child.weight.dtype in floats:
+                    swaps.append((parent, name, child,
+                                  TiedOutput(child.weight) if child is tied else PanelLinear(child.weight)))
+    for parent, name, _, replacement in swaps:
+        setattr(parent, name, replacement)
+    try:
+        yield
+    finally:
+        for parent, name, child, _ in swaps:
+            setattr(parent, name, child)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from torchchat import mapped_constants, metadata
+from torchchat import kernels, mapped_constants, metadata
 from torchchat.errors import UserError
 from torchchat.loader import ModelInfo
 from torchchat.model import length_tensor, size_inputs
@@ -49,7 +49,7 @@ class AOTIDecoder:
             text, metadata_end = found
             self.info, self.dtype = metadata.from_json(text, where)
             self.inputs = metadata.input_count(text, where)
-            load_kernels_for(self.info)
+            kernels.load()
             self._constants = map_constants(path, metadata_end)
             try:
                 runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(path.resolve()), 1)  # dlopen needs a slash
@@ -61,9 +61,7 @@ class AOTIDecoder:
         else:
             if not zipfile.is_zipfile(path):
                 raise UserError(f"{path}: truncated or damaged .pt2 package")
-            info = peek_pt2_metadata(path)
-            if info is not None:
-                load_kernels_for(info)
+            kernels.load()
             try:
                 package = torch._inductor.aoti_load_package(str(path))
                 meta = package.get_metadata()
@@ -96,30 +94,6 @@ def map_constants(path: Path, at: int):
         return mapped_constants.load(path, at)
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: damaged constants ({e})") from None
-
-
-def load_kernels_for(info: ModelInfo) -> None:
-    """Models quantized with linear:int8/int4 call our kernels' C functions: load them first."""
-    if any(k in (info.quantize or {}) for k in ("linear:int8", "linear:int4")):
-        from torchchat import kernels
-
-        kernels.load()
-
-
-def peek_pt2_metadata(path: Path):
-    """The torchchat metadata of a .pt2 without loading its model (None if not found)."""
-    import json
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            for name in z.namelist():
-                if name.endswith("_metadata.json"):
-                    text = json.loads(z.read(name)).get(metadata.PT2_KEY)
-                    if text:
-                        return metadata.from_json(text, str(path))[0]
-    except (OSError, zipfile.BadZipFile, ValueError, AttributeError):
-        pass
-    return None
 
 
 def first_line(e: Exception) -> str:

@@ -60,6 +60,14 @@ def isa() -> str:
 def register_fakes() -> None:
     """Output shapes for tracing (torch.export, torch.compile): x [..., K] -> [..., N]."""
 
+    @torch.library.register_fake("torchchat::float_weight_linear")
+    def _(x, weight):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+    @torch.library.register_fake("torchchat::panel_weight_linear")
+    def _(x, panels, n):
+        return x.new_empty((*x.shape[:-1], n))
+
     @torch.library.register_fake("torchchat::int8_weight_linear")
     def _(x, weight, scales):
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
@@ -74,6 +82,12 @@ def aoti_c_shims() -> dict:
     load()
     ops = torch.ops.torchchat
     return {
+        ops.float_weight_linear.default: [
+            "AOTITorchError aoti_torch_cpu_float_weight_linear(AtenTensorHandle x, AtenTensorHandle weight, "
+            "AtenTensorHandle* ret)"],
+        ops.panel_weight_linear.default: [
+            "AOTITorchError aoti_torch_cpu_panel_weight_linear(AtenTensorHandle x, AtenTensorHandle panels, "
+            "int64_t N, AtenTensorHandle* ret)"],
         ops.int8_weight_linear.default: [
             "AOTITorchError aoti_torch_cpu_int8_weight_linear(AtenTensorHandle x, AtenTensorHandle weight, "
             "AtenTensorHandle scales, AtenTensorHandle* ret)"],
@@ -83,7 +97,6 @@ def aoti_c_shims() -> dict:
     }
 
 
-OPS = ("int8_weight_linear", "int4_weight_linear")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,6 +121,17 @@ def quantize_int4(w: Tensor, groupsize: int) -> tuple[Tensor, Tensor]:
     lo = lo.half()
     q = torch.round((wg - lo.float()[..., None]) / scale.float()[..., None]).clamp(0, 15).to(torch.uint8)
     return q.reshape(n, k), torch.stack([scale, lo], -1).contiguous()
+
+
+PANEL = 32  # outputs per panel (kernels/quant_linear.h kPanel)
+
+
+def pack_panels(w: Tensor) -> Tensor:
+    """w [N, K] (fp32 or bf16) -> [ceil(N / 32), K, 32]: column panels of 32 outputs, zero-padded."""
+    n, k = w.shape
+    padded = torch.zeros(-(-n // PANEL) * PANEL, k, dtype=w.dtype)
+    padded[:n] = w.detach()
+    return padded.reshape(-1, PANEL, k).transpose(1, 2).contiguous()
 
 
 def pack_int4(q: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Our quantized-linear kernels (kernels/, torchchat/kernels.py): each against its reference
+"""Our linear kernels (kernels/, torchchat/kernels.py): each against its reference
 math on random shapes (odd sizes included), the AVX-512 code against the portable fallback,
 a forced fallback, bad weights, and the kernels inside AOT Inductor models: eager = AOTI from
 Python = aoti_run, token for token, on a tiny model quantized int8 and int4.
@@ -68,6 +68,32 @@ def test_int8_matches_reference(m, n, k):
     assert ((got.double() - want).abs() <= tolerance(x, (q.double().abs() * scale[:, None]).max(), k)).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,n,k", INT8_SHAPES)
+def test_float_matches_reference(m, n, k, dtype):
+    torch.manual_seed(m * 1000 + n + k)
+    w, x = torch.randn(n, k, dtype=dtype), torch.randn(m, k)
+    got = torch.ops.torchchat.float_weight_linear(x, w)
+    want = x.double() @ w.double().T
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    assert ((got.double() - want).abs() <= tolerance(x, w.double().abs().max(), k)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,n,k", INT8_SHAPES + [(25, 100, 64), (13, 32, 3)])
+def test_panels_match_reference(m, n, k, dtype):
+    """Column panels of 32 outputs, [ceil(N / 32), K, 32], zero-padded (kernels/quant_linear.h)."""
+    torch.manual_seed(m * 1000 + n + k)
+    w, x = torch.randn(n, k, dtype=dtype), torch.randn(m, k)
+    panels = kernels.pack_panels(w)
+    assert panels.shape == (-(-n // 32), k, 32)
+    assert torch.equal(panels.transpose(1, 2).reshape(-1, k)[:n], w)
+    got = torch.ops.torchchat.panel_weight_linear(x, panels, n)
+    want = x.double() @ w.double().T
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    assert ((got.double() - want).abs() <= tolerance(x, w.double().abs().max(), k)).all()
+
+
 @pytest.mark.parametrize("m,n,k,g", INT4_SHAPES)
 def test_int4_matches_reference(m, n, k, g):
     torch.manual_seed(m * 1000 + n + k + g)
@@ -92,7 +118,12 @@ def test_a_token_gets_the_same_bits_alone_or_in_a_prompt():
     p4 = kernels.pack_int4(q4)
     batch8 = torch.ops.torchchat.int8_weight_linear(x, q8, s8)
     batch4 = torch.ops.torchchat.int4_weight_linear(x, p4, sm, 32)
+    batch32 = torch.ops.torchchat.float_weight_linear(x, w)
+    panels = kernels.pack_panels(w)
+    batch_panels = torch.ops.torchchat.panel_weight_linear(x, panels, 70)
     for i in range(len(x)):
+        assert torch.equal(torch.ops.torchchat.panel_weight_linear(x[i:i + 1], panels, 70), batch_panels[i:i + 1])
+        assert torch.equal(torch.ops.torchchat.float_weight_linear(x[i:i + 1], w), batch32[i:i + 1])
         assert torch.equal(torch.ops.torchchat.int8_weight_linear(x[i:i + 1], q8, s8), batch8[i:i + 1])
         assert torch.equal(torch.ops.torchchat.int4_weight_linear(x[i:i + 1], p4, sm, 32), batch4[i:i + 1])
 
@@ -104,6 +135,14 @@ def test_shapes_and_dtypes_follow_the_input():
 
 
 @pytest.mark.parametrize("call,pattern", [
+    (lambda: torch.ops.torchchat.panel_weight_linear(torch.randn(1, 64), torch.zeros(2, 64, 16), 64),
+     "panels must be a contiguous fp32 or bf16"),
+    (lambda: torch.ops.torchchat.panel_weight_linear(torch.randn(1, 64), torch.zeros(2, 64, 32), 65),
+     "2 panels do not hold N = 65 outputs"),
+    (lambda: torch.ops.torchchat.float_weight_linear(torch.randn(1, 64), torch.zeros(4, 64, dtype=torch.half)),
+     "weight must be a contiguous fp32 or bf16"),
+    (lambda: torch.ops.torchchat.float_weight_linear(torch.randn(1, 64), torch.zeros(64, 4).T),
+     "weight must be a contiguous fp32 or bf16"),
     (lambda: torch.ops.torchchat.int8_weight_linear(torch.randn(1, 64), torch.zeros(4, 64), torch.ones(4)),
      "weight must be a contiguous int8"),
     (lambda: torch.ops.torchchat.int8_weight_linear(torch.randn(1, 63), torch.zeros(4, 64, dtype=torch.int8),
@@ -128,7 +167,11 @@ x, w = torch.randn(3, 96), torch.randn(37, 96)
 q8, s8 = kernels.quantize_int8(w)
 q4, sm = kernels.quantize_int4(w, 32)
 p4 = kernels.pack_int4(q4)
-torch.save({"x": x, "q8": q8, "s8": s8, "p4": p4, "sm": sm,
+wb = w.bfloat16()
+torch.save({"x": x, "w": w, "q8": q8, "s8": s8, "p4": p4, "sm": sm,
+            "y32": torch.ops.torchchat.float_weight_linear(x, w),
+            "ypanels": torch.ops.torchchat.panel_weight_linear(x, kernels.pack_panels(wb), 37),
+            "ybf16": torch.ops.torchchat.float_weight_linear(x, wb),
             "y8": torch.ops.torchchat.int8_weight_linear(x, q8, s8),
             "y4": torch.ops.torchchat.int4_weight_linear(x, p4, sm, 32)}, sys.argv[2])
 """
@@ -143,9 +186,17 @@ def test_forced_fallback_says_so_and_computes_the_same(tmp_path):
     assert "torchchat kernels: portable fallback (TORCHCHAT_KERNELS=generic)" in p.stderr
     r = torch.load(out)
     x = r["x"]
+    w = r["w"]
+    assert ((r["y32"].double() - x.double() @ w.double().T).abs() <= tolerance(x, 6.0, 96)).all()
+    assert ((r["ybf16"].double() - x.double() @ w.bfloat16().double().T).abs() <= tolerance(x, 6.0, 96)).all()
+    assert ((r["ypanels"].double() - x.double() @ w.bfloat16().double().T).abs() <= tolerance(x, 6.0, 96)).all()
     assert ((r["y8"].double() - ref_int8(x, r["q8"], r["s8"])).abs() <= tolerance(x, 4.0, 96)).all()
     assert ((r["y4"].double() - ref_int4(x, r["p4"], r["sm"], 32)).abs() <= tolerance(x, 4.0, 96)).all()
     # and this process (AVX-512 when the CPU has it) within rounding of the fallback
+    assert torch.allclose(torch.ops.torchchat.float_weight_linear(x, w), r["y32"], rtol=1e-5, atol=1e-5)
+    assert torch.allclose(torch.ops.torchchat.float_weight_linear(x, w.bfloat16()), r["ybf16"], rtol=1e-5, atol=1e-5)
+    assert torch.allclose(torch.ops.torchchat.panel_weight_linear(x, kernels.pack_panels(w.bfloat16()), 37),
+                          r["ypanels"], rtol=1e-5, atol=1e-5)
     assert torch.allclose(torch.ops.torchchat.int8_weight_linear(x, r["q8"], r["s8"]), r["y8"], rtol=1e-5, atol=1e-5)
     assert torch.allclose(torch.ops.torchchat.int4_weight_linear(x, r["p4"], r["sm"], 32), r["y4"], rtol=1e-5,
                           atol=1e-5)
