@@ -1,7 +1,10 @@
 // Quantized linear layers on CPU: y[M, N] = x[M, K] @ dequant(W)[N, K]^T, fp32 activations.
 //
 // Weight formats (prepacked once, at quantization time, by torchchat/kernels.py):
-//   int8: q int8 [N, K] row-major, one fp32 scale per output row:      w = q * scale[n]
+//   int8: q int8 [N, K] row-major; per group of G consecutive weights of a row one fp32
+//         scale, [N, K/G]:                             w[n, k] = q[n, k] * scale[n, k / G]
+//         G = K is one scale per output row (scale [N]); otherwise G is a multiple of 32
+//         dividing K (groupwise: each group is summed on its own, then scaled).
 //   int4: q uint8 [N, K/2]: each 16-byte chunk holds 32 consecutive weights of a row,
 //         byte j = q[j] | q[j + 16] << 4, q in [0, 15]; per group of G weights (G a multiple
 //         of 32 dividing K) an fp16 (scale, min) pair, [N, K/G, 2]:  w = q * scale + min
@@ -21,8 +24,8 @@ namespace torchchat::kernels {
 
 struct Int8Weights {
   const std::int8_t* q;
-  const float* scale;
-  std::int64_t N, K;
+  const float* scale;    // [N, K / G]
+  std::int64_t N, K, G;  // G: weights per scale along a row; G == K: per output row
 };
 
 struct Int4Weights {
