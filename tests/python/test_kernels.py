@@ -1,7 +1,7 @@
 """Our quantized-linear kernels (kernels/, torchchat/kernels.py): each against its reference
 math on random shapes (odd sizes included), the AVX-512 code against the portable fallback,
 a forced fallback, bad weights, and the kernels inside AOT Inductor models: eager = AOTI from
-Python = aoti_run, token for token, on a tiny model quantized int8 and int4.
+Python = aoti_run, token for token, on a tiny model quantized int8 (per channel and g32) and int4.
 
 The reference is written here from the formats' definitions (kernels/quant_linear.h):
 dequantize, then a float64 matmul; the kernels accumulate in fp32, so they must agree within
@@ -205,7 +205,8 @@ def test_isa_is_avx512_on_this_kind_of_machine():
 # Inside AOT Inductor models
 
 # (spec, format): one artifact per scheme keeps the compile time down; both formats are covered.
-SCHEMES = {"int8-so": ('{"linear:int8": {"groupsize": 0}}', "so"), "int4-pt2": ('{"linear:int4": {"groupsize": 32}}', "pt2")}
+SCHEMES = {"int8-so": ('{"linear:int8": {"groupsize": 0}}', "so"), "int4-pt2": ('{"linear:int4": {"groupsize": 32}}', "pt2"),
+           "int8g32-so": ('{"linear:int8": {"groupsize": 32}}', "so")}
 
 
 class QuantizedTiny:
