@@ -29,6 +29,8 @@ from torchchat.errors import UserError  # noqa: E402
 SCHEMES = {
     "fp32": None,
     "linear:int8": {"linear:int8": {"groupsize": 0}},
+    "linear:int8 g32": {"linear:int8": {"groupsize": 32}},
+    "linear:int8 g64": {"linear:int8": {"groupsize": 64}},
     "linear:int4 g32": {"linear:int4": {"groupsize": 32}},
     "linear:int4 g32 output int4": {"linear:int4": {"groupsize": 32, "output": "int4"}},
     "linear:int4 g128": {"linear:int4": {"groupsize": 128}},

@@ -6,7 +6,10 @@
 //   panels: fp32 or bf16 in column panels of 32 outputs, [ceil(N / 32), K, 32] (zero rows pad N):
 //         a prompt's GEMM broadcasts one activation against 32 weights of a k (no horizontal
 //         sums), and decode streams each panel front to back
-//   int8: q int8 [N, K] row-major, one fp32 scale per output row:      w = q * scale[n]
+//   int8: q int8 [N, K] row-major; per group of G consecutive weights of a row one fp32
+//         scale, [N, K/G]:                             w[n, k] = q[n, k] * scale[n, k / G]
+//         G = K is one scale per output row (scale [N]); otherwise G is a multiple of 32
+//         dividing K (groupwise: each group is summed on its own, then scaled).
 //   int4: q uint8 [N, K/2]: each 16-byte chunk holds 32 consecutive weights of a row,
 //         byte j = q[j] | q[j + 16] << 4, q in [0, 15]; per group of G weights (G a multiple
 //         of 32 dividing K) an fp16 (scale, min) pair, [N, K/G, 2]:  w = q * scale + min
@@ -39,8 +42,8 @@ constexpr std::int64_t kPanel = 32;  // outputs per panel
 
 struct Int8Weights {
   const std::int8_t* q;
-  const float* scale;
-  std::int64_t N, K;
+  const float* scale;    // [N, K / G]
+  std::int64_t N, K, G;  // G: weights per scale along a row; G == K: per output row
 };
 
 struct Int4Weights {

@@ -144,6 +144,47 @@ void int8_tile(const float* x, i64 K, const std::int8_t* q, const float* scale, 
     for (int r = 0; r < R; ++r) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]) * scale[r];
 }
 
+// Groupwise int8 (G < K, a multiple of 32): each group is summed in its own R x T
+// accumulators, which one FMA by the group's scale (broadcast) folds into the running sums;
+// the running sums are reduced at the end. Both sets must stay in registers with the R
+// widened weights and an activation, 2 * R * T + R + 1 <= 32: at R = 4 tiles take up to
+// kGroupTokens = 3 tokens. K is a multiple of 32, so there is no masked tail.
+constexpr int kGroupTokens = 3;
+static_assert(kGroupTokens <= kTokens);
+
+template <int R, int T>
+void int8_group_tile(const float* x, i64 K, i64 G, const std::int8_t* q, const float* scale, float* y, i64 ldy) {
+  const i64 groups = K / G;
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (i64 g = 0; g < groups; ++g) {
+    __m512 sum[R][T];
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) sum[r][t] = _mm512_setzero_ps();
+    auto step = [&](i64 k) {
+      __m512 w[R];
+      for (int r = 0; r < R; ++r)
+        w[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + r * K + k))));
+      for (int t = 0; t < T; ++t) {
+        const __m512 xv = _mm512_loadu_ps(x + t * K + k);
+        for (int r = 0; r < R; ++r) sum[r][t] = _mm512_fmadd_ps(xv, w[r], sum[r][t]);
+      }
+    };
+    for (i64 k = g * G; k < (g + 1) * G; k += 32) {
+      if (k % 64 == 0)  // one cache line of each row per 64 weights, as in int8_tile
+        for (int r = 0; r < R; ++r) prefetch(q + (R + r) * K + k);
+      step(k), step(k + 16);
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m512 s = _mm512_set1_ps(scale[r * groups + g]);
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(sum[r][t], s, acc[r][t]);
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
 // int4: the 16 values a group's codes stand for, q * scale + min for q = 0..15, sit in one
 // register (a LUT); vpermps looks 16 codes up at once, and it reads only the low 4 bits of
 // each index, so the low nibbles need no masking. The fp16 (scale, min) pairs of a batch of
@@ -225,6 +266,10 @@ struct Int8Tile {
   static constexpr auto fn = &int8_tile<R, T>;
 };
 template <int R, int T>
+struct Int8GroupTile {
+  static constexpr auto fn = &int8_group_tile<R, T>;
+};
+template <int R, int T>
 struct Int4Tile {
   static constexpr auto fn = &int4_tile<R, T>;
 };
@@ -245,16 +290,17 @@ constexpr auto tile_table() {
 constexpr auto kFp32Tiles = tile_table<Fp32Tile>();
 constexpr auto kBf16Tiles = tile_table<Bf16Tile>();
 constexpr auto kInt8Tiles = tile_table<Int8Tile>();
+constexpr auto kInt8GroupTiles = tile_table<Int8GroupTile>();  // T <= kGroupTokens used
 constexpr auto kInt4Tiles = tile_table<Int4Tile>();
 
-// Walks the output [M, n0:n1) in row blocks, token tiles and row tiles; run(r, t, m, n)
-// computes the tile of r rows from n and t tokens from m.
-template <typename Run>
+// Walks the output [M, n0:n1) in row blocks, token tiles (of up to Tokens tokens) and row
+// tiles; run(r, t, m, n) computes the tile of r rows from n and t tokens from m.
+template <int Tokens = kTokens, typename Run>
 void walk(i64 M, i64 n0, i64 n1, Run run) {
   for (i64 nb = n0; nb < n1; nb += kBlockRows) {
     const i64 nb_end = min(nb + kBlockRows, n1);
-    for (i64 m = 0; m < M; m += kTokens) {
-      const int t = static_cast<int>(min(kTokens, M - m));
+    for (i64 m = 0; m < M; m += Tokens) {
+      const int t = static_cast<int>(min(i64{Tokens}, M - m));
       for (i64 n = nb; n < nb_end; n += kRows) run(static_cast<int>(min(kRows, nb_end - n)), t, m, n);
     }
   }
@@ -286,6 +332,13 @@ void panel_linear(const float* x, i64 M, const PanelWeights& w, float* y, i64 n0
 }
 
 void int8_linear(const float* x, i64 M, const Int8Weights& w, float* y, i64 n0, i64 n1) {
+  if (w.G != w.K) {
+    const i64 groups = w.K / w.G;
+    return walk<kGroupTokens>(M, n0, n1, [&](int r, int t, i64 m, i64 n) {
+      kInt8GroupTiles.at[r - 1][t - 1](x + m * w.K, w.K, w.G, w.q + n * w.K, w.scale + n * groups, y + m * w.N + n,
+                                       w.N);
+    });
+  }
   walk(M, n0, n1, [&](int r, int t, i64 m, i64 n) {
     kInt8Tiles.at[r - 1][t - 1](x + m * w.K, w.K, w.q + n * w.K, w.scale + n, y + m * w.N + n, w.N);
   });

@@ -35,6 +35,26 @@ float float_at(const void* w, bool bf16, std::int64_t i) {
   return f;
 }
 
+// Each group summed on its own, then scaled into the row's sum (the AVX-512 kernel's order).
+void int8_linear_groupwise(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0,
+                           std::int64_t n1) {
+  const std::int64_t groups = w.K / w.G;
+  for (std::int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * w.K;
+    for (std::int64_t n = n0; n < n1; ++n) {
+      const std::int8_t* q = w.q + n * w.K;
+      const float* scale = w.scale + n * groups;
+      float acc = 0.f;
+      for (std::int64_t g = 0; g < groups; ++g) {
+        float group = 0.f;
+        for (std::int64_t k = g * w.G; k < (g + 1) * w.G; ++k) group += xm[k] * static_cast<float>(q[k]);
+        acc += group * scale[g];
+      }
+      y[m * w.N + n] = acc;
+    }
+  }
+}
+
 }  // namespace
 
 void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
@@ -61,6 +81,7 @@ void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* 
 }
 
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1) {
+  if (w.G != w.K) return int8_linear_groupwise(x, M, w, y, n0, n1);
   for (std::int64_t m = 0; m < M; ++m) {
     const float* xm = x + m * w.K;
     for (std::int64_t n = n0; n < n1; ++n) {

@@ -2,6 +2,7 @@
 //   torchchat::float_weight_linear(Tensor x, Tensor weight) -> Tensor
 //   torchchat::panel_weight_linear(Tensor x, Tensor panels, int N) -> Tensor
 //   torchchat::int8_weight_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor
+//     (scales [N]: one per output row; [N, K / G]: one per group of G weights of a row)
 //   torchchat::int4_weight_linear(Tensor x, Tensor weight, Tensor scales_mins, int groupsize) -> Tensor
 // x [..., K] (any float dtype; computed in fp32, returned in x's dtype); weight/scales in the
 // formats of quant_linear.h. Shapes for tracing (fake tensors) are registered in
@@ -77,12 +78,17 @@ at::Tensor int8_weight_linear(const at::Tensor& x, const at::Tensor& weight, con
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.is_contiguous(),
               "int8_weight_linear: weight must be a contiguous int8 [N, K] matrix");
   const std::int64_t N = weight.size(0), K = weight.size(1);
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.numel() == N && scales.is_contiguous(),
-              "int8_weight_linear: scales must be N contiguous fp32 values");
+  // The groupsize is the scales' shape: [N] (or [N, 1]) per output row, [N, K / G] per group.
+  const std::int64_t groups = scales.dim() == 2 ? scales.size(1) : 1;
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() >= 1 &&
+                  scales.dim() <= 2 && scales.size(0) == N && groups >= 1 && K % groups == 0 &&
+                  (groups == 1 || (K / groups) % 32 == 0),
+              "int8_weight_linear: scales must be contiguous fp32 [N] (per output row) or [N, K / G] "
+              "(G a multiple of 32 dividing K = ", K, "), got ", scales.scalar_type(), " ", scales.sizes());
   const at::Tensor xf = activations(x, K, "int8_weight_linear");
   const std::int64_t M = xf.size(0);
   at::Tensor y = at::empty({M, N}, xf.options());
-  const Int8Weights w{weight.const_data_ptr<std::int8_t>(), scales.const_data_ptr<float>(), N, K};
+  const Int8Weights w{weight.const_data_ptr<std::int8_t>(), scales.const_data_ptr<float>(), N, K, K / groups};
   const float* xp = xf.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
   at::parallel_for(0, N, kGrainRows, [&](std::int64_t n0, std::int64_t n1) { int8_linear(xp, M, w, yp, n0, n1); });

@@ -103,11 +103,18 @@ def aoti_c_shims() -> dict:
 # Packing (kernels/quant_linear.h formats) and the reference math the kernels must equal
 
 
-def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
-    """Symmetric per-row int8: (q int8 [N, K], scale fp32 [N]) with w ~ q * scale."""
+def quantize_int8(w: Tensor, groupsize: int = 0) -> tuple[Tensor, Tensor]:
+    """Symmetric int8: (q int8 [N, K], scale fp32) with w ~ q * scale, one scale per output row
+    (groupsize 0: scale [N]) or per group of `groupsize` weights of a row (scale [N, K / g])."""
     w = w.detach().float()
-    scale = w.abs().amax(1).clamp(min=1e-10) / 127
-    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+    if not groupsize:
+        scale = w.abs().amax(1).clamp(min=1e-10) / 127
+        return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+    n, k = w.shape
+    wg = w.reshape(n, k // groupsize, groupsize)
+    scale = wg.abs().amax(-1).clamp(min=1e-10) / 127
+    q = torch.round(wg / scale[..., None]).clamp(-127, 127).to(torch.int8)
+    return q.reshape(n, k), scale.contiguous()
 
 
 def quantize_int4(w: Tensor, groupsize: int) -> tuple[Tensor, Tensor]:
@@ -148,7 +155,9 @@ def unpack_int4(packed: Tensor) -> Tensor:
 
 
 def dequantize_int8(q: Tensor, scale: Tensor) -> Tensor:
-    return q.float() * scale[:, None]
+    """scale [N] (per row) or [N, K / g] (per group of g weights of a row)."""
+    n, k = q.shape
+    return (q.float().reshape(n, scale.numel() // n, -1) * scale.reshape(n, -1, 1)).reshape(n, k)
 
 
 def dequantize_int4(packed: Tensor, scales_mins: Tensor, groupsize: int) -> Tensor:
@@ -159,7 +168,9 @@ def dequantize_int4(packed: Tensor, scales_mins: Tensor, groupsize: int) -> Tens
 
 
 def int8_weight_linear_ref(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
-    return (torch.nn.functional.linear(x.float(), q.float()) * scale).to(x.dtype)
+    if scale.dim() == 1:  # per output row
+        return (torch.nn.functional.linear(x.float(), q.float()) * scale).to(x.dtype)
+    return torch.nn.functional.linear(x.float(), dequantize_int8(q, scale)).to(x.dtype)
 
 
 def int4_weight_linear_ref(x: Tensor, packed: Tensor, scales_mins: Tensor, groupsize: int) -> Tensor:

@@ -2,7 +2,8 @@
 
 The spec is torchchat's JSON form, inline or in a file; keys combine in one object:
 
-    {"linear:int8": {"groupsize": 0}}        weight-only int8, one scale per output channel
+    {"linear:int8": {"groupsize": 0}}        weight-only int8, symmetric, one scale per output channel
+                                             (0) or per group of 32, 64, 128 or 256 weights
     {"linear:int4": {"groupsize": 32}}       weight-only int4, asymmetric, one scale+min per group;
                                              the output layer int8 (add "output": "int4" for int4)
     {"linear:a8w4dq": {"groupsize": 32}}     int8 dynamic activations (per token), int4 symmetric
@@ -44,11 +45,11 @@ from torchchat.errors import UserError
 
 BACKENDS = ("eager", "aoti", "et")
 DTYPES = ("fp32", "bf16", "fp16")
-GROUPSIZES = (32, 64, 128, 256)  # what the int4 kernels (ours and XNNPACK's) take
+GROUPSIZES = (32, 64, 128, 256)  # what the int4 kernels (ours and XNNPACK's) and our int8 kernels take
 
 # scheme -> (allowed groupsizes: None = 0 or any positive, default groupsize, backends that run it)
 SCHEMES = {
-    "linear:int8": ((0,), 0, ("eager", "aoti")),
+    "linear:int8": ((0, *GROUPSIZES), 0, ("eager", "aoti")),
     "linear:int4": (GROUPSIZES, 32, ("eager", "aoti")),
     "linear:a8w4dq": (GROUPSIZES, 32, ("eager", "et")),
     "embedding:int8": (None, 0, ("eager", "aoti", "et")),
@@ -119,7 +120,7 @@ def parse_scheme(key: str, options: dict) -> dict:
     if not isinstance(g, int) or isinstance(g, bool) or g < 0:
         raise UserError(f"--quantize: {key} groupsize must be a non-negative integer, got {json.dumps(g)}")
     if allowed is not None and g not in allowed:
-        what = "0 (per output channel)" if allowed == (0,) else ", ".join(map(str, allowed))
+        what = ", ".join("0 (per output channel)" if a == 0 else str(a) for a in allowed)
         raise UserError(f"--quantize: {key} groupsize must be {what}, got {g}")
     if key != "linear:int4":
         return {"groupsize": g}
@@ -158,16 +159,18 @@ def _groups(w: Tensor, groupsize: int) -> Tensor:
 
 
 class Int8Linear(nn.Module):
-    """Weight-only int8, symmetric, one fp32 scale per output channel: y = (x @ q.T) * scale.
+    """Weight-only int8, symmetric, fp32 scales: one per output channel (groupsize 0, scales
+    [N]: y = (x @ q.T) * scale) or one per group of `groupsize` weights of a row (scales
+    [N, K / groupsize]; the kernel reads the groupsize from their shape).
 
     Runs our kernel (torchchat/kernels.py), in eager PyTorch and in AOT Inductor models."""
 
-    def __init__(self, weight: Tensor):
+    def __init__(self, weight: Tensor, groupsize: int = 0):
         super().__init__()
-        q, scale = kernels.quantize_int8(weight)
+        q, scale = kernels.quantize_int8(weight, groupsize)
         self.register_buffer("weight", q)
         self.register_buffer("scales", scale)
-        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.groupsize, self.in_features, self.out_features = groupsize, weight.shape[1], weight.shape[0]
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.torchchat.int8_weight_linear(x, self.weight, self.scales)
@@ -253,7 +256,7 @@ def quantize_model(model: nn.Module, spec: dict, backend: str) -> None:
         if key == "linear:int8":
             kernels.load()
             fuse_projections(model)
-            swap(model, nn.Linear, lambda m: Int8Linear(m.weight))
+            swap(model, nn.Linear, lambda m: Int8Linear(m.weight, g))
         elif key == "linear:int4":
             kernels.load()
             if options["output"] == "int8" and type(getattr(model, "output", None)) is nn.Linear:

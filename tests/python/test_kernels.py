@@ -1,7 +1,7 @@
 """Our linear kernels (kernels/, torchchat/kernels.py): each against its reference
 math on random shapes (odd sizes included), the AVX-512 code against the portable fallback,
 a forced fallback, bad weights, and the kernels inside AOT Inductor models: eager = AOTI from
-Python = aoti_run, token for token, on a tiny model quantized int8 and int4.
+Python = aoti_run, token for token, on a tiny model quantized int8 (per channel and g32) and int4.
 
 The reference is written here from the formats' definitions (kernels/quant_linear.h):
 dequantize, then a float64 matmul; the kernels accumulate in fp32, so they must agree within
@@ -9,6 +9,7 @@ fp32 rounding of a K-term dot product.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,8 +34,9 @@ def loaded():
     kernels.load()
 
 
-def ref_int8(x, q, scale):  # w = q * scale, per output row
-    return x.double() @ (q.double() * scale.double()[:, None]).T
+def ref_int8(x, q, scale):  # w = q * scale, per output row (scale [N]) or per group of G weights ([N, K / G])
+    scale = scale.double().reshape(len(q), -1)
+    return x.double() @ (q.double() * scale.repeat_interleave(q.shape[1] // scale.shape[1], dim=1)).T
 
 
 def ref_int4(x, packed, scales_mins, g):  # per 32 weights, byte j = q[j] | q[j + 16] << 4; w = q * scale + min
@@ -53,6 +55,8 @@ def tolerance(x, w_abs_max, k):
 
 INT8_SHAPES = [(1, 1, 1), (1, 7, 15), (2, 5, 17), (3, 130, 64), (5, 33, 577), (9, 4, 1536), (1, 576, 576),
                (128, 67, 96)]
+INT8_GROUP_SHAPES = [(1, 1, 32, 32), (2, 5, 64, 32), (3, 130, 96, 32), (5, 33, 576, 64), (7, 13, 256, 128),
+                     (4, 3, 768, 256), (128, 67, 576, 32), (1, 576, 1536, 64), (11, 9, 512, 512)]
 INT4_SHAPES = [(1, 1, 32, 32), (2, 5, 64, 32), (3, 130, 96, 32), (5, 33, 256, 64), (9, 7, 512, 128),
                (4, 3, 768, 256), (128, 67, 576, 32), (1, 576, 1536, 32)]
 
@@ -94,6 +98,26 @@ def test_panels_match_reference(m, n, k, dtype):
     assert ((got.double() - want).abs() <= tolerance(x, w.double().abs().max(), k)).all()
 
 
+@pytest.mark.parametrize("m,n,k,g", INT8_GROUP_SHAPES)
+def test_int8_groupwise_matches_reference(m, n, k, g):
+    torch.manual_seed(m * 1000 + n + k + g)
+    w, x = torch.randn(n, k), torch.randn(m, k)
+    w[:, :g] *= 50  # groups of very different ranges: a per-row scale would lose the others
+    q, scale = kernels.quantize_int8(w, g)
+    assert q.shape == (n, k) and scale.shape == (n, k // g) and scale.dtype == torch.float32
+    got = torch.ops.torchchat.int8_weight_linear(x, q, scale)
+    want = ref_int8(x, q, scale)
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    assert ((got.double() - want).abs() <= tolerance(x, w.abs().max(), k)).all()
+    # symmetric per group: every weight within half of its group's step
+    step = scale.repeat_interleave(g, dim=1)
+    assert ((kernels.dequantize_int8(q, scale) - w).abs() <= step * 0.501).all()
+    # scales [N, 1] (one group spanning the row) is the per-row format
+    q1, s1 = kernels.quantize_int8(w)
+    assert torch.equal(torch.ops.torchchat.int8_weight_linear(x, q1, s1[:, None]),
+                       torch.ops.torchchat.int8_weight_linear(x, q1, s1))
+
+
 @pytest.mark.parametrize("m,n,k,g", INT4_SHAPES)
 def test_int4_matches_reference(m, n, k, g):
     torch.manual_seed(m * 1000 + n + k + g)
@@ -114,9 +138,11 @@ def test_a_token_gets_the_same_bits_alone_or_in_a_prompt():
     torch.manual_seed(1)
     w, x = torch.randn(70, 576), torch.randn(11, 576)
     q8, s8 = kernels.quantize_int8(w)
+    g8, gs8 = kernels.quantize_int8(w, 64)
     q4, sm = kernels.quantize_int4(w, 32)
     p4 = kernels.pack_int4(q4)
     batch8 = torch.ops.torchchat.int8_weight_linear(x, q8, s8)
+    batch8g = torch.ops.torchchat.int8_weight_linear(x, g8, gs8)
     batch4 = torch.ops.torchchat.int4_weight_linear(x, p4, sm, 32)
     batch32 = torch.ops.torchchat.float_weight_linear(x, w)
     panels = kernels.pack_panels(w)
@@ -125,6 +151,7 @@ def test_a_token_gets_the_same_bits_alone_or_in_a_prompt():
         assert torch.equal(torch.ops.torchchat.panel_weight_linear(x[i:i + 1], panels, 70), batch_panels[i:i + 1])
         assert torch.equal(torch.ops.torchchat.float_weight_linear(x[i:i + 1], w), batch32[i:i + 1])
         assert torch.equal(torch.ops.torchchat.int8_weight_linear(x[i:i + 1], q8, s8), batch8[i:i + 1])
+        assert torch.equal(torch.ops.torchchat.int8_weight_linear(x[i:i + 1], g8, gs8), batch8g[i:i + 1])
         assert torch.equal(torch.ops.torchchat.int4_weight_linear(x[i:i + 1], p4, sm, 32), batch4[i:i + 1])
 
 
@@ -147,6 +174,12 @@ def test_shapes_and_dtypes_follow_the_input():
      "weight must be a contiguous int8"),
     (lambda: torch.ops.torchchat.int8_weight_linear(torch.randn(1, 63), torch.zeros(4, 64, dtype=torch.int8),
                                                     torch.ones(4)), "x has 63 features, the weight 64"),
+    (lambda: torch.ops.torchchat.int8_weight_linear(torch.randn(1, 64), torch.zeros(4, 64, dtype=torch.int8),
+                                                    torch.ones(4, 3)), "scales must be contiguous fp32"),
+    (lambda: torch.ops.torchchat.int8_weight_linear(torch.randn(1, 64), torch.zeros(4, 64, dtype=torch.int8),
+                                                    torch.ones(4, 4)), r"G a multiple of 32 dividing K = 64"),
+    (lambda: torch.ops.torchchat.int8_weight_linear(torch.randn(1, 64), torch.zeros(4, 64, dtype=torch.int8),
+                                                    torch.ones(3)), "scales must be contiguous fp32"),
     (lambda: torch.ops.torchchat.int4_weight_linear(torch.randn(1, 64), torch.zeros(4, 32, dtype=torch.uint8),
                                                     torch.ones(4, 1, 2, dtype=torch.half), 48), "groupsize must be"),
     (lambda: torch.ops.torchchat.int4_weight_linear(torch.randn(1, 64), torch.zeros(4, 32, dtype=torch.uint8),
@@ -158,7 +191,7 @@ def test_bad_weights_are_refused(call, pattern):
 
 
 FALLBACK_SCRIPT = """
-import sys, torch
+import json, sys, torch
 sys.path.insert(0, sys.argv[1])
 from torchchat import kernels
 print(kernels.isa())
@@ -167,19 +200,24 @@ x, w = torch.randn(3, 96), torch.randn(37, 96)
 q8, s8 = kernels.quantize_int8(w)
 q4, sm = kernels.quantize_int4(w, 32)
 p4 = kernels.pack_int4(q4)
+groupwise = []
+for m, n, k, g in json.loads(sys.argv[3]):
+    xg, (qg, sg) = torch.randn(m, k), kernels.quantize_int8(torch.randn(n, k), g)
+    groupwise.append((xg, qg, sg, torch.ops.torchchat.int8_weight_linear(xg, qg, sg)))
 wb = w.bfloat16()
 torch.save({"x": x, "w": w, "q8": q8, "s8": s8, "p4": p4, "sm": sm,
             "y32": torch.ops.torchchat.float_weight_linear(x, w),
             "ypanels": torch.ops.torchchat.panel_weight_linear(x, kernels.pack_panels(wb), 37),
             "ybf16": torch.ops.torchchat.float_weight_linear(x, wb),
             "y8": torch.ops.torchchat.int8_weight_linear(x, q8, s8),
-            "y4": torch.ops.torchchat.int4_weight_linear(x, p4, sm, 32)}, sys.argv[2])
+            "y4": torch.ops.torchchat.int4_weight_linear(x, p4, sm, 32), "groupwise": groupwise}, sys.argv[2])
 """
 
 
 def test_forced_fallback_says_so_and_computes_the_same(tmp_path):
     out = tmp_path / "generic.pt"
-    p = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, str(ROOT), str(out)], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, str(ROOT), str(out), json.dumps(INT8_GROUP_SHAPES)],
+                       capture_output=True, text=True,
                        env=dict(os.environ, TORCHCHAT_KERNELS="generic"), timeout=600)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["generic"]
@@ -200,6 +238,12 @@ def test_forced_fallback_says_so_and_computes_the_same(tmp_path):
     assert torch.allclose(torch.ops.torchchat.int8_weight_linear(x, r["q8"], r["s8"]), r["y8"], rtol=1e-5, atol=1e-5)
     assert torch.allclose(torch.ops.torchchat.int4_weight_linear(x, r["p4"], r["sm"], 32), r["y4"], rtol=1e-5,
                           atol=1e-5)
+    # groupwise int8 on every shape of test_int8_groupwise_matches_reference, in both
+    for xg, qg, sg, yg in r["groupwise"]:
+        k = xg.shape[1]
+        assert ((yg.double() - ref_int8(xg, qg, sg)).abs() <= tolerance(xg, 4.0, k)).all(), (xg.shape, qg.shape)
+        assert ((torch.ops.torchchat.int8_weight_linear(xg, qg, sg).double() - yg.double()).abs()
+                <= tolerance(xg, 4.0, k)).all(), (xg.shape, qg.shape)
 
 
 def test_isa_is_avx512_on_this_kind_of_machine():
@@ -212,7 +256,8 @@ def test_isa_is_avx512_on_this_kind_of_machine():
 # Inside AOT Inductor models
 
 # (spec, format): one artifact per scheme keeps the compile time down; both formats are covered.
-SCHEMES = {"int8-so": ('{"linear:int8": {"groupsize": 0}}', "so"), "int4-pt2": ('{"linear:int4": {"groupsize": 32}}', "pt2")}
+SCHEMES = {"int8-so": ('{"linear:int8": {"groupsize": 0}}', "so"), "int4-pt2": ('{"linear:int4": {"groupsize": 32}}', "pt2"),
+           "int8g32-so": ('{"linear:int8": {"groupsize": 32}}', "so")}
 
 
 class QuantizedTiny:

@@ -43,6 +43,10 @@ def test_parse_inline_file_and_defaults(tmp_path):
     assert parse_quantize('{"linear:a8w4dq": {}, "embedding:int4": {}}') == {
         "linear:a8w4dq": {"groupsize": 32}, "embedding:int4": {"groupsize": 32}}
     assert parse_quantize('{"linear:int4": {}}') == {"linear:int4": {"groupsize": 32, "output": "int8"}}
+    # linear:int8: per output channel by default, or groupwise.
+    assert parse_quantize('{"linear:int8": {}}') == {"linear:int8": {"groupsize": 0}}
+    for g in (32, 64, 128, 256):
+        assert parse_quantize(json.dumps({"linear:int8": {"groupsize": g}})) == {"linear:int8": {"groupsize": g}}
 
 
 @pytest.mark.parametrize("arg,pattern", [
@@ -50,7 +54,9 @@ def test_parse_inline_file_and_defaults(tmp_path):
     ("[1, 2]", "want a JSON object"),
     ('{"linear:int3": {"groupsize": 32}}', "unknown scheme 'linear:int3'"),
     ('{"linear:int4": {"groupsize": 48}}', "groupsize must be 32, 64, 128, 256, got 48"),
-    ('{"linear:int8": {"groupsize": 64}}', "groupsize must be 0 (per output channel)"),
+    ('{"linear:int8": {"groupsize": 48}}', "linear:int8 groupsize must be 0 (per output channel), 32, 64, 128, 256, got 48"),
+    ('{"linear:int8": {"groupsize": 512}}', "linear:int8 groupsize must be 0 (per output channel), 32, 64, 128, 256, got 512"),
+    ('{"linear:int8": {"groupsize": "64"}}', 'groupsize must be a non-negative integer, got "64"'),
     ('{"embedding:int8": {"groupsize": -1}}', "non-negative integer"),
     ('{"linear:int4": {"group_size": 32}}', "no option 'group_size'"),
     ('{"linear:int4": 32}', "takes an object of options"),
@@ -82,6 +88,7 @@ def model_flags(t) -> list[str]:
     ("generate", ["--quantize", '{"linear:int8": '], "malformed JSON"),
     ("chat", ["--quantize", '{"linear:fp8": {}}'], "unknown scheme"),
     ("eval", ["--quantize", '{"linear:int4": {"groupsize": 100}}'], "groupsize must be"),
+    ("eval", ["--quantize", '{"linear:int8": {"groupsize": 16}}'], "linear:int8 groupsize must be 0 (per output channel), 32"),
     # 96 does not divide the tiny model's width of 256.
     ("eval", ["--quantize", '{"embedding:int8": {"groupsize": 96}}'],
      "groupsize 96 does not divide tok_embeddings's input dimension 256"),
@@ -100,10 +107,12 @@ def test_cli_bad_input_is_one_line(tiny, tmp_path, capsys, monkeypatch, command,
     assert not list(tmp_path.iterdir())  # nothing exported
 
 
-def test_indivisible_linear_groupsize_names_the_layer():
+@pytest.mark.parametrize("scheme", ["linear:int4", "linear:int8"])
+def test_indivisible_linear_groupsize_names_the_layer(scheme):
     model = Transformer(ModelArgs(dim=256, n_layers=1, n_heads=4, vocab_size=64, hidden_dim=320, max_seq_len=16))
-    with pytest.raises(UserError, match=r"groupsize 128 does not divide layers.0.feed_forward.w2's input dimension 320"):
-        quantize_model(model, parse_quantize('{"linear:int4": {"groupsize": 128}}'), "eager")
+    with pytest.raises(UserError, match=rf"{scheme} groupsize 128 does not divide layers.0.feed_forward.w2's input "
+                                        r"dimension 320"):
+        quantize_model(model, parse_quantize(json.dumps({scheme: {"groupsize": 128}})), "eager")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,9 +123,10 @@ def groups(w, g):
     return w.reshape(w.shape[0], -1, g or w.shape[1])
 
 
-def ref_int8_weight(w):  # symmetric, per output channel, [-127, 127]
-    s = w.abs().amax(1, keepdim=True) / 127
-    return torch.round(w / s).clamp(-127, 127) * s
+def ref_int8_weight(w, g=0):  # symmetric, per output channel (g = 0) or per group of g weights, [-127, 127]
+    wg = groups(w, g)
+    s = wg.abs().amax(-1, keepdim=True) / 127
+    return (torch.round(wg / s).clamp(-127, 127) * s).reshape(w.shape)
 
 
 def ref_int4_weight(w, g):  # asymmetric min/max per group: q in [0, 15], w = q * scale + min (both stored in fp16)
@@ -154,6 +164,8 @@ class Pair(torch.nn.Module):
 
 LINEAR_CASES = [
     (INT8, lambda x, w: F.linear(x, ref_int8_weight(w))),
+    ('{"linear:int8": {"groupsize": 32}}', lambda x, w: F.linear(x, ref_int8_weight(w, 32))),
+    ('{"linear:int8": {"groupsize": 128}}', lambda x, w: F.linear(x, ref_int8_weight(w, 128))),
     (INT4, lambda x, w: F.linear(x, ref_int4_weight(w, 32))),
     ('{"linear:int4": {"groupsize": 128}}', lambda x, w: F.linear(x, ref_int4_weight(w, 128))),
     (A8W4, lambda x, w: F.linear(ref_a8_activation(x), ref_a8w4_weight(w, 32))),
@@ -254,9 +266,9 @@ def load(t, quantize=None, backend="eager"):
 # Stated tolerances: mean |logit error| relative to the fp32 logits' standard deviation, and
 # the share of positions where greedy picks fp32's token. The tiny model's random weights are
 # deliberately hot (tiny_models.py), which amplifies quantization noise: measured int8 0.05 /
-# 88%, int4 g32 0.44 / 35%, a8w4dq 0.54 / 27%. A broken layer (wrong scales, transposed
+# 88% (g32: 0.04 / 95%), int4 g32 0.44 / 35%, a8w4dq 0.54 / 27%. A broken layer (wrong scales, transposed
 # weights) gives unrelated logits: error ~1.4 (sqrt 2) and ~0.2% agreement.
-CLOSENESS = {INT8: (0.1, 0.8), INT4: (0.7, 0.2), A8W4: (0.8, 0.15),
+CLOSENESS = {INT8: (0.1, 0.8), '{"linear:int8": {"groupsize": 32}}': (0.1, 0.8), INT4: (0.7, 0.2), A8W4: (0.8, 0.15),
              '{"embedding:int8": {"groupsize": 0}}': (0.1, 0.8), '{"embedding:int4": {"groupsize": 32}}': (0.7, 0.2)}
 
 
