@@ -141,28 +141,45 @@ FLOAT_KERNELS = True
 def float_kernels(model: Transformer) -> Iterator[None]:
     """For AOT Inductor: while exporting, the fp32/bf16 linears run our kernels (kernels/).
 
-    Why: see bench/README. The output layer tied to the embedding table reads the table
+    Against inductor's C++ GEMM templates, side by side (SmolLM2, 2 threads; bench/README.md):
+    fp32 prefill 2.4x, decode the same or better; bf16 prefill 2.7x, decode 1.7-2x. Each layer's
+    wq/wk/wv and w1/w3 become one matrix (one call instead of three and two; every output is
+    computed as before). The output layer tied to the embedding table reads the table
     (TiedOutput); the other linears read weights packed in column panels (PanelLinear)."""
-    swaps = []  # (parent, name, original module, replacement)
+    from torchchat.model import Attention, FeedForward
+
+    def is_float(m) -> bool:
+        return type(m) is nn.Linear and m.bias is None and m.weight.dtype in (torch.float32, torch.bfloat16)
+
+    swaps = []  # (parent, name, original, replacement), undone in reverse order
+
+    def swap(parent: nn.Module, name: str, replacement) -> None:
+        swaps.append((parent, name, getattr(parent, name)))
+        setattr(parent, name, replacement)
+
     if FLOAT_KERNELS:
         from torchchat import kernels
 
         kernels.load()
-        floats = (torch.float32, torch.bfloat16)
         tied = model.output if (isinstance(model.tok_embeddings, nn.Embedding)
                                 and model.output.weight is model.tok_embeddings.weight) else None
+        for m in list(model.modules()):
+            for fused, parts in ((Attention, ("wqkv", ("wq", "wk", "wv"))), (FeedForward, ("w13", ("w1", "w3")))):
+                name, names = parts
+                if isinstance(m, fused) and getattr(m, name) is None and all(is_float(getattr(m, n)) for n in names):
+                    weight = torch.cat([getattr(m, n).weight.detach() for n in names])
+                    swap(m, name, PanelLinear(weight))
+                    for n in names:
+                        swap(m, n, None)
         for parent in list(model.modules()):
-            for name, child in parent.named_children():
-                if type(child) is nn.Linear and child.bias is None and child.weight.dtype in floats:
-                    swaps.append((parent, name, child,
-                                  TiedOutput(child.weight) if child is tied else PanelLinear(child.weight)))
-    for parent, name, _, replacement in swaps:
-        setattr(parent, name, replacement)
+            for name, child in list(parent.named_children()):
+                if is_float(child):
+                    swap(parent, name, TiedOutput(child.weight) if child is tied else PanelLinear(child.weight))
     try:
         yield
     finally:
-        for parent, name, child, _ in swaps:
-            setattr(parent, name, child)
+        for parent, name, original in reversed(swaps):
+            setattr(parent, name, original)
 
 
 @contextlib.contextmanager
@@ -185,8 +202,11 @@ def staged_output(path: Path, suffix: str) -> Iterator[Path]:
 
 
 def inductor_configs(ep: torch.export.ExportedProgram) -> dict:
-    """INDUCTOR_CONFIGS, with inductor's C++ GEMM templates as the only choice for fp32 float linears,
-    and the C entry points of our quantized-linear kernels when the graph calls them.
+    """INDUCTOR_CONFIGS, with inductor's C++ GEMM templates as the only choice for fp32/bf16 GEMMs,
+    and the C entry points of our kernels when the graph calls them.
+
+    (Since float_kernels, an fp32/bf16 transformer's linears all run our kernels, so no GEMM is
+    left to autotune; the history below is why the templates were chosen before that.)
 
     One artifact serves prefill and decode, so each GEMM is autotuned once, at the example
     size (T = 2); there oneDNN wins some GEMMs that then run decode (T = 1) slower than the
