@@ -129,6 +129,11 @@ def sniff_pte(path: Path) -> None:
         raise UserError(f"{path}: not an ExecuTorch program (.pte)")
 
 
+def uses_our_kernels(info: ModelInfo) -> bool:
+    """linear:int8 / linear:int4 programs call our kernels (kernels/executorch_ops.cpp)."""
+    return any(k in (info.quantize or {}) for k in ("linear:int8", "linear:int4"))
+
+
 class PTEDecoder:
     """Runs a .pte through ExecuTorch's Python runtime: (tokens [1, T], input_pos [T]) -> logits [1, T, vocab]."""
 
@@ -150,6 +155,10 @@ class PTEDecoder:
             # nothing else may run once forward's KV cache holds state.
             (text,) = program.load_method(METADATA_METHOD).execute([])
             self.info, self.dtype = metadata.from_json(str(text), str(path))
+            if uses_our_kernels(self.info):
+                from torchchat import kernels
+
+                kernels.load_executorch()  # before forward's load, which resolves its operators
             with native_stderr_silenced():
                 self._forward = program.load_method("forward")
         except UserError:
