@@ -58,10 +58,12 @@ bool prepare(KernelRuntimeContext& ctx, const char* op, const Tensor& x, std::in
 Tensor& int8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& weight,
                                const Tensor& scales, Tensor& out) {
   constexpr const char* op = "torchchat::int8_weight_linear.out";
-  ET_KERNEL_CHECK_MSG(ctx, weight.dim() == 2 && weight.scalar_type() == ScalarType::Char && tensor_is_contiguous(weight),
+  ET_KERNEL_CHECK_MSG(ctx,
+                      weight.dim() == 2 && weight.scalar_type() == ScalarType::Char && tensor_is_contiguous(weight),
                       InvalidArgument, out, "%s: weight must be a contiguous int8 [N, K] matrix", op);
   const std::int64_t N = weight.size(0), K = weight.size(1);
-  ET_KERNEL_CHECK_MSG(ctx, scales.scalar_type() == ScalarType::Float && scales.numel() == N && tensor_is_contiguous(scales),
+  ET_KERNEL_CHECK_MSG(ctx,
+                      scales.scalar_type() == ScalarType::Float && scales.numel() == N && tensor_is_contiguous(scales),
                       InvalidArgument, out, "%s: scales must be N contiguous fp32 values", op);
   if (!prepare(ctx, op, x, K, N, out)) return out;
   const std::int64_t M = K ? x.numel() / K : 0;
@@ -77,7 +79,8 @@ Tensor& int8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const
 Tensor& int4_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& weight,
                                const Tensor& scales_mins, std::int64_t groupsize, Tensor& out) {
   constexpr const char* op = "torchchat::int4_weight_linear.out";
-  ET_KERNEL_CHECK_MSG(ctx, weight.dim() == 2 && weight.scalar_type() == ScalarType::Byte && tensor_is_contiguous(weight),
+  ET_KERNEL_CHECK_MSG(ctx,
+                      weight.dim() == 2 && weight.scalar_type() == ScalarType::Byte && tensor_is_contiguous(weight),
                       InvalidArgument, out, "%s: weight must be a contiguous uint8 [N, K / 2] matrix", op);
   const std::int64_t N = weight.size(0), K = 2 * weight.size(1);
   ET_KERNEL_CHECK_MSG(ctx, groupsize >= 32 && groupsize % 32 == 0 && K % groupsize == 0, InvalidArgument, out,
@@ -85,7 +88,8 @@ Tensor& int4_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const
                       static_cast<long long>(groupsize), static_cast<long long>(K));
   ET_KERNEL_CHECK_MSG(ctx, scales_mins.scalar_type() == ScalarType::Half && tensor_is_contiguous(scales_mins) &&
                                scales_mins.numel() == N * (K / groupsize) * 2,
-                      InvalidArgument, out, "%s: scales_mins must be a contiguous fp16 [N, K / groupsize, 2] tensor", op);
+                      InvalidArgument, out, "%s: scales_mins must be a contiguous fp16 [N, K / groupsize, 2] tensor",
+                      op);
   if (!prepare(ctx, op, x, K, N, out)) return out;
   const std::int64_t M = K ? x.numel() / K : 0;
   // fp16 values as their bits: the kernels decode them (quant_linear.h).

@@ -7,8 +7,9 @@ is dynamic (1..max_seq_len), so the whole prompt is prefilled in one call and de
 The XNNPACK partitioner takes the linears, matmuls, softmax and elementwise work; what it
 leaves (embedding, position indexing, rotary's selects, RMSNorm's mean, the in-place cache
 write) runs on ExecuTorch's CPU kernels, and linear:int8 / linear:int4 layers on ours
-(kernels/executorch_ops.cpp: et_run links them, PTEDecoder loads them when the metadata says so). Two export-time choices, not model changes: attention
-is decomposed for XNNPACK (sdpa_for_xnnpack), and the cache write is re-placed in place.
+(kernels/executorch_ops.cpp: et_run links them, PTEDecoder loads them when the metadata says
+so). Two export-time choices, not model changes: attention is decomposed for XNNPACK
+(sdpa_for_xnnpack), and the cache write is re-placed in place.
 A tied output matrix is stored twice: once for the embedding lookup, once in XNNPACK's data.
 
 Metadata travels as constant methods, which is how ExecuTorch's own LLM runner reads it:

@@ -165,8 +165,8 @@ def test_isa_is_avx512_on_this_kind_of_machine():
 
 # (spec, format): one artifact per scheme and backend keeps the compile time down; the AOTI
 # formats (so, pt2) are both covered; ExecuTorch calls the out variants (kernels/executorch_ops.cpp).
-SCHEMES = {"int8-so": ('{"linear:int8": {"groupsize": 0}}', "so"), "int4-pt2": ('{"linear:int4": {"groupsize": 32}}', "pt2"),
-           "int8-pte": ('{"linear:int8": {"groupsize": 0}}', "pte"), "int4-pte": ('{"linear:int4": {"groupsize": 32}}', "pte")}
+INT8, INT4 = '{"linear:int8": {"groupsize": 0}}', '{"linear:int4": {"groupsize": 32}}'
+SCHEMES = {"int8-so": (INT8, "so"), "int4-pt2": (INT4, "pt2"), "int8-pte": (INT8, "pte"), "int4-pte": (INT4, "pte")}
 
 
 class QuantizedTiny:
