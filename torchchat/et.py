@@ -27,7 +27,7 @@ from typing import Iterator
 
 import torch
 
-from torchchat import metadata
+from torchchat import kernels, metadata
 from torchchat.errors import UserError
 from torchchat.exported import first_line
 from torchchat.loader import ModelInfo
@@ -131,11 +131,6 @@ def sniff_pte(path: Path) -> None:
         raise UserError(f"{path}: not an ExecuTorch program (.pte)")
 
 
-def uses_our_kernels(info: ModelInfo) -> bool:
-    """linear:int8 / linear:int4 programs call our kernels (kernels/executorch_ops.cpp)."""
-    return any(k in (info.quantize or {}) for k in ("linear:int8", "linear:int4"))
-
-
 class PTEDecoder:
     """Runs a .pte through ExecuTorch's Python runtime: (tokens [1, T], input_pos [T]) -> logits [1, T, vocab]."""
 
@@ -157,9 +152,7 @@ class PTEDecoder:
             # nothing else may run once forward's KV cache holds state.
             (text,) = program.load_method(METADATA_METHOD).execute([])
             self.info, self.dtype = metadata.from_json(str(text), str(path))
-            if uses_our_kernels(self.info):
-                from torchchat import kernels
-
+            if kernels.used_by(self.info.quantize):  # linear:int8/int4: kernels/executorch_ops.cpp
                 kernels.load_executorch()  # before forward's load, which resolves its operators
             with native_stderr_silenced():
                 self._forward = program.load_method("forward")

@@ -100,9 +100,9 @@ def map_constants(path: Path, at: int):
 
 def load_kernels_for(info: ModelInfo) -> None:
     """Models quantized with linear:int8/int4 call our kernels' C functions: load them first."""
-    if any(k in (info.quantize or {}) for k in ("linear:int8", "linear:int4")):
-        from torchchat import kernels
+    from torchchat import kernels
 
+    if kernels.used_by(info.quantize):
         kernels.load()
 
 

@@ -30,8 +30,16 @@ CORE = ("quant_linear.cpp", "quant_linear_generic.cpp", "quant_linear_avx512.cpp
 SOURCES = [KERNELS_DIR / name for name in (*CORE, "torch_ops.cpp")]
 ET_SOURCES = [KERNELS_DIR / name for name in (*CORE, "executorch_ops.cpp")]
 
+# The --quantize schemes whose layers call these kernels (torchchat/quantize.py).
+QUANTIZE_SCHEMES = ("linear:int8", "linear:int4")
+
 _loaded = False
 _et_loaded = False
+
+
+def used_by(quantize) -> bool:
+    """Whether a model quantized with `quantize` (a parsed spec, or None) calls our kernels."""
+    return any(key in (quantize or {}) for key in QUANTIZE_SCHEMES)
 
 
 def build(name: str, sources: list[Path], what: str, **options) -> str:

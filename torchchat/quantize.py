@@ -233,7 +233,7 @@ def check_backend(spec: dict, backend: str, dtype: Optional[str] = None) -> None
             hint = REFUSAL_HINT.get(backend, "")
             raise UserError(f"--quantize: {name} cannot run {key}" + (f" ({hint})" if hint else ""))
         # Our ExecuTorch kernels take fp32 activations only (kernels/executorch_ops.cpp).
-        if backend == "et" and key in ("linear:int8", "linear:int4") and dtype not in (None, "fp32"):
+        if backend == "et" and key in kernels.QUANTIZE_SCHEMES and dtype not in (None, "fp32"):
             raise UserError(f"--quantize: ExecuTorch runs {key} in fp32 only, not {dtype} (export with --dtype fp32)")
 
 
