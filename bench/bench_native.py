@@ -203,20 +203,22 @@ def llama_quantize(llama_dir: Path, src: Path, kind: str) -> Path:
 
 # --quant: our schemes beside llama.cpp at equal bits (README, Quantization). llama.cpp's Q4_1 keeps
 # the tied output matrix at Q8_0, our linear:int4 its output layer at int8 unless output int4 is
-# asked. AOTI and eager run int8/int4 with our kernels (kernels/), ExecuTorch a8w4dq with XNNPACK's
-# qd8 kernels.
+# asked. AOTI, ExecuTorch and eager run int8/int4 with our kernels (kernels/), ExecuTorch a8w4dq
+# with XNNPACK's qd8 kernels.
 QUANT_GROUPS = [
     ("SmolLM2-135M bf16", "BF16", [("AOTI .so bf16", "so", '{"precision": {"dtype": "bf16"}}', "-bf16")]),
     ("SmolLM2-135M 8-bit", "Q8_0", [("AOTI .so linear:int8", "so", '{"linear:int8": {"groupsize": 0}}', "-int8"),
                                     ("AOTI .so linear:int8 + embedding:int8", "so",
                                      '{"linear:int8": {"groupsize": 0}, "embedding:int8": {"groupsize": 0}}',
-                                     "-int8-emb8")]),
+                                     "-int8-emb8"),
+                                    ("ET .pte linear:int8", "pte", '{"linear:int8": {"groupsize": 0}}', "-int8")]),
     ("SmolLM2-135M 4-bit", "Q4_1", [("AOTI .so linear:int4 g32", "so", '{"linear:int4": {"groupsize": 32}}', "-int4g32"),
                                     ("AOTI .so linear:int4 g32, output int4", "so",
                                      '{"linear:int4": {"groupsize": 32, "output": "int4"}}', "-int4g32-out4"),
                                     ("AOTI .so linear:int4 g32 + embedding:int4 g32", "so",
                                      '{"linear:int4": {"groupsize": 32}, "embedding:int4": {"groupsize": 32}}',
                                      "-int4g32-emb4"),
+                                    ("ET .pte linear:int4 g32", "pte", '{"linear:int4": {"groupsize": 32}}', "-int4g32"),
                                     ("ET .pte linear:a8w4dq g32", "pte", '{"linear:a8w4dq": {"groupsize": 32}}',
                                      "-a8w4dq32")]),
 ]

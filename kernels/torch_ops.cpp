@@ -4,6 +4,9 @@
 //   torchchat::int8_weight_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor
 //     (scales [N]: one per output row; [N, K / G]: one per group of G weights of a row)
 //   torchchat::int4_weight_linear(Tensor x, Tensor weight, Tensor scales_mins, int groupsize) -> Tensor
+// and their out variants (`.out`, the same arguments then `*, Tensor(a!) out`), which
+// ExecuTorch's export puts in the program (to_executorch's out-variant pass) and which
+// kernels/executorch_ops.cpp implements inside the ExecuTorch runtime.
 // x [..., K] (any float dtype; computed in fp32, returned in x's dtype); weight/scales in the
 // formats of quant_linear.h. Shapes for tracing (fake tensors) are registered in
 // torchchat/kernels.py. AOT Inductor calls the C functions at the bottom directly
@@ -116,6 +119,41 @@ at::Tensor int4_weight_linear(const at::Tensor& x, const at::Tensor& weight, con
   return output(x, y);
 }
 
+// The out variants: the same computation, written into `out` (resized to x's shape with N last).
+at::Tensor& into(at::Tensor& out, const at::Tensor& y) {
+  out.resize_(y.sizes());
+  out.copy_(y);
+  return out;
+}
+
+at::Tensor& int8_weight_linear_out(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
+                                   at::Tensor& out) {
+  return into(out, int8_weight_linear(x, weight, scales));
+}
+
+at::Tensor& int4_weight_linear_out(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales_mins,
+                                   std::int64_t groupsize, at::Tensor& out) {
+  return into(out, int4_weight_linear(x, weight, scales_mins, groupsize));
+}
+
+// Shapes only, for export's fake tensors (the functional ops' are in torchchat/kernels.py).
+at::Tensor& linear_out_meta(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out) {
+  auto shape = x.sizes().vec();
+  shape.back() = weight.size(0);
+  out.resize_(shape);
+  return out;
+}
+
+at::Tensor& int8_weight_linear_out_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor&,
+                                        at::Tensor& out) {
+  return linear_out_meta(x, weight, out);
+}
+
+at::Tensor& int4_weight_linear_out_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor&,
+                                        std::int64_t, at::Tensor& out) {
+  return linear_out_meta(x, weight, out);
+}
+
 std::string isa_op() { return isa(); }
 
 }  // namespace
@@ -126,6 +164,9 @@ TORCH_LIBRARY(torchchat, m) {
   m.def("panel_weight_linear(Tensor x, Tensor panels, int N) -> Tensor");
   m.def("int8_weight_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor");
   m.def("int4_weight_linear(Tensor x, Tensor weight, Tensor scales_mins, int groupsize) -> Tensor");
+  m.def("int8_weight_linear.out(Tensor x, Tensor weight, Tensor scales, *, Tensor(a!) out) -> Tensor(a!)");
+  m.def("int4_weight_linear.out(Tensor x, Tensor weight, Tensor scales_mins, int groupsize, *, Tensor(a!) out) "
+        "-> Tensor(a!)");
   m.def("kernels_isa() -> str", &torchchat::kernels::isa_op);
 }
 
@@ -134,6 +175,13 @@ TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
   m.impl("panel_weight_linear", &torchchat::kernels::panel_weight_linear);
   m.impl("int8_weight_linear", &torchchat::kernels::int8_weight_linear);
   m.impl("int4_weight_linear", &torchchat::kernels::int4_weight_linear);
+  m.impl("int8_weight_linear.out", &torchchat::kernels::int8_weight_linear_out);
+  m.impl("int4_weight_linear.out", &torchchat::kernels::int4_weight_linear_out);
+}
+
+TORCH_LIBRARY_IMPL(torchchat, Meta, m) {
+  m.impl("int8_weight_linear.out", &torchchat::kernels::int8_weight_linear_out_meta);
+  m.impl("int4_weight_linear.out", &torchchat::kernels::int4_weight_linear_out_meta);
 }
 
 // C shims for AOT Inductor: declarations in torchchat/kernels.py (AOTI_C_SHIMS) must match.

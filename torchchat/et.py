@@ -6,8 +6,10 @@ KV cache is a pair of mutable buffers per layer inside the program, and the sequ
 is dynamic (1..max_seq_len), so the whole prompt is prefilled in one call and decode is T = 1.
 The XNNPACK partitioner takes the linears, matmuls, softmax and elementwise work; what it
 leaves (embedding, position indexing, rotary's selects, RMSNorm's mean, the in-place cache
-write) runs on ExecuTorch's CPU kernels. Two export-time choices, not model changes: attention
-is decomposed for XNNPACK (sdpa_for_xnnpack), and the cache write is re-placed in place.
+write) runs on ExecuTorch's CPU kernels, and linear:int8 / linear:int4 layers on ours
+(kernels/executorch_ops.cpp: et_run links them, PTEDecoder loads them when the metadata says
+so). Two export-time choices, not model changes: attention is decomposed for XNNPACK
+(sdpa_for_xnnpack), and the cache write is re-placed in place.
 A tied output matrix is stored twice: once for the embedding lookup, once in XNNPACK's data.
 
 Metadata travels as constant methods, which is how ExecuTorch's own LLM runner reads it:
@@ -25,7 +27,7 @@ from typing import Iterator
 
 import torch
 
-from torchchat import metadata
+from torchchat import kernels, metadata
 from torchchat.errors import UserError
 from torchchat.exported import first_line
 from torchchat.loader import ModelInfo
@@ -150,6 +152,8 @@ class PTEDecoder:
             # nothing else may run once forward's KV cache holds state.
             (text,) = program.load_method(METADATA_METHOD).execute([])
             self.info, self.dtype = metadata.from_json(str(text), str(path))
+            if kernels.used_by(self.info.quantize):  # linear:int8/int4: kernels/executorch_ops.cpp
+                kernels.load_executorch()  # before forward's load, which resolves its operators
             with native_stderr_silenced():
                 self._forward = program.load_method("forward")
         except UserError:

@@ -337,13 +337,13 @@ def cmd_export(args) -> None:
     # Quantized weights take a different form per backend (torchchat/quantize.py).
     backend = "et" if pte_path else "aoti"
     if getattr(args, "quantize", None):
-        from torchchat.quantize import check_backend, parse_quantize
+        from torchchat.quantize import check_backend, parse_quantize, precision
 
         if pte_path and (so_path or pt2_path):
             raise UserError("--quantize: export AOT Inductor and ExecuTorch artifacts one at a time "
                             "(quantized weights take a different form for each)")
         spec = parse_quantize(args.quantize)
-        check_backend(spec, backend)  # before the slow part
+        check_backend(spec, backend, precision(spec) or args.dtype)  # before the slow part
     with phase("Loading the model"):
         loaded = load_model(args, backend)
     max_seq = args.max_seq_length or min(loaded.info.max_seq_len, DEFAULT_MAX_SEQ)

@@ -6,6 +6,12 @@ The C++ sources are compiled once per machine with torch.utils.cpp_extension (ca
 torch.export and AOT Inductor all call. AOT Inductor calls them through C shims
 (`AOTI_C_SHIMS`), so an exported model needs the library loaded with global symbols: `load()`
 does that, and `aoti_run` links the same sources (CMakeLists.txt, torchchat_kernels).
+
+ExecuTorch programs call the operators' out variants, which kernels/executorch_ops.cpp
+implements for ExecuTorch's runtime: `load_executorch()` builds that library against the
+executorch wheel (the same way, cached beside the first) and loads it into the runtime of
+ExecuTorch's Python bindings, whose kernel registry lives in the wheel's libexecutorch.so;
+`et_run` links the same sources (CMakeLists.txt, torchchat_et_kernels).
 """
 from __future__ import annotations
 
@@ -19,10 +25,37 @@ from torch import Tensor
 
 from torchchat.errors import UserError
 
-SOURCES = [Path(__file__).resolve().parent.parent / "kernels" / name
-           for name in ("quant_linear.cpp", "quant_linear_generic.cpp", "quant_linear_avx512.cpp", "torch_ops.cpp")]
+KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
+CORE = ("quant_linear.cpp", "quant_linear_generic.cpp", "quant_linear_avx512.cpp")
+SOURCES = [KERNELS_DIR / name for name in (*CORE, "torch_ops.cpp")]
+ET_SOURCES = [KERNELS_DIR / name for name in (*CORE, "executorch_ops.cpp")]
+
+# The --quantize schemes whose layers call these kernels (torchchat/quantize.py).
+QUANTIZE_SCHEMES = ("linear:int8", "linear:int4")
 
 _loaded = False
+_et_loaded = False
+
+
+def used_by(quantize) -> bool:
+    """Whether a model quantized with `quantize` (a parsed spec, or None) calls our kernels."""
+    return any(key in (quantize or {}) for key in QUANTIZE_SCHEMES)
+
+
+def build(name: str, sources: list[Path], what: str, **options) -> str:
+    """Compile `sources` into a shared library (once; again when a source changes); its path."""
+    from torch.utils import cpp_extension
+
+    missing = [str(p) for p in sources if not p.is_file()]
+    if missing:
+        raise UserError(f"the kernel sources are missing: {', '.join(missing)}")
+    print(f"Loading {what} (the first time, compiling them takes about a minute)...", file=sys.stderr, flush=True)
+    try:
+        return cpp_extension.load(name=name, sources=[str(p) for p in sources], is_python_module=False,
+                                  verbose=False, **options)
+    except (RuntimeError, OSError, ImportError) as e:
+        lines = str(e).strip().splitlines()
+        raise UserError(f"cannot build the {what}: {lines[-1] if lines else e}") from None
 
 
 def load() -> None:
@@ -30,25 +63,41 @@ def load() -> None:
     global _loaded
     if _loaded:
         return
-    from torch.utils import cpp_extension
-
-    missing = [str(p) for p in SOURCES if not p.is_file()]
-    if missing:
-        raise UserError(f"the kernel sources are missing: {', '.join(missing)}")
-    print("Loading torchchat kernels (the first time, compiling them takes about a minute)...", file=sys.stderr,
-          flush=True)
-    try:
-        path = cpp_extension.load(name="torchchat_kernels", sources=[str(p) for p in SOURCES],
-                                  # -fopenmp: at::parallel_for is OpenMP in the torch wheel (its own libgomp)
-                                  extra_cflags=["-O2", "-std=c++20", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                                  is_python_module=False, verbose=False)
-    except (RuntimeError, OSError, ImportError) as e:
-        lines = str(e).strip().splitlines()
-        raise UserError(f"cannot build the torchchat kernels: {lines[-1] if lines else e}") from None
+    # -fopenmp: at::parallel_for is OpenMP in the torch wheel (its own libgomp)
+    path = build("torchchat_kernels", SOURCES, "torchchat kernels", extra_cflags=["-O2", "-std=c++20", "-fopenmp"],
+                 extra_ldflags=["-fopenmp"])
     # Global symbols, so that AOT Inductor models resolve aoti_torch_cpu_int*_weight_linear.
     ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_GLOBAL)
     register_fakes()
     _loaded = True
+
+
+def load_executorch() -> None:
+    """Build (first time only) and load our kernels into ExecuTorch's runtime; idempotent.
+
+    Loading registers torchchat::int8_weight_linear.out / int4_weight_linear.out with the
+    kernel registry of the runtime that ExecuTorch's Python bindings use (the wheel's
+    libexecutorch.so, which this library links), so programs that call them load."""
+    global _et_loaded
+    if _et_loaded:
+        return
+    import executorch
+    from executorch.runtime import Runtime
+
+    Runtime.get()  # the bindings (and with them the wheel's runtime) are loaded first
+    root = Path(executorch.__path__[0])
+    lib, include = root / "lib", root / "include"
+    if not (lib / "libexecutorch.so").is_file():
+        raise UserError(f"the executorch package at {root} has no libexecutorch.so to build our kernels against")
+    # What the wheel's CMake package (share/cmake/executorch-config.cmake) asks of a consumer:
+    # its vendored c10 headers, and the definitions its libraries were compiled with.
+    path = build("torchchat_et_kernels", ET_SOURCES, "torchchat kernels for ExecuTorch",
+                 extra_include_paths=[str(include), str(include / "executorch/runtime/core/portable_type/c10")],
+                 extra_cflags=["-O2", "-std=c++20", "-fvisibility=hidden", "-DC10_USING_CUSTOM_GENERATED_MACROS",
+                               "-DET_EVENT_TRACER_ENABLED", "-DET_USE_THREADPOOL"],
+                 extra_ldflags=[f"-L{lib}", "-lexecutorch", "-lexecutorch_threadpool", f"-Wl,-rpath,{lib}"])
+    ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_LOCAL)  # its static initializers register the kernels
+    _et_loaded = True
 
 
 def isa() -> str:

@@ -126,7 +126,7 @@ def load_model(args, backend: str = "eager") -> LoadedModel:
     spec = quantize.parse_quantize(args.quantize) if getattr(args, "quantize", None) else None
     dtype_name = quantize.precision(spec) or args.dtype
     if spec:
-        quantize.check_backend(spec, backend)  # before the slow part
+        quantize.check_backend(spec, backend, dtype_name)  # before the slow part
     checkpoint, tokenizer_path, params, template = resolve_paths(args)
     model_args, state_dict = load_checkpoint(checkpoint, params)
     tokenizer = load_tokenizer_for(checkpoint, tokenizer_path)

@@ -16,8 +16,10 @@ The model definition stays one: quantization swaps modules after loading (and af
 dtype cast), before the KV caches are set up and before export. Each quantized module's
 forward is plain PyTorch or ATen ops that torch.export traces:
 - linear:int8 / linear:int4 call our CPU kernels (kernels/, torchchat/kernels.py), operators
-  that eager PyTorch runs and AOT Inductor models call directly; ExecuTorch refuses them
-  (XNNPACK has no weight-only linear, and et_run does not link our kernels).
+  that eager PyTorch runs and AOT Inductor models call directly; ExecuTorch programs call their
+  out variants, which our ExecuTorch kernels implement (kernels/executorch_ops.cpp, linked into
+  et_run, loaded into ExecuTorch's Python runtime by --pte-path), in fp32 only. XNNPACK has no
+  weight-only linear, so those layers stay outside its partitions.
 - linear:a8w4dq is torchao's `Int8DynamicActivationIntxWeightConfig`: it exports as
   choose_qparams/quantize/dequantize ops around a linear, the pattern the XNNPACK partitioner
   fuses into its qd8-f32-qb4w kernel (how ExecuTorch's own llama export does it). Eager runs
@@ -49,14 +51,13 @@ GROUPSIZES = (32, 64, 128, 256)  # what the int4 kernels (ours and XNNPACK's) an
 
 # scheme -> (allowed groupsizes: None = 0 or any positive, default groupsize, backends that run it)
 SCHEMES = {
-    "linear:int8": ((0, *GROUPSIZES), 0, ("eager", "aoti")),
-    "linear:int4": (GROUPSIZES, 32, ("eager", "aoti")),
+    "linear:int8": ((0, *GROUPSIZES), 0, ("eager", "aoti", "et")),
+    "linear:int4": (GROUPSIZES, 32, ("eager", "aoti", "et")),
     "linear:a8w4dq": (GROUPSIZES, 32, ("eager", "et")),
     "embedding:int8": (None, 0, ("eager", "aoti", "et")),
     "embedding:int4": (None, 32, ("eager", "aoti", "et")),
 }
 REFUSAL_HINT = {
-    "et": "XNNPACK runs only dynamically quantized linears and et_run does not link our kernels; use linear:a8w4dq",
     # Inductor has no int8-activation GEMM on CPU: it would fold the weights back to float.
     "aoti": "it has no kernel for int8 activations and would store float weights; use linear:int4 or linear:int8",
 }
@@ -225,7 +226,8 @@ class QuantizedEmbedding(nn.Module):
 # Applying a spec
 
 
-def check_backend(spec: dict, backend: str) -> None:
+def check_backend(spec: dict, backend: str, dtype: Optional[str] = None) -> None:
+    """Refuse what `backend` cannot run, in one line; `dtype` (fp32, bf16, fp16) if known."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend}")
     name = {"eager": "eager PyTorch", "aoti": "AOT Inductor", "et": "ExecuTorch"}[backend]
@@ -233,6 +235,9 @@ def check_backend(spec: dict, backend: str) -> None:
         if key != "precision" and backend not in SCHEMES[key][2]:
             hint = REFUSAL_HINT.get(backend, "")
             raise UserError(f"--quantize: {name} cannot run {key}" + (f" ({hint})" if hint else ""))
+        # Our ExecuTorch kernels take fp32 activations only (kernels/executorch_ops.cpp).
+        if backend == "et" and key in kernels.QUANTIZE_SCHEMES and dtype not in (None, "fp32"):
+            raise UserError(f"--quantize: ExecuTorch runs {key} in fp32 only, not {dtype} (export with --dtype fp32)")
 
 
 def check_divides(model: nn.Module, kind: type, key: str, groupsize: int) -> None:

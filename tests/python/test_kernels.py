@@ -1,7 +1,8 @@
 """Our linear kernels (kernels/, torchchat/kernels.py): each against its reference
 math on random shapes (odd sizes included), the AVX-512 code against the portable fallback,
-a forced fallback, bad weights, and the kernels inside AOT Inductor models: eager = AOTI from
-Python = aoti_run, token for token, on a tiny model quantized int8 (per channel and g32) and int4.
+a forced fallback, bad weights, and the kernels inside AOT Inductor models and ExecuTorch
+programs: eager = AOTI from Python = aoti_run and eager = ExecuTorch from Python = et_run,
+token for token, on a tiny model quantized int8 (per channel and g32) and int4.
 
 The reference is written here from the formats' definitions (kernels/quant_linear.h):
 dequantize, then a float64 matmul; the kernels accumulate in fp32, so they must agree within
@@ -20,7 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backend_helpers import AOTI_RUN, CONTEXT, PROMPTS, aoti_run, fed_tokens, greedy, model_args  # noqa: E402
+from backend_helpers import (  # noqa: E402
+    AOTI_RUN, CONTEXT, PROMPTS, aoti_run, et_run, fed_tokens, greedy, model_args,
+)
 from tiny_models import tiny_hf_model, write_llama2c_pt  # noqa: E402
 from tiny_tokenizers import write_sentencepiece, write_tokenizer_bin  # noqa: E402
 
@@ -253,15 +256,18 @@ def test_isa_is_avx512_on_this_kind_of_machine():
 
 
 # ---------------------------------------------------------------------------------------------
-# Inside AOT Inductor models
+# Inside AOT Inductor models and ExecuTorch programs
 
-# (spec, format): one artifact per scheme keeps the compile time down; both formats are covered.
-SCHEMES = {"int8-so": ('{"linear:int8": {"groupsize": 0}}', "so"), "int4-pt2": ('{"linear:int4": {"groupsize": 32}}', "pt2"),
-           "int8g32-so": ('{"linear:int8": {"groupsize": 32}}', "so")}
+# (spec, format): one artifact per scheme and backend keeps the compile time down; the AOTI
+# formats (so, pt2) are both covered; ExecuTorch calls the out variants (kernels/executorch_ops.cpp).
+INT8, INT8G32, INT4 = ('{"linear:int8": {"groupsize": 0}}', '{"linear:int8": {"groupsize": 32}}',
+                      '{"linear:int4": {"groupsize": 32}}')
+SCHEMES = {"int8-so": (INT8, "so"), "int4-pt2": (INT4, "pt2"), "int8g32-so": (INT8G32, "so"), "int8-pte": (INT8, "pte"),
+           "int8g32-pte": (INT8G32, "pte"), "int4-pte": (INT4, "pte")}
 
 
 class QuantizedTiny:
-    """A tiny llama2-style model quantized with `spec`: eager, and exported as `fmt` (so or pt2)."""
+    """A tiny llama2-style model quantized with `spec`: eager, and exported as `fmt` (so, pt2 or pte)."""
 
     def __init__(self, folder: Path, spec: str, fmt: str):
         from torchchat.export import export_model
@@ -272,10 +278,26 @@ class QuantizedTiny:
         self.tokenizer = write_sentencepiece(folder / "sp")
         self.runner_tokenizer = write_tokenizer_bin(self.tokenizer, folder / "tokenizer.bin")
         args = model_args(self.checkpoint, self.tokenizer, quantize=spec)
-        loaded = load_model(args, "aoti")
-        self.paths = {fmt: folder / f"model.{fmt}"}
-        export_model(loaded.model, loaded.info, "fp32", CONTEXT, self.paths.get("so"), self.paths.get("pt2"))
+        loaded = load_model(args, "et" if fmt == "pte" else "aoti")
+        self.fmt, self.path = fmt, folder / f"model.{fmt}"
+        export_model(loaded.model, loaded.info, "fp32", CONTEXT, *(self.path if fmt == f else None
+                                                                   for f in ("so", "pt2", "pte")))
         self.eager = load_model(args)
+
+    def decoder(self):
+        """The artifact run from Python: AOT Inductor's runtime, or ExecuTorch's."""
+        from torchchat.et import PTEDecoder
+        from torchchat.exported import AOTIDecoder
+
+        return PTEDecoder(self.path) if self.fmt == "pte" else AOTIDecoder(self.path)
+
+    def run(self, *flags, trace: Path):
+        """The artifact's native runner (aoti_run or et_run), skipped when it is not built."""
+        if self.fmt == "pte":
+            return et_run(self.path, self.runner_tokenizer, *flags, trace=trace)
+        if not AOTI_RUN.is_file():
+            pytest.skip("build it: scripts/build_native.sh aoti")
+        return aoti_run(self.path, self.runner_tokenizer, *flags, trace=trace)
 
 
 @pytest.fixture(scope="module", params=list(SCHEMES))
@@ -283,31 +305,27 @@ def quantized(request, tmp_path_factory):
     return QuantizedTiny(tmp_path_factory.mktemp(f"kernels_{request.param}"), *SCHEMES[request.param])
 
 
-def test_aoti_from_python_equals_eager(quantized):
-    from torchchat.exported import AOTIDecoder
+def test_exported_from_python_equals_eager(quantized):
     from torchchat.loader import EagerDecoder
 
     tok, info = quantized.eager.tokenizer, quantized.eager.info
-    for fmt, path in quantized.paths.items():
-        decoder = AOTIDecoder(path)
-        assert decoder.info.quantize == info.quantize
-        for prompt in PROMPTS:
-            ids = tok.encode(prompt, bos=info.add_bos)
-            assert greedy(decoder, ids, info.stop_ids) == greedy(EagerDecoder(quantized.eager.model, CONTEXT), ids,
-                                                                 info.stop_ids), (fmt, prompt)
+    decoder = quantized.decoder()
+    assert decoder.info.quantize == info.quantize
+    for prompt in PROMPTS:
+        ids = tok.encode(prompt, bos=info.add_bos)
+        assert greedy(decoder, ids, info.stop_ids) == greedy(EagerDecoder(quantized.eager.model, CONTEXT), ids,
+                                                             info.stop_ids), prompt
 
 
-@pytest.mark.skipif(not AOTI_RUN.is_file(), reason="build it: scripts/build_native.sh aoti")
-def test_aoti_run_equals_eager(quantized, tmp_path):
+def test_runner_equals_eager(quantized, tmp_path):
     from torchchat.loader import EagerDecoder
 
     tok, info = quantized.eager.tokenizer, quantized.eager.info
-    for fmt, path in quantized.paths.items():
-        for i, prompt in enumerate(PROMPTS[:2]):
-            ids = tok.encode(prompt, bos=info.add_bos)
-            want = greedy(EagerDecoder(quantized.eager.model, CONTEXT), ids, info.stop_ids)
-            trace = tmp_path / f"{fmt}{i}.jsonl"
-            p = aoti_run(path, quantized.runner_tokenizer, "-t", "0", "-n", str(len(ids) + len(want)), "-i", prompt,
-                         trace=trace)
-            assert p.returncode == 0, p.stderr
-            assert fed_tokens(trace)[:len(ids) + len(want) - 1] == ids + want[:-1], (fmt, prompt)
+    for i, prompt in enumerate(PROMPTS[:2]):
+        ids = tok.encode(prompt, bos=info.add_bos)
+        want = greedy(EagerDecoder(quantized.eager.model, CONTEXT), ids, info.stop_ids)
+        trace = tmp_path / f"{i}.jsonl"
+        p = quantized.run("-t", "0", "-n", str(len(ids) + len(want)), "-i", prompt, trace=trace)
+        assert p.returncode == 0, p.stderr
+        assert f"quantize {next(iter(info.quantize))}" in p.stderr
+        assert fed_tokens(trace)[:len(ids) + len(want) - 1] == ids + want[:-1], prompt

@@ -92,8 +92,10 @@ def model_flags(t) -> list[str]:
     # 96 does not divide the tiny model's width of 256.
     ("eval", ["--quantize", '{"embedding:int8": {"groupsize": 96}}'],
      "groupsize 96 does not divide tok_embeddings's input dimension 256"),
-    ("export", ["--quantize", INT8, "--output-pte-path", "m.pte"], "ExecuTorch cannot run linear:int8 (XNNPACK runs only"),
-    ("export", ["--quantize", INT4, "--output-pte-path", "m.pte"], "use linear:a8w4dq"),
+    ("export", ["--quantize", INT8, "--dtype", "bf16", "--output-pte-path", "m.pte"],
+     "ExecuTorch runs linear:int8 in fp32 only, not bf16"),
+    ("export", ["--quantize", '{"linear:int4": {"groupsize": 32}, "precision": {"dtype": "fp16"}}',
+                "--output-pte-path", "m.pte"], "ExecuTorch runs linear:int4 in fp32 only, not fp16"),
     ("export", ["--quantize", A8W4, "--output-dso-path", "m.so"], "AOT Inductor cannot run linear:a8w4dq"),
     ("export", ["--quantize", A8W4, "--output-dso-path", "m.so", "--output-pte-path", "m.pte"], "one at a time"),
     ("eval", ["--quantize", INT8, "--dso-path", "model.so"], "quantization is fixed at export"),
@@ -298,6 +300,7 @@ BACKEND_CASES = [  # (spec, export flag, eval flag)
     ('{"linear:int4": {"groupsize": 32}, "embedding:int8": {"groupsize": 0}}', "--output-dso-path", "--dso-path"),
     ('{"linear:int8": {"groupsize": 0}, "embedding:int4": {"groupsize": 32}}', "--output-dso-path", "--dso-path"),
     ('{"linear:a8w4dq": {"groupsize": 32}, "embedding:int4": {"groupsize": 64}}', "--output-pte-path", "--pte-path"),
+    ('{"linear:int4": {"groupsize": 32}, "embedding:int8": {"groupsize": 0}}', "--output-pte-path", "--pte-path"),
 ]
 
 
@@ -308,7 +311,7 @@ def eval_json(capsys, tmp_path, *flags) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("spec,export_flag,eval_flag", BACKEND_CASES, ids=["aoti-int4", "aoti-int8", "et-a8w4dq"])
+@pytest.mark.parametrize("spec,export_flag,eval_flag", BACKEND_CASES, ids=["aoti-int4", "aoti-int8", "et-a8w4dq", "et-int4"])
 def test_same_perplexity_eager_and_exported(tiny, tmp_path, capsys, spec, export_flag, eval_flag):
     artifact = tmp_path / ("model.pte" if "pte" in export_flag else "model.so")
     p = cli("export", *model_flags(tiny), "--quantize", spec, "--max-seq-length", "64", export_flag, artifact,

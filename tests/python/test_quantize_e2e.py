@@ -24,6 +24,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from backend_helpers import AOTI_RUN, ET_RUN, aoti_run, et_run, fed_tokens, greedy  # noqa: E402
+
 pytestmark = pytest.mark.e2e
 
 LIMIT = None
@@ -67,7 +69,7 @@ def test_perplexity_within_bound(fp32, spec, bound):
 
 # ---------------------------------------------------------------------------------------------
 # Our kernels (kernels/) on the default model: the same perplexity as the reference math, and
-# the same greedy tokens in eager, AOTI from Python and aoti_run.
+# the same greedy tokens in eager, AOTI from Python and aoti_run, ExecuTorch from Python and et_run.
 
 KERNEL_SCHEMES = ['{"linear:int8": {"groupsize": 0}}', '{"linear:int4": {"groupsize": 32}}',
                   '{"linear:int8": {"groupsize": 32}}']
@@ -113,15 +115,20 @@ def test_kernels_perplexity_equals_the_reference_math(spec):
     assert ours == pytest.approx(reference, rel=1e-3), (ours, reference)
 
 
-def test_int8_greedy_eager_aoti_and_runner_agree(tmp_path):
+# (export flag, file, runner binary, runner): our kernels in an AOT Inductor .so (through its C
+# shims) and in an ExecuTorch .pte (kernels/executorch_ops.cpp).
+EXPORTS = {"aoti": ("--output-dso-path", "int8.so", AOTI_RUN, aoti_run),
+           "et": ("--output-pte-path", "int8.pte", ET_RUN["release"], et_run)}
+
+
+@pytest.mark.parametrize("backend", list(EXPORTS))
+def test_int8_greedy_eager_exported_and_runner_agree(tmp_path, backend):
     import subprocess
 
-    from backend_helpers import AOTI_RUN, aoti_run, fed_tokens, greedy
-
     from torchchat import registry
-    from torchchat.exported import AOTIDecoder
     from torchchat.loader import EagerDecoder, load_model
 
+    flag, name, binary, run = EXPORTS[backend]
     spec = KERNEL_SCHEMES[0]
     args = SimpleNamespace(model="smollm2-135m", checkpoint_path=None, gguf_path=None, params_path=None,
                            tokenizer_path=None, dtype="fp32", quantize=spec)
@@ -129,21 +136,28 @@ def test_int8_greedy_eager_aoti_and_runner_agree(tmp_path):
         loaded = load_model(args)
     except Exception as e:  # not downloaded: scripts/setup.sh does it
         pytest.skip(f"smollm2-135m is not in the cache: {e}")
-    out = tmp_path / "int8.so"
+    out = tmp_path / name
     p = subprocess.run([sys.executable, "torchchat.py", "export", "smollm2-135m", "--quantize", spec,
-                        "--max-seq-length", "128", "--output-dso-path", str(out)], capture_output=True, text=True,
+                        "--max-seq-length", "128", flag, str(out)], capture_output=True, text=True,
                        cwd=Path(__file__).resolve().parents[2])
     assert p.returncode == 0, p.stderr
-    exported = AOTIDecoder(out)
+    if backend == "et":
+        from torchchat.et import PTEDecoder
+
+        exported = PTEDecoder(out)
+    else:
+        from torchchat.exported import AOTIDecoder
+
+        exported = AOTIDecoder(out)
     tok, info = loaded.tokenizer, loaded.info
     for i, prompt in enumerate(["Once upon a time", "The capital of France is"]):
         ids = tok.encode(prompt, bos=info.add_bos)
         want = greedy(EagerDecoder(loaded.model, 128), ids, info.stop_ids)
         assert greedy(exported, ids, info.stop_ids) == want, prompt
-        if AOTI_RUN.is_file():
+        if binary.is_file():
             trace = tmp_path / f"trace{i}.jsonl"
-            r = aoti_run(out, Path(registry.where("smollm2-135m")) / "tokenizer.json", "-t", "0",
-                         "-n", len(ids) + len(want), "-i", prompt, trace=trace)
+            r = run(out, Path(registry.where("smollm2-135m")) / "tokenizer.json", "-t", "0",
+                    "-n", len(ids) + len(want), "-i", prompt, trace=trace)
             assert r.returncode == 0, r.stderr
             assert "quantize linear:int8" in r.stderr
             assert fed_tokens(trace)[:len(ids) + len(want) - 1] == ids + want[:-1], prompt

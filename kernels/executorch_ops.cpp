@@ -1,0 +1,117 @@
+// The kernels inside the ExecuTorch runtime: the out variants that torchchat/et.py's export
+// leaves in a .pte for linear:int8 / linear:int4 (kernels/torch_ops.cpp declares them to
+// PyTorch), registered with ExecuTorch's kernel registry when this library is loaded:
+//   torchchat::int8_weight_linear.out(Tensor x, Tensor weight, Tensor scales, *, Tensor(a!) out)
+//   torchchat::int4_weight_linear.out(Tensor x, Tensor weight, Tensor scales_mins, int groupsize, *, Tensor(a!) out)
+// et_run links this library (CMakeLists.txt, torchchat_et_kernels); Python loads it into
+// ExecuTorch's runtime before running such a program (torchchat/kernels.py load_executorch).
+//
+// The same functions as PyTorch's operators (quant_linear.h), the output rows split over
+// ExecuTorch's thread pool (the one XNNPACK uses), so a program computes the same bits as
+// eager PyTorch and AOT Inductor. fp32 activations only: the export refuses the schemes
+// with other dtypes for ExecuTorch (torchchat/quantize.py).
+#include <array>
+
+#include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
+#include <executorch/runtime/kernel/kernel_includes.h>
+#include <executorch/runtime/kernel/thread_parallel_interface.h>
+
+#include "quant_linear.h"
+
+namespace torchchat::kernels::et {
+namespace {
+
+using ::executorch::aten::ScalarType;
+using ::executorch::aten::SizesType;
+using ::executorch::aten::Tensor;
+using ::executorch::runtime::Error;
+using ::executorch::runtime::KernelRuntimeContext;
+using ::executorch::runtime::kTensorDimensionLimit;
+using ::executorch::runtime::resize_tensor;
+using ::executorch::runtime::tensor_is_contiguous;
+
+// Output rows per task, as in torch_ops.cpp.
+constexpr std::int64_t kGrainRows = 64;
+
+// Checks x [..., K] (fp32) and out, and resizes out to [..., N] (the prompt length is dynamic).
+// false (and the context's failure set, with the reason in the log) when something is wrong.
+bool prepare(KernelRuntimeContext& ctx, const char* op, const Tensor& x, std::int64_t K, std::int64_t N,
+             Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, x.dim() >= 1 && x.size(x.dim() - 1) == K, InvalidArgument, false,
+                      "%s: x has %zd features, the weight %lld", op,
+                      x.dim() >= 1 ? static_cast<ssize_t>(x.size(x.dim() - 1)) : static_cast<ssize_t>(0),
+                      static_cast<long long>(K));
+  ET_KERNEL_CHECK_MSG(ctx, x.scalar_type() == ScalarType::Float && out.scalar_type() == ScalarType::Float,
+                      InvalidArgument, false, "%s: x and out must be fp32 (export in fp32)", op);
+  ET_KERNEL_CHECK_MSG(ctx, out.dim() == x.dim(), InvalidArgument, false, "%s: out has rank %zd, x %zd", op,
+                      static_cast<ssize_t>(out.dim()), static_cast<ssize_t>(x.dim()));
+  ET_KERNEL_CHECK_MSG(ctx, tensor_is_contiguous(x) && tensor_is_contiguous(out), InvalidArgument, false,
+                      "%s: x and out must be contiguous", op);
+  std::array<SizesType, kTensorDimensionLimit> sizes{};
+  for (ssize_t i = 0; i < x.dim(); ++i) sizes[i] = x.size(i);
+  sizes[x.dim() - 1] = static_cast<SizesType>(N);
+  ET_KERNEL_CHECK_MSG(ctx, resize_tensor(out, {sizes.data(), static_cast<size_t>(x.dim())}) == Error::Ok,
+                      InvalidArgument, false, "%s: cannot resize out to the output's shape", op);
+  return true;
+}
+
+Tensor& int8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& weight,
+                               const Tensor& scales, Tensor& out) {
+  constexpr const char* op = "torchchat::int8_weight_linear.out";
+  ET_KERNEL_CHECK_MSG(ctx,
+                      weight.dim() == 2 && weight.scalar_type() == ScalarType::Char && tensor_is_contiguous(weight),
+                      InvalidArgument, out, "%s: weight must be a contiguous int8 [N, K] matrix", op);
+  const std::int64_t N = weight.size(0), K = weight.size(1);
+  // The groupsize is the scales' shape, as in torch_ops.cpp: [N] (or [N, 1]) per output row, [N, K / G] per group.
+  const std::int64_t groups = scales.dim() == 2 ? scales.size(1) : 1;
+  ET_KERNEL_CHECK_MSG(ctx,
+                      scales.scalar_type() == ScalarType::Float && tensor_is_contiguous(scales) && scales.dim() >= 1 &&
+                          scales.dim() <= 2 && scales.size(0) == N && groups >= 1 && K % groups == 0 &&
+                          (groups == 1 || (K / groups) % 32 == 0),
+                      InvalidArgument, out, "%s: scales must be contiguous fp32 [N] or [N, K / G], G a multiple of 32",
+                      op);
+  if (!prepare(ctx, op, x, K, N, out)) return out;
+  const std::int64_t M = K ? x.numel() / K : 0;
+  const Int8Weights w{weight.const_data_ptr<std::int8_t>(), scales.const_data_ptr<float>(), N, K, K / groups};
+  const float* xp = x.const_data_ptr<float>();
+  float* yp = out.mutable_data_ptr<float>();
+  const bool ok = ::executorch::extension::parallel_for(
+      0, N, kGrainRows, [&](std::int64_t n0, std::int64_t n1) { int8_linear(xp, M, w, yp, n0, n1); });
+  ET_KERNEL_CHECK_MSG(ctx, ok, Internal, out, "%s: the thread pool failed", op);
+  return out;
+}
+
+Tensor& int4_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& weight,
+                               const Tensor& scales_mins, std::int64_t groupsize, Tensor& out) {
+  constexpr const char* op = "torchchat::int4_weight_linear.out";
+  ET_KERNEL_CHECK_MSG(ctx,
+                      weight.dim() == 2 && weight.scalar_type() == ScalarType::Byte && tensor_is_contiguous(weight),
+                      InvalidArgument, out, "%s: weight must be a contiguous uint8 [N, K / 2] matrix", op);
+  const std::int64_t N = weight.size(0), K = 2 * weight.size(1);
+  ET_KERNEL_CHECK_MSG(ctx, groupsize >= 32 && groupsize % 32 == 0 && K % groupsize == 0, InvalidArgument, out,
+                      "%s: groupsize %lld must be a multiple of 32 dividing K = %lld", op,
+                      static_cast<long long>(groupsize), static_cast<long long>(K));
+  ET_KERNEL_CHECK_MSG(ctx, scales_mins.scalar_type() == ScalarType::Half && tensor_is_contiguous(scales_mins) &&
+                               scales_mins.numel() == N * (K / groupsize) * 2,
+                      InvalidArgument, out, "%s: scales_mins must be a contiguous fp16 [N, K / groupsize, 2] tensor",
+                      op);
+  if (!prepare(ctx, op, x, K, N, out)) return out;
+  const std::int64_t M = K ? x.numel() / K : 0;
+  // fp16 values as their bits: the kernels decode them (quant_linear.h).
+  const Int4Weights w{weight.const_data_ptr<std::uint8_t>(),
+                      static_cast<const std::uint16_t*>(scales_mins.const_data_ptr()), N, K, groupsize};
+  const float* xp = x.const_data_ptr<float>();
+  float* yp = out.mutable_data_ptr<float>();
+  const bool ok = ::executorch::extension::parallel_for(
+      0, N, kGrainRows, [&](std::int64_t n0, std::int64_t n1) { int4_linear(xp, M, w, yp, n0, n1); });
+  ET_KERNEL_CHECK_MSG(ctx, ok, Internal, out, "%s: the thread pool failed", op);
+  return out;
+}
+
+}  // namespace
+}  // namespace torchchat::kernels::et
+
+// Registered by static initializers when the library is loaded: a program that calls them
+// finds them by name ("torchchat::int8_weight_linear.out") at method load.
+EXECUTORCH_LIBRARY(torchchat, "int8_weight_linear.out", torchchat::kernels::et::int8_weight_linear_out);
+EXECUTORCH_LIBRARY(torchchat, "int4_weight_linear.out", torchchat::kernels::et::int4_weight_linear_out);
