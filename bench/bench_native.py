@@ -208,6 +208,7 @@ def llama_quantize(llama_dir: Path, src: Path, kind: str) -> Path:
 QUANT_GROUPS = [
     ("SmolLM2-135M bf16", "BF16", [("AOTI .so bf16", "so", '{"precision": {"dtype": "bf16"}}', "-bf16")]),
     ("SmolLM2-135M 8-bit", "Q8_0", [("AOTI .so linear:int8", "so", '{"linear:int8": {"groupsize": 0}}', "-int8"),
+                                    ("AOTI .so linear:int8 g32", "so", '{"linear:int8": {"groupsize": 32}}', "-int8g32"),
                                     ("AOTI .so linear:int8 + embedding:int8", "so",
                                      '{"linear:int8": {"groupsize": 0}, "embedding:int8": {"groupsize": 0}}',
                                      "-int8-emb8"),
