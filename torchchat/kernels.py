@@ -1,9 +1,10 @@
-"""Our CPU kernels for quantized linears (kernels/): build, load, pack weights, reference math.
+"""Our CPU kernels for linears (kernels/): build, load, pack weights, reference math.
 
 The C++ sources are compiled once per machine with torch.utils.cpp_extension (cached under
 ~/.cache/torch_extensions, rebuilt when a source changes) and registered as PyTorch operators
-`torch.ops.torchchat.int8_weight_linear` / `int4_weight_linear`, which eager PyTorch,
-torch.export and AOT Inductor all call. AOT Inductor calls them through C shims
+`torch.ops.torchchat.int8_weight_linear` / `int4_weight_linear` (quantized layers, which eager
+PyTorch, torch.export and AOT Inductor all call) and `panel_weight_linear` /
+`float_weight_linear` (the fp32/bf16 linears of AOT Inductor exports: torchchat/export.py). AOT Inductor calls them through C shims
 (`AOTI_C_SHIMS`), so an exported model needs the library loaded with global symbols: `load()`
 does that, and `aoti_run` links the same sources (CMakeLists.txt, torchchat_kernels).
 
@@ -66,7 +67,7 @@ def load() -> None:
     # -fopenmp: at::parallel_for is OpenMP in the torch wheel (its own libgomp)
     path = build("torchchat_kernels", SOURCES, "torchchat kernels", extra_cflags=["-O2", "-std=c++20", "-fopenmp"],
                  extra_ldflags=["-fopenmp"])
-    # Global symbols, so that AOT Inductor models resolve aoti_torch_cpu_int*_weight_linear.
+    # Global symbols, so that AOT Inductor models resolve aoti_torch_cpu_*_weight_linear.
     ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_GLOBAL)
     register_fakes()
     _loaded = True
@@ -144,8 +145,6 @@ def aoti_c_shims() -> dict:
             "AOTITorchError aoti_torch_cpu_int4_weight_linear(AtenTensorHandle x, AtenTensorHandle weight, "
             "AtenTensorHandle scales_mins, int64_t groupsize, AtenTensorHandle* ret)"],
     }
-
-
 
 
 # ---------------------------------------------------------------------------------------------

@@ -164,7 +164,7 @@ class Int8Linear(nn.Module):
     [N]: y = (x @ q.T) * scale) or one per group of `groupsize` weights of a row (scales
     [N, K / groupsize]; the kernel reads the groupsize from their shape).
 
-    Runs our kernel (torchchat/kernels.py), in eager PyTorch and in AOT Inductor models."""
+    Runs our kernel (torchchat/kernels.py) in eager PyTorch, AOT Inductor models and ExecuTorch programs."""
 
     def __init__(self, weight: Tensor, groupsize: int = 0):
         super().__init__()
