@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Native benchmark: aoti_run's and et_run's backends vs Python eager vs llama.cpp, side by side in one run.
 
-    python3 bench/bench_native.py [--threads 2] [--reps 3] [--1b] [--quant] [--plot bench.png]
+    python3 bench/bench_native.py [--threads 2] [--reps 3] [--1b] [--quant [BF16 Q8_0 Q4_1]] [--plot bench.png]
 
 On SmolLM2-135M (fp32), measures as llama-bench does: prompt processing of 128 tokens (pp128)
 and 128 decode steps (tg128) in tokens/s, with random prompt tokens and no stop tokens;
@@ -9,7 +9,8 @@ plus load time, time to first token, peak RSS and artifact size. Every engine re
 same bits: the default model's Q4_1 GGUF is dequantized once to an F32 GGUF, which
 llama.cpp runs directly and from which we export the AOTI artifacts. With --1b, a second
 row set on a random-weight model of Llama 3.2 1B's shape (fp32 and bf16); with --quant, rows for
-our quantization schemes beside llama.cpp's Q8_0 and Q4_1 of the same F32 GGUF. Also probes the
+our quantization schemes beside llama.cpp's BF16, Q8_0 and Q4_1 of the same F32 GGUF (name some to
+run only those). Also probes the
 machine's memory read bandwidth, the ceiling for decode. Prints one markdown table.
 
 Builds what it needs once and caches it in ~/.cache/torchchat-bench: llama.cpp
@@ -216,6 +217,11 @@ QUANT_GROUPS = [
     ("SmolLM2-135M 4-bit", "Q4_1", [("AOTI .so linear:int4 g32", "so", '{"linear:int4": {"groupsize": 32}}', "-int4g32"),
                                     ("AOTI .so linear:int4 g32, output int4", "so",
                                      '{"linear:int4": {"groupsize": 32, "output": "int4"}}', "-int4g32-out4"),
+                                    ("AOTI .so linear:int4 g32, int8 activations", "so",
+                                     '{"linear:int4": {"groupsize": 32, "activations": "int8"}}', "-int4g32-a8"),
+                                    ("AOTI .so linear:int4 g32, output int4, int8 activations", "so",
+                                     '{"linear:int4": {"groupsize": 32, "output": "int4", "activations": "int8"}}',
+                                     "-int4g32-out4-a8"),
                                     ("AOTI .so linear:int4 g32 + embedding:int4 g32", "so",
                                      '{"linear:int4": {"groupsize": 32}, "embedding:int4": {"groupsize": 32}}',
                                      "-int4g32-emb4"),
@@ -389,8 +395,9 @@ def main() -> None:
                         "static cache, so a larger context costs every token; one more row shows the export default)")
     p.add_argument("--1b", dest="one_b", nargs="*", choices=["fp32", "bf16"], default=None,
                    help="add Llama 3.2 1B-shaped rows (default both dtypes; slow; fp32 export needs ~20 GB RAM)")
-    p.add_argument("--quant", action="store_true",
-                   help="add rows for --quantize schemes beside llama.cpp Q8_0 / Q4_1 (several exports: slow once)")
+    p.add_argument("--quant", nargs="*", choices=[kind for _, kind, _ in QUANT_GROUPS], default=None,
+                   help="add rows for --quantize schemes beside llama.cpp BF16 / Q8_0 / Q4_1 (default all three; "
+                        "several exports: slow once)")
     p.add_argument("--plot", help="also write a PNG bar chart here")
     p.add_argument("--worker-eager", help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
@@ -445,8 +452,10 @@ def main() -> None:
         engines[f"Python eager, ctx {N_PROMPT + N_GEN}"] = bench_eager(g, dtype, a.threads, a.reps)
         rows.append((name, engines))
         weight_mb[name] = gguf_weight_mb(g)
-    if a.quant:
+    if a.quant is not None:
         for group, kind, ours in QUANT_GROUPS:
+            if a.quant and kind not in a.quant:
+                continue
             g = llama_quantize(llama_dir, smol, kind)
             log(f"== {group}: llama.cpp {kind}, " + ", ".join(name for name, *_ in ours))
             # llama.cpp with repacked weights (its fastest CPU path, the default). On some AVX-512

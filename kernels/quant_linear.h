@@ -15,6 +15,19 @@
 //         of 32 dividing K) an fp16 (scale, min) pair, [N, K/G, 2]:  w = q * scale + min
 //         (the group's min/max quantization, the layout of llama.cpp's Q4_1 with our packing).
 //
+//   int4 panels for int8 activations (int4_a8_linear): the int4 math (w = q * scale + min per
+//         group of G, G a multiple of 32 dividing K) in panels of 16 output rows, the layout of
+//         AVX-512 VNNI's vpdpbusd, which multiplies 4 unsigned bytes by 4 signed bytes and adds
+//         them into each of 16 int32 lanes (lane l = row 16p + l). Per panel p and group g,
+//         8G + 64 bytes: for each block of 32 k from k0, 4 chunks c of 64 bytes whose byte
+//         4l + i = q[16p + l, k0 + 4c + i] | q[16p + l, k0 + 16 + 4c + i] << 4; then the group's
+//         16 fp16 scales and 16 fp16 mins. [ceil(N / 16), K / G, 8G + 64] bytes; zero rows pad N.
+//         The activations are quantized per token and block of 32 values, symmetric int8 (what
+//         llama.cpp's Q8_1 does for its Q4_1 dot products): s = max|x| / 127, xq = x / s rounded
+//         half to even (0 when s = 0), and the block's s * sum(xq). Then, per block b in order,
+//           acc = fma(float(dot(q, xq)), scale * s, acc);  acc = fma(min, s * sum(xq), acc)
+//         so the integer dot products are exact and only the scaling rounds.
+//
 // Every y[m, n] is computed the same way whatever M is (same accumulation order), so a
 // token's logits do not depend on whether it came in a prompt or alone.
 //
@@ -52,15 +65,37 @@ struct Int4Weights {
   std::int64_t N, K, G;
 };
 
+constexpr std::int64_t kInt4Panel = 16;  // outputs per int4 panel
+
+struct Int4PanelWeights {
+  const std::uint8_t* w;
+  std::int64_t N, K, G;
+};
+
+// Activations quantized per token and block of 32 (see above): q [M, K], scale and
+// scaled_sum (s * sum(xq)) [M, K / 32].
+struct Int8Activations {
+  const std::int8_t* q;
+  const float* scale;
+  const float* scaled_sum;
+  std::int64_t M, K;
+};
+
 void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 // n0 and n1 are multiples of kPanel (or N).
 void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
+// K a multiple of 32; writes q [M, K], scale and scaled_sum [M, K / 32].
+void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q, float* scale,
+                          float* scaled_sum);
+// n0 and n1 are multiples of kInt4Panel (or N).
+void int4_a8_linear(const Int8Activations& x, const Int4PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 
 // Which implementation runs: "avx512" when the CPU (and OS) have AVX-512 F/BW/VL, else
 // "generic" (portable C++). TORCHCHAT_KERNELS=generic forces the fallback. The first call
-// prints a notice on stderr when the fallback is used.
+// prints a notice on stderr when the fallback is used. int4_a8_linear also needs AVX-512
+// VNNI: without it, that kernel alone runs the fallback (with its own notice).
 const char* isa();
 
 // The implementations, for tests that compare them directly.
@@ -69,6 +104,9 @@ void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* 
 void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
+void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q, float* scale,
+                          float* scaled_sum);
+void int4_a8_linear(const Int8Activations& x, const Int4PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 }  // namespace generic
 namespace avx512 {
 void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
@@ -76,5 +114,10 @@ void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* 
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 }  // namespace avx512
+namespace avx512vnni {
+void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q, float* scale,
+                          float* scaled_sum);
+void int4_a8_linear(const Int8Activations& x, const Int4PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+}  // namespace avx512vnni
 
 }  // namespace torchchat::kernels

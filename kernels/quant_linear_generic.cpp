@@ -1,5 +1,6 @@
 // Portable fallback: plain loops, for CPUs without AVX-512 (and the reference the tests
 // compare the vector code against).
+#include <cmath>
 #include <cstring>
 
 #include "quant_linear.h"
@@ -109,6 +110,52 @@ void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y,
           acc += xm[k + j] * (static_cast<float>(b & 15) * scale + min);
           acc += xm[k + 16 + j] * (static_cast<float>(b >> 4) * scale + min);
         }
+      }
+      y[m * w.N + n] = acc;
+    }
+  }
+}
+
+void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q, float* scale,
+                          float* scaled_sum) {
+  for (std::int64_t b = 0; b < M * (K / 32); ++b) {  // K is a multiple of 32: blocks never span tokens
+    const float* xb = x + 32 * b;
+    float amax = 0.f;
+    for (int i = 0; i < 32; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
+    const float s = amax / 127.f;
+    std::int32_t sum = 0;
+    for (int i = 0; i < 32; ++i) {
+      // nearbyint: the current rounding mode, half to even by default (as cvtps2dq and torch.round)
+      const std::int32_t v = s == 0.f ? 0 : static_cast<std::int32_t>(std::fmin(std::fmax(std::nearbyint(xb[i] / s), -127.f), 127.f));
+      q[32 * b + i] = static_cast<std::int8_t>(v);
+      sum += v;
+    }
+    scale[b] = s;
+    scaled_sum[b] = s * static_cast<float>(sum);
+  }
+}
+
+void int4_a8_linear(const Int8Activations& x, const Int4PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
+  const std::int64_t groups = w.K / w.G, group_bytes = 8 * w.G + 64, blocks = w.K / 32;
+  for (std::int64_t m = 0; m < x.M; ++m) {
+    const std::int8_t* xq = x.q + m * w.K;
+    for (std::int64_t n = n0; n < n1; ++n) {
+      const std::int64_t lane = n % kInt4Panel;
+      const std::uint8_t* panel = w.w + (n / kInt4Panel) * groups * group_bytes;
+      float acc = 0.f;
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        const std::int64_t g = b * 32 / w.G;
+        const std::uint8_t* group = panel + g * group_bytes;
+        const std::uint8_t* block = group + (b - g * (w.G / 32)) * 256;
+        const std::uint16_t* sm = reinterpret_cast<const std::uint16_t*>(group + 8 * w.G);
+        std::int32_t dot = 0;
+        for (int c = 0; c < 4; ++c)
+          for (int i = 0; i < 4; ++i) {
+            const std::uint8_t byte = block[64 * c + 4 * lane + i];
+            dot += (byte & 15) * xq[32 * b + 4 * c + i] + (byte >> 4) * xq[32 * b + 16 + 4 * c + i];
+          }
+        acc = std::fma(static_cast<float>(dot), half_to_float(sm[lane]) * x.scale[m * blocks + b], acc);
+        acc = std::fma(half_to_float(sm[kInt4Panel + lane]), x.scaled_sum[m * blocks + b], acc);
       }
       y[m * w.N + n] = acc;
     }

@@ -4,6 +4,8 @@
 //   torchchat::int8_weight_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor
 //     (scales [N]: one per output row; [N, K / G]: one per group of G weights of a row)
 //   torchchat::int4_weight_linear(Tensor x, Tensor weight, Tensor scales_mins, int groupsize) -> Tensor
+//   torchchat::int4_a8_weight_linear(Tensor x, Tensor panels, int N, int groupsize) -> Tensor
+//     (int4 weights times activations quantized to int8 per block of 32, on the fly)
 // and their out variants (`.out`, the same arguments then `*, Tensor(a!) out`), which
 // ExecuTorch's export puts in the program (to_executorch's out-variant pass) and which
 // kernels/executorch_ops.cpp implements inside the ExecuTorch runtime.
@@ -119,6 +121,32 @@ at::Tensor int4_weight_linear(const at::Tensor& x, const at::Tensor& weight, con
   return output(x, y);
 }
 
+at::Tensor int4_a8_weight_linear(const at::Tensor& x, const at::Tensor& panels, std::int64_t N,
+                                 std::int64_t groupsize) {
+  TORCH_CHECK(groupsize >= 32 && groupsize % 32 == 0, "int4_a8_weight_linear: groupsize must be a multiple of 32, got ",
+              groupsize);
+  TORCH_CHECK(panels.dim() == 3 && panels.scalar_type() == at::kByte && panels.is_contiguous() &&
+                  panels.size(2) == 8 * groupsize + 64 && N >= 1 &&
+                  panels.size(0) == (N + kInt4Panel - 1) / kInt4Panel,
+              "int4_a8_weight_linear: panels must be a contiguous uint8 [ceil(N / 16), K / G, 8G + 64] tensor for N = ",
+              N, " and G = ", groupsize, ", got ", panels.sizes());
+  const std::int64_t K = panels.size(1) * groupsize;
+  const at::Tensor xf = activations(x, K, "int4_a8_weight_linear");
+  const std::int64_t M = xf.size(0);
+  at::Tensor xq = at::empty({M, K}, xf.options().dtype(at::kChar));
+  at::Tensor scales = at::empty({2, M, K / 32}, xf.options());
+  float* scale = scales.mutable_data_ptr<float>();
+  quantize_activations(xf.const_data_ptr<float>(), M, K, xq.mutable_data_ptr<std::int8_t>(), scale, scale + M * (K / 32));
+  const Int8Activations xa{xq.const_data_ptr<std::int8_t>(), scale, scale + M * (K / 32), M, K};
+  const Int4PanelWeights w{panels.const_data_ptr<std::uint8_t>(), N, K, groupsize};
+  at::Tensor y = at::empty({M, N}, xf.options());
+  float* yp = y.mutable_data_ptr<float>();
+  at::parallel_for(0, panels.size(0), 1, [&](std::int64_t p0, std::int64_t p1) {
+    int4_a8_linear(xa, w, yp, p0 * kInt4Panel, std::min(p1 * kInt4Panel, N));
+  });
+  return output(x, y);
+}
+
 // The out variants: the same computation, written into `out` (resized to x's shape with N last).
 at::Tensor& into(at::Tensor& out, const at::Tensor& y) {
   out.resize_(y.sizes());
@@ -164,6 +192,7 @@ TORCH_LIBRARY(torchchat, m) {
   m.def("panel_weight_linear(Tensor x, Tensor panels, int N) -> Tensor");
   m.def("int8_weight_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor");
   m.def("int4_weight_linear(Tensor x, Tensor weight, Tensor scales_mins, int groupsize) -> Tensor");
+  m.def("int4_a8_weight_linear(Tensor x, Tensor panels, int N, int groupsize) -> Tensor");
   m.def("int8_weight_linear.out(Tensor x, Tensor weight, Tensor scales, *, Tensor(a!) out) -> Tensor(a!)");
   m.def("int4_weight_linear.out(Tensor x, Tensor weight, Tensor scales_mins, int groupsize, *, Tensor(a!) out) "
         "-> Tensor(a!)");
@@ -175,6 +204,7 @@ TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
   m.impl("panel_weight_linear", &torchchat::kernels::panel_weight_linear);
   m.impl("int8_weight_linear", &torchchat::kernels::int8_weight_linear);
   m.impl("int4_weight_linear", &torchchat::kernels::int4_weight_linear);
+  m.impl("int4_a8_weight_linear", &torchchat::kernels::int4_a8_weight_linear);
   m.impl("int8_weight_linear.out", &torchchat::kernels::int8_weight_linear_out);
   m.impl("int4_weight_linear.out", &torchchat::kernels::int4_weight_linear_out);
 }
@@ -220,5 +250,13 @@ extern "C" AOTITorchError aoti_torch_cpu_int4_weight_linear(AtenTensorHandle x, 
     *ret = new_tensor_handle(torchchat::kernels::int4_weight_linear(
         *tensor_handle_to_tensor_pointer(x), *tensor_handle_to_tensor_pointer(weight),
         *tensor_handle_to_tensor_pointer(scales_mins), groupsize));
+  });
+}
+
+extern "C" AOTITorchError aoti_torch_cpu_int4_a8_weight_linear(AtenTensorHandle x, AtenTensorHandle panels, int64_t N,
+                                                               int64_t groupsize, AtenTensorHandle* ret) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret = new_tensor_handle(torchchat::kernels::int4_a8_weight_linear(
+        *tensor_handle_to_tensor_pointer(x), *tensor_handle_to_tensor_pointer(panels), N, groupsize));
   });
 }

@@ -27,7 +27,7 @@ from torch import Tensor
 from torchchat.errors import UserError
 
 KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
-CORE = ("quant_linear.cpp", "quant_linear_generic.cpp", "quant_linear_avx512.cpp")
+CORE = ("quant_linear.cpp", "quant_linear_generic.cpp", "quant_linear_avx512.cpp", "quant_linear_vnni.cpp")
 SOURCES = [KERNELS_DIR / name for name in (*CORE, "torch_ops.cpp")]
 ET_SOURCES = [KERNELS_DIR / name for name in (*CORE, "executorch_ops.cpp")]
 
@@ -126,6 +126,10 @@ def register_fakes() -> None:
     def _(x, weight, scales_mins, groupsize):
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
+    @torch.library.register_fake("torchchat::int4_a8_weight_linear")
+    def _(x, panels, n, groupsize):
+        return x.new_empty((*x.shape[:-1], n))
+
 
 def aoti_c_shims() -> dict:
     """aot_inductor.custom_ops_to_c_shims: the C functions of kernels/torch_ops.cpp."""
@@ -144,6 +148,9 @@ def aoti_c_shims() -> dict:
         ops.int4_weight_linear.default: [
             "AOTITorchError aoti_torch_cpu_int4_weight_linear(AtenTensorHandle x, AtenTensorHandle weight, "
             "AtenTensorHandle scales_mins, int64_t groupsize, AtenTensorHandle* ret)"],
+        ops.int4_a8_weight_linear.default: [
+            "AOTITorchError aoti_torch_cpu_int4_a8_weight_linear(AtenTensorHandle x, AtenTensorHandle panels, "
+            "int64_t N, int64_t groupsize, AtenTensorHandle* ret)"],
     }
 
 
@@ -196,6 +203,28 @@ def pack_int4(q: Tensor) -> Tensor:
     return (blocks[:, :, 0] | blocks[:, :, 1] << 4).reshape(n, k // 2).contiguous()
 
 
+INT4_PANEL = 16  # outputs per int4 panel for int8 activations (kernels/quant_linear.h kInt4Panel)
+
+
+def pack_int4_panels(q: Tensor, scales_mins: Tensor, groupsize: int) -> Tensor:
+    """quantize_int4's (q [N, K], scales_mins [N, K / g, 2]) in int4_a8_weight_linear's panels of 16
+    rows, [ceil(N / 16), K / g, 8g + 64] bytes (kernels/quant_linear.h): per group, for each block
+    of 32 k, 4 chunks of 64 bytes (byte 4l + i of chunk c: q[l, 4c + i] | q[l, 16 + 4c + i] << 4),
+    then the 16 rows' fp16 scales and their fp16 mins."""
+    n, k = q.shape
+    rows = -(-n // INT4_PANEL) * INT4_PANEL
+    qp = torch.zeros(rows, k, dtype=torch.uint8)
+    qp[:n] = q
+    smp = torch.zeros(rows, k // groupsize, 2, dtype=torch.float16)
+    smp[:n] = scales_mins
+    blocks = qp.reshape(rows // INT4_PANEL, INT4_PANEL, k // 32, 2, 4, 4)  # [p, l, block, half, c, i]
+    codes = (blocks[:, :, :, 0] | blocks[:, :, :, 1] << 4).permute(0, 2, 3, 1, 4)  # [p, block, c, l, i]
+    codes = codes.reshape(rows // INT4_PANEL, k // groupsize, 8 * groupsize)
+    sm = smp.reshape(rows // INT4_PANEL, INT4_PANEL, k // groupsize, 2).permute(0, 2, 3, 1)  # [p, g, 2, l]
+    sm = sm.contiguous().view(torch.uint8).reshape(rows // INT4_PANEL, k // groupsize, 64)
+    return torch.cat([codes, sm], dim=-1).contiguous()
+
+
 def unpack_int4(packed: Tensor) -> Tensor:
     n, half = packed.shape
     blocks = packed.reshape(n, half // 16, 1, 16)
@@ -223,3 +252,24 @@ def int8_weight_linear_ref(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
 
 def int4_weight_linear_ref(x: Tensor, packed: Tensor, scales_mins: Tensor, groupsize: int) -> Tensor:
     return torch.nn.functional.linear(x.float(), dequantize_int4(packed, scales_mins, groupsize)).to(x.dtype)
+
+
+def quantize_activations_ref(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per block of 32 values of the last dimension, symmetric int8 (kernels/quant_linear.h):
+    (xq int8 [M, K], s fp32 [M, K / 32], s * sum(xq) fp32 [M, K / 32])."""
+    xb = x.float().reshape(-1, x.shape[-1] // 32, 32)
+    s = xb.abs().amax(-1) / 127
+    xq = torch.where(s[..., None] > 0, torch.round(xb / s[..., None]), torch.zeros_like(xb)).clamp(-127, 127)
+    return xq.to(torch.int8).flatten(1), s, s * xq.sum(-1)
+
+
+def int4_a8_weight_linear_ref(x: Tensor, q: Tensor, scales_mins: Tensor, groupsize: int) -> Tensor:
+    """In float64 from the unpacked codes q [N, K]: the exact integer dot products per block,
+    scaled by the weights' and the activations' scales (the kernel rounds only the scaling)."""
+    n, k = q.shape
+    xq, s, ssum = quantize_activations_ref(x)
+    dots = torch.einsum("mbk,nbk->mnb", xq.double().reshape(-1, k // 32, 32), q.double().reshape(n, k // 32, 32))
+    sm = scales_mins.double().repeat_interleave(groupsize // 32, dim=1)  # [N, blocks, 2]
+    y = (dots * sm[None, :, :, 0] * s.double()[:, None, :] + sm[None, :, :, 1] * ssum.double()[:, None, :]).sum(-1)
+    return y.reshape(*x.shape[:-1], n)
+

@@ -5,7 +5,10 @@ The spec is torchchat's JSON form, inline or in a file; keys combine in one obje
     {"linear:int8": {"groupsize": 0}}        weight-only int8, symmetric, one scale per output channel
                                              (0) or per group of 32, 64, 128 or 256 weights
     {"linear:int4": {"groupsize": 32}}       weight-only int4, asymmetric, one scale+min per group;
-                                             the output layer int8 (add "output": "int4" for int4)
+                                             the output layer int8 (add "output": "int4" for int4);
+                                             add "activations": "int8" to quantize the activations
+                                             per block of 32 on the fly (llama.cpp's Q4_1 x Q8_1):
+                                             integer dot products, faster, slightly less exact
     {"linear:a8w4dq": {"groupsize": 32}}     int8 dynamic activations (per token), int4 symmetric
                                              groupwise weights: what XNNPACK runs (ExecuTorch)
     {"embedding:int8": {"groupsize": 0}}     int8 table, one scale per row (0) or per group
@@ -20,6 +23,11 @@ forward is plain PyTorch or ATen ops that torch.export traces:
   out variants, which our ExecuTorch kernels implement (kernels/executorch_ops.cpp, linked into
   et_run, loaded into ExecuTorch's Python runtime by --pte-path), in fp32 only. XNNPACK has no
   weight-only linear, so those layers stay outside its partitions.
+- linear:int4 with "activations": "int8" calls our int4 x int8 kernel (AVX-512 VNNI), in eager
+  PyTorch and AOT Inductor models; its layers keep int4_weight_linear's weights and math but
+  multiply them with each token's activations quantized per block of 32 values (symmetric, one
+  fp32 scale per block), as llama.cpp's Q4_1 files do with Q8_1. ExecuTorch refuses it (no
+  ExecuTorch kernel yet: linear:a8w4dq is ExecuTorch's int8-activation scheme).
 - linear:a8w4dq is torchao's `Int8DynamicActivationIntxWeightConfig`: it exports as
   choose_qparams/quantize/dequantize ops around a linear, the pattern the XNNPACK partitioner
   fuses into its qd8-f32-qb4w kernel (how ExecuTorch's own llama export does it). Eager runs
@@ -60,6 +68,10 @@ SCHEMES = {
 REFUSAL_HINT = {
     # Inductor has no int8-activation GEMM on CPU: it would fold the weights back to float.
     "aoti": "it has no kernel for int8 activations and would store float weights; use linear:int4 or linear:int8",
+}
+# The option values a scheme takes: option -> (values, default).
+OPTIONS = {
+    "linear:int4": {"output": (("int8", "int4"), "int8"), "activations": (("fp32", "int8"), "fp32")},
 }
 
 
@@ -113,7 +125,8 @@ def parse_precision(options: dict) -> dict:
 
 def parse_scheme(key: str, options: dict) -> dict:
     allowed, default, _ = SCHEMES[key]
-    known = ("groupsize", "output") if key == "linear:int4" else ("groupsize",)
+    choices = OPTIONS.get(key, {})
+    known = ("groupsize", *choices)
     unknown = set(options) - set(known)
     if unknown:
         raise UserError(f"--quantize: {key} has no option {sorted(unknown)[0]!r} (it takes {' and '.join(known)})")
@@ -123,12 +136,14 @@ def parse_scheme(key: str, options: dict) -> dict:
     if allowed is not None and g not in allowed:
         what = ", ".join("0 (per output channel)" if a == 0 else str(a) for a in allowed)
         raise UserError(f"--quantize: {key} groupsize must be {what}, got {g}")
-    if key != "linear:int4":
-        return {"groupsize": g}
-    output = options.get("output", "int8")
-    if output not in ("int8", "int4"):
-        raise UserError(f"--quantize: {key} output must be \"int8\" or \"int4\", got {json.dumps(output)}")
-    return {"groupsize": g, "output": output}
+    parsed = {"groupsize": g}
+    for option, (values, value_default) in choices.items():
+        value = options.get(option, value_default)
+        if value not in values:
+            what = " or ".join(json.dumps(v) for v in values)
+            raise UserError(f"--quantize: {key} {option} must be {what}, got {json.dumps(value)}")
+        parsed[option] = value
+    return parsed
 
 
 def precision(spec: Optional[dict]) -> Optional[str]:
@@ -144,7 +159,8 @@ def describe(spec: dict) -> str:
             parts.append(options["dtype"])
         else:
             text = f"{key} g{options['groupsize']}" if options["groupsize"] else key
-            parts.append(text + (f" (output {options['output']})" if "output" in options else ""))
+            text += f" (output {options['output']})" if "output" in options else ""
+            parts.append(text + (", int8 activations" if options.get("activations") == "int8" else ""))
     return ", ".join(parts)
 
 
@@ -194,6 +210,21 @@ class Int4Linear(nn.Module):
         return torch.ops.torchchat.int4_weight_linear(x, self.weight, self.scales_mins, self.groupsize)
 
 
+class Int4A8Linear(nn.Module):
+    """Int4Linear's weights and math, times each token's activations quantized to int8 per block of
+    32 values on the fly: integer dot products (our AVX-512 VNNI kernel), the weights in panels of
+    16 rows for it (kernels.pack_int4_panels). Eager PyTorch and AOT Inductor models."""
+
+    def __init__(self, weight: Tensor, groupsize: int):
+        super().__init__()
+        q, scales_mins = kernels.quantize_int4(weight, groupsize)
+        self.register_buffer("weight", kernels.pack_int4_panels(q, scales_mins, groupsize))
+        self.groupsize, self.in_features, self.out_features = groupsize, weight.shape[1], weight.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.torchchat.int4_a8_weight_linear(x, self.weight, self.out_features, self.groupsize)
+
+
 class QuantizedEmbedding(nn.Module):
     """Symmetric int8 or int4 rows, one scale per group; int4 is stored two per byte (high nibble first)."""
 
@@ -235,6 +266,9 @@ def check_backend(spec: dict, backend: str, dtype: Optional[str] = None) -> None
         if key != "precision" and backend not in SCHEMES[key][2]:
             hint = REFUSAL_HINT.get(backend, "")
             raise UserError(f"--quantize: {name} cannot run {key}" + (f" ({hint})" if hint else ""))
+        if backend == "et" and spec[key].get("activations") == "int8":
+            raise UserError(f"--quantize: ExecuTorch cannot run {key} with int8 activations (no ExecuTorch kernel "
+                            "for it yet; linear:a8w4dq is ExecuTorch's int8-activation scheme)")
         # Our ExecuTorch kernels take fp32 activations only (kernels/executorch_ops.cpp).
         if backend == "et" and key in kernels.QUANTIZE_SCHEMES and dtype not in (None, "fp32"):
             raise UserError(f"--quantize: ExecuTorch runs {key} in fp32 only, not {dtype} (export with --dtype fp32)")
@@ -267,7 +301,8 @@ def quantize_model(model: nn.Module, spec: dict, backend: str) -> None:
             if options["output"] == "int8" and type(getattr(model, "output", None)) is nn.Linear:
                 model.output = Int8Linear(model.output.weight)
             fuse_projections(model)
-            swap(model, nn.Linear, lambda m: Int4Linear(m.weight, g))
+            int4 = Int4A8Linear if options["activations"] == "int8" else Int4Linear
+            swap(model, nn.Linear, lambda m: int4(m.weight, g))
         elif key == "linear:a8w4dq":
             quantize_a8w4dq(model, g)
         elif key == "embedding:int8":

@@ -26,6 +26,7 @@ from torchchat.quantize import parse_quantize, quantize_model  # noqa: E402
 
 INT8 = '{"linear:int8": {"groupsize": 0}}'
 INT4 = '{"linear:int4": {"groupsize": 32}}'
+INT4A8 = '{"linear:int4": {"groupsize": 32, "activations": "int8"}}'
 A8W4 = '{"linear:a8w4dq": {"groupsize": 32}}'
 
 
@@ -34,7 +35,7 @@ A8W4 = '{"linear:a8w4dq": {"groupsize": 32}}'
 
 
 def test_parse_inline_file_and_defaults(tmp_path):
-    spec = {"linear:int4": {"groupsize": 64, "output": "int4"}, "embedding:int8": {"groupsize": 0},
+    spec = {"linear:int4": {"groupsize": 64, "output": "int4", "activations": "int8"}, "embedding:int8": {"groupsize": 0},
             "precision": {"dtype": "bf16"}}
     assert parse_quantize(json.dumps(spec)) == spec
     (tmp_path / "q.json").write_text(json.dumps(spec))
@@ -42,7 +43,8 @@ def test_parse_inline_file_and_defaults(tmp_path):
     # Options left out take the scheme's default groupsize.
     assert parse_quantize('{"linear:a8w4dq": {}, "embedding:int4": {}}') == {
         "linear:a8w4dq": {"groupsize": 32}, "embedding:int4": {"groupsize": 32}}
-    assert parse_quantize('{"linear:int4": {}}') == {"linear:int4": {"groupsize": 32, "output": "int8"}}
+    assert parse_quantize('{"linear:int4": {}}') == {"linear:int4": {"groupsize": 32, "output": "int8",
+                                                                     "activations": "fp32"}}
     # linear:int8: per output channel by default, or groupwise.
     assert parse_quantize('{"linear:int8": {}}') == {"linear:int8": {"groupsize": 0}}
     for g in (32, 64, 128, 256):
@@ -61,7 +63,9 @@ def test_parse_inline_file_and_defaults(tmp_path):
     ('{"linear:int4": {"group_size": 32}}', "no option 'group_size'"),
     ('{"linear:int4": 32}', "takes an object of options"),
     ('{"linear:int4": {"output": "fp32"}}', 'output must be "int8" or "int4", got "fp32"'),
+    ('{"linear:int4": {"activations": "int4"}}', 'activations must be "fp32" or "int8", got "int4"'),
     ('{"linear:int8": {"output": "int4"}}', "no option 'output' (it takes groupsize)"),
+    ('{"linear:int8": {"activations": "int8"}}', "no option 'activations' (it takes groupsize)"),
     ('{"precision": {"dtype": "int8"}}', "precision dtype must be one of"),
     ('{"linear:int8": {}, "linear:int4": {}}', "give one linear scheme"),
     ("no/such/file.json", "neither JSON nor a file"),
@@ -97,6 +101,8 @@ def model_flags(t) -> list[str]:
     ("export", ["--quantize", '{"linear:int4": {"groupsize": 32}, "precision": {"dtype": "fp16"}}',
                 "--output-pte-path", "m.pte"], "ExecuTorch runs linear:int4 in fp32 only, not fp16"),
     ("export", ["--quantize", A8W4, "--output-dso-path", "m.so"], "AOT Inductor cannot run linear:a8w4dq"),
+    ("export", ["--quantize", INT4A8, "--output-pte-path", "m.pte"],
+     "ExecuTorch cannot run linear:int4 with int8 activations"),
     ("export", ["--quantize", A8W4, "--output-dso-path", "m.so", "--output-pte-path", "m.pte"], "one at a time"),
     ("eval", ["--quantize", INT8, "--dso-path", "model.so"], "quantization is fixed at export"),
     ("generate", ["--quantize", INT8, "--pte-path", "model.pte"], "quantization is fixed at export"),
@@ -138,6 +144,12 @@ def ref_int4_weight(w, g):  # asymmetric min/max per group: q in [0, 15], w = q 
     return (torch.round((wg - lo) / s).clamp(0, 15) * s + lo).reshape(w.shape)
 
 
+def ref_a8_block32(x):  # int8 activations per block of 32 values: s = max|x| / 127, round half to even
+    xb = x.reshape(*x.shape[:-1], -1, 32)
+    s = xb.abs().amax(-1, keepdim=True) / 127
+    return (torch.where(s > 0, torch.round(xb / s), 0.0) * s).reshape(x.shape)
+
+
 def ref_a8w4_weight(w, g):  # symmetric per group, q in [-8, 7], scale = max|w| / 7.5 (torchao's int4 range)
     wg = groups(w, g)
     s = wg.abs().amax(-1, keepdim=True) / 7.5
@@ -170,6 +182,9 @@ LINEAR_CASES = [
     ('{"linear:int8": {"groupsize": 128}}', lambda x, w: F.linear(x, ref_int8_weight(w, 128))),
     (INT4, lambda x, w: F.linear(x, ref_int4_weight(w, 32))),
     ('{"linear:int4": {"groupsize": 128}}', lambda x, w: F.linear(x, ref_int4_weight(w, 128))),
+    (INT4A8, lambda x, w: F.linear(ref_a8_block32(x), ref_int4_weight(w, 32))),
+    ('{"linear:int4": {"groupsize": 64, "activations": "int8"}}',
+     lambda x, w: F.linear(ref_a8_block32(x), ref_int4_weight(w, 64))),
     (A8W4, lambda x, w: F.linear(ref_a8_activation(x), ref_a8w4_weight(w, 32))),
     ('{"linear:a8w4dq": {"groupsize": 64}}', lambda x, w: F.linear(ref_a8_activation(x), ref_a8w4_weight(w, 64))),
 ]
@@ -228,14 +243,15 @@ def test_tied_weights_are_untied_not_changed(spec, kept):
         assert torch.isfinite(model(torch.tensor([[1, 2, 3]]), torch.arange(3))).all()
 
 
-@pytest.mark.parametrize("output,kind", [(None, "Int8Linear"), ("int8", "Int8Linear"), ("int4", "Int4Linear")])
-def test_int4_output_layer_is_int8_unless_asked(output, kind):
+@pytest.mark.parametrize("activations,int4", [("fp32", "Int4Linear"), ("int8", "Int4A8Linear")])
+@pytest.mark.parametrize("output", [None, "int8", "int4"])
+def test_int4_output_layer_is_int8_unless_asked(output, activations, int4):
     model = tied_model()
-    options = {"groupsize": 32, **({"output": output} if output else {})}
+    options = {"groupsize": 32, "activations": activations, **({"output": output} if output else {})}
     quantize_model(model, parse_quantize(json.dumps({"linear:int4": options})), "eager")
-    assert type(model.output).__name__ == kind
-    assert type(model.layers[0].attention.wqkv).__name__ == "Int4Linear"
-    assert type(model.layers[0].feed_forward.w13).__name__ == "Int4Linear"
+    assert type(model.output).__name__ == (int4 if output == "int4" else "Int8Linear")
+    assert type(model.layers[0].attention.wqkv).__name__ == int4
+    assert type(model.layers[0].feed_forward.w13).__name__ == int4
 
 
 def test_fused_projections_compute_the_same_as_separate():
@@ -271,6 +287,7 @@ def load(t, quantize=None, backend="eager"):
 # 88% (g32: 0.04 / 95%), int4 g32 0.44 / 35%, a8w4dq 0.54 / 27%. A broken layer (wrong scales, transposed
 # weights) gives unrelated logits: error ~1.4 (sqrt 2) and ~0.2% agreement.
 CLOSENESS = {INT8: (0.1, 0.8), '{"linear:int8": {"groupsize": 32}}': (0.1, 0.8), INT4: (0.7, 0.2), A8W4: (0.8, 0.15),
+             INT4A8: (0.7, 0.2),
              '{"embedding:int8": {"groupsize": 0}}': (0.1, 0.8), '{"embedding:int4": {"groupsize": 32}}': (0.7, 0.2)}
 
 
@@ -301,6 +318,7 @@ BACKEND_CASES = [  # (spec, export flag, eval flag)
     ('{"linear:int8": {"groupsize": 0}, "embedding:int4": {"groupsize": 32}}', "--output-dso-path", "--dso-path"),
     ('{"linear:a8w4dq": {"groupsize": 32}, "embedding:int4": {"groupsize": 64}}', "--output-pte-path", "--pte-path"),
     ('{"linear:int4": {"groupsize": 32}, "embedding:int8": {"groupsize": 0}}', "--output-pte-path", "--pte-path"),
+    ('{"linear:int4": {"groupsize": 32, "activations": "int8"}}', "--output-dso-path", "--dso-path"),
 ]
 
 
@@ -311,7 +329,8 @@ def eval_json(capsys, tmp_path, *flags) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("spec,export_flag,eval_flag", BACKEND_CASES, ids=["aoti-int4", "aoti-int8", "et-a8w4dq", "et-int4"])
+@pytest.mark.parametrize("spec,export_flag,eval_flag", BACKEND_CASES, ids=["aoti-int4", "aoti-int8", "et-a8w4dq", "et-int4",
+                                                                              "aoti-int4-a8"])
 def test_same_perplexity_eager_and_exported(tiny, tmp_path, capsys, spec, export_flag, eval_flag):
     artifact = tmp_path / ("model.pte" if "pte" in export_flag else "model.so")
     p = cli("export", *model_flags(tiny), "--quantize", spec, "--max-seq-length", "64", export_flag, artifact,

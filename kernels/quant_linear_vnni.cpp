@@ -1,0 +1,115 @@
+// int4 weights times int8 activations on AVX-512 VNNI (quant_linear.h, "int4 panels for int8
+// activations"), called only when the CPU has it (quant_linear.cpp). Like quant_linear_avx512.cpp,
+// free of standard-library headers (their inline functions would be compiled for these ISAs).
+//
+// Why integer dot products: weight-only int4 with fp32 activations converts every weight to a
+// float (quant_linear_avx512.cpp's int4_tile, ~7 uops per 32 weights and row) and is bound by
+// that, not by memory. Here one vpdpbusd multiplies 64 weight codes by activation bytes: per 32
+// weights of 16 rows, 4 loads, 6 uops to split the nibbles and 8 dot products, so decode is
+// left to the memory's pace.
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")
+#pragma GCC optimize("O3")
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include "quant_linear.h"
+
+namespace torchchat::kernels::avx512vnni {
+namespace {
+
+using i64 = std::int64_t;
+
+// Tokens per tile: the 8 unpacked weight vectors of a block serve every token of the tile.
+constexpr int kTokens = 8;
+// Decode streams each thread's panels front to back; prefetch this far ahead (the hardware
+// prefetcher stops at 4 KiB pages).
+constexpr i64 kAhead = 2048;
+
+inline i64 min(i64 a, i64 b) { return a < b ? a : b; }
+
+inline __m512i broadcast4(const std::int8_t* p) {
+  std::int32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// The output columns [16p, 16p + cols) of tokens [m, m + T): every block of K in order.
+template <int T>
+void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64 G, float* y, i64 ldy, int cols) {
+  const i64 groups = K / G, group_bytes = 8 * G + 64, blocks = K / 32;
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  __m512 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  for (i64 g = 0; g < groups; ++g) {
+    const std::uint8_t* group = panel + g * group_bytes;
+    const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 8 * G)));
+    const __m512 mins = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 8 * G + 32)));
+    for (i64 j = 0; j < G / 32; ++j) {
+      const std::uint8_t* block = group + 256 * j;
+      for (int line = 0; line < 256; line += 64) _mm_prefetch(reinterpret_cast<const char*>(block + kAhead + line), _MM_HINT_T0);
+      // w[s]: the codes of k0 + 4s .. k0 + 4s + 3 of the 16 rows (chunk s % 4, low nibbles for s < 4).
+      __m512i w[8];
+      for (int c = 0; c < 4; ++c) {
+        const __m512i bytes = _mm512_loadu_si512(block + 64 * c);
+        w[c] = _mm512_and_si512(bytes, low4);
+        w[c + 4] = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low4);
+      }
+      const i64 b = g * (G / 32) + j;
+      for (int t = 0; t < T; ++t) {
+        const std::int8_t* xq = x.q + (m + t) * K + 32 * b;
+        // Two chains of four: the dot products' latency overlaps.
+        __m512i d0 = _mm512_setzero_si512(), d1 = _mm512_setzero_si512();
+        for (int s = 0; s < 4; ++s) {
+          d0 = _mm512_dpbusd_epi32(d0, w[s], broadcast4(xq + 4 * s));
+          d1 = _mm512_dpbusd_epi32(d1, w[s + 4], broadcast4(xq + 16 + 4 * s));
+        }
+        const i64 at = (m + t) * blocks + b;
+        const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(d0, d1));
+        acc[t] = _mm512_fmadd_ps(dot, _mm512_mul_ps(scale, _mm512_set1_ps(x.scale[at])), acc[t]);
+        acc[t] = _mm512_fmadd_ps(mins, _mm512_set1_ps(x.scaled_sum[at]), acc[t]);
+      }
+    }
+  }
+  const __mmask16 mask = static_cast<__mmask16>(cols >= 16 ? 0xffff : (1u << cols) - 1);
+  for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * ldy, mask, acc[t]);
+}
+
+using TileFn = decltype(&tile<1>);
+constexpr TileFn kTiles[kTokens] = {&tile<1>, &tile<2>, &tile<3>, &tile<4>, &tile<5>, &tile<6>, &tile<7>, &tile<8>};
+
+}  // namespace
+
+void quantize_activations(const float* x, i64 M, i64 K, std::int8_t* q, float* scale, float* scaled_sum) {
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  for (i64 b = 0; b < M * (K / 32); ++b) {
+    const __m512 x0 = _mm512_loadu_ps(x + 32 * b), x1 = _mm512_loadu_ps(x + 32 * b + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+    const float s = amax / 127.f;
+    __m512i q0 = _mm512_setzero_si512(), q1 = _mm512_setzero_si512();
+    if (s != 0.f) {
+      const __m512 sv = _mm512_set1_ps(s);
+      // cvtps2dq rounds half to even (the default MXCSR mode), as the generic code and torch.round
+      q0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_div_ps(x0, sv)), lo), hi);
+      q1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_div_ps(x1, sv)), lo), hi);
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 32 * b), _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 32 * b + 16), _mm512_cvtepi32_epi8(q1));
+    scale[b] = s;
+    scaled_sum[b] = s * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
+  }
+}
+
+void int4_a8_linear(const Int8Activations& x, const Int4PanelWeights& w, float* y, i64 n0, i64 n1) {
+  const i64 panel_bytes = (w.K / w.G) * (8 * w.G + 64);
+  for (i64 n = n0; n < n1; n += kInt4Panel) {
+    const std::uint8_t* panel = w.w + (n / kInt4Panel) * panel_bytes;
+    const int cols = static_cast<int>(min(kInt4Panel, n1 - n));
+    for (i64 m = 0; m < x.M; m += kTokens) {
+      const int t = static_cast<int>(min(kTokens, x.M - m));
+      kTiles[t - 1](x, m, panel, w.K, w.G, y + m * w.N + n, w.N, cols);
+    }
+  }
+}
+
+}  // namespace torchchat::kernels::avx512vnni
