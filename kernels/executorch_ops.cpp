@@ -3,14 +3,17 @@
 // PyTorch), registered with ExecuTorch's kernel registry when this library is loaded:
 //   torchchat::int8_weight_linear.out(Tensor x, Tensor weight, Tensor scales, *, Tensor(a!) out)
 //   torchchat::int4_weight_linear.out(Tensor x, Tensor weight, Tensor scales_mins, int groupsize, *, Tensor(a!) out)
+//   torchchat::int4_a8_weight_linear.out(Tensor x, Tensor panels, int N, int groupsize, *, Tensor(a!) out)
 // et_run links this library (CMakeLists.txt, torchchat_et_kernels); Python loads it into
 // ExecuTorch's runtime before running such a program (torchchat/kernels.py load_executorch).
 //
 // The same functions as PyTorch's operators (quant_linear.h), the output rows split over
 // ExecuTorch's thread pool (the one XNNPACK uses), so a program computes the same bits as
-// eager PyTorch and AOT Inductor. fp32 activations only: the export refuses the schemes
+// eager PyTorch and AOT Inductor. fp32 activations in and out only: the export refuses the schemes
 // with other dtypes for ExecuTorch (torchchat/quantize.py).
+#include <algorithm>
 #include <array>
+#include <vector>
 
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
@@ -62,17 +65,15 @@ Tensor& int8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const
                       weight.dim() == 2 && weight.scalar_type() == ScalarType::Char && tensor_is_contiguous(weight),
                       InvalidArgument, out, "%s: weight must be a contiguous int8 [N, K] matrix", op);
   const std::int64_t N = weight.size(0), K = weight.size(1);
-  // The groupsize is the scales' shape, as in torch_ops.cpp: [N] (or [N, 1]) per output row, [N, K / G] per group.
-  const std::int64_t groups = scales.dim() == 2 ? scales.size(1) : 1;
-  ET_KERNEL_CHECK_MSG(ctx,
-                      scales.scalar_type() == ScalarType::Float && tensor_is_contiguous(scales) && scales.dim() >= 1 &&
-                          scales.dim() <= 2 && scales.size(0) == N && groups >= 1 && K % groups == 0 &&
-                          (groups == 1 || (K / groups) % 32 == 0),
+  // The groupsize is the scales' shape, as in torch_ops.cpp.
+  const std::int64_t G = int8_groupsize(N, K, scales.dim(), scales.dim() >= 1 ? scales.size(0) : 0,
+                                        scales.dim() == 2 ? scales.size(1) : 1);
+  ET_KERNEL_CHECK_MSG(ctx, scales.scalar_type() == ScalarType::Float && tensor_is_contiguous(scales) && G > 0,
                       InvalidArgument, out, "%s: scales must be contiguous fp32 [N] or [N, K / G], G a multiple of 32",
                       op);
   if (!prepare(ctx, op, x, K, N, out)) return out;
   const std::int64_t M = K ? x.numel() / K : 0;
-  const Int8Weights w{weight.const_data_ptr<std::int8_t>(), scales.const_data_ptr<float>(), N, K, K / groups};
+  const Int8Weights w{weight.const_data_ptr<std::int8_t>(), scales.const_data_ptr<float>(), N, K, G};
   const float* xp = x.const_data_ptr<float>();
   float* yp = out.mutable_data_ptr<float>();
   const bool ok = ::executorch::extension::parallel_for(
@@ -108,6 +109,37 @@ Tensor& int4_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const
   return out;
 }
 
+Tensor& int4_a8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& panels, std::int64_t N,
+                                  std::int64_t groupsize, Tensor& out) {
+  constexpr const char* op = "torchchat::int4_a8_weight_linear.out";
+  ET_KERNEL_CHECK_MSG(ctx, groupsize >= 32 && groupsize % 32 == 0, InvalidArgument, out,
+                      "%s: groupsize %lld must be a multiple of 32", op, static_cast<long long>(groupsize));
+  ET_KERNEL_CHECK_MSG(ctx,
+                      panels.dim() == 3 && panels.scalar_type() == ScalarType::Byte && tensor_is_contiguous(panels) &&
+                          panels.size(2) == 8 * groupsize + 64 && N >= 1 &&
+                          panels.size(0) == (N + kInt4Panel - 1) / kInt4Panel,
+                      InvalidArgument, out, "%s: panels must be a contiguous uint8 [ceil(N / 16), K / G, 8G + 64] tensor",
+                      op);
+  const std::int64_t K = panels.size(1) * groupsize;
+  if (!prepare(ctx, op, x, K, N, out)) return out;
+  const std::int64_t M = x.numel() / K;
+  // The quantized activations: per thread, kept between calls (no allocation per token).
+  thread_local std::vector<std::int8_t> xq;
+  thread_local std::vector<float> scales;
+  xq.resize(static_cast<std::size_t>(M * K));
+  scales.resize(static_cast<std::size_t>(2 * M * (K / 32)));
+  float* scale = scales.data();
+  quantize_activations(x.const_data_ptr<float>(), M, K, xq.data(), scale, scale + M * (K / 32));
+  const Int8Activations xa{xq.data(), scale, scale + M * (K / 32), M, K};
+  const Int4PanelWeights w{panels.const_data_ptr<std::uint8_t>(), N, K, groupsize};
+  float* yp = out.mutable_data_ptr<float>();
+  const bool ok = ::executorch::extension::parallel_for(0, panels.size(0), 1, [&](std::int64_t p0, std::int64_t p1) {
+    int4_a8_linear(xa, w, yp, p0 * kInt4Panel, std::min(p1 * kInt4Panel, N));
+  });
+  ET_KERNEL_CHECK_MSG(ctx, ok, Internal, out, "%s: the thread pool failed", op);
+  return out;
+}
+
 }  // namespace
 }  // namespace torchchat::kernels::et
 
@@ -115,3 +147,4 @@ Tensor& int4_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const
 // finds them by name ("torchchat::int8_weight_linear.out") at method load.
 EXECUTORCH_LIBRARY(torchchat, "int8_weight_linear.out", torchchat::kernels::et::int8_weight_linear_out);
 EXECUTORCH_LIBRARY(torchchat, "int4_weight_linear.out", torchchat::kernels::et::int4_weight_linear_out);
+EXECUTORCH_LIBRARY(torchchat, "int4_a8_weight_linear.out", torchchat::kernels::et::int4_a8_weight_linear_out);

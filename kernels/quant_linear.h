@@ -59,6 +59,15 @@ struct Int8Weights {
   std::int64_t N, K, G;  // G: weights per scale along a row; G == K: per output row
 };
 
+// G of int8 scales shaped [rows] (dims 1) or [rows, groups] (dims 2) for an [N, K] weight:
+// K for one scale per output row ([N] or [N, 1]), K / groups for [N, K / G] with G a multiple of
+// 32; 0 when the kernels take no such shape. (The operators read the groupsize from the scales.)
+inline std::int64_t int8_groupsize(std::int64_t N, std::int64_t K, std::int64_t dims, std::int64_t rows,
+                                   std::int64_t groups) {
+  if (dims < 1 || dims > 2 || rows != N || groups < 1 || K % groups != 0) return 0;
+  return groups == 1 || (K / groups) % 32 == 0 ? K / groups : 0;
+}
+
 struct Int4Weights {
   const std::uint8_t* q;
   const std::uint16_t* scale_min;  // fp16 bits

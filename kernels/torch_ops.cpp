@@ -83,17 +83,15 @@ at::Tensor int8_weight_linear(const at::Tensor& x, const at::Tensor& weight, con
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.is_contiguous(),
               "int8_weight_linear: weight must be a contiguous int8 [N, K] matrix");
   const std::int64_t N = weight.size(0), K = weight.size(1);
-  // The groupsize is the scales' shape: [N] (or [N, 1]) per output row, [N, K / G] per group.
-  const std::int64_t groups = scales.dim() == 2 ? scales.size(1) : 1;
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() >= 1 &&
-                  scales.dim() <= 2 && scales.size(0) == N && groups >= 1 && K % groups == 0 &&
-                  (groups == 1 || (K / groups) % 32 == 0),
+  const std::int64_t G = int8_groupsize(N, K, scales.dim(), scales.dim() >= 1 ? scales.size(0) : 0,
+                                        scales.dim() == 2 ? scales.size(1) : 1);
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && G > 0,
               "int8_weight_linear: scales must be contiguous fp32 [N] (per output row) or [N, K / G] "
               "(G a multiple of 32 dividing K = ", K, "), got ", scales.scalar_type(), " ", scales.sizes());
   const at::Tensor xf = activations(x, K, "int8_weight_linear");
   const std::int64_t M = xf.size(0);
   at::Tensor y = at::empty({M, N}, xf.options());
-  const Int8Weights w{weight.const_data_ptr<std::int8_t>(), scales.const_data_ptr<float>(), N, K, K / groups};
+  const Int8Weights w{weight.const_data_ptr<std::int8_t>(), scales.const_data_ptr<float>(), N, K, G};
   const float* xp = xf.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
   at::parallel_for(0, N, kGrainRows, [&](std::int64_t n0, std::int64_t n1) { int8_linear(xp, M, w, yp, n0, n1); });
@@ -164,6 +162,11 @@ at::Tensor& int4_weight_linear_out(const at::Tensor& x, const at::Tensor& weight
   return into(out, int4_weight_linear(x, weight, scales_mins, groupsize));
 }
 
+at::Tensor& int4_a8_weight_linear_out(const at::Tensor& x, const at::Tensor& panels, std::int64_t N,
+                                      std::int64_t groupsize, at::Tensor& out) {
+  return into(out, int4_a8_weight_linear(x, panels, N, groupsize));
+}
+
 // Shapes only, for export's fake tensors (the functional ops' are in torchchat/kernels.py).
 at::Tensor& linear_out_meta(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out) {
   auto shape = x.sizes().vec();
@@ -182,6 +185,14 @@ at::Tensor& int4_weight_linear_out_meta(const at::Tensor& x, const at::Tensor& w
   return linear_out_meta(x, weight, out);
 }
 
+at::Tensor& int4_a8_weight_linear_out_meta(const at::Tensor& x, const at::Tensor&, std::int64_t N, std::int64_t,
+                                           at::Tensor& out) {
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  out.resize_(shape);
+  return out;
+}
+
 std::string isa_op() { return isa(); }
 
 }  // namespace
@@ -196,6 +207,7 @@ TORCH_LIBRARY(torchchat, m) {
   m.def("int8_weight_linear.out(Tensor x, Tensor weight, Tensor scales, *, Tensor(a!) out) -> Tensor(a!)");
   m.def("int4_weight_linear.out(Tensor x, Tensor weight, Tensor scales_mins, int groupsize, *, Tensor(a!) out) "
         "-> Tensor(a!)");
+  m.def("int4_a8_weight_linear.out(Tensor x, Tensor panels, int N, int groupsize, *, Tensor(a!) out) -> Tensor(a!)");
   m.def("kernels_isa() -> str", &torchchat::kernels::isa_op);
 }
 
@@ -207,11 +219,13 @@ TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
   m.impl("int4_a8_weight_linear", &torchchat::kernels::int4_a8_weight_linear);
   m.impl("int8_weight_linear.out", &torchchat::kernels::int8_weight_linear_out);
   m.impl("int4_weight_linear.out", &torchchat::kernels::int4_weight_linear_out);
+  m.impl("int4_a8_weight_linear.out", &torchchat::kernels::int4_a8_weight_linear_out);
 }
 
 TORCH_LIBRARY_IMPL(torchchat, Meta, m) {
   m.impl("int8_weight_linear.out", &torchchat::kernels::int8_weight_linear_out_meta);
   m.impl("int4_weight_linear.out", &torchchat::kernels::int4_weight_linear_out_meta);
+  m.impl("int4_a8_weight_linear.out", &torchchat::kernels::int4_a8_weight_linear_out_meta);
 }
 
 // C shims for AOT Inductor: declarations in torchchat/kernels.py (AOTI_C_SHIMS) must match.

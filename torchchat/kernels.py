@@ -2,8 +2,8 @@
 
 The C++ sources are compiled once per machine with torch.utils.cpp_extension (cached under
 ~/.cache/torch_extensions, rebuilt when a source changes) and registered as PyTorch operators
-`torch.ops.torchchat.int8_weight_linear` / `int4_weight_linear` (quantized layers, which eager
-PyTorch, torch.export and AOT Inductor all call) and `panel_weight_linear` /
+`torch.ops.torchchat.int8_weight_linear` / `int4_weight_linear` / `int4_a8_weight_linear`
+(quantized layers, which eager PyTorch, torch.export and AOT Inductor all call) and `panel_weight_linear` /
 `float_weight_linear` (the fp32/bf16 linears of AOT Inductor exports: torchchat/export.py). AOT Inductor calls them through C shims
 (`AOTI_C_SHIMS`), so an exported model needs the library loaded with global symbols: `load()`
 does that, and `aoti_run` links the same sources (CMakeLists.txt, torchchat_kernels).
@@ -76,9 +76,10 @@ def load() -> None:
 def load_executorch() -> None:
     """Build (first time only) and load our kernels into ExecuTorch's runtime; idempotent.
 
-    Loading registers torchchat::int8_weight_linear.out / int4_weight_linear.out with the
-    kernel registry of the runtime that ExecuTorch's Python bindings use (the wheel's
-    libexecutorch.so, which this library links), so programs that call them load."""
+    Loading registers torchchat::int8_weight_linear.out, int4_weight_linear.out and
+    int4_a8_weight_linear.out with the kernel registry of the runtime that ExecuTorch's Python
+    bindings use (the wheel's libexecutorch.so, which this library links), so programs that call
+    them load."""
     global _et_loaded
     if _et_loaded:
         return

@@ -23,11 +23,11 @@ forward is plain PyTorch or ATen ops that torch.export traces:
   out variants, which our ExecuTorch kernels implement (kernels/executorch_ops.cpp, linked into
   et_run, loaded into ExecuTorch's Python runtime by --pte-path), in fp32 only. XNNPACK has no
   weight-only linear, so those layers stay outside its partitions.
-- linear:int4 with "activations": "int8" calls our int4 x int8 kernel (AVX-512 VNNI), in eager
-  PyTorch and AOT Inductor models; its layers keep int4_weight_linear's weights and math but
-  multiply them with each token's activations quantized per block of 32 values (symmetric, one
-  fp32 scale per block), as llama.cpp's Q4_1 files do with Q8_1. ExecuTorch refuses it (no
-  ExecuTorch kernel yet: linear:a8w4dq is ExecuTorch's int8-activation scheme).
+- linear:int4 with "activations": "int8" calls our int4 x int8 kernel (AVX-512 VNNI) everywhere
+  the int4 kernel runs; its layers keep linear:int4's weights and math but multiply them with
+  each token's activations quantized per block of 32 values (symmetric, one fp32 scale per
+  block), as llama.cpp's Q4_1 files do with Q8_1. Unlike linear:a8w4dq, the weights keep their
+  zero point (min) and the activations a scale per 32 values instead of one per token.
 - linear:a8w4dq is torchao's `Int8DynamicActivationIntxWeightConfig`: it exports as
   choose_qparams/quantize/dequantize ops around a linear, the pattern the XNNPACK partitioner
   fuses into its qd8-f32-qb4w kernel (how ExecuTorch's own llama export does it). Eager runs
@@ -213,7 +213,7 @@ class Int4Linear(nn.Module):
 class Int4A8Linear(nn.Module):
     """Int4Linear's weights and math, times each token's activations quantized to int8 per block of
     32 values on the fly: integer dot products (our AVX-512 VNNI kernel), the weights in panels of
-    16 rows for it (kernels.pack_int4_panels). Eager PyTorch and AOT Inductor models."""
+    16 rows for it (kernels.pack_int4_panels). Eager PyTorch, AOT Inductor and ExecuTorch."""
 
     def __init__(self, weight: Tensor, groupsize: int):
         super().__init__()
@@ -266,9 +266,6 @@ def check_backend(spec: dict, backend: str, dtype: Optional[str] = None) -> None
         if key != "precision" and backend not in SCHEMES[key][2]:
             hint = REFUSAL_HINT.get(backend, "")
             raise UserError(f"--quantize: {name} cannot run {key}" + (f" ({hint})" if hint else ""))
-        if backend == "et" and spec[key].get("activations") == "int8":
-            raise UserError(f"--quantize: ExecuTorch cannot run {key} with int8 activations (no ExecuTorch kernel "
-                            "for it yet; linear:a8w4dq is ExecuTorch's int8-activation scheme)")
         # Our ExecuTorch kernels take fp32 activations only (kernels/executorch_ops.cpp).
         if backend == "et" and key in kernels.QUANTIZE_SCHEMES and dtype not in (None, "fp32"):
             raise UserError(f"--quantize: ExecuTorch runs {key} in fp32 only, not {dtype} (export with --dtype fp32)")

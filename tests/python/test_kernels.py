@@ -331,7 +331,7 @@ INT8, INT8G32, INT4 = ('{"linear:int8": {"groupsize": 0}}', '{"linear:int8": {"g
                       '{"linear:int4": {"groupsize": 32}}')
 INT4A8 = '{"linear:int4": {"groupsize": 32, "activations": "int8", "output": "int4"}}'
 SCHEMES = {"int8-so": (INT8, "so"), "int4-pt2": (INT4, "pt2"), "int8g32-so": (INT8G32, "so"),
-           "int4a8-so": (INT4A8, "so"), "int8-pte": (INT8, "pte"),
+           "int4a8-so": (INT4A8, "so"), "int4a8-pte": (INT4A8, "pte"), "int8-pte": (INT8, "pte"),
            "int8g32-pte": (INT8G32, "pte"), "int4-pte": (INT4, "pte")}
 
 

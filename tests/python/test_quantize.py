@@ -101,8 +101,8 @@ def model_flags(t) -> list[str]:
     ("export", ["--quantize", '{"linear:int4": {"groupsize": 32}, "precision": {"dtype": "fp16"}}',
                 "--output-pte-path", "m.pte"], "ExecuTorch runs linear:int4 in fp32 only, not fp16"),
     ("export", ["--quantize", A8W4, "--output-dso-path", "m.so"], "AOT Inductor cannot run linear:a8w4dq"),
-    ("export", ["--quantize", INT4A8, "--output-pte-path", "m.pte"],
-     "ExecuTorch cannot run linear:int4 with int8 activations"),
+    ("export", ["--quantize", INT4A8, "--dtype", "bf16", "--output-pte-path", "m.pte"],
+     "ExecuTorch runs linear:int4 in fp32 only, not bf16"),
     ("export", ["--quantize", A8W4, "--output-dso-path", "m.so", "--output-pte-path", "m.pte"], "one at a time"),
     ("eval", ["--quantize", INT8, "--dso-path", "model.so"], "quantization is fixed at export"),
     ("generate", ["--quantize", INT8, "--pte-path", "model.pte"], "quantization is fixed at export"),
@@ -319,6 +319,7 @@ BACKEND_CASES = [  # (spec, export flag, eval flag)
     ('{"linear:a8w4dq": {"groupsize": 32}, "embedding:int4": {"groupsize": 64}}', "--output-pte-path", "--pte-path"),
     ('{"linear:int4": {"groupsize": 32}, "embedding:int8": {"groupsize": 0}}', "--output-pte-path", "--pte-path"),
     ('{"linear:int4": {"groupsize": 32, "activations": "int8"}}', "--output-dso-path", "--dso-path"),
+    ('{"linear:int4": {"groupsize": 32, "activations": "int8"}}', "--output-pte-path", "--pte-path"),
 ]
 
 
@@ -330,7 +331,7 @@ def eval_json(capsys, tmp_path, *flags) -> dict:
 
 
 @pytest.mark.parametrize("spec,export_flag,eval_flag", BACKEND_CASES, ids=["aoti-int4", "aoti-int8", "et-a8w4dq", "et-int4",
-                                                                              "aoti-int4-a8"])
+                                                                              "aoti-int4-a8", "et-int4-a8"])
 def test_same_perplexity_eager_and_exported(tiny, tmp_path, capsys, spec, export_flag, eval_flag):
     artifact = tmp_path / ("model.pte" if "pte" in export_flag else "model.so")
     p = cli("export", *model_flags(tiny), "--quantize", spec, "--max-seq-length", "64", export_flag, artifact,
