@@ -41,8 +41,17 @@ inline __m512 widen(const std::uint16_t* p, __mmask16 mask) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16));
 }
 
+inline __m512 widen(const std::int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+inline __m512 widen(const std::int8_t* p, __mmask16 mask) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p)));
+}
+
+// R rows of weights (fp32, bf16 or int8) x T tokens; int8 rows' sums are then scaled by their
+// scale[r] (per output row), float rows take no scale (nullptr).
 template <typename W, int R, int T>
-void float_tile(const float* x, i64 K, const W* w, float* y, i64 ldy) {
+void row_tile(const float* x, i64 K, const W* w, const float* scale, float* y, i64 ldy) {
   __m512 acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
@@ -72,7 +81,12 @@ void float_tile(const float* x, i64 K, const W* w, float* y, i64 ldy) {
     }
   }
   for (int t = 0; t < T; ++t)
-    for (int r = 0; r < R; ++r) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+    for (int r = 0; r < R; ++r) {
+      if constexpr (sizeof(W) == 1)
+        y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]) * scale[r];
+      else
+        y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+    }
 }
 
 // Panels (quant_linear.h): T tokens x the panel's 32 outputs, T * 2 accumulators; per k, the
@@ -111,40 +125,6 @@ void panel_tile(const float* x, i64 K, const W* p, float* y, i64 ldy, i64 cols) 
     }
 }
 
-template <int R, int T>
-void int8_tile(const float* x, i64 K, const std::int8_t* q, const float* scale, float* y, i64 ldy) {
-  __m512 acc[R][T];
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  auto step = [&](i64 k) {
-    __m512 w[R];
-    for (int r = 0; r < R; ++r)
-      w[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + r * K + k))));
-    for (int t = 0; t < T; ++t) {
-      const __m512 xv = _mm512_loadu_ps(x + t * K + k);
-      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(xv, w[r], acc[r][t]);
-    }
-  };
-  i64 k = 0;
-  for (; k + 64 <= K; k += 64) {
-    for (int r = 0; r < R; ++r) prefetch(q + (R + r) * K + k);
-    step(k), step(k + 16), step(k + 32), step(k + 48);
-  }
-  for (; k + 16 <= K; k += 16) step(k);
-  if (k < K) {  // the last K % 16 columns, masked
-    const __mmask16 mask = static_cast<__mmask16>((1u << (K - k)) - 1);
-    __m512 w[R];
-    for (int r = 0; r < R; ++r)
-      w[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, q + r * K + k)));
-    for (int t = 0; t < T; ++t) {
-      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + t * K + k);
-      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(xv, w[r], acc[r][t]);
-    }
-  }
-  for (int t = 0; t < T; ++t)
-    for (int r = 0; r < R; ++r) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]) * scale[r];
-}
-
 // Groupwise int8 (G < K, a multiple of 32): each group is summed in its own R x T
 // accumulators, which one FMA by the group's scale (broadcast) folds into the running sums;
 // the running sums are reduced at the end. Both sets must stay in registers with the R
@@ -165,15 +145,14 @@ void int8_group_tile(const float* x, i64 K, i64 G, const std::int8_t* q, const f
       for (int t = 0; t < T; ++t) sum[r][t] = _mm512_setzero_ps();
     auto step = [&](i64 k) {
       __m512 w[R];
-      for (int r = 0; r < R; ++r)
-        w[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + r * K + k))));
+      for (int r = 0; r < R; ++r) w[r] = widen(q + r * K + k);
       for (int t = 0; t < T; ++t) {
         const __m512 xv = _mm512_loadu_ps(x + t * K + k);
         for (int r = 0; r < R; ++r) sum[r][t] = _mm512_fmadd_ps(xv, w[r], sum[r][t]);
       }
     };
     for (i64 k = g * G; k < (g + 1) * G; k += 32) {
-      if (k % 64 == 0)  // one cache line of each row per 64 weights, as in int8_tile
+      if (k % 64 == 0)  // one cache line of each row per 64 weights, as in row_tile
         for (int r = 0; r < R; ++r) prefetch(q + (R + r) * K + k);
       step(k), step(k + 16);
     }
@@ -242,11 +221,11 @@ void int4_tile(const float* x, i64 K, i64 G, const std::uint8_t* q, const std::u
 // tiles[R - 1][T - 1], for the edges of the output where fewer rows or tokens remain.
 template <int R, int T>
 struct Fp32Tile {
-  static constexpr auto fn = &float_tile<float, R, T>;
+  static constexpr auto fn = &row_tile<float, R, T>;
 };
 template <int R, int T>
 struct Bf16Tile {
-  static constexpr auto fn = &float_tile<std::uint16_t, R, T>;
+  static constexpr auto fn = &row_tile<std::uint16_t, R, T>;
 };
 template <typename W>
 constexpr auto panel_tiles() {
@@ -264,7 +243,7 @@ constexpr auto kBf16Panels = panel_tiles<std::uint16_t>();
 
 template <int R, int T>
 struct Int8Tile {
-  static constexpr auto fn = &int8_tile<R, T>;
+  static constexpr auto fn = &row_tile<std::int8_t, R, T>;
 };
 template <int R, int T>
 struct Int8GroupTile {
@@ -312,9 +291,10 @@ void walk(i64 M, i64 n0, i64 n1, Run run) {
 void float_linear(const float* x, i64 M, const FloatWeights& w, float* y, i64 n0, i64 n1) {
   walk(M, n0, n1, [&](int r, int t, i64 m, i64 n) {
     if (w.bf16)
-      kBf16Tiles.at[r - 1][t - 1](x + m * w.K, w.K, static_cast<const std::uint16_t*>(w.w) + n * w.K, y + m * w.N + n, w.N);
+      kBf16Tiles.at[r - 1][t - 1](x + m * w.K, w.K, static_cast<const std::uint16_t*>(w.w) + n * w.K, nullptr, y + m * w.N + n,
+                                  w.N);
     else
-      kFp32Tiles.at[r - 1][t - 1](x + m * w.K, w.K, static_cast<const float*>(w.w) + n * w.K, y + m * w.N + n, w.N);
+      kFp32Tiles.at[r - 1][t - 1](x + m * w.K, w.K, static_cast<const float*>(w.w) + n * w.K, nullptr, y + m * w.N + n, w.N);
   });
 }
 
