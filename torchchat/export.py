@@ -146,7 +146,7 @@ def float_kernels(model: Transformer) -> Iterator[None]:
     wq/wk/wv and w1/w3 become one matrix (one call instead of three and two; every output is
     computed as before). The output layer tied to the embedding table reads the table
     (TiedOutput); the other linears read weights packed in column panels (PanelLinear)."""
-    from torchchat.model import Attention, FeedForward
+    from torchchat.model import unfused_projections
 
     def is_float(m) -> bool:
         return type(m) is nn.Linear and m.bias is None and m.weight.dtype in (torch.float32, torch.bfloat16)
@@ -163,14 +163,11 @@ def float_kernels(model: Transformer) -> Iterator[None]:
         kernels.load()
         tied = model.output if (isinstance(model.tok_embeddings, nn.Embedding)
                                 and model.output.weight is model.tok_embeddings.weight) else None
-        for m in list(model.modules()):
-            for fused, parts in ((Attention, ("wqkv", ("wq", "wk", "wv"))), (FeedForward, ("w13", ("w1", "w3")))):
-                name, names = parts
-                if isinstance(m, fused) and getattr(m, name) is None and all(is_float(getattr(m, n)) for n in names):
-                    weight = torch.cat([getattr(m, n).weight.detach() for n in names])
-                    swap(m, name, PanelLinear(weight))
-                    for n in names:
-                        swap(m, n, None)
+        for m, name, parts in unfused_projections(model):
+            if all(is_float(getattr(m, part)) for part in parts):
+                swap(m, name, PanelLinear(torch.cat([getattr(m, part).weight.detach() for part in parts])))
+                for part in parts:
+                    swap(m, part, None)
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
                 if is_float(child):

@@ -128,7 +128,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
-        # wq, wk and wv as one matrix, when torchchat/quantize.py fuses them (one kernel call).
+        # wq, wk and wv as one matrix once fused (unfused_projections: quantize.py, export.py), one kernel call.
         self.wqkv: Optional[nn.Module] = None
         self.kv_cache: Optional[KVCache] = None
 
@@ -169,6 +169,19 @@ class FeedForward(nn.Module):
         else:
             gate, up = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * up)
+
+
+def unfused_projections(model: nn.Module) -> list[tuple[nn.Module, str, tuple[str, ...]]]:
+    """The projections that may run as one matrix, not yet fused: (module, fused attribute, parts)
+    for each layer's wq/wk/wv (wqkv) and w1/w3 (w13). The fused weight is the parts' rows in
+    order; forward runs either form."""
+    groups = []
+    for m in model.modules():
+        if isinstance(m, Attention) and m.wqkv is None:
+            groups.append((m, "wqkv", ("wq", "wk", "wv")))
+        elif isinstance(m, FeedForward) and m.w13 is None:
+            groups.append((m, "w13", ("w1", "w3")))
+    return groups
 
 
 class TransformerBlock(nn.Module):
