@@ -3,8 +3,9 @@
 The C++ sources are compiled once per machine with torch.utils.cpp_extension (cached under
 ~/.cache/torch_extensions, rebuilt when a source changes) and registered as PyTorch operators
 `torch.ops.torchchat.int8_weight_linear` / `int4_weight_linear` / `int4_a8_weight_linear`
-(quantized layers, which eager PyTorch, torch.export and AOT Inductor all call) and `panel_weight_linear` /
-`float_weight_linear` (the fp32/bf16 linears of AOT Inductor exports: torchchat/export.py). AOT Inductor calls them through C shims
+(quantized layers, which eager PyTorch, torch.export and AOT Inductor all call) and
+`panel_weight_linear` / `float_weight_linear` (the fp32/bf16 linears of AOT Inductor exports:
+torchchat/export.py). AOT Inductor calls them through C shims
 (`AOTI_C_SHIMS`), so an exported model needs the library loaded with global symbols: `load()`
 does that, and `aoti_run` links the same sources (CMakeLists.txt, torchchat_kernels).
 
@@ -243,34 +244,3 @@ def dequantize_int4(packed: Tensor, scales_mins: Tensor, groupsize: int) -> Tens
     n, k = q.shape
     sm = scales_mins.float()
     return (q.reshape(n, k // groupsize, groupsize) * sm[..., :1] + sm[..., 1:]).reshape(n, k)
-
-
-def int8_weight_linear_ref(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
-    if scale.dim() == 1:  # per output row
-        return (torch.nn.functional.linear(x.float(), q.float()) * scale).to(x.dtype)
-    return torch.nn.functional.linear(x.float(), dequantize_int8(q, scale)).to(x.dtype)
-
-
-def int4_weight_linear_ref(x: Tensor, packed: Tensor, scales_mins: Tensor, groupsize: int) -> Tensor:
-    return torch.nn.functional.linear(x.float(), dequantize_int4(packed, scales_mins, groupsize)).to(x.dtype)
-
-
-def quantize_activations_ref(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per block of 32 values of the last dimension, symmetric int8 (kernels/quant_linear.h):
-    (xq int8 [M, K], s fp32 [M, K / 32], s * sum(xq) fp32 [M, K / 32])."""
-    xb = x.float().reshape(-1, x.shape[-1] // 32, 32)
-    s = xb.abs().amax(-1) / 127
-    xq = torch.where(s[..., None] > 0, torch.round(xb / s[..., None]), torch.zeros_like(xb)).clamp(-127, 127)
-    return xq.to(torch.int8).flatten(1), s, s * xq.sum(-1)
-
-
-def int4_a8_weight_linear_ref(x: Tensor, q: Tensor, scales_mins: Tensor, groupsize: int) -> Tensor:
-    """In float64 from the unpacked codes q [N, K]: the exact integer dot products per block,
-    scaled by the weights' and the activations' scales (the kernel rounds only the scaling)."""
-    n, k = q.shape
-    xq, s, ssum = quantize_activations_ref(x)
-    dots = torch.einsum("mbk,nbk->mnb", xq.double().reshape(-1, k // 32, 32), q.double().reshape(n, k // 32, 32))
-    sm = scales_mins.double().repeat_interleave(groupsize // 32, dim=1)  # [N, blocks, 2]
-    y = (dots * sm[None, :, :, 0] * s.double()[:, None, :] + sm[None, :, :, 1] * ssum.double()[:, None, :]).sum(-1)
-    return y.reshape(*x.shape[:-1], n)
-

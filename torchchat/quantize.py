@@ -129,7 +129,8 @@ def parse_scheme(key: str, options: dict) -> dict:
     known = ("groupsize", *choices)
     unknown = set(options) - set(known)
     if unknown:
-        raise UserError(f"--quantize: {key} has no option {sorted(unknown)[0]!r} (it takes {' and '.join(known)})")
+        takes = known[0] if len(known) == 1 else f"{', '.join(known[:-1])} and {known[-1]}"
+        raise UserError(f"--quantize: {key} has no option {sorted(unknown)[0]!r} (it takes {takes})")
     g = options.get("groupsize", default)
     if not isinstance(g, int) or isinstance(g, bool) or g < 0:
         raise UserError(f"--quantize: {key} groupsize must be a non-negative integer, got {json.dumps(g)}")
