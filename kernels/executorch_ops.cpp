@@ -114,13 +114,11 @@ Tensor& int4_a8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, co
   constexpr const char* op = "torchchat::int4_a8_weight_linear.out";
   ET_KERNEL_CHECK_MSG(ctx, groupsize >= 32 && groupsize % 32 == 0, InvalidArgument, out,
                       "%s: groupsize %lld must be a multiple of 32", op, static_cast<long long>(groupsize));
-  ET_KERNEL_CHECK_MSG(ctx,
-                      panels.dim() == 3 && panels.scalar_type() == ScalarType::Byte && tensor_is_contiguous(panels) &&
-                          panels.size(2) == 8 * groupsize + 64 && N >= 1 &&
-                          panels.size(0) == (N + kInt4Panel - 1) / kInt4Panel,
+  const std::int64_t K =
+      panels.dim() == 3 ? int4_panel_k(N, groupsize, panels.size(0), panels.size(1), panels.size(2)) : 0;
+  ET_KERNEL_CHECK_MSG(ctx, panels.scalar_type() == ScalarType::Byte && tensor_is_contiguous(panels) && K > 0,
                       InvalidArgument, out, "%s: panels must be a contiguous uint8 [ceil(N / 16), K / G, 8G + 64] tensor",
                       op);
-  const std::int64_t K = panels.size(1) * groupsize;
   if (!prepare(ctx, op, x, K, N, out)) return out;
   const std::int64_t M = x.numel() / K;
   // The quantized activations: per thread, kept between calls (no allocation per token).
@@ -128,9 +126,7 @@ Tensor& int4_a8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, co
   thread_local std::vector<float> scales;
   xq.resize(static_cast<std::size_t>(M * K));
   scales.resize(static_cast<std::size_t>(2 * M * (K / 32)));
-  float* scale = scales.data();
-  quantize_activations(x.const_data_ptr<float>(), M, K, xq.data(), scale, scale + M * (K / 32));
-  const Int8Activations xa{xq.data(), scale, scale + M * (K / 32), M, K};
+  const Int8Activations xa = quantized_activations(x.const_data_ptr<float>(), M, K, xq.data(), scales.data());
   const Int4PanelWeights w{panels.const_data_ptr<std::uint8_t>(), N, K, groupsize};
   float* yp = out.mutable_data_ptr<float>();
   const bool ok = ::executorch::extension::parallel_for(0, panels.size(0), 1, [&](std::int64_t p0, std::int64_t p1) {

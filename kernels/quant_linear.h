@@ -81,6 +81,15 @@ struct Int4PanelWeights {
   std::int64_t N, K, G;
 };
 
+// K of int4 panels shaped [panels, groups, bytes] for N outputs and groupsize G: groups * G
+// when the shape is [ceil(N / 16), K / G, 8G + 64] with K >= G a multiple of 32; 0 otherwise.
+inline std::int64_t int4_panel_k(std::int64_t N, std::int64_t G, std::int64_t panels, std::int64_t groups,
+                                 std::int64_t bytes) {
+  const bool ok = G >= 32 && G % 32 == 0 && N >= 1 && groups >= 1 && bytes == 8 * G + 64 &&
+                  panels == (N + kInt4Panel - 1) / kInt4Panel;
+  return ok ? groups * G : 0;
+}
+
 // Activations quantized per token and block of 32 (see above): q [M, K], scale and
 // scaled_sum (s * sum(xq)) [M, K / 32].
 struct Int8Activations {
@@ -98,6 +107,14 @@ void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y,
 // K a multiple of 32; writes q [M, K], scale and scaled_sum [M, K / 32].
 void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q, float* scale,
                           float* scaled_sum);
+// x [M, K] quantized into the caller's buffers q [M, K] and scales [2, M, K / 32] (the scales,
+// then the scaled sums): what int4_a8_linear reads.
+inline Int8Activations quantized_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q,
+                                             float* scales) {
+  float* scaled_sum = scales + M * (K / 32);
+  quantize_activations(x, M, K, q, scales, scaled_sum);
+  return {q, scales, scaled_sum, M, K};
+}
 // n0 and n1 are multiples of kInt4Panel (or N).
 void int4_a8_linear(const Int8Activations& x, const Int4PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 

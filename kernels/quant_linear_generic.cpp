@@ -126,7 +126,8 @@ void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::i
     std::int32_t sum = 0;
     for (int i = 0; i < 32; ++i) {
       // nearbyint: the current rounding mode, half to even by default (as cvtps2dq and torch.round)
-      const std::int32_t v = s == 0.f ? 0 : static_cast<std::int32_t>(std::fmin(std::fmax(std::nearbyint(xb[i] / s), -127.f), 127.f));
+      const float rounded = s == 0.f ? 0.f : std::fmin(std::fmax(std::nearbyint(xb[i] / s), -127.f), 127.f);
+      const std::int32_t v = static_cast<std::int32_t>(rounded);
       q[32 * b + i] = static_cast<std::int8_t>(v);
       sum += v;
     }

@@ -123,19 +123,17 @@ at::Tensor int4_a8_weight_linear(const at::Tensor& x, const at::Tensor& panels, 
                                  std::int64_t groupsize) {
   TORCH_CHECK(groupsize >= 32 && groupsize % 32 == 0, "int4_a8_weight_linear: groupsize must be a multiple of 32, got ",
               groupsize);
-  TORCH_CHECK(panels.dim() == 3 && panels.scalar_type() == at::kByte && panels.is_contiguous() &&
-                  panels.size(2) == 8 * groupsize + 64 && N >= 1 &&
-                  panels.size(0) == (N + kInt4Panel - 1) / kInt4Panel,
+  const std::int64_t K =
+      panels.dim() == 3 ? int4_panel_k(N, groupsize, panels.size(0), panels.size(1), panels.size(2)) : 0;
+  TORCH_CHECK(panels.scalar_type() == at::kByte && panels.is_contiguous() && K > 0,
               "int4_a8_weight_linear: panels must be a contiguous uint8 [ceil(N / 16), K / G, 8G + 64] tensor for N = ",
               N, " and G = ", groupsize, ", got ", panels.sizes());
-  const std::int64_t K = panels.size(1) * groupsize;
   const at::Tensor xf = activations(x, K, "int4_a8_weight_linear");
   const std::int64_t M = xf.size(0);
   at::Tensor xq = at::empty({M, K}, xf.options().dtype(at::kChar));
   at::Tensor scales = at::empty({2, M, K / 32}, xf.options());
-  float* scale = scales.mutable_data_ptr<float>();
-  quantize_activations(xf.const_data_ptr<float>(), M, K, xq.mutable_data_ptr<std::int8_t>(), scale, scale + M * (K / 32));
-  const Int8Activations xa{xq.const_data_ptr<std::int8_t>(), scale, scale + M * (K / 32), M, K};
+  const Int8Activations xa = quantized_activations(xf.const_data_ptr<float>(), M, K, xq.mutable_data_ptr<std::int8_t>(),
+                                                   scales.mutable_data_ptr<float>());
   const Int4PanelWeights w{panels.const_data_ptr<std::uint8_t>(), N, K, groupsize};
   at::Tensor y = at::empty({M, N}, xf.options());
   float* yp = y.mutable_data_ptr<float>();
@@ -167,30 +165,28 @@ at::Tensor& int4_a8_weight_linear_out(const at::Tensor& x, const at::Tensor& pan
   return into(out, int4_a8_weight_linear(x, panels, N, groupsize));
 }
 
-// Shapes only, for export's fake tensors (the functional ops' are in torchchat/kernels.py).
-at::Tensor& linear_out_meta(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out) {
+// Shapes only, for export's fake tensors (the functional ops' are in torchchat/kernels.py):
+// out takes x's shape with N outputs last.
+at::Tensor& linear_out_meta(const at::Tensor& x, std::int64_t N, at::Tensor& out) {
   auto shape = x.sizes().vec();
-  shape.back() = weight.size(0);
+  shape.back() = N;
   out.resize_(shape);
   return out;
 }
 
 at::Tensor& int8_weight_linear_out_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor&,
                                         at::Tensor& out) {
-  return linear_out_meta(x, weight, out);
+  return linear_out_meta(x, weight.size(0), out);
 }
 
 at::Tensor& int4_weight_linear_out_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor&,
                                         std::int64_t, at::Tensor& out) {
-  return linear_out_meta(x, weight, out);
+  return linear_out_meta(x, weight.size(0), out);
 }
 
 at::Tensor& int4_a8_weight_linear_out_meta(const at::Tensor& x, const at::Tensor&, std::int64_t N, std::int64_t,
                                            at::Tensor& out) {
-  auto shape = x.sizes().vec();
-  shape.back() = N;
-  out.resize_(shape);
-  return out;
+  return linear_out_meta(x, N, out);
 }
 
 std::string isa_op() { return isa(); }

@@ -246,6 +246,8 @@ def test_shapes_and_dtypes_follow_the_input():
                                                        17, 32), r"panels must be a contiguous uint8 \[ceil\(N / 16\)"),
     (lambda: torch.ops.torchchat.int4_a8_weight_linear(torch.randn(1, 64), torch.zeros(1, 2, 300, dtype=torch.uint8),
                                                        16, 32), "panels must be"),
+    (lambda: torch.ops.torchchat.int4_a8_weight_linear(torch.randn(1, 0), torch.zeros(1, 0, 320, dtype=torch.uint8),
+                                                       16, 32), "panels must be"),
     (lambda: torch.ops.torchchat.int4_a8_weight_linear(torch.randn(1, 96), torch.zeros(1, 2, 320, dtype=torch.uint8),
                                                        16, 32), "x has 96 features, the weight 64"),
 ])
