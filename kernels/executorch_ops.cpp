@@ -4,6 +4,7 @@
 //   torchchat::int8_weight_linear.out(Tensor x, Tensor weight, Tensor scales, *, Tensor(a!) out)
 //   torchchat::int4_weight_linear.out(Tensor x, Tensor weight, Tensor scales_mins, int groupsize, *, Tensor(a!) out)
 //   torchchat::int4_a8_weight_linear.out(Tensor x, Tensor panels, int N, int groupsize, *, Tensor(a!) out)
+//   torchchat::int8_a8_weight_linear.out(Tensor x, Tensor panels, int N, *, Tensor(a!) out)
 // et_run links this library (CMakeLists.txt, torchchat_et_kernels); Python loads it into
 // ExecuTorch's runtime before running such a program (torchchat/kernels.py load_executorch).
 //
@@ -109,6 +110,29 @@ Tensor& int4_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const
   return out;
 }
 
+// x (checked by prepare) quantized per block of 32, then kernel(xa, n0, n1) over whole panels of
+// the N outputs, into out.
+template <typename Kernel>
+Tensor& a8_linear(KernelRuntimeContext& ctx, const char* op, const Tensor& x, std::int64_t K, std::int64_t N,
+                  Tensor& out, Kernel kernel) {
+  const std::int64_t M = x.numel() / K;
+  // The quantized activations: per thread, kept between calls (no allocation per token).
+  thread_local std::vector<std::int8_t> xq;
+  thread_local std::vector<float> scales;
+  thread_local std::vector<std::int32_t> sums;
+  xq.resize(static_cast<std::size_t>(M * K));
+  scales.resize(static_cast<std::size_t>(2 * M * (K / 32)));
+  sums.resize(static_cast<std::size_t>(M * (K / 32)));
+  const Int8Activations xa =
+      quantized_activations(x.const_data_ptr<float>(), M, K, xq.data(), scales.data(), sums.data());
+  float* yp = out.mutable_data_ptr<float>();
+  const bool ok = ::executorch::extension::parallel_for(
+      0, (N + kA8Panel - 1) / kA8Panel, 1,
+      [&](std::int64_t p0, std::int64_t p1) { kernel(xa, yp, p0 * kA8Panel, std::min(p1 * kA8Panel, N)); });
+  ET_KERNEL_CHECK_MSG(ctx, ok, Internal, out, "%s: the thread pool failed", op);
+  return out;
+}
+
 Tensor& int4_a8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& panels, std::int64_t N,
                                   std::int64_t groupsize, Tensor& out) {
   constexpr const char* op = "torchchat::int4_a8_weight_linear.out";
@@ -120,20 +144,26 @@ Tensor& int4_a8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, co
                       InvalidArgument, out, "%s: panels must be a contiguous uint8 [ceil(N / 16), K / G, 8G + 64] tensor",
                       op);
   if (!prepare(ctx, op, x, K, N, out)) return out;
-  const std::int64_t M = x.numel() / K;
-  // The quantized activations: per thread, kept between calls (no allocation per token).
-  thread_local std::vector<std::int8_t> xq;
-  thread_local std::vector<float> scales;
-  xq.resize(static_cast<std::size_t>(M * K));
-  scales.resize(static_cast<std::size_t>(2 * M * (K / 32)));
-  const Int8Activations xa = quantized_activations(x.const_data_ptr<float>(), M, K, xq.data(), scales.data());
-  const Int4PanelWeights w{panels.const_data_ptr<std::uint8_t>(), N, K, groupsize};
-  float* yp = out.mutable_data_ptr<float>();
-  const bool ok = ::executorch::extension::parallel_for(0, panels.size(0), 1, [&](std::int64_t p0, std::int64_t p1) {
-    int4_a8_linear(xa, w, yp, p0 * kInt4Panel, std::min(p1 * kInt4Panel, N));
+  const A8PanelWeights w{panels.const_data_ptr<std::uint8_t>(), N, K, groupsize};
+  return a8_linear(ctx, op, x, K, N, out, [&](const Int8Activations& xa, float* y, std::int64_t n0, std::int64_t n1) {
+    int4_a8_linear(xa, w, y, n0, n1);
   });
-  ET_KERNEL_CHECK_MSG(ctx, ok, Internal, out, "%s: the thread pool failed", op);
-  return out;
+}
+
+Tensor& int8_a8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& panels, std::int64_t N,
+                                  Tensor& out) {
+  constexpr const char* op = "torchchat::int8_a8_weight_linear.out";
+  const std::int64_t G =
+      panels.dim() == 3 ? int8_panel_groupsize(N, panels.size(0), panels.size(1), panels.size(2)) : 0;
+  ET_KERNEL_CHECK_MSG(ctx, panels.scalar_type() == ScalarType::Byte && tensor_is_contiguous(panels) && G > 0,
+                      InvalidArgument, out,
+                      "%s: panels must be a contiguous uint8 [ceil(N / 16), K / G, 16G + 64] tensor (G a multiple of 32)",
+                      op);
+  const A8PanelWeights w{panels.const_data_ptr<std::uint8_t>(), N, panels.size(1) * G, G};
+  if (!prepare(ctx, op, x, w.K, N, out)) return out;
+  return a8_linear(ctx, op, x, w.K, N, out, [&](const Int8Activations& xa, float* y, std::int64_t n0, std::int64_t n1) {
+    int8_a8_linear(xa, w, y, n0, n1);
+  });
 }
 
 }  // namespace
@@ -144,3 +174,4 @@ Tensor& int4_a8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, co
 EXECUTORCH_LIBRARY(torchchat, "int8_weight_linear.out", torchchat::kernels::et::int8_weight_linear_out);
 EXECUTORCH_LIBRARY(torchchat, "int4_weight_linear.out", torchchat::kernels::et::int4_weight_linear_out);
 EXECUTORCH_LIBRARY(torchchat, "int4_a8_weight_linear.out", torchchat::kernels::et::int4_a8_weight_linear_out);
+EXECUTORCH_LIBRARY(torchchat, "int8_a8_weight_linear.out", torchchat::kernels::et::int8_a8_weight_linear_out);

@@ -31,12 +31,12 @@ Isa active() {
   return isa;
 }
 
-// int4_a8_linear's kernel also needs VNNI (AVX-512 CPUs before Cascade Lake lack it).
+// The int8-activation kernels also need VNNI (AVX-512 CPUs before Cascade Lake lack it).
 bool vnni() {
   static const bool has = [] {
     const bool ok = active() == Isa::Avx512 && __builtin_cpu_supports("avx512vnni");
     if (active() == Isa::Avx512 && !ok)
-      std::fprintf(stderr, "torchchat kernels: this CPU lacks AVX-512 VNNI; int8-activation int4 linears use the portable fallback (slower)\n");
+      std::fprintf(stderr, "torchchat kernels: this CPU lacks AVX-512 VNNI; int8-activation linears use the portable fallback (slower)\n");
     return ok;
   }();
   return has;
@@ -67,14 +67,19 @@ void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y,
 }
 
 void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q, float* scale,
-                          float* scaled_sum) {
-  if (vnni()) return avx512vnni::quantize_activations(x, M, K, q, scale, scaled_sum);
-  generic::quantize_activations(x, M, K, q, scale, scaled_sum);
+                          float* scaled_sum, std::int32_t* sum) {
+  if (vnni()) return avx512vnni::quantize_activations(x, M, K, q, scale, scaled_sum, sum);
+  generic::quantize_activations(x, M, K, q, scale, scaled_sum, sum);
 }
 
-void int4_a8_linear(const Int8Activations& x, const Int4PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
+void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
   if (vnni()) return avx512vnni::int4_a8_linear(x, w, y, n0, n1);
   generic::int4_a8_linear(x, w, y, n0, n1);
+}
+
+void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
+  if (vnni()) return avx512vnni::int8_a8_linear(x, w, y, n0, n1);
+  generic::int8_a8_linear(x, w, y, n0, n1);
 }
 
 }  // namespace torchchat::kernels

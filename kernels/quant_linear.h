@@ -22,11 +22,18 @@
 //         8G + 64 bytes: for each block of 32 k from k0, 4 chunks c of 64 bytes whose byte
 //         4l + i = q[16p + l, k0 + 4c + i] | q[16p + l, k0 + 16 + 4c + i] << 4; then the group's
 //         16 fp16 scales and 16 fp16 mins. [ceil(N / 16), K / G, 8G + 64] bytes; zero rows pad N.
-//         The activations are quantized per token and block of 32 values, symmetric int8 (what
-//         llama.cpp's Q8_1 does for its Q4_1 dot products): s = max|x| / 127, xq = x / s rounded
-//         half to even (0 when s = 0), and the block's s * sum(xq). Then, per block b in order,
-//           acc = fma(float(dot(q, xq)), scale * s, acc);  acc = fma(min, s * sum(xq), acc)
-//         so the integer dot products are exact and only the scaling rounds.
+//   int8 panels for int8 activations (int8_a8_linear): the int8 weights above (w = q * scale, one
+//         fp32 scale per row, G = K, or per group of G, a multiple of 32) in panels of 16 rows, each
+//         code stored as the unsigned byte q + 128 (vpdpbusd's weights are unsigned). Per panel p
+//         and group g, 16G + 64 bytes: for each block of 32 k from k0, 8 chunks c of 64 bytes whose
+//         byte 4l + i = q[16p + l, k0 + 4c + i] + 128; then the group's 16 fp32 scales.
+//         [ceil(N / 16), K / G, 16G + 64] bytes; zero rows pad N.
+//   Both take the activations quantized per token and block of 32 values, symmetric int8 (what
+//         llama.cpp's Q8_0/Q8_1 do for its dot products): s = max|x| / 127, xq = x / s rounded
+//         half to even (0 when s = 0), the block's integer sum(xq) and s * sum(xq). Then, per
+//         block b in order, with exact integer dot products (only the scaling rounds):
+//           int4: acc = fma(float(dot(q, xq)), scale * s, acc);  acc = fma(min, s * sum(xq), acc)
+//           int8: acc = fma(float(dot(q + 128, xq) - 128 * sum(xq)), scale * s, acc)
 //
 // Every y[m, n] is computed the same way whatever M is (same accumulation order), so a
 // token's logits do not depend on whether it came in a prompt or alone.
@@ -74,9 +81,10 @@ struct Int4Weights {
   std::int64_t N, K, G;
 };
 
-constexpr std::int64_t kInt4Panel = 16;  // outputs per int4 panel
+constexpr std::int64_t kA8Panel = 16;  // outputs per panel of the int8-activation kernels
 
-struct Int4PanelWeights {
+// int4 or int8 panels for int8 activations.
+struct A8PanelWeights {
   const std::uint8_t* w;
   std::int64_t N, K, G;
 };
@@ -86,16 +94,26 @@ struct Int4PanelWeights {
 inline std::int64_t int4_panel_k(std::int64_t N, std::int64_t G, std::int64_t panels, std::int64_t groups,
                                  std::int64_t bytes) {
   const bool ok = G >= 32 && G % 32 == 0 && N >= 1 && groups >= 1 && bytes == 8 * G + 64 &&
-                  panels == (N + kInt4Panel - 1) / kInt4Panel;
+                  panels == (N + kA8Panel - 1) / kA8Panel;
   return ok ? groups * G : 0;
 }
 
-// Activations quantized per token and block of 32 (see above): q [M, K], scale and
-// scaled_sum (s * sum(xq)) [M, K / 32].
+// G of int8 panels shaped [panels, groups, bytes] for N outputs: (bytes - 64) / 16 when the shape
+// is [ceil(N / 16), K / G, 16G + 64] with G a multiple of 32 (K = groups * G); 0 otherwise.
+inline std::int64_t int8_panel_groupsize(std::int64_t N, std::int64_t panels, std::int64_t groups,
+                                         std::int64_t bytes) {
+  const std::int64_t G = bytes >= 64 && (bytes - 64) % 16 == 0 ? (bytes - 64) / 16 : 0;
+  const bool ok = G >= 32 && G % 32 == 0 && N >= 1 && groups >= 1 && panels == (N + kA8Panel - 1) / kA8Panel;
+  return ok ? G : 0;
+}
+
+// Activations quantized per token and block of 32 (see above): q [M, K], scale, scaled_sum
+// (s * sum(xq)) and sum [M, K / 32].
 struct Int8Activations {
   const std::int8_t* q;
   const float* scale;
   const float* scaled_sum;
+  const std::int32_t* sum;
   std::int64_t M, K;
 };
 
@@ -104,24 +122,25 @@ void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* 
 void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
-// K a multiple of 32; writes q [M, K], scale and scaled_sum [M, K / 32].
+// K a multiple of 32; writes q [M, K], scale, scaled_sum and sum [M, K / 32].
 void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q, float* scale,
-                          float* scaled_sum);
-// x [M, K] quantized into the caller's buffers q [M, K] and scales [2, M, K / 32] (the scales,
-// then the scaled sums): what int4_a8_linear reads.
+                          float* scaled_sum, std::int32_t* sum);
+// x [M, K] quantized into the caller's buffers q [M, K], scales [2, M, K / 32] (the scales, then
+// the scaled sums) and sums [M, K / 32]: what int4_a8_linear and int8_a8_linear read.
 inline Int8Activations quantized_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q,
-                                             float* scales) {
+                                             float* scales, std::int32_t* sums) {
   float* scaled_sum = scales + M * (K / 32);
-  quantize_activations(x, M, K, q, scales, scaled_sum);
-  return {q, scales, scaled_sum, M, K};
+  quantize_activations(x, M, K, q, scales, scaled_sum, sums);
+  return {q, scales, scaled_sum, sums, M, K};
 }
-// n0 and n1 are multiples of kInt4Panel (or N).
-void int4_a8_linear(const Int8Activations& x, const Int4PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+// n0 and n1 are multiples of kA8Panel (or N).
+void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 
 // Which implementation runs: "avx512" when the CPU (and OS) have AVX-512 F/BW/VL, else
 // "generic" (portable C++). TORCHCHAT_KERNELS=generic forces the fallback. The first call
-// prints a notice on stderr when the fallback is used. int4_a8_linear also needs AVX-512
-// VNNI: without it, that kernel alone runs the fallback (with its own notice).
+// prints a notice on stderr when the fallback is used. int4_a8_linear and int8_a8_linear also
+// need AVX-512 VNNI: without it, those kernels alone run the fallback (with their own notice).
 const char* isa();
 
 // The implementations, for tests that compare them directly.
@@ -131,8 +150,9 @@ void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* 
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q, float* scale,
-                          float* scaled_sum);
-void int4_a8_linear(const Int8Activations& x, const Int4PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+                          float* scaled_sum, std::int32_t* sum);
+void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 }  // namespace generic
 namespace avx512 {
 void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
@@ -142,8 +162,9 @@ void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y,
 }  // namespace avx512
 namespace avx512vnni {
 void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q, float* scale,
-                          float* scaled_sum);
-void int4_a8_linear(const Int8Activations& x, const Int4PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+                          float* scaled_sum, std::int32_t* sum);
+void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 }  // namespace avx512vnni
 
 }  // namespace torchchat::kernels

@@ -117,32 +117,33 @@ void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y,
 }
 
 void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q, float* scale,
-                          float* scaled_sum) {
+                          float* scaled_sum, std::int32_t* sum) {
   for (std::int64_t b = 0; b < M * (K / 32); ++b) {  // K is a multiple of 32: blocks never span tokens
     const float* xb = x + 32 * b;
     float amax = 0.f;
     for (int i = 0; i < 32; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
     const float s = amax / 127.f;
-    std::int32_t sum = 0;
+    std::int32_t total = 0;
     for (int i = 0; i < 32; ++i) {
       // nearbyint: the current rounding mode, half to even by default (as cvtps2dq and torch.round)
       const float rounded = s == 0.f ? 0.f : std::fmin(std::fmax(std::nearbyint(xb[i] / s), -127.f), 127.f);
       const std::int32_t v = static_cast<std::int32_t>(rounded);
       q[32 * b + i] = static_cast<std::int8_t>(v);
-      sum += v;
+      total += v;
     }
+    sum[b] = total;
     scale[b] = s;
-    scaled_sum[b] = s * static_cast<float>(sum);
+    scaled_sum[b] = s * static_cast<float>(total);
   }
 }
 
-void int4_a8_linear(const Int8Activations& x, const Int4PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
+void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
   const std::int64_t groups = w.K / w.G, group_bytes = 8 * w.G + 64, blocks = w.K / 32;
   for (std::int64_t m = 0; m < x.M; ++m) {
     const std::int8_t* xq = x.q + m * w.K;
     for (std::int64_t n = n0; n < n1; ++n) {
-      const std::int64_t lane = n % kInt4Panel;
-      const std::uint8_t* panel = w.w + (n / kInt4Panel) * groups * group_bytes;
+      const std::int64_t lane = n % kA8Panel;
+      const std::uint8_t* panel = w.w + (n / kA8Panel) * groups * group_bytes;
       float acc = 0.f;
       for (std::int64_t b = 0; b < blocks; ++b) {
         const std::int64_t g = b * 32 / w.G;
@@ -156,7 +157,32 @@ void int4_a8_linear(const Int8Activations& x, const Int4PanelWeights& w, float* 
             dot += (byte & 15) * xq[32 * b + 4 * c + i] + (byte >> 4) * xq[32 * b + 16 + 4 * c + i];
           }
         acc = std::fma(static_cast<float>(dot), half_to_float(sm[lane]) * x.scale[m * blocks + b], acc);
-        acc = std::fma(half_to_float(sm[kInt4Panel + lane]), x.scaled_sum[m * blocks + b], acc);
+        acc = std::fma(half_to_float(sm[kA8Panel + lane]), x.scaled_sum[m * blocks + b], acc);
+      }
+      y[m * w.N + n] = acc;
+    }
+  }
+}
+
+void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
+  const std::int64_t groups = w.K / w.G, group_bytes = 16 * w.G + 64, blocks = w.K / 32;
+  for (std::int64_t m = 0; m < x.M; ++m) {
+    const std::int8_t* xq = x.q + m * w.K;
+    for (std::int64_t n = n0; n < n1; ++n) {
+      const std::int64_t lane = n % kA8Panel;
+      const std::uint8_t* panel = w.w + (n / kA8Panel) * groups * group_bytes;
+      float acc = 0.f;
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        const std::int64_t g = b * 32 / w.G;
+        const std::uint8_t* group = panel + g * group_bytes;
+        const std::uint8_t* block = group + (b - g * (w.G / 32)) * 512;
+        float scale;
+        std::memcpy(&scale, group + 16 * w.G + 4 * lane, sizeof scale);
+        std::int32_t dot = 0;
+        for (int c = 0; c < 8; ++c)
+          for (int i = 0; i < 4; ++i) dot += block[64 * c + 4 * lane + i] * xq[32 * b + 4 * c + i];
+        dot -= 128 * x.sum[m * blocks + b];
+        acc = std::fma(static_cast<float>(dot), scale * x.scale[m * blocks + b], acc);
       }
       y[m * w.N + n] = acc;
     }

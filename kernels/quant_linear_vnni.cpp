@@ -1,12 +1,15 @@
-// int4 weights times int8 activations on AVX-512 VNNI (quant_linear.h, "int4 panels for int8
-// activations"), called only when the CPU has it (quant_linear.cpp). Like quant_linear_avx512.cpp,
-// free of standard-library headers (their inline functions would be compiled for these ISAs).
+// int4 and int8 weights times int8 activations on AVX-512 VNNI (quant_linear.h, "int4 panels" and
+// "int8 panels for int8 activations"), called only when the CPU has it (quant_linear.cpp). Like
+// quant_linear_avx512.cpp, free of standard-library headers (their inline functions would be
+// compiled for these ISAs).
 //
 // Why integer dot products: weight-only int4 with fp32 activations converts every weight to a
 // float (quant_linear_avx512.cpp's int4_tile, ~7 uops per 32 weights and row) and is bound by
 // that, not by memory. Here one vpdpbusd multiplies 64 weight codes by activation bytes: per 32
 // weights of 16 rows, 4 loads, 6 uops to split the nibbles and 8 dot products, so decode is
-// left to the memory's pace.
+// left to the memory's pace. int8 weights need no unpacking: 8 loads, 8 dot products and one
+// subtraction per token (the codes' + 128), where fp32 activations take 32 widenings and 32 FMAs:
+// the difference shows in a prompt's GEMM.
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")
 #pragma GCC optimize("O3")
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -14,12 +17,6 @@
 #include <immintrin.h>
 
 #include "quant_linear.h"
-
-
-
-
-
-
 
 namespace torchchat::kernels::avx512vnni {
 namespace {
@@ -41,26 +38,40 @@ inline __m512i broadcast4(const std::int8_t* p) {
 }
 
 // The output columns [16p, 16p + cols) of tokens [m, m + T): every block of K in order.
-template <int T>
+// kBits 4: int4 panels (256 bytes per block, then per group 16 fp16 scales and 16 fp16 mins);
+// kBits 8: int8 panels (512 bytes per block, then per group 16 fp32 scales).
+template <int kBits, int T>
 void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64 G, float* y, i64 ldy, int cols) {
-  const i64 groups = K / G, group_bytes = 8 * G + 64, blocks = K / 32;
+  constexpr i64 kBlockBytes = 64 * kBits;
+  const i64 groups = K / G, group_bytes = G / 32 * kBlockBytes + 64, blocks = K / 32;
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   __m512 acc[T];
   for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
   for (i64 g = 0; g < groups; ++g) {
     const std::uint8_t* group = panel + g * group_bytes;
-    const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 8 * G)));
-    const __m512 mins = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(group + 8 * G + 32)));
+    const std::uint8_t* trailer = group + G / 32 * kBlockBytes;
+    __m512 scale, mins;
+    if constexpr (kBits == 4) {
+      scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(trailer)));
+      mins = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(trailer + 32)));
+    } else {
+      scale = _mm512_loadu_ps(trailer);
+    }
     for (i64 j = 0; j < G / 32; ++j) {
-      const std::uint8_t* block = group + 256 * j;
-      for (int line = 0; line < 256; line += 64)
+      const std::uint8_t* block = group + kBlockBytes * j;
+      for (int line = 0; line < kBlockBytes; line += 64)
         _mm_prefetch(reinterpret_cast<const char*>(block + kAhead + line), _MM_HINT_T0);
-      // w[s]: the codes of k0 + 4s .. k0 + 4s + 3 of the 16 rows (chunk s % 4, low nibbles for s < 4).
+      // w[s]: the codes of k0 + 4s .. k0 + 4s + 3 of the 16 rows (int4: chunk s % 4, low nibbles
+      // for s < 4; int8: chunk s).
       __m512i w[8];
-      for (int c = 0; c < 4; ++c) {
-        const __m512i bytes = _mm512_loadu_si512(block + 64 * c);
-        w[c] = _mm512_and_si512(bytes, low4);
-        w[c + 4] = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low4);
+      if constexpr (kBits == 4) {
+        for (int c = 0; c < 4; ++c) {
+          const __m512i bytes = _mm512_loadu_si512(block + 64 * c);
+          w[c] = _mm512_and_si512(bytes, low4);
+          w[c + 4] = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low4);
+        }
+      } else {
+        for (int c = 0; c < 8; ++c) w[c] = _mm512_loadu_si512(block + 64 * c);
       }
       const i64 b = g * (G / 32) + j;
       for (int t = 0; t < T; ++t) {
@@ -72,9 +83,10 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
           d1 = _mm512_dpbusd_epi32(d1, w[s + 4], broadcast4(xq + 16 + 4 * s));
         }
         const i64 at = (m + t) * blocks + b;
-        const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(d0, d1));
-        acc[t] = _mm512_fmadd_ps(dot, _mm512_mul_ps(scale, _mm512_set1_ps(x.scale[at])), acc[t]);
-        acc[t] = _mm512_fmadd_ps(mins, _mm512_set1_ps(x.scaled_sum[at]), acc[t]);
+        __m512i dot = _mm512_add_epi32(d0, d1);
+        if constexpr (kBits == 8) dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(128 * x.sum[at]));  // the + 128
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(scale, _mm512_set1_ps(x.scale[at])), acc[t]);
+        if constexpr (kBits == 4) acc[t] = _mm512_fmadd_ps(mins, _mm512_set1_ps(x.scaled_sum[at]), acc[t]);
       }
     }
   }
@@ -82,12 +94,32 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
   for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * ldy, mask, acc[t]);
 }
 
-using TileFn = decltype(&tile<1>);
-constexpr TileFn kTiles[kTokens] = {&tile<1>, &tile<2>, &tile<3>, &tile<4>, &tile<5>, &tile<6>, &tile<7>, &tile<8>};
+using TileFn = decltype(&tile<4, 1>);
+template <int kBits>
+constexpr TileFn kTiles[kTokens] = {&tile<kBits, 1>, &tile<kBits, 2>, &tile<kBits, 3>, &tile<kBits, 4>,
+                                    &tile<kBits, 5>, &tile<kBits, 6>, &tile<kBits, 7>, &tile<kBits, 8>};
+
+template <int kBits>
+void a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, i64 n0, i64 n1) {
+  const i64 panel_bytes = (w.K / w.G) * (w.G / 32 * 64 * kBits + 64);
+  // The blocks' prefetches reach kAhead on; ask for the first kAhead bytes now (a call's
+  // weights are cold: the previous layer's were read last).
+  const char* first = reinterpret_cast<const char*>(w.w + (n0 / kA8Panel) * panel_bytes);
+  for (i64 line = 0; line < kAhead; line += 64) _mm_prefetch(first + line, _MM_HINT_T0);
+  for (i64 n = n0; n < n1; n += kA8Panel) {
+    const std::uint8_t* panel = w.w + (n / kA8Panel) * panel_bytes;
+    const int cols = static_cast<int>(min(kA8Panel, n1 - n));
+    for (i64 m = 0; m < x.M; m += kTokens) {
+      const int t = static_cast<int>(min(kTokens, x.M - m));
+      kTiles<kBits>[t - 1](x, m, panel, w.K, w.G, y + m * w.N + n, w.N, cols);
+    }
+  }
+}
 
 }  // namespace
 
-void quantize_activations(const float* x, i64 M, i64 K, std::int8_t* q, float* scale, float* scaled_sum) {
+void quantize_activations(const float* x, i64 M, i64 K, std::int8_t* q, float* scale, float* scaled_sum,
+                          std::int32_t* sum) {
   const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
   for (i64 b = 0; b < M * (K / 32); ++b) {
     const __m512 x0 = _mm512_loadu_ps(x + 32 * b), x1 = _mm512_loadu_ps(x + 32 * b + 16);
@@ -102,25 +134,18 @@ void quantize_activations(const float* x, i64 M, i64 K, std::int8_t* q, float* s
     }
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 32 * b), _mm512_cvtepi32_epi8(q0));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 32 * b + 16), _mm512_cvtepi32_epi8(q1));
+    sum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
     scale[b] = s;
-    scaled_sum[b] = s * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
+    scaled_sum[b] = s * static_cast<float>(sum[b]);
   }
 }
 
-void int4_a8_linear(const Int8Activations& x, const Int4PanelWeights& w, float* y, i64 n0, i64 n1) {
-  const i64 panel_bytes = (w.K / w.G) * (8 * w.G + 64);
-  // The blocks' prefetches reach kAhead on; ask for the first kAhead bytes now (a call's
-  // weights are cold: the previous layer's were read last).
-  const char* first = reinterpret_cast<const char*>(w.w + (n0 / kInt4Panel) * panel_bytes);
-  for (i64 line = 0; line < kAhead; line += 64) _mm_prefetch(first + line, _MM_HINT_T0);
-  for (i64 n = n0; n < n1; n += kInt4Panel) {
-    const std::uint8_t* panel = w.w + (n / kInt4Panel) * panel_bytes;
-    const int cols = static_cast<int>(min(kInt4Panel, n1 - n));
-    for (i64 m = 0; m < x.M; m += kTokens) {
-      const int t = static_cast<int>(min(kTokens, x.M - m));
-      kTiles[t - 1](x, m, panel, w.K, w.G, y + m * w.N + n, w.N, cols);
-    }
-  }
+void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, i64 n0, i64 n1) {
+  a8_linear<4>(x, w, y, n0, n1);
+}
+
+void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, i64 n0, i64 n1) {
+  a8_linear<8>(x, w, y, n0, n1);
 }
 
 }  // namespace torchchat::kernels::avx512vnni

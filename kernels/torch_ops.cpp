@@ -5,7 +5,8 @@
 //     (scales [N]: one per output row; [N, K / G]: one per group of G weights of a row)
 //   torchchat::int4_weight_linear(Tensor x, Tensor weight, Tensor scales_mins, int groupsize) -> Tensor
 //   torchchat::int4_a8_weight_linear(Tensor x, Tensor panels, int N, int groupsize) -> Tensor
-//     (int4 weights times activations quantized to int8 per block of 32, on the fly)
+//   torchchat::int8_a8_weight_linear(Tensor x, Tensor panels, int N) -> Tensor
+//     (int4 / int8 weights times activations quantized to int8 per block of 32, on the fly)
 // and their out variants (`.out`, the same arguments then `*, Tensor(a!) out`), which
 // ExecuTorch's export puts in the program (to_executorch's out-variant pass) and which
 // kernels/executorch_ops.cpp implements inside the ExecuTorch runtime.
@@ -119,6 +120,24 @@ at::Tensor int4_weight_linear(const at::Tensor& x, const at::Tensor& weight, con
   return output(x, y);
 }
 
+// x quantized per block of 32, then kernel(xa, n0, n1) over whole panels of the N outputs.
+template <typename Kernel>
+at::Tensor a8_linear(const at::Tensor& x, std::int64_t K, std::int64_t N, const char* op, Kernel kernel) {
+  const at::Tensor xf = activations(x, K, op);
+  const std::int64_t M = xf.size(0);
+  at::Tensor xq = at::empty({M, K}, xf.options().dtype(at::kChar));
+  at::Tensor scales = at::empty({2, M, K / 32}, xf.options());
+  at::Tensor sums = at::empty({M, K / 32}, xf.options().dtype(at::kInt));
+  const Int8Activations xa = quantized_activations(xf.const_data_ptr<float>(), M, K, xq.mutable_data_ptr<std::int8_t>(),
+                                                   scales.mutable_data_ptr<float>(), sums.mutable_data_ptr<std::int32_t>());
+  at::Tensor y = at::empty({M, N}, xf.options());
+  float* yp = y.mutable_data_ptr<float>();
+  at::parallel_for(0, (N + kA8Panel - 1) / kA8Panel, 1, [&](std::int64_t p0, std::int64_t p1) {
+    kernel(xa, yp, p0 * kA8Panel, std::min(p1 * kA8Panel, N));
+  });
+  return output(x, y);
+}
+
 at::Tensor int4_a8_weight_linear(const at::Tensor& x, const at::Tensor& panels, std::int64_t N,
                                  std::int64_t groupsize) {
   TORCH_CHECK(groupsize >= 32 && groupsize % 32 == 0, "int4_a8_weight_linear: groupsize must be a multiple of 32, got ",
@@ -128,19 +147,20 @@ at::Tensor int4_a8_weight_linear(const at::Tensor& x, const at::Tensor& panels, 
   TORCH_CHECK(panels.scalar_type() == at::kByte && panels.is_contiguous() && K > 0,
               "int4_a8_weight_linear: panels must be a contiguous uint8 [ceil(N / 16), K / G, 8G + 64] tensor for N = ",
               N, " and G = ", groupsize, ", got ", panels.sizes());
-  const at::Tensor xf = activations(x, K, "int4_a8_weight_linear");
-  const std::int64_t M = xf.size(0);
-  at::Tensor xq = at::empty({M, K}, xf.options().dtype(at::kChar));
-  at::Tensor scales = at::empty({2, M, K / 32}, xf.options());
-  const Int8Activations xa = quantized_activations(xf.const_data_ptr<float>(), M, K, xq.mutable_data_ptr<std::int8_t>(),
-                                                   scales.mutable_data_ptr<float>());
-  const Int4PanelWeights w{panels.const_data_ptr<std::uint8_t>(), N, K, groupsize};
-  at::Tensor y = at::empty({M, N}, xf.options());
-  float* yp = y.mutable_data_ptr<float>();
-  at::parallel_for(0, panels.size(0), 1, [&](std::int64_t p0, std::int64_t p1) {
-    int4_a8_linear(xa, w, yp, p0 * kInt4Panel, std::min(p1 * kInt4Panel, N));
-  });
-  return output(x, y);
+  const A8PanelWeights w{panels.const_data_ptr<std::uint8_t>(), N, K, groupsize};
+  return a8_linear(x, K, N, "int4_a8_weight_linear", [&](const Int8Activations& xa, float* y, std::int64_t n0,
+                                                         std::int64_t n1) { int4_a8_linear(xa, w, y, n0, n1); });
+}
+
+at::Tensor int8_a8_weight_linear(const at::Tensor& x, const at::Tensor& panels, std::int64_t N) {
+  const std::int64_t G =
+      panels.dim() == 3 ? int8_panel_groupsize(N, panels.size(0), panels.size(1), panels.size(2)) : 0;
+  TORCH_CHECK(panels.scalar_type() == at::kByte && panels.is_contiguous() && G > 0,
+              "int8_a8_weight_linear: panels must be a contiguous uint8 [ceil(N / 16), K / G, 16G + 64] tensor "
+              "(G a multiple of 32) for N = ", N, ", got ", panels.sizes());
+  const A8PanelWeights w{panels.const_data_ptr<std::uint8_t>(), N, panels.size(1) * G, G};
+  return a8_linear(x, w.K, N, "int8_a8_weight_linear", [&](const Int8Activations& xa, float* y, std::int64_t n0,
+                                                           std::int64_t n1) { int8_a8_linear(xa, w, y, n0, n1); });
 }
 
 // The out variants: the same computation, written into `out` (resized to x's shape with N last).
@@ -163,6 +183,10 @@ at::Tensor& int4_weight_linear_out(const at::Tensor& x, const at::Tensor& weight
 at::Tensor& int4_a8_weight_linear_out(const at::Tensor& x, const at::Tensor& panels, std::int64_t N,
                                       std::int64_t groupsize, at::Tensor& out) {
   return into(out, int4_a8_weight_linear(x, panels, N, groupsize));
+}
+
+at::Tensor& int8_a8_weight_linear_out(const at::Tensor& x, const at::Tensor& panels, std::int64_t N, at::Tensor& out) {
+  return into(out, int8_a8_weight_linear(x, panels, N));
 }
 
 // Shapes only, for export's fake tensors (the functional ops' are in torchchat/kernels.py):
@@ -189,6 +213,10 @@ at::Tensor& int4_a8_weight_linear_out_meta(const at::Tensor& x, const at::Tensor
   return linear_out_meta(x, N, out);
 }
 
+at::Tensor& int8_a8_weight_linear_out_meta(const at::Tensor& x, const at::Tensor&, std::int64_t N, at::Tensor& out) {
+  return linear_out_meta(x, N, out);
+}
+
 std::string isa_op() { return isa(); }
 
 }  // namespace
@@ -200,10 +228,12 @@ TORCH_LIBRARY(torchchat, m) {
   m.def("int8_weight_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor");
   m.def("int4_weight_linear(Tensor x, Tensor weight, Tensor scales_mins, int groupsize) -> Tensor");
   m.def("int4_a8_weight_linear(Tensor x, Tensor panels, int N, int groupsize) -> Tensor");
+  m.def("int8_a8_weight_linear(Tensor x, Tensor panels, int N) -> Tensor");
   m.def("int8_weight_linear.out(Tensor x, Tensor weight, Tensor scales, *, Tensor(a!) out) -> Tensor(a!)");
   m.def("int4_weight_linear.out(Tensor x, Tensor weight, Tensor scales_mins, int groupsize, *, Tensor(a!) out) "
         "-> Tensor(a!)");
   m.def("int4_a8_weight_linear.out(Tensor x, Tensor panels, int N, int groupsize, *, Tensor(a!) out) -> Tensor(a!)");
+  m.def("int8_a8_weight_linear.out(Tensor x, Tensor panels, int N, *, Tensor(a!) out) -> Tensor(a!)");
   m.def("kernels_isa() -> str", &torchchat::kernels::isa_op);
 }
 
@@ -213,15 +243,18 @@ TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
   m.impl("int8_weight_linear", &torchchat::kernels::int8_weight_linear);
   m.impl("int4_weight_linear", &torchchat::kernels::int4_weight_linear);
   m.impl("int4_a8_weight_linear", &torchchat::kernels::int4_a8_weight_linear);
+  m.impl("int8_a8_weight_linear", &torchchat::kernels::int8_a8_weight_linear);
   m.impl("int8_weight_linear.out", &torchchat::kernels::int8_weight_linear_out);
   m.impl("int4_weight_linear.out", &torchchat::kernels::int4_weight_linear_out);
   m.impl("int4_a8_weight_linear.out", &torchchat::kernels::int4_a8_weight_linear_out);
+  m.impl("int8_a8_weight_linear.out", &torchchat::kernels::int8_a8_weight_linear_out);
 }
 
 TORCH_LIBRARY_IMPL(torchchat, Meta, m) {
   m.impl("int8_weight_linear.out", &torchchat::kernels::int8_weight_linear_out_meta);
   m.impl("int4_weight_linear.out", &torchchat::kernels::int4_weight_linear_out_meta);
   m.impl("int4_a8_weight_linear.out", &torchchat::kernels::int4_a8_weight_linear_out_meta);
+  m.impl("int8_a8_weight_linear.out", &torchchat::kernels::int8_a8_weight_linear_out_meta);
 }
 
 // C shims for AOT Inductor: declarations in torchchat/kernels.py (AOTI_C_SHIMS) must match.
@@ -268,5 +301,13 @@ extern "C" AOTITorchError aoti_torch_cpu_int4_a8_weight_linear(AtenTensorHandle 
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
     *ret = new_tensor_handle(torchchat::kernels::int4_a8_weight_linear(
         *tensor_handle_to_tensor_pointer(x), *tensor_handle_to_tensor_pointer(panels), N, groupsize));
+  });
+}
+
+extern "C" AOTITorchError aoti_torch_cpu_int8_a8_weight_linear(AtenTensorHandle x, AtenTensorHandle panels, int64_t N,
+                                                               AtenTensorHandle* ret) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret = new_tensor_handle(torchchat::kernels::int8_a8_weight_linear(*tensor_handle_to_tensor_pointer(x),
+                                                                        *tensor_handle_to_tensor_pointer(panels), N));
   });
 }

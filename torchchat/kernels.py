@@ -2,8 +2,8 @@
 
 The C++ sources are compiled once per machine with torch.utils.cpp_extension (cached under
 ~/.cache/torch_extensions, rebuilt when a source changes) and registered as PyTorch operators
-`torch.ops.torchchat.int8_weight_linear` / `int4_weight_linear` / `int4_a8_weight_linear`
-(quantized layers, which eager PyTorch, torch.export and AOT Inductor all call) and
+`torch.ops.torchchat.int8_weight_linear` / `int4_weight_linear` / `int4_a8_weight_linear` /
+`int8_a8_weight_linear` (quantized layers, which eager PyTorch, torch.export and AOT Inductor all call) and
 `panel_weight_linear` / `float_weight_linear` (the fp32/bf16 linears of AOT Inductor exports:
 torchchat/export.py). AOT Inductor calls them through C shims
 (`AOTI_C_SHIMS`), so an exported model needs the library loaded with global symbols: `load()`
@@ -77,8 +77,8 @@ def load() -> None:
 def load_executorch() -> None:
     """Build (first time only) and load our kernels into ExecuTorch's runtime; idempotent.
 
-    Loading registers torchchat::int8_weight_linear.out, int4_weight_linear.out and
-    int4_a8_weight_linear.out with the kernel registry of the runtime that ExecuTorch's Python
+    Loading registers torchchat::int8_weight_linear.out, int4_weight_linear.out,
+    int4_a8_weight_linear.out and int8_a8_weight_linear.out with the kernel registry of the runtime that ExecuTorch's Python
     bindings use (the wheel's libexecutorch.so, which this library links), so programs that call
     them load."""
     global _et_loaded
@@ -132,6 +132,10 @@ def register_fakes() -> None:
     def _(x, panels, n, groupsize):
         return x.new_empty((*x.shape[:-1], n))
 
+    @torch.library.register_fake("torchchat::int8_a8_weight_linear")
+    def _(x, panels, n):
+        return x.new_empty((*x.shape[:-1], n))
+
 
 def aoti_c_shims() -> dict:
     """aot_inductor.custom_ops_to_c_shims: the C functions of kernels/torch_ops.cpp."""
@@ -153,6 +157,9 @@ def aoti_c_shims() -> dict:
         ops.int4_a8_weight_linear.default: [
             "AOTITorchError aoti_torch_cpu_int4_a8_weight_linear(AtenTensorHandle x, AtenTensorHandle panels, "
             "int64_t N, int64_t groupsize, AtenTensorHandle* ret)"],
+        ops.int8_a8_weight_linear.default: [
+            "AOTITorchError aoti_torch_cpu_int8_a8_weight_linear(AtenTensorHandle x, AtenTensorHandle panels, "
+            "int64_t N, AtenTensorHandle* ret)"],
     }
 
 
@@ -205,7 +212,7 @@ def pack_int4(q: Tensor) -> Tensor:
     return (blocks[:, :, 0] | blocks[:, :, 1] << 4).reshape(n, k // 2).contiguous()
 
 
-INT4_PANEL = 16  # outputs per int4 panel for int8 activations (kernels/quant_linear.h kInt4Panel)
+A8_PANEL = 16  # outputs per panel of the int8-activation kernels (kernels/quant_linear.h kA8Panel)
 
 
 def pack_int4_panels(q: Tensor, scales_mins: Tensor, groupsize: int) -> Tensor:
@@ -214,17 +221,36 @@ def pack_int4_panels(q: Tensor, scales_mins: Tensor, groupsize: int) -> Tensor:
     of 32 k, 4 chunks of 64 bytes (byte 4l + i of chunk c: q[l, 4c + i] | q[l, 16 + 4c + i] << 4),
     then the 16 rows' fp16 scales and their fp16 mins."""
     n, k = q.shape
-    rows = -(-n // INT4_PANEL) * INT4_PANEL
+    rows = -(-n // A8_PANEL) * A8_PANEL
     qp = torch.zeros(rows, k, dtype=torch.uint8)
     qp[:n] = q
     smp = torch.zeros(rows, k // groupsize, 2, dtype=torch.float16)
     smp[:n] = scales_mins
-    blocks = qp.reshape(rows // INT4_PANEL, INT4_PANEL, k // 32, 2, 4, 4)  # [p, l, block, half, c, i]
+    blocks = qp.reshape(rows // A8_PANEL, A8_PANEL, k // 32, 2, 4, 4)  # [p, l, block, half, c, i]
     codes = (blocks[:, :, :, 0] | blocks[:, :, :, 1] << 4).permute(0, 2, 3, 1, 4)  # [p, block, c, l, i]
-    codes = codes.reshape(rows // INT4_PANEL, k // groupsize, 8 * groupsize)
-    sm = smp.reshape(rows // INT4_PANEL, INT4_PANEL, k // groupsize, 2).permute(0, 2, 3, 1)  # [p, g, 2, l]
-    sm = sm.contiguous().view(torch.uint8).reshape(rows // INT4_PANEL, k // groupsize, 64)
+    codes = codes.reshape(rows // A8_PANEL, k // groupsize, 8 * groupsize)
+    sm = smp.reshape(rows // A8_PANEL, A8_PANEL, k // groupsize, 2).permute(0, 2, 3, 1)  # [p, g, 2, l]
+    sm = sm.contiguous().view(torch.uint8).reshape(rows // A8_PANEL, k // groupsize, 64)
     return torch.cat([codes, sm], dim=-1).contiguous()
+
+
+def pack_int8_panels(q: Tensor, scale: Tensor) -> Tensor:
+    """quantize_int8's (q [N, K], scale [N] or [N, K / g]) in int8_a8_weight_linear's panels of 16
+    rows, [ceil(N / 16), K / g, 16g + 64] bytes (g = K for one scale per row; kernels/quant_linear.h):
+    per group, for each block of 32 k, 8 chunks of 64 bytes (byte 4l + i of chunk c:
+    q[l, 4c + i] + 128), then the 16 rows' fp32 scales."""
+    n, k = q.shape
+    groups = scale.numel() // n
+    g = k // groups
+    rows = -(-n // A8_PANEL) * A8_PANEL
+    qp = torch.zeros(rows, k, dtype=torch.uint8)
+    qp[:n] = (q.to(torch.int16) + 128).to(torch.uint8)
+    sp = torch.zeros(rows, groups, dtype=torch.float32)
+    sp[:n] = scale.reshape(n, groups)
+    blocks = qp.reshape(rows // A8_PANEL, A8_PANEL, k // 32, 8, 4)  # [p, l, block, c, i]
+    codes = blocks.permute(0, 2, 3, 1, 4).reshape(rows // A8_PANEL, groups, 16 * g)  # [p, block, c, l, i]
+    scales = sp.reshape(rows // A8_PANEL, A8_PANEL, groups).transpose(1, 2).contiguous()  # [p, g, l]
+    return torch.cat([codes, scales.view(torch.uint8)], dim=-1).contiguous()
 
 
 def unpack_int4(packed: Tensor) -> Tensor:

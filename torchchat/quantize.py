@@ -3,7 +3,9 @@
 The spec is torchchat's JSON form, inline or in a file; keys combine in one object:
 
     {"linear:int8": {"groupsize": 0}}        weight-only int8, symmetric, one scale per output channel
-                                             (0) or per group of 32, 64, 128 or 256 weights
+                                             (0) or per group of 32, 64, 128 or 256 weights;
+                                             "activations": "int8" as for linear:int4 (llama.cpp's
+                                             Q8_0 x Q8_0 with one weight scale per row or group)
     {"linear:int4": {"groupsize": 32}}       weight-only int4, asymmetric, one scale+min per group;
                                              the output layer int8 (add "output": "int4" for int4);
                                              add "activations": "int8" to quantize the activations
@@ -26,7 +28,9 @@ forward is plain PyTorch or ATen ops that torch.export traces:
 - linear:int4 with "activations": "int8" calls our int4 x int8 kernel (AVX-512 VNNI) everywhere
   the int4 kernel runs; its layers keep linear:int4's weights and math but multiply them with
   each token's activations quantized per block of 32 values (symmetric, one fp32 scale per
-  block), as llama.cpp's Q4_1 files do with Q8_1. Unlike linear:a8w4dq, the weights keep their
+  block), as llama.cpp's Q4_1 files do with Q8_1. linear:int8 with "activations": "int8" does the
+  same with linear:int8's weights (our int8 x int8 kernel); linear:int4's output layer stays
+  weight-only int8 either way. Unlike linear:a8w4dq, the weights keep their
   zero point (min) and the activations a scale per 32 values instead of one per token.
 - linear:a8w4dq is torchao's `Int8DynamicActivationIntxWeightConfig`: it exports as
   choose_qparams/quantize/dequantize ops around a linear, the pattern the XNNPACK partitioner
@@ -70,8 +74,10 @@ REFUSAL_HINT = {
     "aoti": "it has no kernel for int8 activations and would store float weights; use linear:int4 or linear:int8",
 }
 # The option values a scheme takes: option -> (values, default).
+ACTIVATIONS = (("fp32", "int8"), "fp32")
 OPTIONS = {
-    "linear:int4": {"output": (("int8", "int4"), "int8"), "activations": (("fp32", "int8"), "fp32")},
+    "linear:int8": {"activations": ACTIVATIONS},
+    "linear:int4": {"output": (("int8", "int4"), "int8"), "activations": ACTIVATIONS},
 }
 
 
@@ -194,6 +200,21 @@ class Int8Linear(nn.Module):
         return torch.ops.torchchat.int8_weight_linear(x, self.weight, self.scales)
 
 
+class Int8A8Linear(nn.Module):
+    """Int8Linear's weights and scales, times each token's activations quantized to int8 per block
+    of 32 values on the fly: integer dot products (our AVX-512 VNNI kernel), the weights in panels
+    of 16 rows for it (kernels.pack_int8_panels). Eager PyTorch, AOT Inductor and ExecuTorch."""
+
+    def __init__(self, weight: Tensor, groupsize: int = 0):
+        super().__init__()
+        q, scale = kernels.quantize_int8(weight, groupsize)
+        self.register_buffer("weight", kernels.pack_int8_panels(q, scale))
+        self.groupsize, self.in_features, self.out_features = groupsize, weight.shape[1], weight.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.torchchat.int8_a8_weight_linear(x, self.weight, self.out_features)
+
+
 class Int4Linear(nn.Module):
     """Weight-only int4, min/max per group: w = q * scale + min, q in [0, 15], fp16 scale and min.
 
@@ -272,13 +293,13 @@ def check_backend(spec: dict, backend: str, dtype: Optional[str] = None) -> None
             raise UserError(f"--quantize: ExecuTorch runs {key} in fp32 only, not {dtype} (export with --dtype fp32)")
 
 
-def check_divides(model: nn.Module, kind: type, key: str, groupsize: int) -> None:
+def check_divides(model: nn.Module, kind: type, key: str, groupsize: int, what: str = "groupsize") -> None:
     """A groupsize must divide every quantized layer's input dimension (embedding: its width)."""
     for name, m in model.named_modules():
         if isinstance(m, kind):
             width = m.weight.shape[1]
             if groupsize and width % groupsize:
-                raise UserError(f"--quantize: {key} groupsize {groupsize} does not divide {name}'s "
+                raise UserError(f"--quantize: {key} {what} {groupsize} does not divide {name}'s "
                                 f"input dimension {width} ({m.weight.shape[0]}x{width})")
 
 
@@ -288,12 +309,15 @@ def quantize_model(model: nn.Module, spec: dict, backend: str) -> None:
     for key, options in spec.items():
         if key != "precision":
             check_divides(model, nn.Linear if key.startswith("linear:") else nn.Embedding, key, options["groupsize"])
+        if options.get("activations") == "int8":  # the activations are quantized per block of 32
+            check_divides(model, nn.Linear, key + " with int8 activations", 32, what="block size")
     for key, options in spec.items():
         g = options.get("groupsize", 0)
         if key == "linear:int8":
             kernels.load()
             fuse_projections(model)
-            swap(model, nn.Linear, lambda m: Int8Linear(m.weight, g))
+            int8 = Int8A8Linear if options["activations"] == "int8" else Int8Linear
+            swap(model, nn.Linear, lambda m: int8(m.weight, g))
         elif key == "linear:int4":
             kernels.load()
             if options["output"] == "int8" and type(getattr(model, "output", None)) is nn.Linear:

@@ -2,8 +2,8 @@
 math on random shapes (odd sizes included), the AVX-512 code against the portable fallback,
 a forced fallback, bad weights, and the kernels inside AOT Inductor models and ExecuTorch
 programs: eager = AOTI from Python = aoti_run and eager = ExecuTorch from Python = et_run,
-token for token, on a tiny model quantized int8 (per channel and g32), int4, and int4 with int8
-activations.
+token for token, on a tiny model quantized int8 (per channel and g32), int4, and int4 and int8 with
+int8 activations.
 
 The reference is written here from the formats' definitions (kernels/quant_linear.h):
 dequantize, then a float64 matmul; the kernels accumulate in fp32, so they must agree within
@@ -64,18 +64,45 @@ def unpack_int4_panels(panels, n, g):
     return q, sm.permute(0, 3, 1, 2).reshape(p * 16, groups, 2)[:n]
 
 
-def ref_int4_a8(x, q, scales_mins, g):
-    """Activations to int8 per 32 values (s = max|x| / 127, round half to even), then the exact
-    integer dot product per block, scaled by the weights' scale and the activations' s, and the
-    weights' min times s * sum(xq): in float64."""
+def unpack_int8_panels(panels, n):
+    """(q [N, K], scale [N, K / g]) back from [ceil(N / 16), K / g, 16g + 64] panels: per group,
+    blocks of 32 k as 8 chunks of 64 bytes (byte 4l + i of chunk c: q[l, 4c + i] + 128), then 16
+    fp32 scales."""
+    p, groups, size = panels.shape
+    g = (size - 64) // 16
+    codes = panels[..., :16 * g].reshape(p, groups * g // 32, 8, 16, 4).long() - 128  # [p, block, c, l, i]
+    q = codes.permute(0, 3, 1, 2, 4).reshape(p * 16, groups * g)[:n]
+    scale = panels[..., 16 * g:].contiguous().view(torch.float32).reshape(p, groups, 16)
+    return q, scale.permute(0, 2, 1).reshape(p * 16, groups)[:n]
+
+
+def quantize_activations_ref(x):
+    """Activations to int8 per 32 values (s = max|x| / 127, round half to even): (xq, s) in float64."""
     m, k = x.shape
     xb = x.double().reshape(m, k // 32, 32)
     s = (x.reshape(m, k // 32, 32).abs().amax(-1) / 127).double()  # in fp32, as the kernel
-    xq = torch.where(s[..., None] > 0, torch.round(xb / s[..., None]), 0.0)
+    return torch.where(s[..., None] > 0, torch.round(xb / s[..., None]), 0.0), s
+
+
+def ref_int4_a8(x, q, scales_mins, g):
+    """The exact integer dot product per block of 32, scaled by the weights' scale and the
+    activations' s, and the weights' min times s * sum(xq): in float64."""
+    m, k = x.shape
+    xq, s = quantize_activations_ref(x)
     qb = q.double().reshape(len(q), k // 32, 32)
     sm = scales_mins.double().repeat_interleave(g // 32, dim=1)
     dots = torch.einsum("mbk,nbk->mnb", xq, qb)
     return (dots * sm[None, :, :, 0] * s[:, None] + sm[None, :, :, 1] * (s * xq.sum(-1))[:, None]).sum(-1)
+
+
+def ref_int8_a8(x, q, scale):
+    """The exact integer dot product per block of 32, times the weights' scale (per row or group)
+    and the activations' s: in float64."""
+    m, k = x.shape
+    xq, s = quantize_activations_ref(x)
+    qb = q.double().reshape(len(q), k // 32, 32)
+    sc = scale.double().reshape(len(q), -1).repeat_interleave(k // 32 // scale.reshape(len(q), -1).shape[1], dim=1)
+    return (torch.einsum("mbk,nbk->mnb", xq, qb) * sc[None] * s[:, None]).sum(-1)
 
 
 def tolerance(x, w_abs_max, k):
@@ -186,6 +213,35 @@ def test_int4_a8_matches_reference(m, n, k, g):
     assert ((got - exact).abs() <= 0.02 * exact.abs().max(-1, keepdim=True).values + 1e-3).all()
 
 
+INT8_A8_SHAPES = [(1, 1, 32, 0), (2, 5, 64, 0), (3, 37, 96, 0), (5, 33, 576, 0), (9, 16, 1536, 0),
+                  (128, 67, 576, 0), (1, 49152 // 64, 576, 0), (3, 130, 96, 32), (5, 33, 576, 64),
+                  (20, 50, 256, 128), (4, 3, 768, 256)]
+
+
+@pytest.mark.parametrize("m,n,k,g", INT8_A8_SHAPES)
+def test_int8_a8_matches_reference(m, n, k, g):
+    torch.manual_seed(m * 1000 + n + k + g)
+    w, x = torch.randn(n, k), torch.randn(m, k)
+    if k >= 64:
+        x[0, 32:64] = 0  # a block of zeros: s = 0
+    x[-1, :32] *= 1000  # a block far larger than the others
+    w[:, :32] *= 50
+    q, scale = kernels.quantize_int8(w, g)
+    panels = kernels.pack_int8_panels(q, scale)
+    gs = g or k
+    assert panels.shape == (-(-n // 16), k // gs, 16 * gs + 64)
+    q_back, scale_back = unpack_int8_panels(panels, n)
+    assert torch.equal(q_back, q.long()) and torch.equal(scale_back, scale.reshape(n, -1))
+    got = torch.ops.torchchat.int8_a8_weight_linear(x, panels, n).double()
+    want = ref_int8_a8(x, q, scale)
+    # The integer part is exact; the scaling rounds twice per block of 32.
+    w_max = (q.double().abs() * scale.reshape(n, -1).double().repeat_interleave(gs, dim=1)).max()
+    assert ((got - want).abs() <= 1e-6 * (k // 32) * (x.abs().sum(-1, keepdim=True).double() * w_max)).all()
+    # and it is the int8 layer's math on slightly rounded activations
+    exact = ref_int8(x, q, scale)
+    assert ((got - exact).abs() <= 0.02 * exact.abs().max(-1, keepdim=True).values + 1e-3).all()
+
+
 def test_a_token_gets_the_same_bits_alone_or_in_a_prompt():
     """Prefill and decode must agree exactly: the logits of a position do not depend on T."""
     torch.manual_seed(1)
@@ -199,6 +255,9 @@ def test_a_token_gets_the_same_bits_alone_or_in_a_prompt():
     batch4 = torch.ops.torchchat.int4_weight_linear(x, p4, sm, 32)
     panels4 = kernels.pack_int4_panels(q4, sm, 32)
     batch4a8 = torch.ops.torchchat.int4_a8_weight_linear(x, panels4, 70, 32)
+    panels8, panels8g = kernels.pack_int8_panels(q8, s8), kernels.pack_int8_panels(g8, gs8)
+    batch8a8 = torch.ops.torchchat.int8_a8_weight_linear(x, panels8, 70)
+    batch8a8g = torch.ops.torchchat.int8_a8_weight_linear(x, panels8g, 70)
     batch32 = torch.ops.torchchat.float_weight_linear(x, w)
     panels = kernels.pack_panels(w)
     batch_panels = torch.ops.torchchat.panel_weight_linear(x, panels, 70)
@@ -209,6 +268,8 @@ def test_a_token_gets_the_same_bits_alone_or_in_a_prompt():
         assert torch.equal(torch.ops.torchchat.int8_weight_linear(x[i:i + 1], g8, gs8), batch8g[i:i + 1])
         assert torch.equal(torch.ops.torchchat.int4_weight_linear(x[i:i + 1], p4, sm, 32), batch4[i:i + 1])
         assert torch.equal(torch.ops.torchchat.int4_a8_weight_linear(x[i:i + 1], panels4, 70, 32), batch4a8[i:i + 1])
+        assert torch.equal(torch.ops.torchchat.int8_a8_weight_linear(x[i:i + 1], panels8, 70), batch8a8[i:i + 1])
+        assert torch.equal(torch.ops.torchchat.int8_a8_weight_linear(x[i:i + 1], panels8g, 70), batch8a8g[i:i + 1])
 
 
 def test_shapes_and_dtypes_follow_the_input():
@@ -250,6 +311,16 @@ def test_shapes_and_dtypes_follow_the_input():
                                                        16, 32), "panels must be"),
     (lambda: torch.ops.torchchat.int4_a8_weight_linear(torch.randn(1, 96), torch.zeros(1, 2, 320, dtype=torch.uint8),
                                                        16, 32), "x has 96 features, the weight 64"),
+    (lambda: torch.ops.torchchat.int8_a8_weight_linear(torch.randn(1, 64), torch.zeros(1, 2, 576, dtype=torch.uint8),
+                                                       17), r"panels must be a contiguous uint8 \[ceil\(N / 16\), K / G, 16G"),
+    (lambda: torch.ops.torchchat.int8_a8_weight_linear(torch.randn(1, 64), torch.zeros(1, 2, 560, dtype=torch.uint8),
+                                                       16), "panels must be"),  # G = 31
+    (lambda: torch.ops.torchchat.int8_a8_weight_linear(torch.randn(1, 64), torch.zeros(1, 0, 576, dtype=torch.uint8),
+                                                       16), "panels must be"),
+    (lambda: torch.ops.torchchat.int8_a8_weight_linear(torch.randn(1, 64), torch.zeros(1, 2, 576, dtype=torch.int8),
+                                                       16), "panels must be"),
+    (lambda: torch.ops.torchchat.int8_a8_weight_linear(torch.randn(1, 96), torch.zeros(1, 2, 576, dtype=torch.uint8),
+                                                       16), "x has 96 features, the weight 64"),
 ])
 def test_bad_weights_are_refused(call, pattern):
     with pytest.raises(RuntimeError, match=pattern):
@@ -278,6 +349,7 @@ torch.save({"x": x, "w": w, "q8": q8, "s8": s8, "p4": p4, "sm": sm,
             "y8": torch.ops.torchchat.int8_weight_linear(x, q8, s8),
             "y4": torch.ops.torchchat.int4_weight_linear(x, p4, sm, 32),
             "y4a8": torch.ops.torchchat.int4_a8_weight_linear(x, kernels.pack_int4_panels(q4, sm, 32), 37, 32),
+            "y8a8": torch.ops.torchchat.int8_a8_weight_linear(x, kernels.pack_int8_panels(q8, s8), 37),
             "q4": q4, "groupwise": groupwise}, sys.argv[2])
 """
 
@@ -306,10 +378,13 @@ def test_forced_fallback_says_so_and_computes_the_same(tmp_path):
     assert torch.allclose(torch.ops.torchchat.int8_weight_linear(x, r["q8"], r["s8"]), r["y8"], rtol=1e-5, atol=1e-5)
     assert torch.allclose(torch.ops.torchchat.int4_weight_linear(x, r["p4"], r["sm"], 32), r["y4"], rtol=1e-5,
                           atol=1e-5)
-    # int4 x int8 activations: the same bits (both round the same few operations, with fma)
+    # int4 and int8 x int8 activations: the same bits (both round the same few operations, with fma)
     assert ((r["y4a8"].double() - ref_int4_a8(x, r["q4"], r["sm"], 32)).abs() <= tolerance(x, 4.0, 96)).all()
     assert torch.equal(torch.ops.torchchat.int4_a8_weight_linear(x, kernels.pack_int4_panels(r["q4"], r["sm"], 32), 37, 32),
                        r["y4a8"])
+    assert ((r["y8a8"].double() - ref_int8_a8(x, r["q8"], r["s8"])).abs() <= tolerance(x, 4.0, 96)).all()
+    assert torch.equal(torch.ops.torchchat.int8_a8_weight_linear(x, kernels.pack_int8_panels(r["q8"], r["s8"]), 37),
+                       r["y8a8"])
     # groupwise int8 on every shape of test_int8_groupwise_matches_reference, in both
     for xg, qg, sg, yg in r["groupwise"]:
         k = xg.shape[1]
@@ -332,9 +407,12 @@ def test_isa_is_avx512_on_this_kind_of_machine():
 INT8, INT8G32, INT4 = ('{"linear:int8": {"groupsize": 0}}', '{"linear:int8": {"groupsize": 32}}',
                       '{"linear:int4": {"groupsize": 32}}')
 INT4A8 = '{"linear:int4": {"groupsize": 32, "activations": "int8", "output": "int4"}}'
+INT8A8, INT8G32A8 = ('{"linear:int8": {"groupsize": 0, "activations": "int8"}}',
+                     '{"linear:int8": {"groupsize": 32, "activations": "int8"}}')
 SCHEMES = {"int8-so": (INT8, "so"), "int4-pt2": (INT4, "pt2"), "int8g32-so": (INT8G32, "so"),
            "int4a8-so": (INT4A8, "so"), "int4a8-pte": (INT4A8, "pte"), "int8-pte": (INT8, "pte"),
-           "int8g32-pte": (INT8G32, "pte"), "int4-pte": (INT4, "pte")}
+           "int8g32-pte": (INT8G32, "pte"), "int4-pte": (INT4, "pte"), "int8a8-so": (INT8A8, "so"),
+           "int8g32a8-pte": (INT8G32A8, "pte")}
 
 
 class QuantizedTiny:
@@ -377,7 +455,7 @@ def quantized(request, tmp_path_factory):
 
 
 def int8_activations(spec: str) -> bool:
-    return json.loads(spec).get("linear:int4", {}).get("activations") == "int8"
+    return any(options.get("activations") == "int8" for options in json.loads(spec).values())
 
 
 def test_exported_from_python_equals_eager(quantized):
