@@ -27,6 +27,7 @@ from torchchat.quantize import parse_quantize, quantize_model  # noqa: E402
 INT8 = '{"linear:int8": {"groupsize": 0}}'
 INT4 = '{"linear:int4": {"groupsize": 32}}'
 INT4A8 = '{"linear:int4": {"groupsize": 32, "activations": "int8"}}'
+INT8A8 = '{"linear:int8": {"groupsize": 0, "activations": "int8"}}'
 A8W4 = '{"linear:a8w4dq": {"groupsize": 32}}'
 
 
@@ -46,9 +47,10 @@ def test_parse_inline_file_and_defaults(tmp_path):
     assert parse_quantize('{"linear:int4": {}}') == {"linear:int4": {"groupsize": 32, "output": "int8",
                                                                      "activations": "fp32"}}
     # linear:int8: per output channel by default, or groupwise.
-    assert parse_quantize('{"linear:int8": {}}') == {"linear:int8": {"groupsize": 0}}
+    assert parse_quantize('{"linear:int8": {}}') == {"linear:int8": {"groupsize": 0, "activations": "fp32"}}
     for g in (32, 64, 128, 256):
-        assert parse_quantize(json.dumps({"linear:int8": {"groupsize": g}})) == {"linear:int8": {"groupsize": g}}
+        assert parse_quantize(json.dumps({"linear:int8": {"groupsize": g, "activations": "int8"}})) == {
+            "linear:int8": {"groupsize": g, "activations": "int8"}}
 
 
 @pytest.mark.parametrize("arg,pattern", [
@@ -64,8 +66,9 @@ def test_parse_inline_file_and_defaults(tmp_path):
     ('{"linear:int4": 32}', "takes an object of options"),
     ('{"linear:int4": {"output": "fp32"}}', 'output must be "int8" or "int4", got "fp32"'),
     ('{"linear:int4": {"activations": "int4"}}', 'activations must be "fp32" or "int8", got "int4"'),
-    ('{"linear:int8": {"output": "int4"}}', "no option 'output' (it takes groupsize)"),
-    ('{"linear:int8": {"activations": "int8"}}', "no option 'activations' (it takes groupsize)"),
+    ('{"linear:int8": {"output": "int4"}}', "no option 'output' (it takes groupsize and activations)"),
+    ('{"linear:int8": {"activations": "fp16"}}', 'linear:int8 activations must be "fp32" or "int8", got "fp16"'),
+    ('{"linear:a8w4dq": {"activations": "int8"}}', "no option 'activations' (it takes groupsize)"),
     ('{"precision": {"dtype": "int8"}}', "precision dtype must be one of"),
     ('{"linear:int8": {}, "linear:int4": {}}', "give one linear scheme"),
     ("no/such/file.json", "neither JSON nor a file"),
@@ -113,6 +116,14 @@ def test_cli_bad_input_is_one_line(tiny, tmp_path, capsys, monkeypatch, command,
     assert p.returncode == 1 and p.stderr.count("\n") == 1 and p.stderr.startswith("error: --quantize"), p.stderr
     assert pattern in p.stderr
     assert not list(tmp_path.iterdir())  # nothing exported
+
+
+def test_int8_activations_need_widths_in_blocks_of_32():
+    model = Transformer(ModelArgs(dim=256, n_layers=1, n_heads=4, vocab_size=64, hidden_dim=336, max_seq_len=16))
+    with pytest.raises(UserError, match=r"linear:int8 with int8 activations block size 32 does not divide "
+                                        r"layers.0.feed_forward.w2's input dimension 336"):
+        quantize_model(model, parse_quantize(INT8A8), "eager")
+    quantize_model(model, parse_quantize(INT8), "eager")  # fp32 activations take any width
 
 
 @pytest.mark.parametrize("scheme", ["linear:int4", "linear:int8"])
@@ -183,6 +194,9 @@ LINEAR_CASES = [
     (INT4, lambda x, w: F.linear(x, ref_int4_weight(w, 32))),
     ('{"linear:int4": {"groupsize": 128}}', lambda x, w: F.linear(x, ref_int4_weight(w, 128))),
     (INT4A8, lambda x, w: F.linear(ref_a8_block32(x), ref_int4_weight(w, 32))),
+    (INT8A8, lambda x, w: F.linear(ref_a8_block32(x), ref_int8_weight(w))),
+    ('{"linear:int8": {"groupsize": 64, "activations": "int8"}}',
+     lambda x, w: F.linear(ref_a8_block32(x), ref_int8_weight(w, 64))),
     ('{"linear:int4": {"groupsize": 64, "activations": "int8"}}',
      lambda x, w: F.linear(ref_a8_block32(x), ref_int4_weight(w, 64))),
     (A8W4, lambda x, w: F.linear(ref_a8_activation(x), ref_a8w4_weight(w, 32))),
@@ -287,7 +301,7 @@ def load(t, quantize=None, backend="eager"):
 # 88% (g32: 0.04 / 95%), int4 g32 0.44 / 35%, a8w4dq 0.54 / 27%. A broken layer (wrong scales, transposed
 # weights) gives unrelated logits: error ~1.4 (sqrt 2) and ~0.2% agreement.
 CLOSENESS = {INT8: (0.1, 0.8), '{"linear:int8": {"groupsize": 32}}': (0.1, 0.8), INT4: (0.7, 0.2), A8W4: (0.8, 0.15),
-             INT4A8: (0.7, 0.2),
+             INT4A8: (0.7, 0.2), INT8A8: (0.1, 0.8),
              '{"embedding:int8": {"groupsize": 0}}': (0.1, 0.8), '{"embedding:int4": {"groupsize": 32}}': (0.7, 0.2)}
 
 
@@ -320,6 +334,7 @@ BACKEND_CASES = [  # (spec, export flag, eval flag)
     ('{"linear:int4": {"groupsize": 32}, "embedding:int8": {"groupsize": 0}}', "--output-pte-path", "--pte-path"),
     ('{"linear:int4": {"groupsize": 32, "activations": "int8"}}', "--output-dso-path", "--dso-path"),
     ('{"linear:int4": {"groupsize": 32, "activations": "int8"}}', "--output-pte-path", "--pte-path"),
+    (INT8A8, "--output-pte-path", "--pte-path"),
 ]
 
 
@@ -331,7 +346,7 @@ def eval_json(capsys, tmp_path, *flags) -> dict:
 
 
 @pytest.mark.parametrize("spec,export_flag,eval_flag", BACKEND_CASES, ids=["aoti-int4", "aoti-int8", "et-a8w4dq", "et-int4",
-                                                                              "aoti-int4-a8", "et-int4-a8"])
+                                                                              "aoti-int4-a8", "et-int4-a8", "et-int8-a8"])
 def test_same_perplexity_eager_and_exported(tiny, tmp_path, capsys, spec, export_flag, eval_flag):
     artifact = tmp_path / ("model.pte" if "pte" in export_flag else "model.so")
     p = cli("export", *model_flags(tiny), "--quantize", spec, "--max-seq-length", "64", export_flag, artifact,
