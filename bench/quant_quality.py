@@ -31,6 +31,8 @@ SCHEMES = {
     "linear:int8": {"linear:int8": {"groupsize": 0}},
     "linear:int8 g32": {"linear:int8": {"groupsize": 32}},
     "linear:int8 g64": {"linear:int8": {"groupsize": 64}},
+    "linear:int8 int8 activations": {"linear:int8": {"groupsize": 0, "activations": "int8"}},
+    "linear:int8 g32 int8 activations": {"linear:int8": {"groupsize": 32, "activations": "int8"}},
     "linear:int4 g32": {"linear:int4": {"groupsize": 32}},
     "linear:int4 g32 output int4": {"linear:int4": {"groupsize": 32, "output": "int4"}},
     "linear:int4 g32 int8 activations": {"linear:int4": {"groupsize": 32, "activations": "int8"}},

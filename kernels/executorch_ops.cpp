@@ -14,13 +14,13 @@
 // with other dtypes for ExecuTorch (torchchat/quantize.py).
 #include <algorithm>
 #include <array>
-#include <vector>
 
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
 
 #include "quant_linear.h"
+#include "thread_buffers.h"
 
 namespace torchchat::kernels::et {
 namespace {
@@ -115,16 +115,7 @@ Tensor& int4_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const
 template <typename Kernel>
 Tensor& a8_linear(KernelRuntimeContext& ctx, const char* op, const Tensor& x, std::int64_t K, std::int64_t N,
                   Tensor& out, Kernel kernel) {
-  const std::int64_t M = x.numel() / K;
-  // The quantized activations: per thread, kept between calls (no allocation per token).
-  thread_local std::vector<std::int8_t> xq;
-  thread_local std::vector<float> scales;
-  thread_local std::vector<std::int32_t> sums;
-  xq.resize(static_cast<std::size_t>(M * K));
-  scales.resize(static_cast<std::size_t>(2 * M * (K / 32)));
-  sums.resize(static_cast<std::size_t>(M * (K / 32)));
-  const Int8Activations xa =
-      quantized_activations(x.const_data_ptr<float>(), M, K, xq.data(), scales.data(), sums.data());
+  const Int8Activations xa = quantize_in_thread_buffers(x.const_data_ptr<float>(), x.numel() / K, K);
   float* yp = out.mutable_data_ptr<float>();
   const bool ok = ::executorch::extension::parallel_for(
       0, (N + kA8Panel - 1) / kA8Panel, 1,

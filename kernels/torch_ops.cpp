@@ -25,6 +25,7 @@
 #include <torch/library.h>
 
 #include "quant_linear.h"
+#include "thread_buffers.h"
 
 namespace torchchat::kernels {
 namespace {
@@ -125,11 +126,7 @@ template <typename Kernel>
 at::Tensor a8_linear(const at::Tensor& x, std::int64_t K, std::int64_t N, const char* op, Kernel kernel) {
   const at::Tensor xf = activations(x, K, op);
   const std::int64_t M = xf.size(0);
-  at::Tensor xq = at::empty({M, K}, xf.options().dtype(at::kChar));
-  at::Tensor scales = at::empty({2, M, K / 32}, xf.options());
-  at::Tensor sums = at::empty({M, K / 32}, xf.options().dtype(at::kInt));
-  const Int8Activations xa = quantized_activations(xf.const_data_ptr<float>(), M, K, xq.mutable_data_ptr<std::int8_t>(),
-                                                   scales.mutable_data_ptr<float>(), sums.mutable_data_ptr<std::int32_t>());
+  const Int8Activations xa = quantize_in_thread_buffers(xf.const_data_ptr<float>(), M, K);
   at::Tensor y = at::empty({M, N}, xf.options());
   float* yp = y.mutable_data_ptr<float>();
   at::parallel_for(0, (N + kA8Panel - 1) / kA8Panel, 1, [&](std::int64_t p0, std::int64_t p1) {

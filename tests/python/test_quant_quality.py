@@ -17,6 +17,7 @@ from quant_quality import WINDOW, model_args  # noqa: E402
 
 BOUNDS = {  # scheme -> (spec, largest allowed perplexity increase over fp32)
     "linear:int8": ({"linear:int8": {"groupsize": 0}}, 0.01),
+    "linear:int8, int8 activations": ({"linear:int8": {"groupsize": 0, "activations": "int8"}}, 0.01),
     "linear:int4 g32": ({"linear:int4": {"groupsize": 32}}, 0.06),
     "linear:int4 g32, int8 activations": ({"linear:int4": {"groupsize": 32, "activations": "int8"}}, 0.06),
     "linear:a8w4dq g32": ({"linear:a8w4dq": {"groupsize": 32}}, 0.08),

@@ -1,0 +1,27 @@
+// The int8-activation kernels' activation buffers, per thread and kept between calls, for both
+// operator wrappers (torch_ops.cpp, executorch_ops.cpp): a decode step quantizes the activations
+// of ~120 linears, which would otherwise be ~360 small allocations per token. Kept out of
+// quant_linear.h, which the ISA files include and which must stay free of standard-library headers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "quant_linear.h"
+
+namespace torchchat::kernels {
+
+// x [M, K] (K a multiple of 32) quantized into this thread's buffers; valid until the thread's
+// next call.
+inline Int8Activations quantize_in_thread_buffers(const float* x, std::int64_t M, std::int64_t K) {
+  thread_local std::vector<std::int8_t> q;
+  thread_local std::vector<float> scales;
+  thread_local std::vector<std::int32_t> sums;
+  q.resize(static_cast<std::size_t>(M * K));
+  scales.resize(static_cast<std::size_t>(2 * M * (K / 32)));
+  sums.resize(static_cast<std::size_t>(M * (K / 32)));
+  return quantized_activations(x, M, K, q.data(), scales.data(), sums.data());
+}
+
+}  // namespace torchchat::kernels
