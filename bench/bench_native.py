@@ -215,6 +215,8 @@ QUANT_GROUPS = [
                                      "-int8-emb8"),
                                     ("AOTI .so linear:int8, int8 activations", "so",
                                      '{"linear:int8": {"groupsize": 0, "activations": "int8"}}', "-int8-a8"),
+                                    ("AOTI .so linear:int8 g32, int8 activations", "so",
+                                     '{"linear:int8": {"groupsize": 32, "activations": "int8"}}', "-int8g32-a8"),
                                     ("ET .pte linear:int8", "pte", '{"linear:int8": {"groupsize": 0}}', "-int8"),
                                     ("ET .pte linear:int8, int8 activations", "pte",
                                      '{"linear:int8": {"groupsize": 0, "activations": "int8"}}', "-int8-a8")]),
