@@ -56,6 +56,47 @@ void int8_linear_groupwise(const float* x, std::int64_t M, const Int8Weights& w,
   }
 }
 
+// int4 (kBits 4) or int8 (kBits 8) panels times int8 activations, one output at a time, in the
+// VNNI kernel's order of operations (quant_linear.h).
+template <int kBits>
+void a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
+  constexpr std::int64_t kBlockBytes = 64 * kBits;
+  const std::int64_t groups = w.K / w.G, group_bytes = w.G / 32 * kBlockBytes + 64, blocks = w.K / 32;
+  for (std::int64_t m = 0; m < x.M; ++m) {
+    const std::int8_t* xq = x.q + m * w.K;
+    for (std::int64_t n = n0; n < n1; ++n) {
+      const std::int64_t lane = n % kA8Panel;
+      const std::uint8_t* panel = w.w + (n / kA8Panel) * groups * group_bytes;
+      float acc = 0.f;
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        const std::int64_t g = b * 32 / w.G, at = m * blocks + b;
+        const std::uint8_t* group = panel + g * group_bytes;
+        const std::uint8_t* block = group + (b - g * (w.G / 32)) * kBlockBytes;
+        const std::uint8_t* trailer = group + w.G / 32 * kBlockBytes;
+        std::int32_t dot = 0;
+        if constexpr (kBits == 4) {
+          for (int c = 0; c < 4; ++c)
+            for (int i = 0; i < 4; ++i) {
+              const std::uint8_t byte = block[64 * c + 4 * lane + i];
+              dot += (byte & 15) * xq[32 * b + 4 * c + i] + (byte >> 4) * xq[32 * b + 16 + 4 * c + i];
+            }
+          const std::uint16_t* sm = reinterpret_cast<const std::uint16_t*>(trailer);
+          acc = std::fma(static_cast<float>(dot), half_to_float(sm[lane]) * x.scale[at], acc);
+          acc = std::fma(half_to_float(sm[kA8Panel + lane]), x.scaled_sum[at], acc);
+        } else {
+          for (int c = 0; c < 8; ++c)
+            for (int i = 0; i < 4; ++i) dot += block[64 * c + 4 * lane + i] * xq[32 * b + 4 * c + i];
+          dot -= 128 * x.sum[at];  // the codes are stored + 128
+          float scale;
+          std::memcpy(&scale, trailer + 4 * lane, sizeof scale);
+          acc = std::fma(static_cast<float>(dot), scale * x.scale[at], acc);
+        }
+      }
+      y[m * w.N + n] = acc;
+    }
+  }
+}
+
 }  // namespace
 
 void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
@@ -138,55 +179,11 @@ void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::i
 }
 
 void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
-  const std::int64_t groups = w.K / w.G, group_bytes = 8 * w.G + 64, blocks = w.K / 32;
-  for (std::int64_t m = 0; m < x.M; ++m) {
-    const std::int8_t* xq = x.q + m * w.K;
-    for (std::int64_t n = n0; n < n1; ++n) {
-      const std::int64_t lane = n % kA8Panel;
-      const std::uint8_t* panel = w.w + (n / kA8Panel) * groups * group_bytes;
-      float acc = 0.f;
-      for (std::int64_t b = 0; b < blocks; ++b) {
-        const std::int64_t g = b * 32 / w.G;
-        const std::uint8_t* group = panel + g * group_bytes;
-        const std::uint8_t* block = group + (b - g * (w.G / 32)) * 256;
-        const std::uint16_t* sm = reinterpret_cast<const std::uint16_t*>(group + 8 * w.G);
-        std::int32_t dot = 0;
-        for (int c = 0; c < 4; ++c)
-          for (int i = 0; i < 4; ++i) {
-            const std::uint8_t byte = block[64 * c + 4 * lane + i];
-            dot += (byte & 15) * xq[32 * b + 4 * c + i] + (byte >> 4) * xq[32 * b + 16 + 4 * c + i];
-          }
-        acc = std::fma(static_cast<float>(dot), half_to_float(sm[lane]) * x.scale[m * blocks + b], acc);
-        acc = std::fma(half_to_float(sm[kA8Panel + lane]), x.scaled_sum[m * blocks + b], acc);
-      }
-      y[m * w.N + n] = acc;
-    }
-  }
+  a8_linear<4>(x, w, y, n0, n1);
 }
 
 void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
-  const std::int64_t groups = w.K / w.G, group_bytes = 16 * w.G + 64, blocks = w.K / 32;
-  for (std::int64_t m = 0; m < x.M; ++m) {
-    const std::int8_t* xq = x.q + m * w.K;
-    for (std::int64_t n = n0; n < n1; ++n) {
-      const std::int64_t lane = n % kA8Panel;
-      const std::uint8_t* panel = w.w + (n / kA8Panel) * groups * group_bytes;
-      float acc = 0.f;
-      for (std::int64_t b = 0; b < blocks; ++b) {
-        const std::int64_t g = b * 32 / w.G;
-        const std::uint8_t* group = panel + g * group_bytes;
-        const std::uint8_t* block = group + (b - g * (w.G / 32)) * 512;
-        float scale;
-        std::memcpy(&scale, group + 16 * w.G + 4 * lane, sizeof scale);
-        std::int32_t dot = 0;
-        for (int c = 0; c < 8; ++c)
-          for (int i = 0; i < 4; ++i) dot += block[64 * c + 4 * lane + i] * xq[32 * b + 4 * c + i];
-        dot -= 128 * x.sum[m * blocks + b];
-        acc = std::fma(static_cast<float>(dot), scale * x.scale[m * blocks + b], acc);
-      }
-      y[m * w.N + n] = acc;
-    }
-  }
+  a8_linear<8>(x, w, y, n0, n1);
 }
 
 }  // namespace torchchat::kernels::generic
