@@ -1,8 +1,9 @@
 """ExecuTorch: export to a .pte program (`export --output-pte-path`) and run it from Python (`--pte-path`).
 
-The program is the same model's `torch.export` as AOT Inductor's (torchchat/export.py), in the
-2-input form (tokens, input_pos; whole-cache attention, every position's logits): the
-KV cache is a pair of mutable buffers per layer inside the program, and the sequence length
+The program is the same model's `torch.export` as AOT Inductor's (torchchat/export.py), with
+inputs (tokens, input_pos, None, n_logits): whole-cache attention (no kv_len) and logits for the
+last n_logits positions (the runner asks for 1, `eval --pte-path` for all; programs exported
+before n_logits take (tokens, input_pos) and return all, and still run): the KV cache is a pair of mutable buffers per layer inside the program, and the sequence length
 is dynamic (1..max_seq_len), so the whole prompt is prefilled in one call and decode is T = 1.
 The XNNPACK partitioner takes the linears, matmuls, softmax and elementwise work; what it
 leaves (embedding, position indexing, rotary's selects, RMSNorm's mean, the in-place cache
@@ -30,6 +31,7 @@ import torch
 from torchchat import kernels, metadata
 from torchchat.errors import UserError
 from torchchat.exported import first_line
+from torchchat.model import length_tensor
 from torchchat.loader import ModelInfo
 
 METADATA_METHOD = "get_metadata_json"
@@ -162,14 +164,22 @@ class PTEDecoder:
             raise UserError(f"{path}: cannot load the ExecuTorch program: {first_line(e)}") from None
         self.program = program  # keeps the methods' program alive
         self.max_seq_len, self.vocab_size = self.info.max_seq_len, self.info.vocab_size
+        # (tokens, input_pos, kv_len = None, n_logits): Transformer.forward's inputs, kv_len left out
+        # (whole-cache attention). Programs exported before n_logits take (tokens, input_pos) and
+        # return every position.
+        self.takes_n_logits = self._forward.metadata.num_inputs() == 4
+        self.lengths = length_tensor(self.max_seq_len)
 
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        # last_only is a hint (generate.Decoder): the program always returns every position.
+        # last_only (generate.Decoder): logits of the last position only, [1, 1, vocab]; else every position's.
         n, start = tokens.size(1), int(input_pos[0]) if input_pos.numel() else 0
         if n < 1 or start < 0 or start + n > self.max_seq_len:
             raise UserError(f"{n} tokens at position {start} do not fit the model's context of {self.max_seq_len}")
+        inputs = [tokens.contiguous(), input_pos.contiguous()]
+        if self.takes_n_logits:
+            inputs += [None, self.lengths[:1 if last_only else n]]
         try:
-            (logits,) = self._forward.execute([tokens.contiguous(), input_pos.contiguous()])
+            (logits,) = self._forward.execute(inputs)
         except RuntimeError as e:
             raise UserError(f"the ExecuTorch program failed: {first_line(e)}") from None
         return logits.clone()  # the runtime's output memory is reused by the next call

@@ -5,8 +5,8 @@ One `torch.export` of torchchat.model.Transformer, with the KV cache inside (its
 mutated in place by the graph) and a dynamic sequence length, so one artifact serves both
 prefill (T prompt tokens) and decode (T = 1). AOT Inductor gets the 4-input form, with two
 more dynamic sizes: how many cache positions attention reads (the filled ones) and how many
-positions get logits (the runner wants the last); ExecuTorch the 2-input form (whole cache,
-every position). Inductor then compiles it ahead of time:
+positions get logits (the runner wants the last); ExecuTorch the same without the first
+(attention over the whole cache; kv_len is None). Inductor then compiles it ahead of time:
 - .so: `torch._inductor.aot_compile`, a bare shared library (AOTIModelContainerRunnerCpu);
 - .pt2: `torch._inductor.aoti_compile_and_package`, a zip package (AOTIModelPackageLoader).
 The model's metadata (torchchat/metadata.py) goes inside either file. Files are written
@@ -78,8 +78,9 @@ def export_program(model: Transformer, max_seq_len: int, aoti: bool = False) -> 
 
     aoti: the 4-input form (tokens, input_pos, kv_len, n_logits; Transformer.forward), whose
     attention reads only the filled cache positions and whose output layer runs only where
-    logits are wanted. Otherwise the 2-input form (full cache, every position's logits), which
-    ExecuTorch lowers.
+    logits are wanted. Otherwise the form ExecuTorch lowers: (tokens, input_pos, None, n_logits),
+    attention over the whole cache (XNNPACK's lowering wants static cache shapes) and logits
+    where wanted (a prompt's last position: its output layer need not run for every token).
     """
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)
     if aoti:
@@ -98,9 +99,11 @@ def export_program(model: Transformer, max_seq_len: int, aoti: bool = False) -> 
         # written, always masked) puts every kv_len below the cache size.
         spare = 1
     else:
-        # Example of 2 tokens: any size >= 2 keeps the dimension symbolic (0/1 would specialise it).
-        example = (torch.zeros(1, 2, dtype=torch.long), torch.arange(2, dtype=torch.long))
-        shapes, spare = ({1: seq}, {0: seq}), 0
+        # 3 tokens, logits for the last 2: any sizes >= 2 keep the dimensions symbolic (0/1 would
+        # specialise them), distinct ones keep them apart. kv_len stays None (whole-cache attention).
+        n_logits = torch.export.Dim("n_logits", min=1, max=max_seq_len)
+        example = (torch.zeros(1, 3, dtype=torch.long), torch.arange(3, dtype=torch.long), None, length_tensor(2))
+        shapes, spare = ({1: seq}, {0: seq}, None, {0: n_logits}), 0
     model.setup_caches(max_seq_len, spare=spare)
     with torch.no_grad(), float_kernels(model) if aoti else contextlib.nullcontext():
         return torch.export.export(model, example, dynamic_shapes=shapes, strict=False)

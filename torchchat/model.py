@@ -237,7 +237,8 @@ class Transformer(nn.Module):
           (every position after the last one written is masked anyway). None: all max_seq_len.
         - n_logits [K]: logits of the last K positions only, [1, K, vocab] (generation needs 1,
           perplexity all T). None: every position.
-        Without them the call is the full-cache, all-logits form that ExecuTorch exports.
+        Without them the call is the full-cache, all-logits form (ExecuTorch programs take
+        n_logits but not kv_len; programs exported before 2026-11-28 take neither).
         """
         x = self.tok_embeddings(tokens)
         rope = self.rope[input_pos]

@@ -88,6 +88,18 @@ class Exported:
         return EagerDecoder(self.eager.model, CONTEXT)
 
 
+def two_input_program(model, context: int):
+    """The model's torch.export as artifacts were exported before 2026-11-28: (tokens, input_pos),
+    whole-cache attention, every position's logits; for the tests that old files still run."""
+    import torch
+
+    model.setup_caches(context)
+    example = (torch.zeros(1, 2, dtype=torch.long), torch.arange(2, dtype=torch.long))
+    seq = torch.export.Dim("seq", min=1, max=context)
+    with torch.no_grad():
+        return torch.export.export(model, example, dynamic_shapes=({1: seq}, {0: seq}), strict=False)
+
+
 def greedy(decoder, ids, stop_ids, start_pos=0):
     from torchchat.generate import SamplingConfig, Sampler, generate
 

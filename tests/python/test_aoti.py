@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backend_helpers import (  # noqa: E402
     AOTI_RUN, CONTEXT, N_NEW, PROMPTS, SYSTEM, USER, Exported, aoti_run, assert_same_greedy,
-    check_long_prompt_and_large_n, cli, fed_tokens, greedy, model_args, one_line_error, system_chat_turn, two_turn_chat,
+    check_long_prompt_and_large_n, cli, fed_tokens, greedy, model_args, one_line_error, system_chat_turn, two_input_program,
+    two_turn_chat,
 )
 from tiny_tokenizers import write_tiktoken  # noqa: E402
 
@@ -234,7 +235,7 @@ def test_tokenizer_larger_than_model_is_refused(llama2, tmp_path):
 
 def test_aoti_program_keeps_three_symbolic_sizes():
     """T, kv_len and n_logits stay three symbols over [1, context]: neither specialised to the
-    example sizes nor unified with each other; ExecuTorch's program keeps its two inputs."""
+    example sizes nor unified with each other; ExecuTorch's program has T and n_logits, no kv_len."""
     from torchchat import export
     from torchchat.model import ModelArgs, Transformer
 
@@ -248,7 +249,10 @@ def test_aoti_program_keeps_three_symbolic_sizes():
     for sym in symbols:
         assert (int(ep.range_constraints[sym].lower), int(ep.range_constraints[sym].upper)) == (1, 16)
     assert list(ep.graph_signature.user_inputs) == ["tokens", "input_pos", "kv_len", "n_logits"]
-    assert list(export.export_program(model, 16).graph_signature.user_inputs) == ["tokens", "input_pos"]
+    et = export.export_program(model, 16)
+    vals = {n.name: n.meta["val"] for n in et.graph.nodes if n.op == "placeholder"}
+    assert [n for n in et.graph_signature.user_inputs if n] == ["tokens", "input_pos", "n_logits"]
+    assert vals["n_logits"].shape[0].node.expr != vals["tokens"].shape[1].node.expr
 
 
 @pytest.mark.parametrize("error", [RuntimeError("compiler crashed"), KeyboardInterrupt()])
@@ -358,7 +362,7 @@ def two_input_so(llama2, tmp_path_factory) -> Path:
     meta_json = metadata.to_json(info, "fp32")
     assert "inputs" not in json.loads(meta_json)
     out = tmp_path_factory.mktemp("aoti_two_inputs") / "old.so"
-    export.compile_so(export.export_program(loaded.model, CONTEXT), out, meta_json)
+    export.compile_so(two_input_program(loaded.model, CONTEXT), out, meta_json)
     return out
 
 
@@ -383,8 +387,8 @@ def test_python_unknown_input_form_is_refused(tmp_path):
             metadata.input_count(bad, "m.so")
 
 
-def test_one_command_exports_so_with_four_inputs_and_pte_with_two(tmp_path):
-    """`export --output-dso-path --output-pte-path` together: ExecuTorch still gets the 2-input program."""
+def test_one_command_exports_so_with_four_inputs_and_pte_without_kv_len(tmp_path):
+    """`export --output-dso-path --output-pte-path` together: ExecuTorch gets (tokens, input_pos, None, n_logits)."""
     pytest.importorskip("executorch")
     import json
 
@@ -395,11 +399,15 @@ def test_one_command_exports_so_with_four_inputs_and_pte_with_two(tmp_path):
     so, pte = AOTIDecoder(m.paths["so"]), PTEDecoder(m.paths["pte"])
     assert so.inputs == 4
     (text,) = pte.program.load_method("get_metadata_json").execute([])
-    assert "inputs" not in json.loads(str(text))
+    assert "inputs" not in json.loads(str(text))  # the program's own inputs say its form
+    assert pte.takes_n_logits and pte._forward.metadata.num_inputs() == 4
     tok, info = m.eager.tokenizer, m.eager.info
     ids = tok.encode(PROMPTS[1], bos=True)
     with torch.no_grad():
         assert pte(torch.tensor([ids]), torch.arange(len(ids))).shape == (1, len(ids), info.vocab_size)
+        last = pte(torch.tensor([ids]), torch.arange(len(ids)), last_only=True)  # the output layer once
+        assert last.shape == (1, 1, info.vocab_size)
+        assert torch.allclose(last[0, 0], pte(torch.tensor([ids]), torch.arange(len(ids)))[0, -1], atol=1e-5)
     assert greedy(so, ids, info.stop_ids) == greedy(pte, ids, info.stop_ids) == greedy(m.eager_decoder(), ids,
                                                                                            info.stop_ids)
 

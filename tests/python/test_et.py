@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backend_helpers import (  # noqa: E402
     CONTEXT, N_NEW, PROMPTS, SYSTEM, USER, Exported, assert_same_greedy, check_long_prompt_and_large_n, cli, et_run,
-    fed_tokens, greedy, one_line_error, system_chat_turn, two_turn_chat,
+    et_runner, fed_tokens, greedy, model_args, one_line_error, system_chat_turn, two_input_program, two_turn_chat,
 )
 from tiny_tokenizers import write_tiktoken  # noqa: E402
 
@@ -46,6 +46,41 @@ def no_metadata_pte(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("et_plain") / "plain.pte"
     path.write_bytes(to_edge_transform_and_lower(ep).to_executorch().buffer)
     return path
+
+
+@pytest.fixture(scope="session")
+def two_input_pte(llama2, tmp_path_factory) -> Path:
+    """A .pte as exported before the n_logits input: (tokens, input_pos), every position's logits."""
+    from dataclasses import replace
+
+    from torchchat import export, metadata
+    from torchchat.loader import load_model
+
+    loaded = load_model(model_args(llama2.checkpoint, llama2.tokenizer), "et")
+    meta_json = metadata.to_json(replace(loaded.info, max_seq_len=CONTEXT), "fp32")
+    out = tmp_path_factory.mktemp("et_two_inputs") / "old.pte"
+    export.compile_pte(two_input_program(loaded.model, CONTEXT), out, meta_json)
+    return out
+
+
+def test_two_input_program_still_runs(llama2, two_input_pte, tmp_path):
+    from torchchat.et import PTEDecoder
+
+    d = PTEDecoder(two_input_pte)
+    assert not d.takes_n_logits
+    tok, info = llama2.eager.tokenizer, llama2.eager.info
+    ids = tok.encode(PROMPTS[0], bos=True)
+    with torch.no_grad():  # every position's logits, asked or not
+        assert d(torch.tensor([ids]), torch.arange(len(ids)), last_only=True).shape == (1, len(ids), info.vocab_size)
+    want = greedy(llama2.eager_decoder(), ids, info.stop_ids)
+    assert greedy(d, ids, info.stop_ids) == want
+    if not et_runner().is_file():
+        pytest.skip("build it: scripts/build_native.sh et")
+    trace = tmp_path / "trace.jsonl"
+    p = et_run(two_input_pte, llama2.runner_tokenizer, "-t", "0", "-n", str(len(ids) + len(want)), "-i", PROMPTS[0],
+               trace=trace)
+    assert p.returncode == 0, p.stderr
+    assert fed_tokens(trace)[:len(ids) + len(want) - 1] == ids + want[:-1]
 
 
 @pytest.fixture
