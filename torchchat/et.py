@@ -3,8 +3,9 @@
 The program is the same model's `torch.export` as AOT Inductor's (torchchat/export.py), with
 inputs (tokens, input_pos, None, n_logits): whole-cache attention (no kv_len) and logits for the
 last n_logits positions (the runner asks for 1, `eval --pte-path` for all; programs exported
-before n_logits take (tokens, input_pos) and return all, and still run): the KV cache is a pair of mutable buffers per layer inside the program, and the sequence length
-is dynamic (1..max_seq_len), so the whole prompt is prefilled in one call and decode is T = 1.
+before n_logits take (tokens, input_pos), return all, and still run). The KV cache is a pair
+of mutable buffers per layer inside the program, and the sequence length is dynamic
+(1..max_seq_len), so the whole prompt is prefilled in one call and decode is T = 1.
 The XNNPACK partitioner takes the linears, matmuls, softmax and elementwise work; what it
 leaves (embedding, position indexing, rotary's selects, RMSNorm's mean, the in-place cache
 write) runs on ExecuTorch's CPU kernels, and linear:int8 / linear:int4 layers on ours
@@ -31,8 +32,8 @@ import torch
 from torchchat import kernels, metadata
 from torchchat.errors import UserError
 from torchchat.exported import first_line
-from torchchat.model import length_tensor
 from torchchat.loader import ModelInfo
+from torchchat.model import length_tensor
 
 METADATA_METHOD = "get_metadata_json"
 PTE_MAGIC = b"ET"  # bytes 4..6 of a .pte: the flatbuffer file identifier "ET12", "ET13", ...

@@ -79,8 +79,8 @@ def export_program(model: Transformer, max_seq_len: int, aoti: bool = False) -> 
     aoti: the 4-input form (tokens, input_pos, kv_len, n_logits; Transformer.forward), whose
     attention reads only the filled cache positions and whose output layer runs only where
     logits are wanted. Otherwise the form ExecuTorch lowers: (tokens, input_pos, None, n_logits),
-    attention over the whole cache (XNNPACK's lowering wants static cache shapes) and logits
-    where wanted (a prompt's last position: its output layer need not run for every token).
+    attention over the whole cache (as ExecuTorch programs always had) and logits where wanted
+    (a prompt's last position: its output layer need not run for every token).
     """
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)
     if aoti:
