@@ -33,7 +33,7 @@ from torchchat import kernels, metadata
 from torchchat.errors import UserError
 from torchchat.exported import first_line
 from torchchat.loader import ModelInfo
-from torchchat.model import length_tensor
+from torchchat.model import length_tensor, size_inputs
 
 METADATA_METHOD = "get_metadata_json"
 PTE_MAGIC = b"ET"  # bytes 4..6 of a .pte: the flatbuffer file identifier "ET12", "ET13", ...
@@ -178,7 +178,7 @@ class PTEDecoder:
             raise UserError(f"{n} tokens at position {start} do not fit the model's context of {self.max_seq_len}")
         inputs = [tokens.contiguous(), input_pos.contiguous()]
         if self.takes_n_logits:
-            inputs += [None, self.lengths[:1 if last_only else n]]
+            inputs += [None, size_inputs(self.lengths, input_pos, n, last_only)[1]]
         try:
             (logits,) = self._forward.execute(inputs)
         except RuntimeError as e:

@@ -80,8 +80,8 @@ class EtBackend final : public Backend {
   std::unique_ptr<Module> module_;
   ModelMetadata metadata_;
   std::vector<std::int64_t> tokens_, positions_;
-  std::int64_t n_logits_ = 0;  // the n_logits input's one element (its length, 1, is what the program reads)
-  bool takes_n_logits_ = false;  // false: a program exported before that input, returning every position
+  std::int64_t n_logits_value_ = 0;  // the n_logits input's one element (its length, 1, is what the program reads)
+  ::executorch::extension::TensorPtr n_logits_;  // null: a program exported before that input, returning every position
   std::vector<float> logits_;  // the last position's row, valid until the next call
 };
 
@@ -114,7 +114,8 @@ EtBackend::EtBackend(const BackendOptions& options) {
   if (!forward_meta.ok()) throw Error(describe(path + ": cannot read the forward method's inputs", forward_meta.error()));
   // (tokens, input_pos, kv_len = None, n_logits): Transformer.forward's inputs, kv_len left out
   // (whole-cache attention); programs exported before n_logits take the first two.
-  takes_n_logits_ = forward_meta->num_inputs() == 4;
+  if (forward_meta->num_inputs() == 4)
+    n_logits_ = ::executorch::extension::from_blob(&n_logits_value_, {1}, et::etensor::ScalarType::Long);
 }
 
 std::span<const float> EtBackend::forward(const std::int64_t* tokens, int n, int start_pos) {
@@ -125,12 +126,11 @@ std::span<const float> EtBackend::forward(const std::int64_t* tokens, int n, int
   const auto ids = ::executorch::extension::from_blob(tokens_.data(), {1, n}, et::etensor::ScalarType::Long);
   const auto pos = ::executorch::extension::from_blob(positions_.data(), {n}, et::etensor::ScalarType::Long);
   // The last position's logits only: [1, 1, vocab] (older programs: [1, n, vocab]).
-  const auto n_logits = ::executorch::extension::from_blob(&n_logits_, {1}, et::etensor::ScalarType::Long);
-  const auto out = takes_n_logits_ ? module_->forward({ids, pos, et::EValue(), n_logits}) : module_->forward({ids, pos});
+  const auto out = n_logits_ ? module_->forward({ids, pos, et::EValue(), n_logits_}) : module_->forward({ids, pos});
   if (!out.ok()) throw Error(describe("the model failed", out.error()));
   const auto& logits = out->at(0).toTensor();
   const std::size_t vocab = static_cast<std::size_t>(metadata_.vocab_size);
-  const std::size_t rows = takes_n_logits_ ? 1 : static_cast<std::size_t>(n);
+  const std::size_t rows = n_logits_ ? 1 : static_cast<std::size_t>(n);
   if (logits.scalar_type() != et::etensor::ScalarType::Float || static_cast<std::size_t>(logits.numel()) != rows * vocab)
     throw Error("the model returned logits of an unexpected shape or type");
   const float* last = logits.const_data_ptr<float>() + (rows - 1) * vocab;
