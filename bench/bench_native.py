@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -329,6 +330,16 @@ def bandwidth(threads: int) -> float:
     return json.loads(out)["read_gb_per_s"]
 
 
+def probed(threads: int, bench, *args) -> dict:
+    """bench(*args) with the read bandwidth probed just before and after it, as r["bw"]: this
+    machine's bandwidth moves between regimes (≈ 50 and ≈ 78 GB/s seen minutes apart), so only a
+    probe beside a row says how close that row's decode came to the memory."""
+    before = bandwidth(threads)
+    r = bench(*args)
+    r["bw"] = (before, bandwidth(threads))
+    return r
+
+
 # ---------------------------------------------------------------------------------------------
 # Table
 
@@ -341,25 +352,27 @@ def fmt(x, spec=".1f"):
     return "—" if x is None or x != x else format(x, spec)
 
 
-def print_table(rows, bw, weight_mb: dict, threads, reps) -> None:
+def print_table(rows, weight_mb: dict, threads, reps) -> None:
     print(f"\n{threads} threads, median of {reps} runs after a warm-up; pp{N_PROMPT}/tg{N_GEN} as llama-bench "
-          f"(random prompt tokens, no stop). Read bandwidth probe: {bw:.1f} GB/s; tg ceiling = bandwidth / "
-          f"weight bytes. load+pp128: AOTI and eager load + cold first prefill in-process; llama.cpp a whole "
-          f"llama-bench process with one pp128 and no warm-up.\n")
-    print("| model | engine | file MB | load s | load+pp128 s | pp128 tok/s | tg128 tok/s | tg ceiling tok/s "
-          "| peak RSS MB | pp × llama.cpp | tg × llama.cpp |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"(random prompt tokens, no stop). probe GB/s: read bandwidth probed just before / after the row; "
+          f"tg ceiling = the higher of the two / the group's GGUF weight bytes, tg % = tg128 / ceiling. "
+          f"load+pp128: AOTI and eager load + cold first prefill in-process; llama.cpp a whole llama-bench "
+          f"process with one pp128 and no warm-up.\n")
+    print("| model | engine | file MB | load s | load+pp128 s | pp128 tok/s | tg128 tok/s | probe GB/s "
+          "| tg ceiling tok/s | tg % | peak RSS MB | pp × llama.cpp | tg × llama.cpp |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model, engines in rows:
         ref = next((r for n, r in engines.items() if n.startswith("llama.cpp")), None)
         for name, r in engines.items():
             pp, tg = med(r.get("pp", [])), med(r.get("tg", []))
             load = r.get("load")
             first = r.get("load_plus_pp") or ((load or 0) + r["ttft"] if "ttft" in r else None)
-            ceiling = bw * 1e3 / weight_mb[model]
+            ceiling = max(r["bw"]) * 1e3 / weight_mb[model]
             rpp = pp / med(ref["pp"]) if ref else None
             rtg = tg / med(ref["tg"]) if ref else None
             print(f"| {model} | {name} | {fmt(r.get('size'), '.0f')} | {fmt(load, '.2f')} | {fmt(first, '.2f')} | "
-                  f"{fmt(pp)} | {fmt(tg)} | {ceiling:.0f} | {fmt(r.get('rss'), '.0f')} | {fmt(rpp, '.2f')} | "
+                  f"{fmt(pp)} | {fmt(tg)} | {r['bw'][0]:.1f} / {r['bw'][1]:.1f} | {ceiling:.0f} | "
+                  f"{fmt(100 * tg / ceiling, '.0f')} | {fmt(r.get('rss'), '.0f')} | {fmt(rpp, '.2f')} | "
                   f"{fmt(rtg, '.2f')} |")
     for model, engines in rows:
         for name, r in engines.items():
@@ -440,22 +453,22 @@ def main() -> None:
     # ExecuTorch: the default model only (XNNPACK lowering preprocesses each delegated subgraph: minutes).
     ptes = {jobs[0][0]: export(jobs[0][1], jobs[0][2], a.context, "pte")}
 
-    bw = bandwidth(a.threads)
+    measure = partial(probed, a.threads)
     rows, weight_mb = [], {}
     for name, g, dtype, tok in jobs:
         so, pt2, so_default = artifacts[name]
         log(f"== {name}: llama.cpp, aoti (.so, .pt2), eager")
         engines = {}
-        engines["llama.cpp"] = bench_llama_cpp(llama_dir, g, a.threads, a.reps)
-        engines[f"AOTI .so, ctx {a.context}"] = bench_aoti(so, a.threads, a.reps, tok)
+        engines["llama.cpp"] = measure(bench_llama_cpp, llama_dir, g, a.threads, a.reps)
+        engines[f"AOTI .so, ctx {a.context}"] = measure(bench_aoti, so, a.threads, a.reps, tok)
         if pt2 is not None:
-            engines[f"AOTI .pt2, ctx {a.context}"] = bench_aoti(pt2, a.threads, a.reps, tok)
+            engines[f"AOTI .pt2, ctx {a.context}"] = measure(bench_aoti, pt2, a.threads, a.reps, tok)
         if so_default is not None:
-            engines[f"AOTI .so, ctx {default_ctx}"] = bench_aoti(so_default, a.threads, a.reps, None)
+            engines[f"AOTI .so, ctx {default_ctx}"] = measure(bench_aoti, so_default, a.threads, a.reps, None)
         if name in ptes:
-            engines[f"ET .pte (XNNPACK), ctx {a.context}"] = bench_aoti(ptes[name], a.threads, a.reps, tok,
-                                                                        ET_BENCH, ET_RUN)
-        engines[f"Python eager, ctx {N_PROMPT + N_GEN}"] = bench_eager(g, dtype, a.threads, a.reps)
+            engines[f"ET .pte (XNNPACK), ctx {a.context}"] = measure(bench_aoti, ptes[name], a.threads, a.reps,
+                                                                     tok, ET_BENCH, ET_RUN)
+        engines[f"Python eager, ctx {N_PROMPT + N_GEN}"] = measure(bench_eager, g, dtype, a.threads, a.reps)
         rows.append((name, engines))
         weight_mb[name] = gguf_weight_mb(g)
     if a.quant is not None:
@@ -468,21 +481,21 @@ def main() -> None:
             # CPUs (seen on an Intel one with AMX) this build's prompt processing on repacked
             # weights segfaults, also on the original Q4_1 GGUF: then pp runs with --repack 0.
             try:
-                engines = {f"llama.cpp {kind}": bench_llama_cpp(llama_dir, g, a.threads, a.reps)}
+                engines = {f"llama.cpp {kind}": measure(bench_llama_cpp, llama_dir, g, a.threads, a.reps)}
             except SystemExit as e:
                 log(f"llama.cpp {kind} with repacked weights failed ({str(e).splitlines()[0]}): pp with --repack 0")
-                engines = {f"llama.cpp {kind} (pp: --repack 0)": bench_llama_cpp(llama_dir, g, a.threads, a.reps,
-                                                                                 ("--repack", "0"))}
+                engines = {f"llama.cpp {kind} (pp: --repack 0)": measure(bench_llama_cpp, llama_dir, g, a.threads,
+                                                                                 a.reps, ("--repack", "0"))}
             for name, suffix, spec, tag in ours:
                 artifact = export(smol, "fp32", a.context, suffix, spec, tag)
                 bench_bin, run_bin = (ET_BENCH, ET_RUN) if suffix == "pte" else (AOTI_BENCH, AOTI_RUN)
-                engines[name] = bench_aoti(artifact, a.threads, a.reps, jobs[0][3], bench_bin, run_bin)
+                engines[name] = measure(bench_aoti, artifact, a.threads, a.reps, jobs[0][3], bench_bin, run_bin)
                 if suffix == "so":  # the same scheme in eager PyTorch, with the same kernels
-                    engines[f"Python eager {name.split(' ', 2)[2]}"] = bench_eager(smol, "fp32", a.threads, a.reps,
-                                                                                  spec)
+                    engines[f"Python eager {name.split(' ', 2)[2]}"] = measure(bench_eager, smol, "fp32",
+                                                                                 a.threads, a.reps, spec)
             rows.append((group, engines))
             weight_mb[group] = gguf_weight_mb(g)
-    print_table(rows, bw, weight_mb, a.threads, a.reps)
+    print_table(rows, weight_mb, a.threads, a.reps)
     if a.plot:
         plot(rows, Path(a.plot))
 
