@@ -304,7 +304,7 @@ def export_model(model: Transformer, info: ModelInfo, dtype: str, max_seq_len: i
     for path, compile_fn in targets:
         aoti = compile_fn is not compile_pte
         if aoti not in programs:
-            form = "4 inputs" if aoti else "2 inputs"
+            form = "inputs kv_len and n_logits" if aoti else "input n_logits"
             with phase(f"Exporting the graph (torch.export, context {max_seq_len}, {form})"):
                 programs[aoti] = export_program(model, max_seq_len, aoti)
         what = ("Compiling {} with AOT Inductor (minutes: autotuning kernels)" if aoti
