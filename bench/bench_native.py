@@ -485,14 +485,14 @@ def main() -> None:
             except SystemExit as e:
                 log(f"llama.cpp {kind} with repacked weights failed ({str(e).splitlines()[0]}): pp with --repack 0")
                 engines = {f"llama.cpp {kind} (pp: --repack 0)": measure(bench_llama_cpp, llama_dir, g, a.threads,
-                                                                                 a.reps, ("--repack", "0"))}
+                                                                         a.reps, ("--repack", "0"))}
             for name, suffix, spec, tag in ours:
                 artifact = export(smol, "fp32", a.context, suffix, spec, tag)
                 bench_bin, run_bin = (ET_BENCH, ET_RUN) if suffix == "pte" else (AOTI_BENCH, AOTI_RUN)
                 engines[name] = measure(bench_aoti, artifact, a.threads, a.reps, jobs[0][3], bench_bin, run_bin)
                 if suffix == "so":  # the same scheme in eager PyTorch, with the same kernels
                     engines[f"Python eager {name.split(' ', 2)[2]}"] = measure(bench_eager, smol, "fp32",
-                                                                                 a.threads, a.reps, spec)
+                                                                               a.threads, a.reps, spec)
             rows.append((group, engines))
             weight_mb[group] = gguf_weight_mb(g)
     print_table(rows, weight_mb, a.threads, a.reps)
