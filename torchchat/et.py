@@ -33,7 +33,7 @@ from torchchat import kernels, metadata
 from torchchat.errors import UserError
 from torchchat.exported import first_line
 from torchchat.loader import ModelInfo
-from torchchat.model import length_tensor, size_inputs
+from torchchat.model import length_tensor, n_logits_input
 
 METADATA_METHOD = "get_metadata_json"
 PTE_MAGIC = b"ET"  # bytes 4..6 of a .pte: the flatbuffer file identifier "ET12", "ET13", ...
@@ -178,7 +178,7 @@ class PTEDecoder:
             raise UserError(f"{n} tokens at position {start} do not fit the model's context of {self.max_seq_len}")
         inputs = [tokens.contiguous(), input_pos.contiguous()]
         if self.takes_n_logits:
-            inputs += [None, size_inputs(self.lengths, input_pos, n, last_only)[1]]
+            inputs += [None, n_logits_input(self.lengths, n, last_only)]  # no kv_len: whole-cache attention
         try:
             (logits,) = self._forward.execute(inputs)
         except RuntimeError as e:

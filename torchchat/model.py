@@ -265,9 +265,14 @@ def length_tensor(n: int) -> Tensor:
     return torch.empty(n, dtype=torch.long)
 
 
+def n_logits_input(lengths: Tensor, n_tokens: int, last_only: bool) -> Tensor:
+    """Transformer.forward's n_logits for a call, a view of `lengths` (a length_tensor of the
+    context): logits of the last position only or of all `n_tokens`."""
+    return lengths[:1 if last_only else n_tokens]
+
+
 def size_inputs(lengths: Tensor, input_pos: Tensor, n_tokens: int, last_only: bool) -> tuple[Tensor, Tensor]:
-    """Transformer.forward's (kv_len, n_logits) for a call, as views of `lengths` (a length_tensor
-    of the context): attention over the positions up to the last one, logits of the last
-    position only or of all `n_tokens`."""
+    """Transformer.forward's (kv_len, n_logits) for a call, as views of `lengths`: attention over
+    the positions up to the last one, and n_logits_input's logits."""
     filled = int(input_pos.max()) + 1 if input_pos.numel() else 0
-    return lengths[:filled], lengths[:1 if last_only else n_tokens]
+    return lengths[:filled], n_logits_input(lengths, n_tokens, last_only)
