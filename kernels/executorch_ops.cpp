@@ -5,6 +5,7 @@
 //   torchchat::int4_weight_linear.out(Tensor x, Tensor weight, Tensor scales_mins, int groupsize, *, Tensor(a!) out)
 //   torchchat::int4_a8_weight_linear.out(Tensor x, Tensor panels, int N, int groupsize, *, Tensor(a!) out)
 //   torchchat::int8_a8_weight_linear.out(Tensor x, Tensor panels, int N, *, Tensor(a!) out)
+//   torchchat::cache_attention.out(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos, *, Tensor(a!) out)
 // et_run links this library (CMakeLists.txt, torchchat_et_kernels); Python loads it into
 // ExecuTorch's runtime before running such a program (torchchat/kernels.py load_executorch).
 //
@@ -14,11 +15,14 @@
 // with other dtypes for ExecuTorch (torchchat/quantize.py).
 #include <algorithm>
 #include <array>
+#include <cmath>
+#include <vector>
 
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
 
+#include "attention.h"
 #include "quant_linear.h"
 #include "thread_buffers.h"
 
@@ -157,6 +161,49 @@ Tensor& int8_a8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, co
   });
 }
 
+// attention.h over ExecuTorch's tensors, with torch_ops.cpp's checks.
+Tensor& cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                            const Tensor& input_pos, Tensor& out) {
+  constexpr const char* op = "torchchat::cache_attention.out";
+  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && q.size(0) == 1 && q.scalar_type() == ScalarType::Float &&
+                               tensor_is_contiguous(q),
+                      InvalidArgument, out, "%s: q must be a contiguous fp32 [1, T, H, D] tensor", op);
+  const std::int64_t T = q.size(1), H = q.size(2), D = q.size(3);
+  for (const Tensor* c : {&k_cache, &v_cache})
+    ET_KERNEL_CHECK_MSG(ctx, c->dim() == 4 && c->size(0) == 1 && c->size(1) == k_cache.size(1) &&
+                                 c->size(2) == k_cache.size(2) && c->size(3) == D &&
+                                 c->scalar_type() == ScalarType::Float && tensor_is_contiguous(*c),
+                        InvalidArgument, out, "%s: the caches must be contiguous fp32 [1, Hkv, S, D] tensors alike", op);
+  const std::int64_t Hkv = k_cache.size(1), S = k_cache.size(2);
+  ET_KERNEL_CHECK_MSG(ctx, Hkv >= 1 && H % Hkv == 0, InvalidArgument, out,
+                      "%s: %lld query heads do not share %lld KV heads evenly", op, static_cast<long long>(H),
+                      static_cast<long long>(Hkv));
+  ET_KERNEL_CHECK_MSG(ctx, input_pos.dim() == 1 && input_pos.size(0) == T && input_pos.scalar_type() == ScalarType::Long &&
+                               tensor_is_contiguous(input_pos),
+                      InvalidArgument, out, "%s: input_pos must be int64 [T]", op);
+  const std::int64_t* p = input_pos.const_data_ptr<std::int64_t>();
+  std::int64_t longest = 0;
+  for (std::int64_t t = 0; t < T; ++t) {
+    ET_KERNEL_CHECK_MSG(ctx, p[t] >= 0 && p[t] < S, InvalidArgument, out, "%s: position %lld is outside the cache of %lld",
+                        op, static_cast<long long>(p[t]), static_cast<long long>(S));
+    longest = std::max(longest, p[t] + 1);
+  }
+  ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == ScalarType::Float && resize_tensor(out, q.sizes()) == Error::Ok &&
+                               tensor_is_contiguous(out),
+                      InvalidArgument, out, "%s: out must be a contiguous fp32 tensor of q's shape", op);
+  AttentionArgs a{q.const_data_ptr<float>(), k_cache.const_data_ptr<float>(), v_cache.const_data_ptr<float>(), p,
+                  out.mutable_data_ptr<float>(), T, H, Hkv, D, S * D, 1.0f / std::sqrt(static_cast<float>(D)),
+                  attention_splits(T, Hkv, longest, ::executorch::extension::get_thread_count()), nullptr};
+  thread_local std::vector<float> partials;
+  partials.resize(static_cast<std::size_t>(attention_partials_size(a)));
+  a.partials = partials.data();
+  const bool ok = ::executorch::extension::parallel_for(0, attention_tasks(a), 1,
+                                                        [&](std::int64_t i0, std::int64_t i1) { attention(a, i0, i1); });
+  ET_KERNEL_CHECK_MSG(ctx, ok, Internal, out, "%s: the thread pool failed", op);
+  if (a.splits > 1) attention_merge(a, 0, T * Hkv);
+  return out;
+}
+
 }  // namespace
 }  // namespace torchchat::kernels::et
 
@@ -166,3 +213,4 @@ EXECUTORCH_LIBRARY(torchchat, "int8_weight_linear.out", torchchat::kernels::et::
 EXECUTORCH_LIBRARY(torchchat, "int4_weight_linear.out", torchchat::kernels::et::int4_weight_linear_out);
 EXECUTORCH_LIBRARY(torchchat, "int4_a8_weight_linear.out", torchchat::kernels::et::int4_a8_weight_linear_out);
 EXECUTORCH_LIBRARY(torchchat, "int8_a8_weight_linear.out", torchchat::kernels::et::int8_a8_weight_linear_out);
+EXECUTORCH_LIBRARY(torchchat, "cache_attention.out", torchchat::kernels::et::cache_attention_out);

@@ -7,6 +7,9 @@
 //   torchchat::int4_a8_weight_linear(Tensor x, Tensor panels, int N, int groupsize) -> Tensor
 //   torchchat::int8_a8_weight_linear(Tensor x, Tensor panels, int N) -> Tensor
 //     (int4 / int8 weights times activations quantized to int8 per block of 32, on the fly)
+//   torchchat::cache_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos) -> Tensor
+//     (causal grouped-query attention over a KV cache, attention.h: q [1, T, H, D],
+//     caches [1, Hkv, S, D], token t attends positions [0, input_pos[t]]; out [1, T, H, D])
 // and their out variants (`.out`, the same arguments then `*, Tensor(a!) out`), which
 // ExecuTorch's export puts in the program (to_executorch's out-variant pass) and which
 // kernels/executorch_ops.cpp implements inside the ExecuTorch runtime.
@@ -16,14 +19,18 @@
 // (aot_inductor.custom_ops_to_c_shims), so an exported model needs this library loaded with
 // its symbols global: aoti_run links it, Python loads it with RTLD_GLOBAL.
 #include <algorithm>
+#include <cmath>
+#include <vector>
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/inductor/aoti_torch/utils.h>
 #include <torch/library.h>
 
+#include "attention.h"
 #include "quant_linear.h"
 #include "thread_buffers.h"
 
@@ -160,6 +167,42 @@ at::Tensor int8_a8_weight_linear(const at::Tensor& x, const at::Tensor& panels, 
                                                            std::int64_t n1) { int8_a8_linear(xa, w, y, n0, n1); });
 }
 
+at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                           const at::Tensor& input_pos) {
+  constexpr const char* op = "cache_attention";
+  TORCH_CHECK(q.dim() == 4 && q.size(0) == 1 && q.scalar_type() == at::kFloat && q.is_contiguous(), op,
+              ": q must be a contiguous fp32 [1, T, H, D] tensor, got ", q.scalar_type(), " ", q.sizes());
+  const std::int64_t T = q.size(1), H = q.size(2), D = q.size(3);
+  for (const at::Tensor* c : {&k_cache, &v_cache})
+    TORCH_CHECK(c->dim() == 4 && c->size(0) == 1 && c->size(3) == D && c->scalar_type() == at::kFloat &&
+                    c->stride(3) == 1 && c->stride(2) == D && c->sizes() == k_cache.sizes() &&
+                    c->strides() == k_cache.strides(),
+                op, ": the caches must be fp32 [1, Hkv, S, D] tensors alike, each position's D values "
+                "contiguous, got ", c->sizes(), " for D = ", D);
+  const std::int64_t Hkv = k_cache.size(1), S = k_cache.size(2);
+  TORCH_CHECK(Hkv >= 1 && H % Hkv == 0, op, ": ", H, " query heads do not share ", Hkv, " KV heads evenly");
+  TORCH_CHECK(input_pos.dim() == 1 && input_pos.size(0) == T && input_pos.scalar_type() == at::kLong, op,
+              ": input_pos must be int64 [T = ", T, "]");
+  const at::Tensor pos = input_pos.contiguous();
+  const std::int64_t* p = pos.const_data_ptr<std::int64_t>();
+  std::int64_t longest = 0;
+  for (std::int64_t t = 0; t < T; ++t) {
+    TORCH_CHECK(p[t] >= 0 && p[t] < S, op, ": position ", p[t], " is outside the cache of ", S);
+    longest = std::max(longest, p[t] + 1);
+  }
+  at::Tensor out = at::empty_like(q);
+  AttentionArgs a{q.const_data_ptr<float>(), k_cache.const_data_ptr<float>(), v_cache.const_data_ptr<float>(), p,
+                  out.mutable_data_ptr<float>(), T, H, Hkv, D, k_cache.stride(1),
+                  1.0f / std::sqrt(static_cast<float>(D)), attention_splits(T, Hkv, longest, at::get_num_threads()),
+                  nullptr};
+  thread_local std::vector<float> partials;
+  partials.resize(static_cast<std::size_t>(attention_partials_size(a)));
+  a.partials = partials.data();
+  at::parallel_for(0, attention_tasks(a), 1, [&](std::int64_t i0, std::int64_t i1) { attention(a, i0, i1); });
+  if (a.splits > 1) attention_merge(a, 0, T * Hkv);  // a few hundred floats: not worth waking the pool
+  return out;
+}
+
 // The out variants: the same computation, written into `out` (resized to x's shape with N last).
 at::Tensor& into(at::Tensor& out, const at::Tensor& y) {
   out.resize_(y.sizes());
@@ -184,6 +227,11 @@ at::Tensor& int4_a8_weight_linear_out(const at::Tensor& x, const at::Tensor& pan
 
 at::Tensor& int8_a8_weight_linear_out(const at::Tensor& x, const at::Tensor& panels, std::int64_t N, at::Tensor& out) {
   return into(out, int8_a8_weight_linear(x, panels, N));
+}
+
+at::Tensor& cache_attention_out(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                const at::Tensor& input_pos, at::Tensor& out) {
+  return into(out, cache_attention(q, k_cache, v_cache, input_pos));
 }
 
 // Shapes only, for export's fake tensors (the functional ops' are in torchchat/kernels.py):
@@ -214,6 +262,12 @@ at::Tensor& int8_a8_weight_linear_out_meta(const at::Tensor& x, const at::Tensor
   return linear_out_meta(x, N, out);
 }
 
+at::Tensor& cache_attention_out_meta(const at::Tensor& q, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                     at::Tensor& out) {
+  out.resize_(q.sizes());
+  return out;
+}
+
 std::string isa_op() { return isa(); }
 
 }  // namespace
@@ -231,6 +285,9 @@ TORCH_LIBRARY(torchchat, m) {
         "-> Tensor(a!)");
   m.def("int4_a8_weight_linear.out(Tensor x, Tensor panels, int N, int groupsize, *, Tensor(a!) out) -> Tensor(a!)");
   m.def("int8_a8_weight_linear.out(Tensor x, Tensor panels, int N, *, Tensor(a!) out) -> Tensor(a!)");
+  m.def("cache_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos) -> Tensor");
+  m.def("cache_attention.out(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos, *, Tensor(a!) out) "
+        "-> Tensor(a!)");
   m.def("kernels_isa() -> str", &torchchat::kernels::isa_op);
 }
 
@@ -245,6 +302,8 @@ TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
   m.impl("int4_weight_linear.out", &torchchat::kernels::int4_weight_linear_out);
   m.impl("int4_a8_weight_linear.out", &torchchat::kernels::int4_a8_weight_linear_out);
   m.impl("int8_a8_weight_linear.out", &torchchat::kernels::int8_a8_weight_linear_out);
+  m.impl("cache_attention", &torchchat::kernels::cache_attention);
+  m.impl("cache_attention.out", &torchchat::kernels::cache_attention_out);
 }
 
 TORCH_LIBRARY_IMPL(torchchat, Meta, m) {
@@ -252,6 +311,7 @@ TORCH_LIBRARY_IMPL(torchchat, Meta, m) {
   m.impl("int4_weight_linear.out", &torchchat::kernels::int4_weight_linear_out_meta);
   m.impl("int4_a8_weight_linear.out", &torchchat::kernels::int4_a8_weight_linear_out_meta);
   m.impl("int8_a8_weight_linear.out", &torchchat::kernels::int8_a8_weight_linear_out_meta);
+  m.impl("cache_attention.out", &torchchat::kernels::cache_attention_out_meta);
 }
 
 // C shims for AOT Inductor: declarations in torchchat/kernels.py (AOTI_C_SHIMS) must match.
@@ -306,5 +366,15 @@ extern "C" AOTITorchError aoti_torch_cpu_int8_a8_weight_linear(AtenTensorHandle 
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
     *ret = new_tensor_handle(torchchat::kernels::int8_a8_weight_linear(*tensor_handle_to_tensor_pointer(x),
                                                                         *tensor_handle_to_tensor_pointer(panels), N));
+  });
+}
+
+extern "C" AOTITorchError aoti_torch_cpu_cache_attention(AtenTensorHandle q, AtenTensorHandle k_cache,
+                                                         AtenTensorHandle v_cache, AtenTensorHandle input_pos,
+                                                         AtenTensorHandle* ret) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret = new_tensor_handle(torchchat::kernels::cache_attention(
+        *tensor_handle_to_tensor_pointer(q), *tensor_handle_to_tensor_pointer(k_cache),
+        *tensor_handle_to_tensor_pointer(v_cache), *tensor_handle_to_tensor_pointer(input_pos)));
   });
 }

@@ -6,12 +6,12 @@ last n_logits positions (the runner asks for 1, `eval --pte-path` for all; progr
 before n_logits take (tokens, input_pos), return all, and still run). The KV cache is a pair
 of mutable buffers per layer inside the program, and the sequence length is dynamic
 (1..max_seq_len), so the whole prompt is prefilled in one call and decode is T = 1.
-The XNNPACK partitioner takes the linears, matmuls, softmax and elementwise work; what it
-leaves (embedding, position indexing, rotary's selects, RMSNorm's mean, the in-place cache
-write) runs on ExecuTorch's CPU kernels, and linear:int8 / linear:int4 layers on ours
-(kernels/executorch_ops.cpp: et_run links them, PTEDecoder loads them when the metadata says
-so). Two export-time choices, not model changes: attention is decomposed for XNNPACK
-(sdpa_for_xnnpack), and the cache write is re-placed in place.
+The XNNPACK partitioner takes the linears and elementwise work; what it leaves (embedding,
+position indexing, rotary's selects, RMSNorm's mean, the in-place cache write) runs on
+ExecuTorch's CPU kernels, and attention over an fp32 cache (export.cache_attention) and
+linear:int8 / linear:int4 layers on ours (kernels/executorch_ops.cpp: et_run links them,
+PTEDecoder loads them). Two export-time choices, not model changes: attention over a bf16/fp16
+cache is decomposed for XNNPACK (sdpa_for_xnnpack), and the cache write is re-placed in place.
 A tied output matrix is stored twice: once for the embedding lookup, once in XNNPACK's data.
 
 Metadata travels as constant methods, which is how ExecuTorch's own LLM runner reads it:
@@ -155,8 +155,10 @@ class PTEDecoder:
             # nothing else may run once forward's KV cache holds state.
             (text,) = program.load_method(METADATA_METHOD).execute([])
             self.info, self.dtype = metadata.from_json(str(text), str(path))
-            if kernels.used_by(self.info.quantize):  # linear:int8/int4: kernels/executorch_ops.cpp
-                kernels.load_executorch()  # before forward's load, which resolves its operators
+            # Our attention and linear:int8/int4 kernels (kernels/executorch_ops.cpp), before forward's
+            # load, which resolves its operators. (Programs exported before 2026-11-28 without
+            # linear:int8/int4 call none of them; loading them costs nothing once built.)
+            kernels.load_executorch()
             with native_stderr_silenced():
                 self._forward = program.load_method("forward")
         except UserError:

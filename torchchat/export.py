@@ -6,7 +6,9 @@ mutated in place by the graph) and a dynamic sequence length, so one artifact se
 prefill (T prompt tokens) and decode (T = 1). AOT Inductor gets the 4-input form, with two
 more dynamic sizes: how many cache positions attention reads (the filled ones) and how many
 positions get logits (the runner wants the last); ExecuTorch the same without the first
-(attention over the whole cache; kv_len is None). Inductor then compiles it ahead of time:
+(attention over the whole cache; kv_len is None). Over an fp32 cache, attention is our kernel
+in both (cache_attention below), which reads up to each token's position whatever kv_len is;
+bf16/fp16 caches keep ATen's SDPA, for which kv_len matters. Inductor then compiles it ahead of time:
 - .so: `torch._inductor.aot_compile`, a bare shared library (AOTIModelContainerRunnerCpu);
 - .pt2: `torch._inductor.aoti_compile_and_package`, a zip package (AOTIModelPackageLoader).
 The model's metadata (torchchat/metadata.py) goes inside either file. Files are written
@@ -105,7 +107,7 @@ def export_program(model: Transformer, max_seq_len: int, aoti: bool = False) -> 
         example = (torch.zeros(1, 3, dtype=torch.long), torch.arange(3, dtype=torch.long), None, length_tensor(2))
         shapes, spare = ({1: seq}, {0: seq}, None, {0: n_logits}), 0
     model.setup_caches(max_seq_len, spare=spare)
-    with torch.no_grad(), float_kernels(model) if aoti else contextlib.nullcontext():
+    with torch.no_grad(), float_kernels(model) if aoti else contextlib.nullcontext(), cache_attention(model):
         return torch.export.export(model, example, dynamic_shapes=shapes, strict=False)
 
 
@@ -180,6 +182,36 @@ def float_kernels(model: Transformer) -> Iterator[None]:
     finally:
         for parent, name, original in reversed(swaps):
             setattr(parent, name, original)
+
+
+# Whether exports run attention on our kernel (cache_attention) or on ATen's SDPA.
+ATTENTION_KERNEL = True
+
+
+@contextlib.contextmanager
+def cache_attention(model: Transformer) -> Iterator[None]:
+    """While exporting, attention runs our kernel (kernels/attention.h) where the cache is fp32.
+
+    Against ATen's CPU SDPA with the model's mask, per layer of SmolLM2 (9 query heads on 3 KV heads,
+    2 threads; bench/README.md): decode 3.4-4.7x faster at 128-1900 positions, a prompt's attention
+    2.7-3.1x. ATen reads each KV head once per query head and builds and reads a mask; the kernel
+    reads a head's rows once for its query heads and only up to each token's position.
+    bf16 and fp16 caches keep SDPA (the kernel is fp32)."""
+    from torchchat.model import Attention
+
+    layers = [m for m in model.modules() if isinstance(m, Attention)
+              and m.kv_cache is not None and m.kv_cache.k.dtype == torch.float32]
+    if ATTENTION_KERNEL and layers:
+        from torchchat import kernels
+
+        kernels.load()
+        for m in layers:
+            m.cache_attention = torch.ops.torchchat.cache_attention
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.cache_attention = None
 
 
 @contextlib.contextmanager

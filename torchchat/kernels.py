@@ -1,11 +1,12 @@
-"""Our CPU kernels for linears (kernels/): build, load, pack weights, reference math.
+"""Our CPU kernels for linears and attention (kernels/): build, load, pack weights, reference math.
 
 The C++ sources are compiled once per machine with torch.utils.cpp_extension (cached under
 ~/.cache/torch_extensions, rebuilt when a source changes) and registered as PyTorch operators
 `torch.ops.torchchat.int8_weight_linear` / `int4_weight_linear` / `int4_a8_weight_linear` /
-`int8_a8_weight_linear` (quantized layers, which eager PyTorch, torch.export and AOT Inductor all call) and
+`int8_a8_weight_linear` (quantized layers, which eager PyTorch, torch.export and AOT Inductor all call),
 `panel_weight_linear` / `float_weight_linear` (the fp32/bf16 linears of AOT Inductor exports:
-torchchat/export.py). AOT Inductor calls them through C shims
+torchchat/export.py) and `cache_attention` (attention over an fp32 KV cache in exports, AOT
+Inductor and ExecuTorch alike: export.cache_attention). AOT Inductor calls them through C shims
 (`AOTI_C_SHIMS`), so an exported model needs the library loaded with global symbols: `load()`
 does that, and `aoti_run` links the same sources (CMakeLists.txt, torchchat_kernels).
 
@@ -28,7 +29,8 @@ from torch import Tensor
 from torchchat.errors import UserError
 
 KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
-CORE = ("quant_linear.cpp", "quant_linear_generic.cpp", "quant_linear_avx512.cpp", "quant_linear_vnni.cpp")
+CORE = ("quant_linear.cpp", "quant_linear_generic.cpp", "quant_linear_avx512.cpp", "quant_linear_vnni.cpp",
+        "attention.cpp", "attention_avx512.cpp")
 SOURCES = [KERNELS_DIR / name for name in (*CORE, "torch_ops.cpp")]
 ET_SOURCES = [KERNELS_DIR / name for name in (*CORE, "executorch_ops.cpp")]
 
@@ -37,11 +39,6 @@ QUANTIZE_SCHEMES = ("linear:int8", "linear:int4")
 
 _loaded = False
 _et_loaded = False
-
-
-def used_by(quantize) -> bool:
-    """Whether a model quantized with `quantize` (a parsed spec, or None) calls our kernels."""
-    return any(key in (quantize or {}) for key in QUANTIZE_SCHEMES)
 
 
 def build(name: str, sources: list[Path], what: str, **options) -> str:
@@ -78,8 +75,8 @@ def load_executorch() -> None:
     """Build (first time only) and load our kernels into ExecuTorch's runtime; idempotent.
 
     Loading registers torchchat::int8_weight_linear.out, int4_weight_linear.out,
-    int4_a8_weight_linear.out and int8_a8_weight_linear.out with the kernel registry of the runtime that ExecuTorch's Python
-    bindings use (the wheel's libexecutorch.so, which this library links), so programs that call
+    int4_a8_weight_linear.out, int8_a8_weight_linear.out and cache_attention.out with the kernel
+    registry of the runtime that ExecuTorch's Python bindings use (the wheel's libexecutorch.so, which this library links), so programs that call
     them load."""
     global _et_loaded
     if _et_loaded:
@@ -136,6 +133,10 @@ def register_fakes() -> None:
     def _(x, panels, n):
         return x.new_empty((*x.shape[:-1], n))
 
+    @torch.library.register_fake("torchchat::cache_attention")
+    def _(q, k_cache, v_cache, input_pos):
+        return q.new_empty(q.shape)
+
 
 def aoti_c_shims() -> dict:
     """aot_inductor.custom_ops_to_c_shims: the C functions of kernels/torch_ops.cpp."""
@@ -160,6 +161,9 @@ def aoti_c_shims() -> dict:
         ops.int8_a8_weight_linear.default: [
             "AOTITorchError aoti_torch_cpu_int8_a8_weight_linear(AtenTensorHandle x, AtenTensorHandle panels, "
             "int64_t N, AtenTensorHandle* ret)"],
+        ops.cache_attention.default: [
+            "AOTITorchError aoti_torch_cpu_cache_attention(AtenTensorHandle q, AtenTensorHandle k_cache, "
+            "AtenTensorHandle v_cache, AtenTensorHandle input_pos, AtenTensorHandle* ret)"],
     }
 
 

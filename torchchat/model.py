@@ -131,6 +131,9 @@ class Attention(nn.Module):
         # wq, wk and wv as one matrix once fused (unfused_projections: quantize.py, export.py), one kernel call.
         self.wqkv: Optional[nn.Module] = None
         self.kv_cache: Optional[KVCache] = None
+        # An attention kernel in place of SDPA, (q [1, T, H, D], k_cache, v_cache, input_pos) ->
+        # [1, T, H, D], token t attending cache positions [0, input_pos[t]]: export.py's cache_attention.
+        self.cache_attention = None
 
     def forward(self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor,
                 filled: Optional[int] = None) -> Tensor:
@@ -145,14 +148,16 @@ class Attention(nn.Module):
         k = k.view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         v = v.view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        k, v = self.kv_cache.update(input_pos, k, v)
-        if filled is not None:
-            k, v = k[:, :, :filled], v[:, :, :filled]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads
-        )
-        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+        k, v = self.kv_cache.update(input_pos, k.transpose(1, 2), v.transpose(1, 2))
+        if self.cache_attention is not None:
+            out = self.cache_attention(q, k, v, input_pos)
+        else:
+            if filled is not None:
+                k, v = k[:, :, :filled], v[:, :, :filled]
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads
+            ).transpose(1, 2)
+        return self.wo(out.reshape(bsz, seqlen, -1))
 
 
 class FeedForward(nn.Module):
@@ -235,6 +240,8 @@ class Transformer(nn.Module):
         number read from a tensor would be data-dependent:
         - kv_len [L]: attention reads cache positions [0, L) only, L = last position + 1
           (every position after the last one written is masked anyway). None: all max_seq_len.
+          (An attention kernel, Attention.cache_attention, reads up to each token's position
+          whatever L is.)
         - n_logits [K]: logits of the last K positions only, [1, K, vocab] (generation needs 1,
           perplexity all T). None: every position.
         Without them the call is the full-cache, all-logits form (ExecuTorch programs take

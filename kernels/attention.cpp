@@ -1,0 +1,113 @@
+// Attention's tasks, the merge of split results, the implementation chosen at run time, and
+// the portable implementation (attention.h).
+#include "attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "quant_linear.h"
+
+namespace torchchat::kernels {
+namespace {
+
+using i64 = std::int64_t;
+
+// quant_linear.cpp's choice (with its notice and TORCHCHAT_KERNELS=generic), for D it covers.
+bool vectorized(i64 D) {
+  static const bool avx512 = std::strcmp(isa(), "avx512") == 0;
+  return avx512 && D % 16 == 0 && D <= 128;
+}
+
+// The j-th token of the task order: first, last, second, second to last, ...
+i64 interleaved(i64 j, i64 T) { return j % 2 == 0 ? j / 2 : T - 1 - j / 2; }
+
+}  // namespace
+
+std::int64_t attention_splits(std::int64_t T, std::int64_t Hkv, std::int64_t longest, std::int64_t threads) {
+  if (threads <= 1 || T * Hkv >= 2 * threads) return 1;
+  return std::max<i64>(1, std::min(threads, longest / 32));
+}
+
+void attention(const AttentionArgs& a, std::int64_t task0, std::int64_t task1) {
+  const i64 G = a.H / a.Hkv, D = a.D, per_head = a.T * a.splits;
+  const bool vec = vectorized(D);
+  for (i64 task = task0; task < task1; ++task) {
+    const i64 h = task / per_head, j = task % per_head / a.splits, s = task % a.splits;
+    const i64 t = interleaved(j, a.T);
+    const i64 n = a.pos[t] + 1;
+    const i64 chunk = (n + a.splits - 1) / a.splits;
+    const i64 l0 = std::min(n, s * chunk), l1 = std::min(n, l0 + chunk);
+    const float* q = a.q + (t * a.H + h * G) * D;
+    const float* k = a.k + h * a.head_stride;
+    const float* v = a.v + h * a.head_stride;
+    if (a.splits > 1) {  // partial results: m [G], z [G], acc [G, D]
+      float* p = a.partials + ((t * a.Hkv + h) * a.splits + s) * G * (D + 2);
+      (vec ? avx512::attend : generic::attend)(q, G, D, a.scale, k, v, l0, l1, p, p + G, p + 2 * G);
+      continue;
+    }
+    // One task per (token, KV head): the result goes to out, normalized. acc is out's rows.
+    float m[16], z[16];
+    float* out = a.out + (t * a.H + h * G) * D;
+    for (i64 g0 = 0; g0 < G; g0 += 16) {  // (m, z on the stack: 16 heads at a time)
+      const i64 ng = std::min<i64>(16, G - g0);
+      (vec ? avx512::attend : generic::attend)(q + g0 * D, ng, D, a.scale, k, v, l0, l1, m, z, out + g0 * D);
+      for (i64 g = 0; g < ng; ++g)
+        for (i64 d = 0; d < D; ++d) out[(g0 + g) * D + d] /= z[g];
+    }
+  }
+}
+
+void attention_merge(const AttentionArgs& a, std::int64_t i0, std::int64_t i1) {
+  const i64 G = a.H / a.Hkv, D = a.D, stride = G * (D + 2);
+  for (i64 i = i0; i < i1; ++i) {
+    const i64 t = i / a.Hkv, h = i % a.Hkv;
+    const float* parts = a.partials + i * a.splits * stride;
+    for (i64 g = 0; g < G; ++g) {
+      float M = -std::numeric_limits<float>::infinity();
+      for (i64 s = 0; s < a.splits; ++s) M = std::max(M, parts[s * stride + g]);
+      float* out = a.out + (t * a.H + h * G + g) * D;
+      std::fill(out, out + D, 0.0f);
+      float Z = 0;
+      for (i64 s = 0; s < a.splits; ++s) {
+        const float* p = parts + s * stride;
+        if (p[G + g] == 0) continue;  // an empty split
+        const float w = std::exp(p[g] - M);
+        Z += w * p[G + g];
+        const float* acc = p + 2 * G + g * D;
+        for (i64 d = 0; d < D; ++d) out[d] += w * acc[d];
+      }
+      for (i64 d = 0; d < D; ++d) out[d] /= Z;
+    }
+  }
+}
+
+namespace generic {
+
+void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const float* k, const float* v,
+            std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc) {
+  for (i64 g = 0; g < G; ++g) {
+    m[g] = -std::numeric_limits<float>::infinity();
+    z[g] = 0;
+    float* a = acc + g * D;
+    std::fill(a, a + D, 0.0f);
+    const float* qg = q + g * D;
+    for (i64 l = l0; l < l1; ++l) {
+      float dot = 0;
+      for (i64 d = 0; d < D; ++d) dot += qg[d] * scale * k[l * D + d];
+      if (dot > m[g]) {  // a new max: rescale what was summed under the old one
+        const float r = std::exp(m[g] - dot);
+        z[g] *= r;
+        for (i64 d = 0; d < D; ++d) a[d] *= r;
+        m[g] = dot;
+      }
+      const float p = std::exp(dot - m[g]);
+      z[g] += p;
+      for (i64 d = 0; d < D; ++d) a[d] += p * v[l * D + d];
+    }
+  }
+}
+
+}  // namespace generic
+}  // namespace torchchat::kernels

@@ -1,0 +1,71 @@
+// Causal grouped-query attention over a KV cache, fp32: the model's attention for a prompt
+// (T queries) and for decode (T = 1), in one function.
+//
+//   out[t, h] = softmax_p(scale * q[t, h] . k[h / G, p]) @ v[h / G, p],  p in [0, pos[t]]
+//
+// G = H / Hkv query heads share a KV head. Why our own: ATen's CPU SDPA reads a KV head once per
+// query head, through one small GEMV per head and block, and with the query heads it pays ~18 us
+// a layer for 128 positions that take ~6 us to read (bench/README.md). Here a task takes one
+// token and one KV head: each key and value row is loaded once for the group's G heads, the
+// softmax runs online (max and sum carried across blocks of positions, flash-attention style),
+// and decode splits a head's positions across tasks whose partial results are merged at the end
+// (flash decoding), so that 3 KV heads keep 2 threads busy.
+//
+// Layout: q and out [T, H, D] (token-major, as the projections produce them: out feeds the
+// output projection without a transpose); the cache [Hkv, S, D] per tensor with head stride
+// `head_stride` (>= S * D: a view of a longer cache). Only positions [0, pos[t]] are read: the
+// mask of the model is implied by the positions, so no mask tensor is built or read.
+//
+// No threads, no allocation in here (quant_linear.h's rule): the caller splits tasks across its
+// pool and gives the partials' memory.
+#pragma once
+
+#include <cstdint>
+
+namespace torchchat::kernels {
+
+struct AttentionArgs {
+  const float* q;            // [T, H, D]
+  const float* k;            // [Hkv, S, D], head stride head_stride
+  const float* v;            // likewise
+  const std::int64_t* pos;   // [T]: token t attends cache positions [0, pos[t]]
+  float* out;                // [T, H, D]
+  std::int64_t T, H, Hkv, D, head_stride;
+  float scale;
+  std::int64_t splits;       // tasks per (token, KV head); > 1 needs partials
+  float* partials;           // splits > 1: attention_partials_size(args) floats
+};
+
+// Tasks for a call: T * Hkv * splits.
+inline std::int64_t attention_tasks(const AttentionArgs& a) { return a.T * a.Hkv * a.splits; }
+inline std::int64_t attention_partials_size(const AttentionArgs& a) {
+  return a.splits > 1 ? attention_tasks(a) * (a.H / a.Hkv) * (a.D + 2) : 0;
+}
+
+// Position splits per (token, KV head) for `threads` threads: 1 unless there are too few
+// (token, KV head) pairs to share among the threads (decode), then up to one per thread, each
+// covering at least 32 positions of the longest query's.
+std::int64_t attention_splits(std::int64_t T, std::int64_t Hkv, std::int64_t longest, std::int64_t threads);
+
+// Runs tasks [task0, task1). Tasks of one KV head are adjacent, and tokens are taken in the order
+// first, last, second, second to last, ...: a causal prompt's work per token grows with its
+// position, so any contiguous range of tasks holds about its share of the work.
+void attention(const AttentionArgs& a, std::int64_t task0, std::int64_t task1);
+// With splits > 1, after every task: merges the partials of the (token, KV head) pairs [i0, i1)
+// of T * Hkv into out.
+void attention_merge(const AttentionArgs& a, std::int64_t i0, std::int64_t i1);
+
+// One task's work: G query heads (rows of D floats, q) against positions [l0, l1) of one KV head
+// (k, v at that head), giving per head the running max m, the sum of exp(score - m) z, and the
+// sum of exp(score - m) * v, acc [G, D]. The implementations, for tests that compare them.
+namespace generic {
+void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const float* k, const float* v,
+            std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc);
+}  // namespace generic
+namespace avx512 {
+// D a multiple of 16, at most 128.
+void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const float* k, const float* v,
+            std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc);
+}  // namespace avx512
+
+}  // namespace torchchat::kernels

@@ -1,0 +1,185 @@
+"""Our attention kernel (kernels/attention.h, torch.ops.torchchat.cache_attention) against the
+definition computed in float64, and against ATen's SDPA with the model's mask; the AVX-512 code
+against the forced portable fallback; positions past a token's never read; bad input refused;
+and the exports that use it (AOT Inductor and ExecuTorch graphs call it for an fp32 cache only).
+The models' own tests (test_aoti, test_et, test_kernels) check exported = eager token for token
+with it in place."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from torchchat import kernels
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def loaded():
+    kernels.load()
+
+
+def attention(q, k, v, pos):
+    return torch.ops.torchchat.cache_attention(q, k, v, pos)
+
+
+def reference(q, k, v, pos):
+    """out[t, h] = softmax over p <= pos[t] of q[t, h] . k[h / G, p] / sqrt(D), times v; float64."""
+    _, T, H, D = q.shape
+    G = H // k.shape[1]
+    out = torch.empty(1, T, H, D, dtype=torch.float64)
+    for t in range(T):
+        n = int(pos[t]) + 1
+        for h in range(H):
+            keys, values = k[0, h // G, :n].double(), v[0, h // G, :n].double()
+            w = torch.softmax(keys @ q[0, t, h].double() / math.sqrt(D), dim=0)
+            out[0, t, h] = w @ values
+    return out
+
+
+def random_case(T, H, Hkv, D, S, start, spare=0, seed=0):
+    """q [1, T, H, D] for positions start.., caches [1, Hkv, S, D] as views of longer ones (spare
+    positions more), so the head stride is not S * D."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, T, H, D, generator=g)
+    k = (torch.randn(1, Hkv, S + spare, D, generator=g) * 2)[:, :, :S]
+    v = torch.randn(1, Hkv, S + spare, D, generator=g)[:, :, :S]
+    return q, k, v, torch.arange(start, start + T)
+
+
+# (T, H, Hkv, D, S, start): decode and prompts, grouped-query (SmolLM2's 9 on 3, llama3's 32 on 8),
+# one KV head, plain multi-head, head sizes that are and are not multiples of 16 (the vector
+# code takes D = 16..128 in steps of 16, the portable code the rest), a prompt starting mid-cache
+# (chunked prefill), and decode far enough in to split positions across threads.
+SHAPES = [
+    (1, 9, 3, 64, 256, 0), (1, 9, 3, 64, 256, 130), (1, 9, 3, 64, 2048, 1899), (128, 9, 3, 64, 256, 0),
+    (7, 9, 3, 64, 256, 40), (1, 32, 8, 128, 300, 299), (5, 32, 8, 128, 64, 3), (3, 8, 1, 64, 600, 500),
+    (17, 4, 4, 32, 64, 0), (2, 6, 2, 48, 100, 60), (33, 12, 3, 16, 100, 0), (4, 6, 3, 40, 50, 10),
+    (1, 5, 5, 96, 200, 199), (9, 4, 2, 144, 20, 3),
+]
+
+
+@pytest.mark.parametrize("T,H,Hkv,D,S,start", SHAPES)
+def test_matches_the_definition(T, H, Hkv, D, S, start):
+    q, k, v, pos = random_case(T, H, Hkv, D, S, start, spare=5)
+    got = attention(q, k, v, pos)
+    assert got.shape == q.shape and got.dtype == torch.float32 and got.is_contiguous()
+    # fp32 dot products of D terms and a softmax-weighted sum: a few ulps of the values' scale
+    assert (got.double() - reference(q, k, v, pos)).abs().max() < 2e-5
+
+
+@pytest.mark.parametrize("T,H,Hkv,D,S,start", SHAPES[:8])
+def test_matches_aten_sdpa_with_the_models_mask(T, H, Hkv, D, S, start):
+    q, k, v, pos = random_case(T, H, Hkv, D, S, start)
+    mask = (torch.arange(S).view(1, S) <= pos.view(-1, 1)).view(1, 1, T, S)
+    want = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, enable_gqa=H != Hkv)
+    assert torch.allclose(attention(q, k, v, pos), want.transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_positions_past_a_token_are_never_read():
+    """The mask is implied by the positions: whatever lies after them (here NaN) changes nothing."""
+    q, k, v, pos = random_case(6, 9, 3, 64, 256, 100)
+    want = attention(q, k, v, pos)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, 106:] = float("nan")
+    v2[:, :, 106:] = float("nan")
+    assert torch.equal(attention(q, k2, v2, pos), want)
+    # and each token sees only up to its own position: the first token's row equals it alone
+    k3, v3 = k.clone(), v.clone()
+    k3[:, :, 101:] = float("nan")
+    v3[:, :, 101:] = float("nan")
+    assert torch.allclose(attention(q[:, :1].contiguous(), k3, v3, pos[:1]), want[:, :1], rtol=1e-6, atol=1e-6)
+
+
+def test_a_token_alone_or_in_a_prompt_and_with_one_thread_or_two():
+    q, k, v, pos = random_case(12, 9, 3, 64, 1024, 900)
+    prompt = attention(q, k, v, pos)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for t in range(12):  # alone, decode splits the positions across threads (merged at the end)
+                got = attention(q[:, t:t + 1].contiguous(), k, v, pos[t:t + 1])
+                assert torch.allclose(got, prompt[:, t:t + 1], rtol=1e-5, atol=1e-6), (n, t)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("call,pattern", [
+    (lambda: attention(torch.randn(1, 2, 9, 64).double(), torch.randn(1, 3, 8, 64), torch.randn(1, 3, 8, 64),
+                       torch.arange(2)), "q must be a contiguous fp32"),
+    (lambda: attention(torch.randn(1, 9, 2, 64).transpose(1, 2), torch.randn(1, 3, 8, 64), torch.randn(1, 3, 8, 64),
+                       torch.arange(2)), "q must be a contiguous fp32"),
+    (lambda: attention(torch.randn(2, 2, 9, 64), torch.randn(1, 3, 8, 64), torch.randn(1, 3, 8, 64), torch.arange(2)),
+     "q must be a contiguous fp32 \\[1, T, H, D\\]"),
+    (lambda: attention(torch.randn(1, 2, 9, 64), torch.randn(1, 3, 8, 32), torch.randn(1, 3, 8, 32), torch.arange(2)),
+     "the caches must be fp32 \\[1, Hkv, S, D\\]"),
+    (lambda: attention(torch.randn(1, 2, 9, 64), torch.randn(1, 3, 8, 64), torch.randn(1, 3, 9, 64), torch.arange(2)),
+     "the caches must be"),
+    (lambda: attention(torch.randn(1, 2, 9, 64), torch.randn(1, 3, 64, 8).transpose(2, 3),
+                       torch.randn(1, 3, 64, 8).transpose(2, 3), torch.arange(2)), "the caches must be"),
+    (lambda: attention(torch.randn(1, 2, 9, 64), torch.randn(1, 3, 8, 64).half(), torch.randn(1, 3, 8, 64).half(),
+                       torch.arange(2)), "the caches must be"),
+    (lambda: attention(torch.randn(1, 2, 8, 64), torch.randn(1, 3, 8, 64), torch.randn(1, 3, 8, 64), torch.arange(2)),
+     "8 query heads do not share 3 KV heads evenly"),
+    (lambda: attention(torch.randn(1, 2, 9, 64), torch.randn(1, 3, 8, 64), torch.randn(1, 3, 8, 64), torch.arange(3)),
+     "input_pos must be int64 \\[T = 2\\]"),
+    (lambda: attention(torch.randn(1, 2, 9, 64), torch.randn(1, 3, 8, 64), torch.randn(1, 3, 8, 64),
+                       torch.arange(2, dtype=torch.int32)), "input_pos must be int64"),
+    (lambda: attention(torch.randn(1, 2, 9, 64), torch.randn(1, 3, 8, 64), torch.randn(1, 3, 8, 64),
+                       torch.tensor([7, 8])), "position 8 is outside the cache of 8"),
+    (lambda: attention(torch.randn(1, 2, 9, 64), torch.randn(1, 3, 8, 64), torch.randn(1, 3, 8, 64),
+                       torch.tensor([-1, 0])), "position -1 is outside the cache of 8"),
+])
+def test_bad_input_is_refused(call, pattern):
+    with pytest.raises(RuntimeError, match=pattern):
+        call()
+
+
+FALLBACK_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from torchchat import kernels
+print(kernels.isa())
+cases = torch.load(sys.argv[2])
+torch.save([torch.ops.torchchat.cache_attention(*c) for c in cases], sys.argv[3])
+"""
+
+
+def test_forced_fallback_computes_the_same(tmp_path):
+    cases = [random_case(*shape, spare=3, seed=i) for i, shape in enumerate(SHAPES)]
+    torch.save(cases, tmp_path / "cases.pt")
+    p = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, str(ROOT), str(tmp_path / "cases.pt"),
+                        str(tmp_path / "out.pt")], capture_output=True, text=True,
+                       env=dict(os.environ, TORCHCHAT_KERNELS="generic"), timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["generic"]
+    for case, generic in zip(cases, torch.load(tmp_path / "out.pt")):
+        assert (generic.double() - reference(*case)).abs().max() < 2e-5
+        assert torch.allclose(attention(*case), generic, rtol=1e-5, atol=1e-5)
+
+
+def test_exports_call_it_for_an_fp32_cache_only():
+    from torchchat.export import export_program
+    from torchchat.model import ModelArgs, Transformer
+
+    def calls(dtype, aoti):
+        torch.manual_seed(0)
+        model = Transformer(ModelArgs(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, max_seq_len=32))
+        model = model.to(dtype).eval()
+        ep = export_program(model, 32, aoti=aoti)
+        assert all(layer.attention.cache_attention is None for layer in model.layers)  # restored
+        targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+        return (sum("torchchat.cache_attention" in t for t in targets),
+                sum("scaled_dot_product" in t for t in targets))
+
+    assert calls(torch.float32, aoti=True) == (2, 0)
+    assert calls(torch.float32, aoti=False) == (2, 0)  # ExecuTorch's form
+    assert calls(torch.bfloat16, aoti=True) == (0, 2)
