@@ -19,13 +19,10 @@
 // (aot_inductor.custom_ops_to_c_shims), so an exported model needs this library loaded with
 // its symbols global: aoti_run links it, Python loads it with RTLD_GLOBAL.
 #include <algorithm>
-#include <cmath>
-#include <vector>
 
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/inductor/aoti_torch/utils.h>
 #include <torch/library.h>
@@ -40,17 +37,30 @@ namespace {
 // Output rows per task: enough work per thread to amortise the pool's wake-up (a few us).
 constexpr std::int64_t kGrainRows = 64;
 
-// x as a contiguous fp32 [M, K] matrix.
+// A decode step calls these wrappers ~150 times, between kernels of 5-25 us, while the other
+// threads wait: each dispatcher call (reshape, to, view, empty) costs a few hundred ns, so the
+// fp32 path below makes none. On SmolLM2 int4 decode with int8 activations (2 threads) the time
+// a step spends outside parallel regions fell from 450-560 to 380-430 us (bench/README.md).
+
+// x's values as contiguous fp32, read as an [M = numel / K, K] matrix: x itself when it is one.
 at::Tensor activations(const at::Tensor& x, std::int64_t K, const char* op) {
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, op, ": x has ", x.size(-1), " features, the weight ", K);
   TORCH_CHECK(x.is_floating_point() && x.device().is_cpu(), op, ": x must be a float CPU tensor");
-  return x.reshape({-1, K}).to(at::kFloat).contiguous();
+  if (x.scalar_type() == at::kFloat && x.is_contiguous()) return x;
+  return x.to(at::kFloat).contiguous();
+}
+
+std::int64_t rows(const at::Tensor& xf, std::int64_t K) { return K > 0 ? xf.numel() / K : 0; }
+
+// The fp32 result: x's shape with N features last.
+at::Tensor new_output(const at::Tensor& x, std::int64_t N) {
+  at::DimVector shape(x.sizes());
+  shape.back() = N;
+  return at::detail::empty_cpu(shape, at::kFloat);
 }
 
 at::Tensor output(const at::Tensor& x, const at::Tensor& y) {
-  auto shape = x.sizes().vec();
-  shape.back() = y.size(1);
-  return y.view(shape).to(x.scalar_type());
+  return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }
 
 at::Tensor float_weight_linear(const at::Tensor& x, const at::Tensor& weight) {
@@ -59,8 +69,8 @@ at::Tensor float_weight_linear(const at::Tensor& x, const at::Tensor& weight) {
               "float_weight_linear: weight must be a contiguous fp32 or bf16 [N, K] matrix");
   const std::int64_t N = weight.size(0), K = weight.size(1);
   const at::Tensor xf = activations(x, K, "float_weight_linear");
-  const std::int64_t M = xf.size(0);
-  at::Tensor y = at::empty({M, N}, xf.options());
+  const std::int64_t M = rows(xf, K);
+  at::Tensor y = new_output(x, N);
   const FloatWeights w{weight.const_data_ptr(), weight.scalar_type() == at::kBFloat16, N, K};
   const float* xp = xf.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
@@ -76,8 +86,8 @@ at::Tensor panel_weight_linear(const at::Tensor& x, const at::Tensor& panels, st
               " panels do not hold N = ", N, " outputs");
   const std::int64_t K = panels.size(1);
   const at::Tensor xf = activations(x, K, "panel_weight_linear");
-  const std::int64_t M = xf.size(0);
-  at::Tensor y = at::empty({M, N}, xf.options());
+  const std::int64_t M = rows(xf, K);
+  at::Tensor y = new_output(x, N);
   const PanelWeights w{panels.const_data_ptr(), panels.scalar_type() == at::kBFloat16, N, K};
   const float* xp = xf.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
@@ -98,8 +108,8 @@ at::Tensor int8_weight_linear(const at::Tensor& x, const at::Tensor& weight, con
               "int8_weight_linear: scales must be contiguous fp32 [N] (per output row) or [N, K / G] "
               "(G a multiple of 32 dividing K = ", K, "), got ", scales.scalar_type(), " ", scales.sizes());
   const at::Tensor xf = activations(x, K, "int8_weight_linear");
-  const std::int64_t M = xf.size(0);
-  at::Tensor y = at::empty({M, N}, xf.options());
+  const std::int64_t M = rows(xf, K);
+  at::Tensor y = new_output(x, N);
   const Int8Weights w{weight.const_data_ptr<std::int8_t>(), scales.const_data_ptr<float>(), N, K, G};
   const float* xp = xf.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
@@ -118,8 +128,8 @@ at::Tensor int4_weight_linear(const at::Tensor& x, const at::Tensor& weight, con
                   scales_mins.numel() == N * (K / groupsize) * 2,
               "int4_weight_linear: scales_mins must be a contiguous fp16 [N, K / groupsize, 2] tensor");
   const at::Tensor xf = activations(x, K, "int4_weight_linear");
-  const std::int64_t M = xf.size(0);
-  at::Tensor y = at::empty({M, N}, xf.options());
+  const std::int64_t M = rows(xf, K);
+  at::Tensor y = new_output(x, N);
   const Int4Weights w{weight.const_data_ptr<std::uint8_t>(),
                       reinterpret_cast<const std::uint16_t*>(scales_mins.const_data_ptr<at::Half>()), N, K, groupsize};
   const float* xp = xf.const_data_ptr<float>();
@@ -132,9 +142,9 @@ at::Tensor int4_weight_linear(const at::Tensor& x, const at::Tensor& weight, con
 template <typename Kernel>
 at::Tensor a8_linear(const at::Tensor& x, std::int64_t K, std::int64_t N, const char* op, Kernel kernel) {
   const at::Tensor xf = activations(x, K, op);
-  const std::int64_t M = xf.size(0);
+  const std::int64_t M = rows(xf, K);
   const Int8Activations xa = quantize_in_thread_buffers(xf.const_data_ptr<float>(), M, K);
-  at::Tensor y = at::empty({M, N}, xf.options());
+  at::Tensor y = new_output(x, N);
   float* yp = y.mutable_data_ptr<float>();
   at::parallel_for(0, (N + kA8Panel - 1) / kA8Panel, 1, [&](std::int64_t p0, std::int64_t p1) {
     kernel(xa, yp, p0 * kA8Panel, std::min(p1 * kA8Panel, N));
@@ -185,19 +195,13 @@ at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k_cache, const
               ": input_pos must be int64 [T = ", T, "]");
   const at::Tensor pos = input_pos.contiguous();
   const std::int64_t* p = pos.const_data_ptr<std::int64_t>();
-  std::int64_t longest = 0;
-  for (std::int64_t t = 0; t < T; ++t) {
-    TORCH_CHECK(p[t] >= 0 && p[t] < S, op, ": position ", p[t], " is outside the cache of ", S);
-    longest = std::max(longest, p[t] + 1);
-  }
-  at::Tensor out = at::empty_like(q);
-  AttentionArgs a{q.const_data_ptr<float>(), k_cache.const_data_ptr<float>(), v_cache.const_data_ptr<float>(), p,
-                  out.mutable_data_ptr<float>(), T, H, Hkv, D, k_cache.stride(1),
-                  1.0f / std::sqrt(static_cast<float>(D)), attention_splits(T, Hkv, longest, at::get_num_threads()),
-                  nullptr};
-  thread_local std::vector<float> partials;
-  partials.resize(static_cast<std::size_t>(attention_partials_size(a)));
-  a.partials = partials.data();
+  const std::int64_t outside = position_outside(p, T, S);
+  TORCH_CHECK(outside == T, op, ": position ", p[outside], " is outside the cache of ", S);
+  at::Tensor out = at::detail::empty_cpu(q.sizes(), at::kFloat);
+  AttentionArgs a = attention_args(q.const_data_ptr<float>(), k_cache.const_data_ptr<float>(),
+                                   v_cache.const_data_ptr<float>(), p, out.mutable_data_ptr<float>(), T, H, Hkv, D,
+                                   k_cache.stride(1), at::get_num_threads());
+  a.partials = attention_partials_in_thread_buffers(a);
   at::parallel_for(0, attention_tasks(a), 1, [&](std::int64_t i0, std::int64_t i1) { attention(a, i0, i1); });
   if (a.splits > 1) attention_merge(a, 0, T * Hkv);  // a few hundred floats: not worth waking the pool
   return out;
