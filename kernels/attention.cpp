@@ -30,6 +30,15 @@ std::int64_t attention_splits(std::int64_t T, std::int64_t Hkv, std::int64_t lon
   return std::max<i64>(1, std::min(threads, longest / 32));
 }
 
+AttentionArgs attention_args(const float* q, const float* k, const float* v, const std::int64_t* pos, float* out,
+                             std::int64_t T, std::int64_t H, std::int64_t Hkv, std::int64_t D,
+                             std::int64_t head_stride, std::int64_t threads) {
+  i64 longest = 0;
+  for (i64 t = 0; t < T; ++t) longest = std::max(longest, pos[t] + 1);
+  return {q, k, v, pos, out, T, H, Hkv, D, head_stride, 1.0f / std::sqrt(static_cast<float>(D)),
+          attention_splits(T, Hkv, longest, threads), nullptr};
+}
+
 void attention(const AttentionArgs& a, std::int64_t task0, std::int64_t task1) {
   const i64 G = a.H / a.Hkv, D = a.D, per_head = a.T * a.splits;
   const bool vec = vectorized(D);

@@ -36,6 +36,20 @@ struct AttentionArgs {
   float* partials;           // splits > 1: attention_partials_size(args) floats
 };
 
+// The index of the first position outside the cache [0, S), or T when every one is inside: the
+// operator wrappers' check, before any position is read.
+inline std::int64_t position_outside(const std::int64_t* pos, std::int64_t T, std::int64_t S) {
+  for (std::int64_t t = 0; t < T; ++t)
+    if (pos[t] < 0 || pos[t] >= S) return t;
+  return T;
+}
+
+// The arguments of a call with checked positions, for `threads` threads: scale 1 / sqrt(D) and the
+// position splits (attention_splits); `partials` is left to the caller (attention_partials_size).
+AttentionArgs attention_args(const float* q, const float* k, const float* v, const std::int64_t* pos, float* out,
+                             std::int64_t T, std::int64_t H, std::int64_t Hkv, std::int64_t D,
+                             std::int64_t head_stride, std::int64_t threads);
+
 // Tasks for a call: T * Hkv * splits.
 inline std::int64_t attention_tasks(const AttentionArgs& a) { return a.T * a.Hkv * a.splits; }
 inline std::int64_t attention_partials_size(const AttentionArgs& a) {

@@ -15,8 +15,6 @@
 // with other dtypes for ExecuTorch (torchchat/quantize.py).
 #include <algorithm>
 #include <array>
-#include <cmath>
-#include <vector>
 
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
@@ -182,21 +180,16 @@ Tensor& cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Te
                                tensor_is_contiguous(input_pos),
                       InvalidArgument, out, "%s: input_pos must be int64 [T]", op);
   const std::int64_t* p = input_pos.const_data_ptr<std::int64_t>();
-  std::int64_t longest = 0;
-  for (std::int64_t t = 0; t < T; ++t) {
-    ET_KERNEL_CHECK_MSG(ctx, p[t] >= 0 && p[t] < S, InvalidArgument, out, "%s: position %lld is outside the cache of %lld",
-                        op, static_cast<long long>(p[t]), static_cast<long long>(S));
-    longest = std::max(longest, p[t] + 1);
-  }
+  const std::int64_t outside = position_outside(p, T, S);
+  ET_KERNEL_CHECK_MSG(ctx, outside == T, InvalidArgument, out, "%s: position %lld is outside the cache of %lld", op,
+                      static_cast<long long>(p[outside]), static_cast<long long>(S));
   ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == ScalarType::Float && resize_tensor(out, q.sizes()) == Error::Ok &&
                                tensor_is_contiguous(out),
                       InvalidArgument, out, "%s: out must be a contiguous fp32 tensor of q's shape", op);
-  AttentionArgs a{q.const_data_ptr<float>(), k_cache.const_data_ptr<float>(), v_cache.const_data_ptr<float>(), p,
-                  out.mutable_data_ptr<float>(), T, H, Hkv, D, S * D, 1.0f / std::sqrt(static_cast<float>(D)),
-                  attention_splits(T, Hkv, longest, ::executorch::extension::get_thread_count()), nullptr};
-  thread_local std::vector<float> partials;
-  partials.resize(static_cast<std::size_t>(attention_partials_size(a)));
-  a.partials = partials.data();
+  AttentionArgs a = attention_args(q.const_data_ptr<float>(), k_cache.const_data_ptr<float>(),
+                                   v_cache.const_data_ptr<float>(), p, out.mutable_data_ptr<float>(), T, H, Hkv, D,
+                                   S * D, ::executorch::extension::get_thread_count());
+  a.partials = attention_partials_in_thread_buffers(a);
   const bool ok = ::executorch::extension::parallel_for(0, attention_tasks(a), 1,
                                                         [&](std::int64_t i0, std::int64_t i1) { attention(a, i0, i1); });
   ET_KERNEL_CHECK_MSG(ctx, ok, Internal, out, "%s: the thread pool failed", op);

@@ -1,13 +1,15 @@
-// The int8-activation kernels' activation buffers, per thread and kept between calls, for both
-// operator wrappers (torch_ops.cpp, executorch_ops.cpp): a decode step quantizes the activations
-// of ~120 linears, which would otherwise be ~360 small allocations per token. Kept out of
-// quant_linear.h, which the ISA files include and which must stay free of standard-library headers.
+// Scratch memory per thread, kept between calls, for both operator wrappers (torch_ops.cpp,
+// executorch_ops.cpp): a decode step quantizes the activations of ~120 linears and splits ~30
+// attentions, which would otherwise be ~400 small allocations per token. Kept out of
+// quant_linear.h and attention.h, which the ISA files include and which must stay free of
+// standard-library headers.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "attention.h"
 #include "quant_linear.h"
 
 namespace torchchat::kernels {
@@ -22,6 +24,13 @@ inline Int8Activations quantize_in_thread_buffers(const float* x, std::int64_t M
   scales.resize(static_cast<std::size_t>(2 * M * (K / 32)));
   sums.resize(static_cast<std::size_t>(M * (K / 32)));
   return quantized_activations(x, M, K, q.data(), scales.data(), sums.data());
+}
+
+// The partial results of a's position splits (none when it has one split), in this thread's buffer.
+inline float* attention_partials_in_thread_buffers(const AttentionArgs& a) {
+  thread_local std::vector<float> partials;
+  partials.resize(static_cast<std::size_t>(attention_partials_size(a)));
+  return partials.data();
 }
 
 }  // namespace torchchat::kernels
