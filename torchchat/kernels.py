@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -48,13 +49,20 @@ def build(name: str, sources: list[Path], what: str, **options) -> str:
     missing = [str(p) for p in sources if not p.is_file()]
     if missing:
         raise UserError(f"the kernel sources are missing: {', '.join(missing)}")
-    print(f"Loading {what} (the first time, compiling them takes about a minute)...", file=sys.stderr, flush=True)
+    # Loading a cached build takes well under a second; only a compile (the first run, or after a
+    # source changed) is long enough to deserve a word, so the notice waits that long.
+    notice = threading.Timer(1.0, print, (f"Compiling {what} (once; about a minute)...",),
+                             {"file": sys.stderr, "flush": True})
+    notice.daemon = True
+    notice.start()
     try:
         return cpp_extension.load(name=name, sources=[str(p) for p in sources], is_python_module=False,
                                   verbose=False, **options)
     except (RuntimeError, OSError, ImportError) as e:
         lines = str(e).strip().splitlines()
         raise UserError(f"cannot build the {what}: {lines[-1] if lines else e}") from None
+    finally:
+        notice.cancel()
 
 
 def load() -> None:
