@@ -30,18 +30,23 @@ std::int64_t attention_splits(std::int64_t T, std::int64_t Hkv, std::int64_t lon
   return std::max<i64>(1, std::min(threads, longest / 32));
 }
 
-AttentionArgs attention_args(const float* q, const float* k, const float* v, const std::int64_t* pos, float* out,
-                             std::int64_t T, std::int64_t H, std::int64_t Hkv, std::int64_t D,
+AttentionArgs attention_args(const float* q, const void* k, const void* v, bool bf16, const std::int64_t* pos,
+                             float* out, std::int64_t T, std::int64_t H, std::int64_t Hkv, std::int64_t D,
                              std::int64_t head_stride, std::int64_t threads) {
   i64 longest = 0;
   for (i64 t = 0; t < T; ++t) longest = std::max(longest, pos[t] + 1);
-  return {q, k, v, pos, out, T, H, Hkv, D, head_stride, 1.0f / std::sqrt(static_cast<float>(D)),
+  return {q, k, v, bf16, pos, out, T, H, Hkv, D, head_stride, 1.0f / std::sqrt(static_cast<float>(D)),
           attention_splits(T, Hkv, longest, threads), nullptr};
 }
 
-void attention(const AttentionArgs& a, std::int64_t task0, std::int64_t task1) {
+namespace {
+
+// The tasks over a cache of C values (float, or bf16 bits).
+template <typename C>
+void attention_over(const AttentionArgs& a, i64 task0, i64 task1) {
   const i64 G = a.H / a.Hkv, D = a.D, per_head = a.T * a.splits;
-  const bool vec = vectorized(D);
+  using Attend = void (*)(const float*, i64, i64, float, const C*, const C*, i64, i64, float*, float*, float*);
+  const Attend attend = vectorized(D) ? static_cast<Attend>(avx512::attend) : static_cast<Attend>(generic::attend);
   for (i64 task = task0; task < task1; ++task) {
     const i64 h = task / per_head, j = task % per_head / a.splits, s = task % a.splits;
     const i64 t = interleaved(j, a.T);
@@ -49,11 +54,11 @@ void attention(const AttentionArgs& a, std::int64_t task0, std::int64_t task1) {
     const i64 chunk = (n + a.splits - 1) / a.splits;
     const i64 l0 = std::min(n, s * chunk), l1 = std::min(n, l0 + chunk);
     const float* q = a.q + (t * a.H + h * G) * D;
-    const float* k = a.k + h * a.head_stride;
-    const float* v = a.v + h * a.head_stride;
+    const C* k = static_cast<const C*>(a.k) + h * a.head_stride;
+    const C* v = static_cast<const C*>(a.v) + h * a.head_stride;
     if (a.splits > 1) {  // partial results: m [G], z [G], acc [G, D]
       float* p = a.partials + ((t * a.Hkv + h) * a.splits + s) * G * (D + 2);
-      (vec ? avx512::attend : generic::attend)(q, G, D, a.scale, k, v, l0, l1, p, p + G, p + 2 * G);
+      attend(q, G, D, a.scale, k, v, l0, l1, p, p + G, p + 2 * G);
       continue;
     }
     // One task per (token, KV head): the result goes to out, normalized. acc is out's rows.
@@ -61,11 +66,20 @@ void attention(const AttentionArgs& a, std::int64_t task0, std::int64_t task1) {
     float* out = a.out + (t * a.H + h * G) * D;
     for (i64 g0 = 0; g0 < G; g0 += 16) {  // (m, z on the stack: 16 heads at a time)
       const i64 ng = std::min<i64>(16, G - g0);
-      (vec ? avx512::attend : generic::attend)(q + g0 * D, ng, D, a.scale, k, v, l0, l1, m, z, out + g0 * D);
+      attend(q + g0 * D, ng, D, a.scale, k, v, l0, l1, m, z, out + g0 * D);
       for (i64 g = 0; g < ng; ++g)
         for (i64 d = 0; d < D; ++d) out[(g0 + g) * D + d] /= z[g];
     }
   }
+}
+
+}  // namespace
+
+void attention(const AttentionArgs& a, std::int64_t task0, std::int64_t task1) {
+  if (a.bf16)
+    attention_over<std::uint16_t>(a, task0, task1);
+  else
+    attention_over<float>(a, task0, task1);
 }
 
 void attention_merge(const AttentionArgs& a, std::int64_t i0, std::int64_t i1) {
@@ -93,9 +107,19 @@ void attention_merge(const AttentionArgs& a, std::int64_t i0, std::int64_t i1) {
 }
 
 namespace generic {
+namespace {
 
-void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const float* k, const float* v,
-            std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc) {
+inline float value(float x) { return x; }
+inline float value(std::uint16_t bf16) {  // bf16 is the top half of an fp32
+  const std::uint32_t bits = static_cast<std::uint32_t>(bf16) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+template <typename C>
+void attend_over(const float* q, i64 G, i64 D, float scale, const C* k, const C* v, i64 l0, i64 l1, float* m,
+                 float* z, float* acc) {
   for (i64 g = 0; g < G; ++g) {
     m[g] = -std::numeric_limits<float>::infinity();
     z[g] = 0;
@@ -104,7 +128,7 @@ void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const f
     const float* qg = q + g * D;
     for (i64 l = l0; l < l1; ++l) {
       float dot = 0;
-      for (i64 d = 0; d < D; ++d) dot += qg[d] * scale * k[l * D + d];
+      for (i64 d = 0; d < D; ++d) dot += qg[d] * scale * value(k[l * D + d]);
       if (dot > m[g]) {  // a new max: rescale what was summed under the old one
         const float r = std::exp(m[g] - dot);
         z[g] *= r;
@@ -113,9 +137,21 @@ void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const f
       }
       const float p = std::exp(dot - m[g]);
       z[g] += p;
-      for (i64 d = 0; d < D; ++d) a[d] += p * v[l * D + d];
+      for (i64 d = 0; d < D; ++d) a[d] += p * value(v[l * D + d]);
     }
   }
+}
+
+}  // namespace
+
+void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const float* k, const float* v,
+            std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc) {
+  attend_over(q, G, D, scale, k, v, l0, l1, m, z, acc);
+}
+
+void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const std::uint16_t* k,
+            const std::uint16_t* v, std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc) {
+  attend_over(q, G, D, scale, k, v, l0, l1, m, z, acc);
 }
 
 }  // namespace generic

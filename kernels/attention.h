@@ -1,5 +1,5 @@
-// Causal grouped-query attention over a KV cache, fp32: the model's attention for a prompt
-// (T queries) and for decode (T = 1), in one function.
+// Causal grouped-query attention over a KV cache of fp32 or bf16 values, computed in fp32: the
+// model's attention for a prompt (T queries) and for decode (T = 1), in one function.
 //
 //   out[t, h] = softmax_p(scale * q[t, h] . k[h / G, p]) @ v[h / G, p],  p in [0, pos[t]]
 //
@@ -11,9 +11,10 @@
 // and decode splits a head's positions across tasks whose partial results are merged at the end
 // (flash decoding), so that 3 KV heads keep 2 threads busy.
 //
-// Layout: q and out [T, H, D] (token-major, as the projections produce them: out feeds the
-// output projection without a transpose); the cache [Hkv, S, D] per tensor with head stride
-// `head_stride` (>= S * D: a view of a longer cache). Only positions [0, pos[t]] are read: the
+// Layout: q and out [T, H, D] fp32 (token-major, as the projections produce them: out feeds the
+// output projection without a transpose); the cache [Hkv, S, D] per tensor, fp32 or bf16 (a bf16
+// model's cache: its rows are widened to fp32 as they are read, half the bytes of an fp32 cache),
+// with head stride `head_stride` (>= S * D: a view of a longer cache). Only positions [0, pos[t]] are read: the
 // mask of the model is implied by the positions, so no mask tensor is built or read.
 //
 // No threads, no allocation in here (quant_linear.h's rule): the caller splits tasks across its
@@ -26,8 +27,9 @@ namespace torchchat::kernels {
 
 struct AttentionArgs {
   const float* q;            // [T, H, D]
-  const float* k;            // [Hkv, S, D], head stride head_stride
-  const float* v;            // likewise
+  const void* k;             // [Hkv, S, D], head stride head_stride: fp32, or bf16 bits when bf16
+  const void* v;             // likewise
+  bool bf16;
   const std::int64_t* pos;   // [T]: token t attends cache positions [0, pos[t]]
   float* out;                // [T, H, D]
   std::int64_t T, H, Hkv, D, head_stride;
@@ -46,8 +48,8 @@ inline std::int64_t position_outside(const std::int64_t* pos, std::int64_t T, st
 
 // The arguments of a call with checked positions, for `threads` threads: scale 1 / sqrt(D) and the
 // position splits (attention_splits); `partials` is left to the caller (attention_partials_size).
-AttentionArgs attention_args(const float* q, const float* k, const float* v, const std::int64_t* pos, float* out,
-                             std::int64_t T, std::int64_t H, std::int64_t Hkv, std::int64_t D,
+AttentionArgs attention_args(const float* q, const void* k, const void* v, bool bf16, const std::int64_t* pos,
+                             float* out, std::int64_t T, std::int64_t H, std::int64_t Hkv, std::int64_t D,
                              std::int64_t head_stride, std::int64_t threads);
 
 // Tasks for a call: T * Hkv * splits.
@@ -71,15 +73,19 @@ void attention_merge(const AttentionArgs& a, std::int64_t i0, std::int64_t i1);
 
 // One task's work: G query heads (rows of D floats, q) against positions [l0, l1) of one KV head
 // (k, v at that head), giving per head the running max m, the sum of exp(score - m) z, and the
-// sum of exp(score - m) * v, acc [G, D]. The implementations, for tests that compare them.
+// sum of exp(score - m) * v, acc [G, D]; k and v fp32, or bf16 bits. The implementations.
 namespace generic {
 void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const float* k, const float* v,
             std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc);
+void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const std::uint16_t* k,
+            const std::uint16_t* v, std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc);
 }  // namespace generic
 namespace avx512 {
 // D a multiple of 16, at most 128.
 void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const float* k, const float* v,
             std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc);
+void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const std::uint16_t* k,
+            const std::uint16_t* v, std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc);
 }  // namespace avx512
 
 }  // namespace torchchat::kernels

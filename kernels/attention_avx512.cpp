@@ -38,11 +38,18 @@ inline __m512 exp_nonpositive(__m512 x) {
 
 inline __mmask16 first(i64 n) { return n >= 16 ? 0xffff : static_cast<__mmask16>((1u << n) - 1); }
 
-// One block of n <= kBlock positions (k, v at its first) for NG heads (q: rows of 16 * DV
-// floats), folded into the running m, z, acc. Each key and value row is loaded once for the
-// NG heads; registers: NG * DV for q or acc plus DV for the row (at most 24 of 32).
-template <int DV, int NG>
-void block(const float* q, float scale, const float* k, const float* v, i64 n, float* m, float* z, float* acc) {
+// 16 values of a cache row as fp32: fp32 as they are, bf16 widened (the top half of an fp32).
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const std::uint16_t* p) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// One block of n <= kBlock positions (k, v at its first; C: float, or bf16 bits) for NG heads
+// (q: rows of 16 * DV floats), folded into the running m, z, acc. Each key and value row is
+// loaded once for the NG heads; registers: NG * DV for q or acc plus DV for the row (at most 24 of 32).
+template <int DV, int NG, typename C>
+void block(const float* q, float scale, const C* k, const C* v, i64 n, float* m, float* z, float* acc) {
   constexpr i64 D = 16 * DV;
   alignas(64) float scores[NG][kBlock];
   {
@@ -51,7 +58,7 @@ void block(const float* q, float scale, const float* k, const float* v, i64 n, f
       for (int j = 0; j < DV; ++j) qv[g][j] = _mm512_mul_ps(_mm512_loadu_ps(q + g * D + 16 * j), _mm512_set1_ps(scale));
     for (i64 l = 0; l < n; ++l) {
       __m512 kv[DV];
-      for (int j = 0; j < DV; ++j) kv[j] = _mm512_loadu_ps(k + l * D + 16 * j);
+      for (int j = 0; j < DV; ++j) kv[j] = load16(k + l * D + 16 * j);
       for (int g = 0; g < NG; ++g) {
         __m512 dot = _mm512_mul_ps(qv[g][0], kv[0]);
         for (int j = 1; j < DV; ++j) dot = _mm512_fmadd_ps(qv[g][j], kv[j], dot);
@@ -82,7 +89,7 @@ void block(const float* q, float scale, const float* k, const float* v, i64 n, f
       av[g][j] = _mm512_mul_ps(_mm512_loadu_ps(acc + g * D + 16 * j), _mm512_set1_ps(rescale[g]));
   for (i64 l = 0; l < n; ++l) {
     __m512 vv[DV];
-    for (int j = 0; j < DV; ++j) vv[j] = _mm512_loadu_ps(v + l * D + 16 * j);
+    for (int j = 0; j < DV; ++j) vv[j] = load16(v + l * D + 16 * j);
     for (int g = 0; g < NG; ++g) {
       const __m512 p = _mm512_set1_ps(scores[g][l]);
       for (int j = 0; j < DV; ++j) av[g][j] = _mm512_fmadd_ps(p, vv[j], av[g][j]);
@@ -92,8 +99,8 @@ void block(const float* q, float scale, const float* k, const float* v, i64 n, f
     for (int j = 0; j < DV; ++j) _mm512_storeu_ps(acc + g * D + 16 * j, av[g][j]);
 }
 
-template <int DV>
-void attend_d(const float* q, i64 G, float scale, const float* k, const float* v, i64 l0, i64 l1, float* m, float* z,
+template <int DV, typename C>
+void attend_d(const float* q, i64 G, float scale, const C* k, const C* v, i64 l0, i64 l1, float* m, float* z,
               float* acc) {
   constexpr i64 D = 16 * DV;
   constexpr i64 kHeads = 24 / DV - 1 < 4 ? 24 / DV - 1 : 4;  // heads per pass, within the registers
@@ -104,24 +111,23 @@ void attend_d(const float* q, i64 G, float scale, const float* k, const float* v
   }
   for (i64 b = l0; b < l1; b += kBlock) {
     const i64 n = l1 - b < kBlock ? l1 - b : kBlock;
-    const float* kb = k + b * D;
-    const float* vb = v + b * D;
+    const C* kb = k + b * D;
+    const C* vb = v + b * D;
     for (i64 g = 0; g < G; g += kHeads) {  // the block stays in L1 for the next pass of heads
       float* a = acc + g * D;
       switch (G - g < kHeads ? G - g : kHeads) {
-        case 1: block<DV, 1>(q + g * D, scale, kb, vb, n, m + g, z + g, a); break;
-        case 2: block<DV, 2>(q + g * D, scale, kb, vb, n, m + g, z + g, a); break;
-        case 3: if constexpr (kHeads >= 3) block<DV, 3>(q + g * D, scale, kb, vb, n, m + g, z + g, a); break;
-        default: if constexpr (kHeads >= 4) block<DV, 4>(q + g * D, scale, kb, vb, n, m + g, z + g, a); break;
+        case 1: block<DV, 1, C>(q + g * D, scale, kb, vb, n, m + g, z + g, a); break;
+        case 2: block<DV, 2, C>(q + g * D, scale, kb, vb, n, m + g, z + g, a); break;
+        case 3: if constexpr (kHeads >= 3) block<DV, 3, C>(q + g * D, scale, kb, vb, n, m + g, z + g, a); break;
+        default: if constexpr (kHeads >= 4) block<DV, 4, C>(q + g * D, scale, kb, vb, n, m + g, z + g, a); break;
       }
     }
   }
 }
 
-}  // namespace
-
-void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const float* k, const float* v,
-            std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc) {
+template <typename C>
+void attend_any(const float* q, i64 G, i64 D, float scale, const C* k, const C* v, i64 l0, i64 l1, float* m,
+                float* z, float* acc) {
   switch (D / 16) {
     case 1: return attend_d<1>(q, G, scale, k, v, l0, l1, m, z, acc);
     case 2: return attend_d<2>(q, G, scale, k, v, l0, l1, m, z, acc);
@@ -132,6 +138,18 @@ void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const f
     case 7: return attend_d<7>(q, G, scale, k, v, l0, l1, m, z, acc);
     default: return attend_d<8>(q, G, scale, k, v, l0, l1, m, z, acc);
   }
+}
+
+}  // namespace
+
+void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const float* k, const float* v,
+            std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc) {
+  attend_any(q, G, D, scale, k, v, l0, l1, m, z, acc);
+}
+
+void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const std::uint16_t* k,
+            const std::uint16_t* v, std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc) {
+  attend_any(q, G, D, scale, k, v, l0, l1, m, z, acc);
 }
 
 }  // namespace torchchat::kernels::avx512

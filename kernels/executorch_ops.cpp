@@ -15,6 +15,8 @@
 // with other dtypes for ExecuTorch (torchchat/quantize.py).
 #include <algorithm>
 #include <array>
+#include <cstring>
+#include <vector>
 
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
@@ -160,18 +162,40 @@ Tensor& int8_a8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, co
 }
 
 // attention.h over ExecuTorch's tensors, with torch_ops.cpp's checks.
+bool fp32_or_bf16(const Tensor& t) {
+  return t.scalar_type() == ScalarType::Float || t.scalar_type() == ScalarType::BFloat16;
+}
+
+// bf16 <-> fp32 for a bf16 q and out (ATen's .to() in torch_ops.cpp): bf16 is the top half of an
+// fp32, rounded to nearest even (NaN stays NaN).
+void bf16_to_float(const std::uint16_t* in, std::int64_t n, float* out) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::uint32_t bits = static_cast<std::uint32_t>(in[i]) << 16;
+    std::memcpy(out + i, &bits, sizeof bits);
+  }
+}
+void float_to_bf16(const float* in, std::int64_t n, std::uint16_t* out) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::uint32_t bits;
+    std::memcpy(&bits, in + i, sizeof bits);
+    out[i] = in[i] != in[i] ? static_cast<std::uint16_t>((bits >> 16) | 0x40)
+                            : static_cast<std::uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+  }
+}
+
+// attention.h over ExecuTorch's tensors, with torch_ops.cpp's checks.
 Tensor& cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                             const Tensor& input_pos, Tensor& out) {
   constexpr const char* op = "torchchat::cache_attention.out";
-  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && q.size(0) == 1 && q.scalar_type() == ScalarType::Float &&
-                               tensor_is_contiguous(q),
-                      InvalidArgument, out, "%s: q must be a contiguous fp32 [1, T, H, D] tensor", op);
+  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && q.size(0) == 1 && fp32_or_bf16(q) && tensor_is_contiguous(q),
+                      InvalidArgument, out, "%s: q must be a contiguous fp32 or bf16 [1, T, H, D] tensor", op);
   const std::int64_t T = q.size(1), H = q.size(2), D = q.size(3);
   for (const Tensor* c : {&k_cache, &v_cache})
     ET_KERNEL_CHECK_MSG(ctx, c->dim() == 4 && c->size(0) == 1 && c->size(1) == k_cache.size(1) &&
-                                 c->size(2) == k_cache.size(2) && c->size(3) == D &&
-                                 c->scalar_type() == ScalarType::Float && tensor_is_contiguous(*c),
-                        InvalidArgument, out, "%s: the caches must be contiguous fp32 [1, Hkv, S, D] tensors alike", op);
+                                 c->size(2) == k_cache.size(2) && c->size(3) == D && fp32_or_bf16(*c) &&
+                                 c->scalar_type() == k_cache.scalar_type() && tensor_is_contiguous(*c),
+                        InvalidArgument, out,
+                        "%s: the caches must be contiguous fp32 or bf16 [1, Hkv, S, D] tensors alike", op);
   const std::int64_t Hkv = k_cache.size(1), S = k_cache.size(2);
   ET_KERNEL_CHECK_MSG(ctx, Hkv >= 1 && H % Hkv == 0, InvalidArgument, out,
                       "%s: %lld query heads do not share %lld KV heads evenly", op, static_cast<long long>(H),
@@ -183,17 +207,30 @@ Tensor& cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Te
   const std::int64_t outside = position_outside(p, T, S);
   ET_KERNEL_CHECK_MSG(ctx, outside == T, InvalidArgument, out, "%s: position %lld is outside the cache of %lld", op,
                       static_cast<long long>(p[outside]), static_cast<long long>(S));
-  ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == ScalarType::Float && resize_tensor(out, q.sizes()) == Error::Ok &&
+  ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == q.scalar_type() && resize_tensor(out, q.sizes()) == Error::Ok &&
                                tensor_is_contiguous(out),
-                      InvalidArgument, out, "%s: out must be a contiguous fp32 tensor of q's shape", op);
-  AttentionArgs a = attention_args(q.const_data_ptr<float>(), k_cache.const_data_ptr<float>(),
-                                   v_cache.const_data_ptr<float>(), p, out.mutable_data_ptr<float>(), T, H, Hkv, D,
-                                   S * D, ::executorch::extension::get_thread_count());
+                      InvalidArgument, out, "%s: out must be a contiguous tensor of q's shape and dtype", op);
+  // Computed in fp32: a bf16 q is widened into this thread's buffer, and the result rounded from another.
+  const bool bf16_q = q.scalar_type() == ScalarType::BFloat16;
+  const float* qf = bf16_q ? nullptr : q.const_data_ptr<float>();
+  float* of = bf16_q ? nullptr : out.mutable_data_ptr<float>();
+  thread_local std::vector<float> q_buffer, out_buffer;
+  if (bf16_q) {
+    q_buffer.resize(static_cast<std::size_t>(q.numel()));
+    out_buffer.resize(static_cast<std::size_t>(q.numel()));
+    bf16_to_float(static_cast<const std::uint16_t*>(q.const_data_ptr()), q.numel(), q_buffer.data());
+    qf = q_buffer.data();
+    of = out_buffer.data();
+  }
+  AttentionArgs a = attention_args(qf, k_cache.const_data_ptr(), v_cache.const_data_ptr(),
+                                   k_cache.scalar_type() == ScalarType::BFloat16, p, of, T, H, Hkv, D, S * D,
+                                   ::executorch::extension::get_thread_count());
   a.partials = attention_partials_in_thread_buffers(a);
   const bool ok = ::executorch::extension::parallel_for(0, attention_tasks(a), 1,
                                                         [&](std::int64_t i0, std::int64_t i1) { attention(a, i0, i1); });
   ET_KERNEL_CHECK_MSG(ctx, ok, Internal, out, "%s: the thread pool failed", op);
   if (a.splits > 1) attention_merge(a, 0, T * Hkv);
+  if (bf16_q) float_to_bf16(of, q.numel(), static_cast<std::uint16_t*>(out.mutable_data_ptr()));
   return out;
 }
 

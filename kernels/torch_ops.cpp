@@ -8,8 +8,9 @@
 //   torchchat::int8_a8_weight_linear(Tensor x, Tensor panels, int N) -> Tensor
 //     (int4 / int8 weights times activations quantized to int8 per block of 32, on the fly)
 //   torchchat::cache_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos) -> Tensor
-//     (causal grouped-query attention over a KV cache, attention.h: q [1, T, H, D],
-//     caches [1, Hkv, S, D], token t attends positions [0, input_pos[t]]; out [1, T, H, D])
+//     (causal grouped-query attention over a KV cache, attention.h: q [1, T, H, D] fp32 or bf16,
+//     caches [1, Hkv, S, D] fp32 or bf16, token t attends positions [0, input_pos[t]]; out
+//     [1, T, H, D] in q's dtype)
 // and their out variants (`.out`, the same arguments then `*, Tensor(a!) out`), which
 // ExecuTorch's export puts in the program (to_executorch's out-variant pass) and which
 // kernels/executorch_ops.cpp implements inside the ExecuTorch runtime.
@@ -177,18 +178,20 @@ at::Tensor int8_a8_weight_linear(const at::Tensor& x, const at::Tensor& panels, 
                                                            std::int64_t n1) { int8_a8_linear(xa, w, y, n0, n1); });
 }
 
+bool fp32_or_bf16(const at::Tensor& t) { return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16; }
+
 at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                            const at::Tensor& input_pos) {
   constexpr const char* op = "cache_attention";
-  TORCH_CHECK(q.dim() == 4 && q.size(0) == 1 && q.scalar_type() == at::kFloat && q.is_contiguous(), op,
-              ": q must be a contiguous fp32 [1, T, H, D] tensor, got ", q.scalar_type(), " ", q.sizes());
+  TORCH_CHECK(q.dim() == 4 && q.size(0) == 1 && fp32_or_bf16(q) && q.is_contiguous(), op,
+              ": q must be a contiguous fp32 or bf16 [1, T, H, D] tensor, got ", q.scalar_type(), " ", q.sizes());
   const std::int64_t T = q.size(1), H = q.size(2), D = q.size(3);
   for (const at::Tensor* c : {&k_cache, &v_cache})
-    TORCH_CHECK(c->dim() == 4 && c->size(0) == 1 && c->size(3) == D && c->scalar_type() == at::kFloat &&
-                    c->stride(3) == 1 && c->stride(2) == D && c->sizes() == k_cache.sizes() &&
-                    c->strides() == k_cache.strides(),
-                op, ": the caches must be fp32 [1, Hkv, S, D] tensors alike, each position's D values "
-                "contiguous, got ", c->sizes(), " for D = ", D);
+    TORCH_CHECK(c->dim() == 4 && c->size(0) == 1 && c->size(3) == D && fp32_or_bf16(*c) &&
+                    c->scalar_type() == k_cache.scalar_type() && c->stride(3) == 1 && c->stride(2) == D &&
+                    c->sizes() == k_cache.sizes() && c->strides() == k_cache.strides(),
+                op, ": the caches must be fp32 or bf16 [1, Hkv, S, D] tensors alike, each position's D values "
+                "contiguous, got ", c->scalar_type(), " ", c->sizes(), " for D = ", D);
   const std::int64_t Hkv = k_cache.size(1), S = k_cache.size(2);
   TORCH_CHECK(Hkv >= 1 && H % Hkv == 0, op, ": ", H, " query heads do not share ", Hkv, " KV heads evenly");
   TORCH_CHECK(input_pos.dim() == 1 && input_pos.size(0) == T && input_pos.scalar_type() == at::kLong, op,
@@ -197,14 +200,17 @@ at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k_cache, const
   const std::int64_t* p = pos.const_data_ptr<std::int64_t>();
   const std::int64_t outside = position_outside(p, T, S);
   TORCH_CHECK(outside == T, op, ": position ", p[outside], " is outside the cache of ", S);
+  // Computed in fp32: a bf16 q (T * H * D values, few beside the cache) is widened, and the result
+  // rounded back to it.
+  const at::Tensor qf = q.scalar_type() == at::kFloat ? q : q.to(at::kFloat);
   at::Tensor out = at::detail::empty_cpu(q.sizes(), at::kFloat);
-  AttentionArgs a = attention_args(q.const_data_ptr<float>(), k_cache.const_data_ptr<float>(),
-                                   v_cache.const_data_ptr<float>(), p, out.mutable_data_ptr<float>(), T, H, Hkv, D,
-                                   k_cache.stride(1), at::get_num_threads());
+  AttentionArgs a = attention_args(qf.const_data_ptr<float>(), k_cache.const_data_ptr(), v_cache.const_data_ptr(),
+                                   k_cache.scalar_type() == at::kBFloat16, p, out.mutable_data_ptr<float>(), T, H,
+                                   Hkv, D, k_cache.stride(1), at::get_num_threads());
   a.partials = attention_partials_in_thread_buffers(a);
   at::parallel_for(0, attention_tasks(a), 1, [&](std::int64_t i0, std::int64_t i1) { attention(a, i0, i1); });
   if (a.splits > 1) attention_merge(a, 0, T * Hkv);  // a few hundred floats: not worth waking the pool
-  return out;
+  return q.scalar_type() == at::kFloat ? out : out.to(q.scalar_type());
 }
 
 // The out variants: the same computation, written into `out` (resized to x's shape with N last).

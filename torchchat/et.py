@@ -8,9 +8,9 @@ of mutable buffers per layer inside the program, and the sequence length is dyna
 (1..max_seq_len), so the whole prompt is prefilled in one call and decode is T = 1.
 The XNNPACK partitioner takes the linears and elementwise work; what it leaves (embedding,
 position indexing, rotary's selects, RMSNorm's mean, the in-place cache write) runs on
-ExecuTorch's CPU kernels, and attention over an fp32 cache (export.cache_attention) and
+ExecuTorch's CPU kernels, and attention over an fp32 or bf16 cache (export.cache_attention) and
 linear:int8 / linear:int4 layers on ours (kernels/executorch_ops.cpp: et_run links them,
-PTEDecoder loads them). Two export-time choices, not model changes: attention over a bf16/fp16
+PTEDecoder loads them). Two export-time choices, not model changes: attention over an fp16
 cache is decomposed for XNNPACK (sdpa_for_xnnpack), and the cache write is re-placed in place.
 A tied output matrix is stored twice: once for the embedding lookup, once in XNNPACK's data.
 

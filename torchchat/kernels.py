@@ -5,7 +5,7 @@ The C++ sources are compiled once per machine with torch.utils.cpp_extension (ca
 `torch.ops.torchchat.int8_weight_linear` / `int4_weight_linear` / `int4_a8_weight_linear` /
 `int8_a8_weight_linear` (quantized layers, which eager PyTorch, torch.export and AOT Inductor all call),
 `panel_weight_linear` / `float_weight_linear` (the fp32/bf16 linears of AOT Inductor exports:
-torchchat/export.py) and `cache_attention` (attention over an fp32 KV cache in exports, AOT
+torchchat/export.py) and `cache_attention` (attention over an fp32 or bf16 KV cache in exports, AOT
 Inductor and ExecuTorch alike: export.cache_attention). AOT Inductor calls them through C shims
 (`AOTI_C_SHIMS`), so an exported model needs the library loaded with global symbols: `load()`
 does that, and `aoti_run` links the same sources (CMakeLists.txt, torchchat_kernels).

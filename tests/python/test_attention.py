@@ -1,7 +1,7 @@
 """Our attention kernel (kernels/attention.h, torch.ops.torchchat.cache_attention) against the
 definition computed in float64, and against ATen's SDPA with the model's mask; the AVX-512 code
 against the forced portable fallback; positions past a token's never read; bad input refused;
-and the exports that use it (AOT Inductor and ExecuTorch graphs call it for an fp32 cache only).
+and the exports that use it (AOT Inductor and ExecuTorch graphs call it for fp32 and bf16 caches).
 The models' own tests (test_aoti, test_et, test_kernels) check exported = eager token for token
 with it in place."""
 from __future__ import annotations
@@ -83,6 +83,23 @@ def test_matches_aten_sdpa_with_the_models_mask(T, H, Hkv, D, S, start):
     assert torch.allclose(attention(q, k, v, pos), want.transpose(1, 2), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("T,H,Hkv,D,S,start", SHAPES[:4] + SHAPES[-4:])
+def test_a_bf16_cache_matches_the_definition(T, H, Hkv, D, S, start):
+    """A bf16 model's cache is read as bf16 and computed in fp32: with an fp32 q, the result is the
+    definition over the cache's bf16 values to fp32 rounding; with a bf16 q, that of the bf16 q,
+    rounded to bf16."""
+    q, k, v, pos = random_case(T, H, Hkv, D, S, start, spare=5)
+    k, v = k.bfloat16(), v.bfloat16()
+    got = attention(q, k, v, pos)
+    assert got.dtype == torch.float32
+    assert (got.double() - reference(q, k.float(), v.float(), pos)).abs().max() < 2e-5
+    qb = q.bfloat16()
+    got = attention(qb, k, v, pos)
+    assert got.dtype == torch.bfloat16 and got.shape == q.shape
+    want = reference(qb.float(), k.float(), v.float(), pos)
+    assert torch.allclose(got.double(), want, rtol=2 ** -8, atol=1e-6)  # bf16's rounding: 2^-9
+
+
 def test_positions_past_a_token_are_never_read():
     """The mask is implied by the positions: whatever lies after them (here NaN) changes nothing."""
     q, k, v, pos = random_case(6, 9, 3, 64, 256, 100)
@@ -118,15 +135,17 @@ def test_a_token_alone_or_in_a_prompt_and_with_one_thread_or_two():
     (lambda: attention(torch.randn(1, 9, 2, 64).transpose(1, 2), torch.randn(1, 3, 8, 64), torch.randn(1, 3, 8, 64),
                        torch.arange(2)), "q must be a contiguous fp32"),
     (lambda: attention(torch.randn(2, 2, 9, 64), torch.randn(1, 3, 8, 64), torch.randn(1, 3, 8, 64), torch.arange(2)),
-     "q must be a contiguous fp32 \\[1, T, H, D\\]"),
+     "q must be a contiguous fp32 or bf16 \\[1, T, H, D\\]"),
     (lambda: attention(torch.randn(1, 2, 9, 64), torch.randn(1, 3, 8, 32), torch.randn(1, 3, 8, 32), torch.arange(2)),
-     "the caches must be fp32 \\[1, Hkv, S, D\\]"),
+     "the caches must be fp32 or bf16 \\[1, Hkv, S, D\\]"),
     (lambda: attention(torch.randn(1, 2, 9, 64), torch.randn(1, 3, 8, 64), torch.randn(1, 3, 9, 64), torch.arange(2)),
      "the caches must be"),
     (lambda: attention(torch.randn(1, 2, 9, 64), torch.randn(1, 3, 64, 8).transpose(2, 3),
                        torch.randn(1, 3, 64, 8).transpose(2, 3), torch.arange(2)), "the caches must be"),
     (lambda: attention(torch.randn(1, 2, 9, 64), torch.randn(1, 3, 8, 64).half(), torch.randn(1, 3, 8, 64).half(),
                        torch.arange(2)), "the caches must be"),
+    (lambda: attention(torch.randn(1, 2, 9, 64), torch.randn(1, 3, 8, 64), torch.randn(1, 3, 8, 64).bfloat16(),
+                       torch.arange(2)), "the caches must be fp32 or bf16 \\[1, Hkv, S, D\\] tensors alike"),
     (lambda: attention(torch.randn(1, 2, 8, 64), torch.randn(1, 3, 8, 64), torch.randn(1, 3, 8, 64), torch.arange(2)),
      "8 query heads do not share 3 KV heads evenly"),
     (lambda: attention(torch.randn(1, 2, 9, 64), torch.randn(1, 3, 8, 64), torch.randn(1, 3, 8, 64), torch.arange(3)),
@@ -155,6 +174,7 @@ torch.save([torch.ops.torchchat.cache_attention(*c) for c in cases], sys.argv[3]
 
 def test_forced_fallback_computes_the_same(tmp_path):
     cases = [random_case(*shape, spare=3, seed=i) for i, shape in enumerate(SHAPES)]
+    cases += [(q, k.bfloat16(), v.bfloat16(), pos) for q, k, v, pos in cases[:3] + cases[-2:]]  # bf16 caches
     torch.save(cases, tmp_path / "cases.pt")
     p = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, str(ROOT), str(tmp_path / "cases.pt"),
                         str(tmp_path / "out.pt")], capture_output=True, text=True,
@@ -166,7 +186,7 @@ def test_forced_fallback_computes_the_same(tmp_path):
         assert torch.allclose(attention(*case), generic, rtol=1e-5, atol=1e-5)
 
 
-def test_exports_call_it_for_an_fp32_cache_only():
+def test_exports_call_it_for_fp32_and_bf16_caches():
     from torchchat.export import export_program
     from torchchat.model import ModelArgs, Transformer
 
@@ -182,4 +202,6 @@ def test_exports_call_it_for_an_fp32_cache_only():
 
     assert calls(torch.float32, aoti=True) == (2, 0)
     assert calls(torch.float32, aoti=False) == (2, 0)  # ExecuTorch's form
-    assert calls(torch.bfloat16, aoti=True) == (0, 2)
+    assert calls(torch.bfloat16, aoti=True) == (2, 0)
+    assert calls(torch.bfloat16, aoti=False) == (2, 0)
+    assert calls(torch.float16, aoti=True) == (0, 2)
