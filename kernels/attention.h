@@ -14,8 +14,8 @@
 // Layout: q and out [T, H, D] fp32 (token-major, as the projections produce them: out feeds the
 // output projection without a transpose); the cache [Hkv, S, D] per tensor, fp32 or bf16 (a bf16
 // model's cache: its rows are widened to fp32 as they are read, half the bytes of an fp32 cache),
-// with head stride `head_stride` (>= S * D: a view of a longer cache). Only positions [0, pos[t]] are read: the
-// mask of the model is implied by the positions, so no mask tensor is built or read.
+// with head stride `head_stride` (>= S * D: a view of a longer cache). Only positions [0, pos[t]]
+// are read: the mask of the model is implied by the positions, so no mask tensor is built or read.
 //
 // No threads, no allocation in here (quant_linear.h's rule): the caller splits tasks across its
 // pool and gives the partials' memory.

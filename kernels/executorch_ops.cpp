@@ -161,7 +161,6 @@ Tensor& int8_a8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, co
   });
 }
 
-// attention.h over ExecuTorch's tensors, with torch_ops.cpp's checks.
 bool fp32_or_bf16(const Tensor& t) {
   return t.scalar_type() == ScalarType::Float || t.scalar_type() == ScalarType::BFloat16;
 }

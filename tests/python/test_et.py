@@ -20,8 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backend_helpers import (  # noqa: E402
-    CONTEXT, N_NEW, PROMPTS, ROOT, SYSTEM, USER, Exported, assert_same_greedy, check_long_prompt_and_large_n, cli, et_run,
-    et_runner, fed_tokens, greedy, model_args, one_line_error, system_chat_turn, two_input_program, two_turn_chat,
+    CONTEXT, N_NEW, PROMPTS, ROOT, SYSTEM, USER, Exported, assert_same_greedy, check_long_prompt_and_large_n, cli,
+    et_run, et_runner, fed_tokens, greedy, model_args, one_line_error, system_chat_turn, two_input_program,
+    two_turn_chat,
 )
 from tiny_tokenizers import write_tiktoken  # noqa: E402
 
@@ -184,27 +185,42 @@ def test_cli_generate_chat_and_eval_with_pte(llama2):
 # Python: bad input
 
 
-@pytest.mark.parametrize("build", ["release", "asan"])
-def test_bf16_pte_matches_eager(llama2, tmp_path, build):
-    """A bf16 program runs attention on our kernel over its bf16 cache (cache_attention.out with bf16
-    q, caches and out, kernels/executorch_ops.cpp): logits within bf16 noise of eager bf16's for a
-    prompt and the next token, and et_run (also under the sanitizers) generates from it."""
+@pytest.fixture(scope="session")
+def bf16_pte(llama2, tmp_path_factory) -> Path:
+    """A bf16 program: attention on our kernel over its bf16 cache (cache_attention.out with bf16 q,
+    caches and out, kernels/executorch_ops.cpp)."""
     from torchchat import export
+    from torchchat.loader import load_model
+
+    args = model_args(llama2.checkpoint, llama2.tokenizer)
+    args.dtype = "bf16"
+    out = tmp_path_factory.mktemp("et_bf16") / "bf16.pte"
+    loaded = load_model(args)
+    export.export_model(loaded.model, loaded.info, "bf16", CONTEXT, pte_path=out)
+    return out
+
+
+def test_bf16_pte_matches_eager(llama2, bf16_pte):
+    """Logits within bf16 noise of eager bf16's, for a prompt and then the next token."""
     from torchchat.et import PTEDecoder
     from torchchat.loader import EagerDecoder, load_model
 
     args = model_args(llama2.checkpoint, llama2.tokenizer)
     args.dtype = "bf16"
-    out = tmp_path / "bf16.pte"
-    loaded = load_model(args)
-    export.export_model(loaded.model, loaded.info, "bf16", CONTEXT, pte_path=out)
-    d, eager = PTEDecoder(out), EagerDecoder(load_model(args).model, CONTEXT)
+    d, eager = PTEDecoder(bf16_pte), EagerDecoder(load_model(args).model, CONTEXT)
     ids = llama2.eager.tokenizer.encode(PROMPTS[0], bos=True)
-    for tokens, pos in ((torch.tensor([ids]), torch.arange(len(ids))), (torch.tensor([[ids[1]]]), torch.tensor([len(ids)]))):
+    prompt = torch.tensor([ids]), torch.arange(len(ids))
+    next_token = torch.tensor([[ids[1]]]), torch.tensor([len(ids)])  # decode, from the prompt's cache
+    for tokens, pos in (prompt, next_token):
         got, want = d(tokens, pos).float(), eager(tokens, pos).float()
         assert torch.allclose(got, want, atol=0.05 * want.abs().max().item()), (got - want).abs().max()
-    p = et_run(out, llama2.runner_tokenizer, "-t", "0", "-n", "16", "-i", PROMPTS[0], build=build)
+
+
+@pytest.mark.parametrize("build", ["release", "asan"])
+def test_runner_generates_from_a_bf16_program(llama2, bf16_pte, build):
+    p = et_run(bf16_pte, llama2.runner_tokenizer, "-t", "0", "-n", "16", "-i", PROMPTS[0], build=build)
     assert p.returncode == 0, p.stderr
+    assert p.stdout.strip()
 
 
 def test_python_rejects_garbage_truncated_and_foreign_programs(llama2, no_metadata_pte, tmp_path):
