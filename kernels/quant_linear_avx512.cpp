@@ -26,10 +26,17 @@ constexpr i64 kBlockRows = 128;
 inline i64 min(i64 a, i64 b) { return a < b ? a : b; }
 
 // Decode streams every weight from memory once. The hardware prefetcher stops at 4 KiB
-// pages, so each tile asks for the same spot of the next tile's rows (R rows further on, a
-// contiguous stream) one cache line at a time: one thread streamed int8 weights at 6 GB/s
-// without it, 12-13 GB/s with it (as fast as ATen's fp32 GEMV reads fp32 weights here).
+// pages, so each tile asks for the same spot of the rows some tiles further on (a contiguous
+// stream) one cache line at a time: one thread streamed int8 weights at 6 GB/s without it,
+// 12-13 GB/s with it one tile ahead (Intel). For int8 and int4 rows, three tiles ahead (7 KB of
+// int8 rows of 576) covers the memory latency on the AMD machine: SmolLM2 decode with fp32
+// activations, int8 261-279 -> 302-351 tok/s, int4 227-249 -> 278-291, a linear's call 23 -> 17 us
+// (bench/README.md, session 11). Float rows (the tied output layer) stay one tile ahead: 1, 2
+// and 3 measured the same for them.
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+constexpr i64 kAheadTiles = 3;  // integer rows'
+template <typename W>
+constexpr i64 ahead_tiles() { return sizeof(W) == 1 ? kAheadTiles : 1; }
 
 // float weights: 16 of a row widened to fp32 (bf16 is the top half of an fp32).
 inline __m512 widen(const float* p) { return _mm512_loadu_ps(p); }
@@ -67,7 +74,7 @@ void row_tile(const float* x, i64 K, const W* w, const float* scale, float* y, i
   i64 k = 0;
   for (; k + 64 <= K; k += 64) {
     for (int r = 0; r < R; ++r)
-      for (i64 j = 0; j < 64; j += kPerLine) prefetch(w + (R + r) * K + k + j);
+      for (i64 j = 0; j < 64; j += kPerLine) prefetch(w + (ahead_tiles<W>() * R + r) * K + k + j);
     step(k), step(k + 16), step(k + 32), step(k + 48);
   }
   for (; k + 16 <= K; k += 16) step(k);
@@ -153,7 +160,7 @@ void int8_group_tile(const float* x, i64 K, i64 G, const std::int8_t* q, const f
     };
     for (i64 k = g * G; k < (g + 1) * G; k += 32) {
       if (k % 64 == 0)  // one cache line of each row per 64 weights, as in row_tile
-        for (int r = 0; r < R; ++r) prefetch(q + (R + r) * K + k);
+        for (int r = 0; r < R; ++r) prefetch(q + (kAheadTiles * R + r) * K + k);
       step(k), step(k + 16);
     }
     for (int r = 0; r < R; ++r) {
@@ -197,7 +204,7 @@ void int4_tile(const float* x, i64 K, i64 G, const std::uint8_t* q, const std::u
       const i64 k0 = (g0 + g) * G;
       for (i64 k = k0; k < k0 + G; k += 32) {
         if (k % 128 == 0)  // one cache line of each row per 128 weights
-          for (int r = 0; r < R; ++r) prefetch(q + (R + r) * qstride + k / 2);
+          for (int r = 0; r < R; ++r) prefetch(q + (kAheadTiles * R + r) * qstride + k / 2);
         __m512 w0[R], w1[R];
         for (int r = 0; r < R; ++r) {
           const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + r * qstride + k / 2)));
