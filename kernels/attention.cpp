@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 
+#include "bf16.h"
 #include "quant_linear.h"
 
 namespace torchchat::kernels {
@@ -110,12 +111,7 @@ namespace generic {
 namespace {
 
 inline float value(float x) { return x; }
-inline float value(std::uint16_t bf16) {  // bf16 is the top half of an fp32
-  const std::uint32_t bits = static_cast<std::uint32_t>(bf16) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
+inline float value(std::uint16_t bf16) { return bf16_value(bf16); }
 
 template <typename C>
 void attend_over(const float* q, i64 G, i64 D, float scale, const C* k, const C* v, i64 l0, i64 l1, float* m,

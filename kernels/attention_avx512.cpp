@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include "attention.h"
+#include "bf16_avx512.h"
 
 namespace torchchat::kernels::avx512 {
 namespace {
@@ -40,10 +41,7 @@ inline __mmask16 first(i64 n) { return n >= 16 ? 0xffff : static_cast<__mmask16>
 
 // 16 values of a cache row as fp32: fp32 as they are, bf16 widened (the top half of an fp32).
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const std::uint16_t* p) {
-  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
+inline __m512 load16(const std::uint16_t* p) { return widen_bf16x16(p); }
 
 // One block of n <= kBlock positions (k, v at its first; C: float, or bf16 bits) for NG heads
 // (q: rows of 16 * DV floats), folded into the running m, z, acc. Each key and value row is

@@ -15,8 +15,6 @@
 // with other dtypes for ExecuTorch (torchchat/quantize.py).
 #include <algorithm>
 #include <array>
-#include <cstring>
-#include <vector>
 
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
@@ -165,23 +163,6 @@ bool fp32_or_bf16(const Tensor& t) {
   return t.scalar_type() == ScalarType::Float || t.scalar_type() == ScalarType::BFloat16;
 }
 
-// bf16 <-> fp32 for a bf16 q and out (ATen's .to() in torch_ops.cpp): bf16 is the top half of an
-// fp32, rounded to nearest even (NaN stays NaN).
-void bf16_to_float(const std::uint16_t* in, std::int64_t n, float* out) {
-  for (std::int64_t i = 0; i < n; ++i) {
-    const std::uint32_t bits = static_cast<std::uint32_t>(in[i]) << 16;
-    std::memcpy(out + i, &bits, sizeof bits);
-  }
-}
-void float_to_bf16(const float* in, std::int64_t n, std::uint16_t* out) {
-  for (std::int64_t i = 0; i < n; ++i) {
-    std::uint32_t bits;
-    std::memcpy(&bits, in + i, sizeof bits);
-    out[i] = in[i] != in[i] ? static_cast<std::uint16_t>((bits >> 16) | 0x40)
-                            : static_cast<std::uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
-  }
-}
-
 // attention.h over ExecuTorch's tensors, with torch_ops.cpp's checks.
 Tensor& cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                             const Tensor& input_pos, Tensor& out) {
@@ -209,17 +190,15 @@ Tensor& cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Te
   ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == q.scalar_type() && resize_tensor(out, q.sizes()) == Error::Ok &&
                                tensor_is_contiguous(out),
                       InvalidArgument, out, "%s: out must be a contiguous tensor of q's shape and dtype", op);
-  // Computed in fp32: a bf16 q is widened into this thread's buffer, and the result rounded from another.
+  // Computed in fp32 (ATen's .to() in torch_ops.cpp): a bf16 q is widened into this thread's
+  // buffers, and the result rounded back from them.
   const bool bf16_q = q.scalar_type() == ScalarType::BFloat16;
   const float* qf = bf16_q ? nullptr : q.const_data_ptr<float>();
   float* of = bf16_q ? nullptr : out.mutable_data_ptr<float>();
-  thread_local std::vector<float> q_buffer, out_buffer;
   if (bf16_q) {
-    q_buffer.resize(static_cast<std::size_t>(q.numel()));
-    out_buffer.resize(static_cast<std::size_t>(q.numel()));
-    bf16_to_float(static_cast<const std::uint16_t*>(q.const_data_ptr()), q.numel(), q_buffer.data());
-    qf = q_buffer.data();
-    of = out_buffer.data();
+    const Fp32Buffers f = fp32_in_thread_buffers(static_cast<const std::uint16_t*>(q.const_data_ptr()), q.numel());
+    qf = f.in;
+    of = f.out;
   }
   AttentionArgs a = attention_args(qf, k_cache.const_data_ptr(), v_cache.const_data_ptr(),
                                    k_cache.scalar_type() == ScalarType::BFloat16, p, of, T, H, Hkv, D, S * D,
@@ -229,7 +208,10 @@ Tensor& cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Te
                                                         [&](std::int64_t i0, std::int64_t i1) { attention(a, i0, i1); });
   ET_KERNEL_CHECK_MSG(ctx, ok, Internal, out, "%s: the thread pool failed", op);
   if (a.splits > 1) attention_merge(a, 0, T * Hkv);
-  if (bf16_q) float_to_bf16(of, q.numel(), static_cast<std::uint16_t*>(out.mutable_data_ptr()));
+  if (bf16_q) {
+    std::uint16_t* o = static_cast<std::uint16_t*>(out.mutable_data_ptr());
+    for (std::int64_t i = 0; i < q.numel(); ++i) o[i] = bf16_bits(of[i]);
+  }
   return out;
 }
 

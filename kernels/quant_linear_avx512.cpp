@@ -9,6 +9,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include "bf16_avx512.h"
 #include "quant_linear.h"
 
 namespace torchchat::kernels::avx512 {
@@ -40,13 +41,9 @@ constexpr i64 ahead_tiles() { return sizeof(W) == 1 ? kAheadTiles : 1; }
 
 // float weights: 16 of a row widened to fp32 (bf16 is the top half of an fp32).
 inline __m512 widen(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 widen(const std::uint16_t* p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
-}
+inline __m512 widen(const std::uint16_t* p) { return widen_bf16x16(p); }
 inline __m512 widen(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
-inline __m512 widen(const std::uint16_t* p, __mmask16 mask) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16));
-}
+inline __m512 widen(const std::uint16_t* p, __mmask16 mask) { return widen_bf16x16(p, mask); }
 
 inline __m512 widen(const std::int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));

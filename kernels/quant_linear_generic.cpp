@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "bf16.h"
 #include "quant_linear.h"
 
 namespace torchchat::kernels::generic {
@@ -29,11 +30,7 @@ float half_to_float(std::uint16_t h) {
 
 // Element i of fp32 or bf16 (the top half of an fp32) weights.
 float float_at(const void* w, bool bf16, std::int64_t i) {
-  if (!bf16) return static_cast<const float*>(w)[i];
-  const std::uint32_t bits = static_cast<std::uint32_t>(static_cast<const std::uint16_t*>(w)[i]) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
+  return bf16 ? bf16_value(static_cast<const std::uint16_t*>(w)[i]) : static_cast<const float*>(w)[i];
 }
 
 // Each group summed on its own, then scaled into the row's sum (the AVX-512 kernel's order).

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "bf16.h"
 #include "quant_linear.h"
 
 namespace torchchat::kernels {
@@ -31,6 +32,20 @@ inline float* attention_partials_in_thread_buffers(const AttentionArgs& a) {
   thread_local std::vector<float> partials;
   partials.resize(static_cast<std::size_t>(attention_partials_size(a)));
   return partials.data();
+}
+
+// n bf16 values widened to fp32 in this thread's `in` buffer, and an `out` buffer of n floats
+// (the ExecuTorch wrapper computes a bf16 attention in fp32 through them).
+struct Fp32Buffers {
+  float* in;
+  float* out;
+};
+inline Fp32Buffers fp32_in_thread_buffers(const std::uint16_t* bf16, std::int64_t n) {
+  thread_local std::vector<float> in, out;
+  in.resize(static_cast<std::size_t>(n));
+  out.resize(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) in[static_cast<std::size_t>(i)] = bf16_value(bf16[i]);
+  return {in.data(), out.data()};
 }
 
 }  // namespace torchchat::kernels
