@@ -1,12 +1,15 @@
 // bench_main: llama-bench's measurements for an exported model, through the same Backend
 // class as the runner (aoti_bench: AotiBackend, et_bench: EtBackend). Prints one JSON line.
 //
-//   aoti_bench|et_bench MODEL [-p 128] [-g 128] [-r 3]   prompt processing of -p tokens, then -g decode steps
-//   aoti_bench|et_bench --bandwidth [-t 2]               memory read bandwidth probe (GB/s), -t threads
+//   aoti_bench|et_bench MODEL [-p 128] [-g 128] [-d 0] [-r 3]   prompt processing of -p tokens; -g decode
+//                                                               steps after -d positions of context
+//   aoti_bench|et_bench --bandwidth [-t 2] [--mb 2048]    read bandwidth probe (GB/s), -t threads, over --mb MB
 //
 // As llama-bench: random prompt tokens, greedy feeding during decode, no tokenizer and
-// no stop tokens; each repetition starts again at position 0. The first (cold) prefill
-// is reported apart as time to first token; peak RSS is the whole process's.
+// no stop tokens. Prompt processing and decode are separate tests, as llama-bench's pp128 and
+// tg128: each starts again at position 0, so decode attends over positions [0, -g) unless -d
+// (llama-bench's -d) first fills that many positions, untimed. The first (cold) prefill is
+// reported apart as time to first token; peak RSS is the whole process's.
 
 #include <sys/resource.h>
 
@@ -69,8 +72,11 @@ std::uint64_t sum_words(const std::uint64_t* p, std::size_t n, int streams) {
   return s;
 }
 
-int bandwidth(int threads) {
-  const std::size_t bytes = std::size_t{2} << 30;  // 2 GiB: far past any cache
+// Reads a buffer of `mb` MB (default 2 GiB: far past any cache) again and again. Decode reads the
+// same weights every step, so a buffer of the weights' size is the ceiling decode can reach:
+// where a cache holds much of it (a 300 MB L3), that is faster than memory.
+int bandwidth(int threads, int mb) {
+  const std::size_t bytes = mb > 0 ? std::size_t(mb) << 20 : std::size_t{2} << 30;
   std::vector<std::uint64_t> buf(bytes / 8, 1);
   std::uint64_t sink = 0;
   std::string results;
@@ -91,8 +97,8 @@ int bandwidth(int threads) {
     results += (results.empty() ? "" : ", ") + std::string("\"") + std::to_string(streams) + "\": " + std::to_string(best);
     best_all = std::max(best_all, best);
   }
-  std::printf("{\"read_gb_per_s\": %.2f, \"by_streams_per_thread\": {%s}, \"threads\": %d, \"check\": %llu}\n",
-              best_all, results.c_str(), threads, static_cast<unsigned long long>(sink % 7));
+  std::printf("{\"read_gb_per_s\": %.2f, \"by_streams_per_thread\": {%s}, \"threads\": %d, \"mb\": %zu, \"check\": %llu}\n",
+              best_all, results.c_str(), threads, bytes >> 20, static_cast<unsigned long long>(sink % 7));
   return 0;
 }
 
@@ -100,21 +106,23 @@ int bandwidth(int threads) {
 
 int bench_main(int argc, char** argv, const torchchat::BackendFactory& make_backend) {
   std::string model;
-  int n_prompt = 128, n_gen = 128, reps = 3, threads = 2;
+  int n_prompt = 128, n_gen = 128, depth = 0, reps = 3, threads = 2, mb = 0;
   bool probe = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&] { return i + 1 < argc ? std::atoi(argv[++i]) : 0; };
     if (a == "-p") n_prompt = value();
     else if (a == "-g") n_gen = value();
+    else if (a == "-d") depth = value();
     else if (a == "-r") reps = value();
     else if (a == "-t") threads = value();
+    else if (a == "--mb") mb = value();
     else if (a == "--bandwidth") probe = true;
     else model = a;
   }
-  if (probe) return bandwidth(std::max(1, threads));
-  if (model.empty() || n_prompt < 1 || n_gen < 1 || reps < 1) {
-    std::fprintf(stderr, "usage: %s MODEL [-p 128] [-g 128] [-r 3] | %s --bandwidth [-t 2]\n", argv[0], argv[0]);
+  if (probe) return bandwidth(std::max(1, threads), mb);
+  if (model.empty() || n_prompt < 1 || n_gen < 1 || depth < 0 || reps < 1) {
+    std::fprintf(stderr, "usage: %s MODEL [-p 128] [-g 128] [-d 0] [-r 3] | %s --bandwidth [-t 2] [--mb 2048]\n", argv[0], argv[0]);
     return 2;
   }
   try {
@@ -123,11 +131,13 @@ int bench_main(int argc, char** argv, const torchchat::BackendFactory& make_back
     torchchat::Backend& backend = *loaded;
     const double load_s = seconds_since(t0);
     const auto& meta = backend.metadata();
-    if (n_prompt + n_gen > meta.max_seq_len) throw torchchat::Error("-p + -g exceed the model's context");
+    if (n_prompt > meta.max_seq_len || depth + n_gen > meta.max_seq_len)
+      throw torchchat::Error("-p, or -d + -g, exceed the model's context");
 
     std::mt19937 rng(1234);
-    std::vector<std::int64_t> prompt(n_prompt);
+    std::vector<std::int64_t> prompt(n_prompt), context(depth);
     for (auto& t : prompt) t = rng() % meta.vocab_size;
+    for (auto& t : context) t = rng() % meta.vocab_size;
 
     double ttft_s = 0;
     std::vector<double> pp, tg;
@@ -135,8 +145,9 @@ int bench_main(int argc, char** argv, const torchchat::BackendFactory& make_back
       t0 = Clock::now();
       std::int64_t token = argmax(backend.forward(prompt.data(), n_prompt, 0));
       const double prefill = seconds_since(t0);
+      if (depth > 0) token = argmax(backend.forward(context.data(), depth, 0));
       t0 = Clock::now();
-      for (int i = 0; i < n_gen; ++i) token = argmax(backend.forward(&token, 1, n_prompt + i));
+      for (int i = 0; i < n_gen; ++i) token = argmax(backend.forward(&token, 1, depth + i));
       const double decode = seconds_since(t0);
       if (rep == 0) {
         ttft_s = prefill;

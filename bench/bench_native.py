@@ -4,7 +4,8 @@
     python3 bench/bench_native.py [--threads 2] [--reps 3] [--1b] [--quant [BF16 Q8_0 Q4_1]] [--plot bench.png]
 
 On SmolLM2-135M (fp32), measures as llama-bench does: prompt processing of 128 tokens (pp128)
-and 128 decode steps (tg128) in tokens/s, with random prompt tokens and no stop tokens;
+and 128 decode steps from an empty context (tg128, positions 0-127) in tokens/s, with random
+prompt tokens and no stop tokens;
 plus load time, time to first token, peak RSS and artifact size. Every engine reads the
 same bits: the default model's Q4_1 GGUF is dequantized once to an F32 GGUF, which
 llama.cpp runs directly and from which we export the AOTI artifacts. With --1b, a second
@@ -299,7 +300,7 @@ def worker_eager(gguf_path: str, dtype: str, threads: int, reps: int, quantize: 
             prefill = time.perf_counter() - t0
             t0 = time.perf_counter()
             for i in range(N_GEN):
-                token = decoder(token.view(1, 1), torch.tensor([N_PROMPT + i]))[0, -1].argmax()
+                token = decoder(token.view(1, 1), torch.tensor([i]))[0, -1].argmax()  # from position 0, as tg128
             decode = time.perf_counter() - t0
             if rep == 0:
                 ttft = prefill
@@ -354,7 +355,7 @@ def fmt(x, spec=".1f"):
 
 def print_table(rows, weight_mb: dict, threads, reps) -> None:
     print(f"\n{threads} threads, median of {reps} runs after a warm-up; pp{N_PROMPT}/tg{N_GEN} as llama-bench "
-          f"(random prompt tokens, no stop). probe GB/s: read bandwidth probed just before / after the row; "
+          f"(random prompt tokens, no stop; tg from an empty context, positions 0-{N_GEN - 1}). probe GB/s: read bandwidth probed just before / after the row; "
           f"tg ceiling = the higher of the two / the group's GGUF weight bytes, tg % = tg128 / ceiling. "
           f"load+pp128: AOTI and eager load + cold first prefill in-process; llama.cpp a whole llama-bench "
           f"process with one pp128 and no warm-up.\n")

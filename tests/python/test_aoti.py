@@ -7,6 +7,9 @@ llama3-style model (tiktoken, tied embeddings, GQA) as .pt2. Runner tests skip w
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +27,8 @@ from backend_helpers import (  # noqa: E402
 from tiny_tokenizers import write_tiktoken  # noqa: E402
 
 from torchchat.errors import UserError  # noqa: E402
+
+AOTI_BENCH = AOTI_RUN.parent / "aoti_bench"
 
 
 @pytest.fixture(scope="session")
@@ -442,3 +447,31 @@ def test_so_metadata_survives_weights_appended_to_the_library(llama2, tmp_path, 
     if AOTI_RUN.is_file():
         p = aoti_run(out, llama2.runner_tokenizer, "-t", "0", "-n", "24", "-i", PROMPTS[0])
         assert p.returncode == 0, p.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark harness (bench/backend_bench.cpp): what it feeds the model is what its figures claim
+
+
+@needs_runner
+@pytest.mark.parametrize("depth", [0, 16])
+def test_bench_decodes_as_llama_bench(llama2, tmp_path, depth):
+    """aoti_bench measures pp and tg as llama-bench's separate tests: the prompt from position 0,
+    then decode from position 0 again (tg128 of an empty context), or after -d positions."""
+    trace = tmp_path / "trace.jsonl"
+    p = subprocess.run([str(AOTI_BENCH), llama2.paths["so"], "-p", "8", "-g", "4", "-d", str(depth), "-r", "1"],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, TORCHCHAT_AOTI_TRACE=str(trace)))
+    assert p.returncode == 0, p.stderr
+    figures = json.loads(p.stdout)
+    assert len(figures["pp_tps"]) == len(figures["tg_tps"]) == 1 and figures["tg_tps"][0] > 0
+    calls = [(c["start_pos"], len(c["tokens"])) for c in map(json.loads, trace.read_text().splitlines())]
+    one_rep = [(0, 8)] + ([(0, depth)] if depth else []) + [(depth + i, 1) for i in range(4)]
+    assert calls == one_rep * 2  # the cold repetition, then the measured one
+
+
+@needs_runner
+def test_bench_refuses_more_than_the_context(llama2):
+    p = subprocess.run([str(AOTI_BENCH), llama2.paths["so"], "-p", "8", "-g", "8", "-d", str(CONTEXT)],
+                       capture_output=True, text=True, timeout=120)
+    assert "context" in one_line_error(p)
