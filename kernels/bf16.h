@@ -1,6 +1,7 @@
 // bf16 <-> fp32: a bf16 is the top half of an fp32. Scalar forms for the portable code and the
-// operator wrappers; free of standard-library headers (only <cstdint>, which declares no inline
-// functions) because the ISA files include it too (quant_linear_avx512.cpp says why).
+// operator wrappers (the AVX-512 files widen 16 at a time: bf16_avx512.h). Free of
+// standard-library headers but <cstdint> (no inline functions), as the kernels' other headers:
+// quant_linear_avx512.cpp says why.
 #pragma once
 
 #include <cstdint>

@@ -29,8 +29,9 @@ forward is plain PyTorch or ATen ops that torch.export traces:
   the int4 kernel runs; its layers keep linear:int4's weights and math but multiply them with
   each token's activations quantized per block of 32 values (symmetric, one fp32 scale per
   block), as llama.cpp's Q4_1 files do with Q8_1. linear:int8 with "activations": "int8" does the
-  same with linear:int8's weights (our int8 x int8 kernel); linear:int4's output layer stays
-  weight-only int8 either way. Unlike linear:a8w4dq, the weights keep their
+  same with linear:int8's weights (our int8 x int8 kernel); linear:int4's int8 output layer
+  takes int8 activations too (llama.cpp's Q8_0 output x Q8_0), the step's largest matrix on
+  our fastest int8 kernel. Unlike linear:a8w4dq, the weights keep their
   zero point (min) and the activations a scale per 32 values instead of one per token.
 - linear:a8w4dq is torchao's `Int8DynamicActivationIntxWeightConfig`: it exports as
   choose_qparams/quantize/dequantize ops around a linear, the pattern the XNNPACK partitioner
@@ -321,7 +322,8 @@ def quantize_model(model: nn.Module, spec: dict, backend: str) -> None:
         elif key == "linear:int4":
             kernels.load()
             if options["output"] == "int8" and type(getattr(model, "output", None)) is nn.Linear:
-                model.output = Int8Linear(model.output.weight)
+                int8 = Int8A8Linear if options["activations"] == "int8" else Int8Linear
+                model.output = int8(model.output.weight)
             fuse_projections(model)
             int4 = Int4A8Linear if options["activations"] == "int8" else Int4Linear
             swap(model, nn.Linear, lambda m: int4(m.weight, g))

@@ -263,7 +263,8 @@ def test_int4_output_layer_is_int8_unless_asked(output, activations, int4):
     model = tied_model()
     options = {"groupsize": 32, "activations": activations, **({"output": output} if output else {})}
     quantize_model(model, parse_quantize(json.dumps({"linear:int4": options})), "eager")
-    assert type(model.output).__name__ == (int4 if output == "int4" else "Int8Linear")
+    int8 = "Int8A8Linear" if activations == "int8" else "Int8Linear"  # the activations as the other layers'
+    assert type(model.output).__name__ == (int4 if output == "int4" else int8)
     assert type(model.layers[0].attention.wqkv).__name__ == int4
     assert type(model.layers[0].feed_forward.w13).__name__ == int4
 

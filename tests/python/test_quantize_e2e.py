@@ -83,8 +83,9 @@ def test_perplexity_within_bound(fp32, spec, bound):
 INT4, INT4A8 = '{"linear:int4": {"groupsize": 32}}', '{"linear:int4": {"groupsize": 32, "activations": "int8"}}'
 INT8, INT8A8 = '{"linear:int8": {"groupsize": 0}}', '{"linear:int8": {"groupsize": 0, "activations": "int8"}}'
 KERNEL_SCHEMES = [INT8, INT4, '{"linear:int8": {"groupsize": 32}}', INT4A8, INT8A8]
-# int8 activations: the reference starts from the same codes, in the fp32-activation layers.
-SAME_CODES = {INT4A8: (INT4, "Int4Linear"), INT8A8: (INT8, "Int8Linear")}
+# int8 activations: the reference starts from the same codes, in the fp32-activation layers
+# (linear:int4's int8 output layer among them).
+SAME_CODES = {INT4A8: (INT4, ("Int4Linear", "Int8Linear")), INT8A8: (INT8, ("Int8Linear",))}
 
 
 class ReferenceLinear(torch.nn.Module):
@@ -170,11 +171,11 @@ def test_kernels_perplexity_equals_the_reference_math(spec):
     loaded = load(spec)
     ours = ppl(loaded)
     if spec in SAME_CODES:
-        same, layer = SAME_CODES[spec]
+        same, layers = SAME_CODES[spec]
         loaded = load(same)
         for parent in list(loaded.model.modules()):
             for name, m in list(parent.named_children()):
-                if type(m).__name__ == layer:  # (linear:int4's int8 output layer keeps fp32 activations)
+                if type(m).__name__ in layers:
                     setattr(parent, name, ReferenceInt8ActivationLinear(m))
     dequantized_reference(loaded.model)
     reference = ppl(loaded)
