@@ -97,7 +97,8 @@ int bandwidth(int threads, int mb) {
     results += (results.empty() ? "" : ", ") + std::string("\"") + std::to_string(streams) + "\": " + std::to_string(best);
     best_all = std::max(best_all, best);
   }
-  std::printf("{\"read_gb_per_s\": %.2f, \"by_streams_per_thread\": {%s}, \"threads\": %d, \"mb\": %zu, \"check\": %llu}\n",
+  std::printf("{\"read_gb_per_s\": %.2f, \"by_streams_per_thread\": {%s}, \"threads\": %d, \"mb\": %zu, "
+              "\"check\": %llu}\n",
               best_all, results.c_str(), threads, bytes >> 20, static_cast<unsigned long long>(sink % 7));
   return 0;
 }
@@ -122,7 +123,8 @@ int bench_main(int argc, char** argv, const torchchat::BackendFactory& make_back
   }
   if (probe) return bandwidth(std::max(1, threads), mb);
   if (model.empty() || n_prompt < 1 || n_gen < 1 || depth < 0 || reps < 1) {
-    std::fprintf(stderr, "usage: %s MODEL [-p 128] [-g 128] [-d 0] [-r 3] | %s --bandwidth [-t 2] [--mb 2048]\n", argv[0], argv[0]);
+    std::fprintf(stderr, "usage: %s MODEL [-p 128] [-g 128] [-d 0] [-r 3] | %s --bandwidth [-t 2] [--mb 2048]\n",
+                 argv[0], argv[0]);
     return 2;
   }
   try {

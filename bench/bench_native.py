@@ -355,7 +355,8 @@ def fmt(x, spec=".1f"):
 
 def print_table(rows, weight_mb: dict, threads, reps) -> None:
     print(f"\n{threads} threads, median of {reps} runs after a warm-up; pp{N_PROMPT}/tg{N_GEN} as llama-bench "
-          f"(random prompt tokens, no stop; tg from an empty context, positions 0-{N_GEN - 1}). probe GB/s: read bandwidth probed just before / after the row; "
+          f"(random prompt tokens, no stop; tg from an empty context, positions 0-{N_GEN - 1}). "
+          f"probe GB/s: read bandwidth probed just before / after the row; "
           f"tg ceiling = the higher of the two / the group's GGUF weight bytes, tg % = tg128 / ceiling. "
           f"load+pp128: AOTI and eager load + cold first prefill in-process; llama.cpp a whole llama-bench "
           f"process with one pp128 and no warm-up.\n")

@@ -15,6 +15,8 @@ inline __m512 widen_bf16x16(const std::uint16_t* p) {
   return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 // The first lanes of mask only (the others zero).
-inline __m512 widen_bf16x16(const std::uint16_t* p, __mmask16 mask) { return widen_bf16(_mm256_maskz_loadu_epi16(mask, p)); }
+inline __m512 widen_bf16x16(const std::uint16_t* p, __mmask16 mask) {
+  return widen_bf16(_mm256_maskz_loadu_epi16(mask, p));
+}
 
 }  // namespace torchchat::kernels::avx512
