@@ -1,5 +1,5 @@
 // 16 bf16 values widened to fp32 lanes, for the AVX-512 files only: include it after their
-// target pragma and <immintrin.h>.
+// target pragma.
 #pragma once
 
 #include <immintrin.h>

@@ -314,18 +314,18 @@ def quantize_model(model: nn.Module, spec: dict, backend: str) -> None:
             check_divides(model, nn.Linear, key + " with int8 activations", 32, what="block size")
     for key, options in spec.items():
         g = options.get("groupsize", 0)
+        a8 = options.get("activations") == "int8"
+        int8 = Int8A8Linear if a8 else Int8Linear  # linear:int8's layers, linear:int4's int8 output layer
         if key == "linear:int8":
             kernels.load()
             fuse_projections(model)
-            int8 = Int8A8Linear if options["activations"] == "int8" else Int8Linear
             swap(model, nn.Linear, lambda m: int8(m.weight, g))
         elif key == "linear:int4":
             kernels.load()
             if options["output"] == "int8" and type(getattr(model, "output", None)) is nn.Linear:
-                int8 = Int8A8Linear if options["activations"] == "int8" else Int8Linear
                 model.output = int8(model.output.weight)
             fuse_projections(model)
-            int4 = Int4A8Linear if options["activations"] == "int8" else Int4Linear
+            int4 = Int4A8Linear if a8 else Int4Linear
             swap(model, nn.Linear, lambda m: int4(m.weight, g))
         elif key == "linear:a8w4dq":
             quantize_a8w4dq(model, g)
