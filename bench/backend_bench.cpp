@@ -72,11 +72,11 @@ std::uint64_t sum_words(const std::uint64_t* p, std::size_t n, int streams) {
   return s;
 }
 
-// Reads a buffer of `mb` MB (default 2 GiB: far past any cache) again and again. Decode reads the
+// Reads a buffer of `mb` MB (2 GiB by default: far past any cache) again and again. Decode reads the
 // same weights every step, so a buffer of the weights' size is the ceiling decode can reach:
 // where a cache holds much of it (a 300 MB L3), that is faster than memory.
 int bandwidth(int threads, int mb) {
-  const std::size_t bytes = mb > 0 ? std::size_t(mb) << 20 : std::size_t{2} << 30;
+  const std::size_t bytes = std::size_t(mb) << 20;
   std::vector<std::uint64_t> buf(bytes / 8, 1);
   std::uint64_t sink = 0;
   std::string results;
@@ -107,7 +107,7 @@ int bandwidth(int threads, int mb) {
 
 int bench_main(int argc, char** argv, const torchchat::BackendFactory& make_backend) {
   std::string model;
-  int n_prompt = 128, n_gen = 128, depth = 0, reps = 3, threads = 2, mb = 0;
+  int n_prompt = 128, n_gen = 128, depth = 0, reps = 3, threads = 2, mb = 2048;
   bool probe = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -121,12 +121,14 @@ int bench_main(int argc, char** argv, const torchchat::BackendFactory& make_back
     else if (a == "--bandwidth") probe = true;
     else model = a;
   }
-  if (probe) return bandwidth(std::max(1, threads), mb);
-  if (model.empty() || n_prompt < 1 || n_gen < 1 || depth < 0 || reps < 1) {
+  const bool valid = probe ? threads >= 1 && mb >= 1
+                           : !model.empty() && n_prompt >= 1 && n_gen >= 1 && depth >= 0 && reps >= 1;
+  if (!valid) {
     std::fprintf(stderr, "usage: %s MODEL [-p 128] [-g 128] [-d 0] [-r 3] | %s --bandwidth [-t 2] [--mb 2048]\n",
                  argv[0], argv[0]);
     return 2;
   }
+  if (probe) return bandwidth(threads, mb);
   try {
     auto t0 = Clock::now();
     const std::unique_ptr<torchchat::Backend> loaded = make_backend(torchchat::BackendOptions{model, {}});

@@ -475,3 +475,19 @@ def test_bench_refuses_more_than_the_context(llama2):
     p = subprocess.run([str(AOTI_BENCH), llama2.paths["so"], "-p", "8", "-g", "8", "-d", str(CONTEXT)],
                        capture_output=True, text=True, timeout=120)
     assert "context" in one_line_error(p)
+
+
+@needs_runner
+@pytest.mark.parametrize("flags", [["--mb", "0"], ["--mb", "-5"], ["-t", "0"]])
+def test_bandwidth_probe_refuses_an_empty_buffer_or_no_threads(flags):
+    p = subprocess.run([str(AOTI_BENCH), "--bandwidth", *flags], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stdout == "" and p.stderr.startswith("usage:")
+
+
+@needs_runner
+def test_bandwidth_probe_reads_the_buffer_it_is_given():
+    p = subprocess.run([str(AOTI_BENCH), "--bandwidth", "-t", "1", "--mb", "16"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    probe = json.loads(p.stdout)
+    assert probe["mb"] == 16 and probe["threads"] == 1 and probe["read_gb_per_s"] > 0
