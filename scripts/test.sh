@@ -6,9 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # pytest exits 5 when a stage collects nothing; that is not a failure of the stage.
+# Two workers (pytest-xdist), a test file each at a time: most of a stage is exporting models,
+# and much of an export runs on one core (tracing, Inductor's code generation, one g++), so two
+# files side by side halve the unit stage on two cores. Module fixtures stay within one worker.
 run_pytest() {
     local rc=0
-    python3 -m pytest "$@" || rc=$?
+    python3 -m pytest -n 2 --dist loadfile "$@" || rc=$?
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then exit "$rc"; fi
 }
 
