@@ -6,12 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # pytest exits 5 when a stage collects nothing; that is not a failure of the stage.
-# Two workers (pytest-xdist), a test file each at a time: most of a stage is exporting models,
-# and much of an export runs on one core (tracing, Inductor's code generation, one g++), so two
-# files side by side halve the unit stage on two cores. Module fixtures stay within one worker.
 run_pytest() {
     local rc=0
-    python3 -m pytest -n 2 --dist loadfile "$@" || rc=$?
+    python3 -m pytest "$@" || rc=$?
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then exit "$rc"; fi
 }
 
@@ -21,7 +18,12 @@ scripts/build_native.sh core --sanitize
 
 printf '\n== Unit tests on tiny random models (Python, C++, native runner)\n' >&2
 (cd cmake-out && ctest --output-on-failure -j2)
-run_pytest -q -m "not e2e" tests/python tests/runner
+# Two workers (pytest-xdist), a test file each at a time: most of this stage is exporting tiny
+# models, much of which runs on one core (tracing, Inductor's code generation, one g++), so two
+# files side by side take 8 minutes instead of 13 on two cores. Module fixtures stay in one worker.
+run_pytest -n 2 --dist loadfile -q -m "not e2e" tests/python tests/runner
 
 printf '\n== End-to-end tests on the default model\n' >&2
+# One worker: the real model's native runs use both cores (OpenMP, ~150 barriers a token); beside
+# a second worker's export, aoti_run slowed past its 120 s timeout in one of two tries.
 run_pytest -q -m e2e tests
