@@ -128,8 +128,8 @@ int bench_main(int argc, char** argv, const torchchat::BackendFactory& make_back
                  argv[0], argv[0]);
     return 2;
   }
-  if (probe) return bandwidth(threads, mb);
   try {
+    if (probe) return bandwidth(threads, mb);  // a buffer too large for memory throws std::bad_alloc
     auto t0 = Clock::now();
     const std::unique_ptr<torchchat::Backend> loaded = make_backend(torchchat::BackendOptions{model, {}});
     torchchat::Backend& backend = *loaded;
