@@ -5,6 +5,8 @@
 //   torchchat::int4_weight_linear.out(Tensor x, Tensor weight, Tensor scales_mins, int groupsize, *, Tensor(a!) out)
 //   torchchat::int4_a8_weight_linear.out(Tensor x, Tensor panels, int N, int groupsize, *, Tensor(a!) out)
 //   torchchat::int8_a8_weight_linear.out(Tensor x, Tensor panels, int N, *, Tensor(a!) out)
+//   torchchat::int4_panel_weight_linear.out(Tensor x, Tensor panels, int N, int groupsize, *, Tensor(a!) out)
+//   torchchat::int8_panel_weight_linear.out(Tensor x, Tensor panels, int N, *, Tensor(a!) out)
 //   torchchat::cache_attention.out(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos, *, Tensor(a!) out)
 // et_run links this library (CMakeLists.txt, torchchat_et_kernels); Python loads it into
 // ExecuTorch's runtime before running such a program (torchchat/kernels.py load_executorch).
@@ -112,23 +114,25 @@ Tensor& int4_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const
   return out;
 }
 
-// x (checked by prepare) quantized per block of 32, then kernel(xa, n0, n1) over whole panels of
-// the N outputs, into out.
-template <typename Kernel>
-Tensor& a8_linear(KernelRuntimeContext& ctx, const char* op, const Tensor& x, std::int64_t K, std::int64_t N,
-                  Tensor& out, Kernel kernel) {
-  const Int8Activations xa = quantize_in_thread_buffers(x.const_data_ptr<float>(), x.numel() / K, K);
+// x (checked by prepare) split into int8 slices per block of 32 (1: int8 activations, 3: fp32
+// ones), then w's kernel over whole panels of the N outputs, into out.
+template <int kBits>
+Tensor& sliced_linear(KernelRuntimeContext& ctx, const char* op, const Tensor& x, const A8PanelWeights& w, int slices,
+                      Tensor& out) {
+  const Int8Activations xa = quantize_in_thread_buffers(x.const_data_ptr<float>(), x.numel() / w.K, w.K, slices);
   float* yp = out.mutable_data_ptr<float>();
   const bool ok = ::executorch::extension::parallel_for(
-      0, (N + kA8Panel - 1) / kA8Panel, 1,
-      [&](std::int64_t p0, std::int64_t p1) { kernel(xa, yp, p0 * kA8Panel, std::min(p1 * kA8Panel, N)); });
+      0, (w.N + kA8Panel - 1) / kA8Panel, 1, [&](std::int64_t p0, std::int64_t p1) {
+        const std::int64_t n0 = p0 * kA8Panel, n1 = std::min(p1 * kA8Panel, w.N);
+        if constexpr (kBits == 4) int4_a8_linear(xa, w, yp, n0, n1);
+        else int8_a8_linear(xa, w, yp, n0, n1);
+      });
   ET_KERNEL_CHECK_MSG(ctx, ok, Internal, out, "%s: the thread pool failed", op);
   return out;
 }
 
-Tensor& int4_a8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& panels, std::int64_t N,
-                                  std::int64_t groupsize, Tensor& out) {
-  constexpr const char* op = "torchchat::int4_a8_weight_linear.out";
+Tensor& int4_panels_out(KernelRuntimeContext& ctx, const char* op, const Tensor& x, const Tensor& panels,
+                        std::int64_t N, std::int64_t groupsize, int slices, Tensor& out) {
   ET_KERNEL_CHECK_MSG(ctx, groupsize >= 32 && groupsize % 32 == 0, InvalidArgument, out,
                       "%s: groupsize %lld must be a multiple of 32", op, static_cast<long long>(groupsize));
   const std::int64_t K =
@@ -137,15 +141,12 @@ Tensor& int4_a8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, co
                       InvalidArgument, out, "%s: panels must be a contiguous uint8 [ceil(N / 16), K / G, 8G + 64] tensor",
                       op);
   if (!prepare(ctx, op, x, K, N, out)) return out;
-  const A8PanelWeights w{panels.const_data_ptr<std::uint8_t>(), N, K, groupsize};
-  return a8_linear(ctx, op, x, K, N, out, [&](const Int8Activations& xa, float* y, std::int64_t n0, std::int64_t n1) {
-    int4_a8_linear(xa, w, y, n0, n1);
-  });
+  return sliced_linear<4>(ctx, op, x, A8PanelWeights{panels.const_data_ptr<std::uint8_t>(), N, K, groupsize}, slices,
+                          out);
 }
 
-Tensor& int8_a8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& panels, std::int64_t N,
-                                  Tensor& out) {
-  constexpr const char* op = "torchchat::int8_a8_weight_linear.out";
+Tensor& int8_panels_out(KernelRuntimeContext& ctx, const char* op, const Tensor& x, const Tensor& panels,
+                        std::int64_t N, int slices, Tensor& out) {
   const std::int64_t G =
       panels.dim() == 3 ? int8_panel_groupsize(N, panels.size(0), panels.size(1), panels.size(2)) : 0;
   ET_KERNEL_CHECK_MSG(ctx, panels.scalar_type() == ScalarType::Byte && tensor_is_contiguous(panels) && G > 0,
@@ -154,9 +155,27 @@ Tensor& int8_a8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, co
                       op);
   const A8PanelWeights w{panels.const_data_ptr<std::uint8_t>(), N, panels.size(1) * G, G};
   if (!prepare(ctx, op, x, w.K, N, out)) return out;
-  return a8_linear(ctx, op, x, w.K, N, out, [&](const Int8Activations& xa, float* y, std::int64_t n0, std::int64_t n1) {
-    int8_a8_linear(xa, w, y, n0, n1);
-  });
+  return sliced_linear<8>(ctx, op, x, w, slices, out);
+}
+
+Tensor& int4_a8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& panels, std::int64_t N,
+                                  std::int64_t groupsize, Tensor& out) {
+  return int4_panels_out(ctx, "torchchat::int4_a8_weight_linear.out", x, panels, N, groupsize, 1, out);
+}
+
+Tensor& int8_a8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& panels, std::int64_t N,
+                                  Tensor& out) {
+  return int8_panels_out(ctx, "torchchat::int8_a8_weight_linear.out", x, panels, N, 1, out);
+}
+
+Tensor& int4_panel_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& panels,
+                                     std::int64_t N, std::int64_t groupsize, Tensor& out) {
+  return int4_panels_out(ctx, "torchchat::int4_panel_weight_linear.out", x, panels, N, groupsize, 3, out);
+}
+
+Tensor& int8_panel_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& panels,
+                                     std::int64_t N, Tensor& out) {
+  return int8_panels_out(ctx, "torchchat::int8_panel_weight_linear.out", x, panels, N, 3, out);
 }
 
 bool fp32_or_bf16(const Tensor& t) {
@@ -224,4 +243,6 @@ EXECUTORCH_LIBRARY(torchchat, "int8_weight_linear.out", torchchat::kernels::et::
 EXECUTORCH_LIBRARY(torchchat, "int4_weight_linear.out", torchchat::kernels::et::int4_weight_linear_out);
 EXECUTORCH_LIBRARY(torchchat, "int4_a8_weight_linear.out", torchchat::kernels::et::int4_a8_weight_linear_out);
 EXECUTORCH_LIBRARY(torchchat, "int8_a8_weight_linear.out", torchchat::kernels::et::int8_a8_weight_linear_out);
+EXECUTORCH_LIBRARY(torchchat, "int4_panel_weight_linear.out", torchchat::kernels::et::int4_panel_weight_linear_out);
+EXECUTORCH_LIBRARY(torchchat, "int8_panel_weight_linear.out", torchchat::kernels::et::int8_panel_weight_linear_out);
 EXECUTORCH_LIBRARY(torchchat, "cache_attention.out", torchchat::kernels::et::cache_attention_out);

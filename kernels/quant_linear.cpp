@@ -66,10 +66,10 @@ void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y,
   generic::int4_linear(x, M, w, y, n0, n1);
 }
 
-void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q, float* scale,
+void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int slices, std::int8_t* q, float* scale,
                           float* scaled_sum, std::int32_t* sum) {
-  if (vnni()) return avx512vnni::quantize_activations(x, M, K, q, scale, scaled_sum, sum);
-  generic::quantize_activations(x, M, K, q, scale, scaled_sum, sum);
+  if (vnni()) return avx512vnni::quantize_activations(x, M, K, slices, q, scale, scaled_sum, sum);
+  generic::quantize_activations(x, M, K, slices, q, scale, scaled_sum, sum);
 }
 
 void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {

@@ -28,12 +28,20 @@
 //         and group g, 16G + 64 bytes: for each block of 32 k from k0, 8 chunks c of 64 bytes whose
 //         byte 4l + i = q[16p + l, k0 + 4c + i] + 128; then the group's 16 fp32 scales.
 //         [ceil(N / 16), K / G, 16G + 64] bytes; zero rows pad N.
-//   Both take the activations quantized per token and block of 32 values, symmetric int8 (what
-//         llama.cpp's Q8_0/Q8_1 do for its dot products): s = max|x| / 127, xq = x / s rounded
-//         half to even (0 when s = 0), the block's integer sum(xq) and s * sum(xq). Then, per
-//         block b in order, with exact integer dot products (only the scaling rounds):
-//           int4: acc = fma(float(dot(q, xq)), scale * s, acc);  acc = fma(min, s * sum(xq), acc)
-//           int8: acc = fma(float(dot(q + 128, xq) - 128 * sum(xq)), scale * s, acc)
+//   Both take the activations in int8 slices per token and block of 32, symmetric. One slice is
+//         int8 activations (what llama.cpp's Q8_0/Q8_1 do for its dot products): s = max|x| / 127,
+//         xq0 = x / s rounded half to even (0 when s = 0). Three slices keep fp32 accuracy (the
+//         Ozaki scheme's idea: a float matrix product as a few exact integer ones): the residual
+//         r1 = x - xq0 * s (exact in fp32) gives xq1 = r1 / (s / 256) rounded, r2 = r1 - xq1 * s / 256
+//         gives xq2 = r2 / (s / 65536) rounded (xq1 and xq2 in [-128, 127]; a rounding to 128 carries
+//         into the slice above), so x = s * (xq0 + xq1 / 2^8 + xq2 / 2^16) to within s / 2^17,
+//         2^-24 of the block's max|x|. Per slice j its block sums sum_j = sum(xq_j); per block
+//         scaled_sum = s * (sum_0 + (sum_1 / 2^8 + sum_2 / 2^16)). Then, per block b in order, with
+//         exact integer dot products d_j = dot(q, xq_j) (int8: dot(q + 128, xq_j) - 128 * sum_j)
+//         and only the scaling rounding:
+//           dot = d_0 (one slice), or fma(d_0, 1, fma(d_1, 2^-8, d_2 * 2^-16)) (three slices)
+//           int4: acc = fma(dot, scale * s, acc);  acc = fma(min, scaled_sum, acc)
+//           int8: acc = fma(dot, scale * s, acc)
 //
 // Every y[m, n] is computed the same way whatever M is (same accumulation order), so a
 // token's logits do not depend on whether it came in a prompt or alone.
@@ -107,14 +115,15 @@ inline std::int64_t int8_panel_groupsize(std::int64_t N, std::int64_t panels, st
   return ok ? G : 0;
 }
 
-// Activations quantized per token and block of 32 (see above): q [M, K], scale, scaled_sum
-// (s * sum(xq)) and sum [M, K / 32].
+// Activations in int8 slices per token and block of 32 (see above): q [slices, M, K], scale and
+// scaled_sum [M, K / 32], sum [slices, M, K / 32]. One slice: int8 activations; three: fp32 ones.
 struct Int8Activations {
   const std::int8_t* q;
   const float* scale;
   const float* scaled_sum;
   const std::int32_t* sum;
   std::int64_t M, K;
+  int slices;
 };
 
 void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1);
@@ -122,16 +131,25 @@ void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* 
 void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
-// K a multiple of 32; writes q [M, K], scale, scaled_sum and sum [M, K / 32].
-void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q, float* scale,
+// K a multiple of 32, slices 1 or 3; writes q [slices, M, K], scale, scaled_sum [M, K / 32] and
+// sum [slices, M, K / 32].
+void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int slices, std::int8_t* q, float* scale,
                           float* scaled_sum, std::int32_t* sum);
-// x [M, K] quantized into the caller's buffers q [M, K], scales [2, M, K / 32] (the scales, then
-// the scaled sums) and sums [M, K / 32]: what int4_a8_linear and int8_a8_linear read.
-inline Int8Activations quantized_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q,
-                                             float* scales, std::int32_t* sums) {
+// x [M, K] split into `slices` int8 slices in the caller's buffers q [slices, M, K], scales
+// [2, M, K / 32] (the scales, then the scaled sums) and sums [slices, M, K / 32]: what
+// int4_a8_linear and int8_a8_linear read.
+inline Int8Activations quantized_activations(const float* x, std::int64_t M, std::int64_t K, int slices,
+                                             std::int8_t* q, float* scales, std::int32_t* sums) {
   float* scaled_sum = scales + M * (K / 32);
-  quantize_activations(x, M, K, q, scales, scaled_sum, sums);
-  return {q, scales, scaled_sum, sums, M, K};
+  quantize_activations(x, M, K, slices, q, scales, scaled_sum, sums);
+  return {q, scales, scaled_sum, sums, M, K, slices};
+}
+// The block's sum of x as its slices hold it, in units of s (above): the same float operations
+// in every implementation.
+inline float slice_sum(const std::int32_t* sums, std::int64_t stride, int slices) {
+  if (slices == 1) return static_cast<float>(sums[0]);
+  const float low = __builtin_fmaf(static_cast<float>(sums[stride]), 0x1p-8f, static_cast<float>(sums[2 * stride]) * 0x1p-16f);
+  return static_cast<float>(sums[0]) + low;
 }
 // n0 and n1 are multiples of kA8Panel (or N).
 void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
@@ -149,7 +167,7 @@ void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* 
 void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
-void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q, float* scale,
+void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int slices, std::int8_t* q, float* scale,
                           float* scaled_sum, std::int32_t* sum);
 void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
@@ -161,7 +179,7 @@ void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y,
 void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 }  // namespace avx512
 namespace avx512vnni {
-void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q, float* scale,
+void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int slices, std::int8_t* q, float* scale,
                           float* scaled_sum, std::int32_t* sum);
 void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);

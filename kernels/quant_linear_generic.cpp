@@ -55,12 +55,16 @@ void int8_linear_groupwise(const float* x, std::int64_t M, const Int8Weights& w,
 
 // int4 (kBits 4) or int8 (kBits 8) panels times int8 activations, one output at a time, in the
 // VNNI kernel's order of operations (quant_linear.h).
+// Slice j's unit, in units of s (quant_linear.h).
+constexpr float kSliceUnit[3] = {1.f, 0x1p-8f, 0x1p-16f};
+
+// int4 (kBits 4) or int8 (kBits 8) panels times int8-sliced activations, one output at a time, in
+// the VNNI kernel's order of operations (quant_linear.h).
 template <int kBits>
 void a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
   constexpr std::int64_t kBlockBytes = 64 * kBits;
   const std::int64_t groups = w.K / w.G, group_bytes = w.G / 32 * kBlockBytes + 64, blocks = w.K / 32;
   for (std::int64_t m = 0; m < x.M; ++m) {
-    const std::int8_t* xq = x.q + m * w.K;
     for (std::int64_t n = n0; n < n1; ++n) {
       const std::int64_t lane = n % kA8Panel;
       const std::uint8_t* panel = w.w + (n / kA8Panel) * groups * group_bytes;
@@ -70,28 +74,42 @@ void a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std:
         const std::uint8_t* group = panel + g * group_bytes;
         const std::uint8_t* block = group + (b - g * (w.G / 32)) * kBlockBytes;
         const std::uint8_t* trailer = group + w.G / 32 * kBlockBytes;
-        std::int32_t dot = 0;
+        float dot = 0.f;
+        for (int j = x.slices - 1; j >= 0; --j) {
+          const std::int8_t* xq = x.q + j * x.M * w.K + m * w.K;
+          std::int32_t d = 0;
+          if constexpr (kBits == 4) {
+            for (int c = 0; c < 4; ++c)
+              for (int i = 0; i < 4; ++i) {
+                const std::uint8_t byte = block[64 * c + 4 * lane + i];
+                d += (byte & 15) * xq[32 * b + 4 * c + i] + (byte >> 4) * xq[32 * b + 16 + 4 * c + i];
+              }
+          } else {
+            for (int c = 0; c < 8; ++c)
+              for (int i = 0; i < 4; ++i) d += block[64 * c + 4 * lane + i] * xq[32 * b + 4 * c + i];
+            d -= 128 * x.sum[j * x.M * blocks + at];  // the codes are stored + 128
+          }
+          const float f = static_cast<float>(d);
+          dot = x.slices == 1 ? f : j == x.slices - 1 ? f * kSliceUnit[j] : std::fma(f, kSliceUnit[j], dot);
+        }
         if constexpr (kBits == 4) {
-          for (int c = 0; c < 4; ++c)
-            for (int i = 0; i < 4; ++i) {
-              const std::uint8_t byte = block[64 * c + 4 * lane + i];
-              dot += (byte & 15) * xq[32 * b + 4 * c + i] + (byte >> 4) * xq[32 * b + 16 + 4 * c + i];
-            }
           const std::uint16_t* sm = reinterpret_cast<const std::uint16_t*>(trailer);
-          acc = std::fma(static_cast<float>(dot), half_to_float(sm[lane]) * x.scale[at], acc);
+          acc = std::fma(dot, half_to_float(sm[lane]) * x.scale[at], acc);
           acc = std::fma(half_to_float(sm[kA8Panel + lane]), x.scaled_sum[at], acc);
         } else {
-          for (int c = 0; c < 8; ++c)
-            for (int i = 0; i < 4; ++i) dot += block[64 * c + 4 * lane + i] * xq[32 * b + 4 * c + i];
-          dot -= 128 * x.sum[at];  // the codes are stored + 128
           float scale;
           std::memcpy(&scale, trailer + 4 * lane, sizeof scale);
-          acc = std::fma(static_cast<float>(dot), scale * x.scale[at], acc);
+          acc = std::fma(dot, scale * x.scale[at], acc);
         }
       }
       y[m * w.N + n] = acc;
     }
   }
+}
+
+// v rounded half to even (the current rounding mode, as cvtps2dq and torch.round), within [lo, hi].
+std::int32_t round_within(float v, float lo, float hi) {
+  return static_cast<std::int32_t>(std::fmin(std::fmax(std::nearbyint(v), lo), hi));
 }
 
 }  // namespace
@@ -154,24 +172,39 @@ void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y,
   }
 }
 
-void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* q, float* scale,
+void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int slices, std::int8_t* q, float* scale,
                           float* scaled_sum, std::int32_t* sum) {
-  for (std::int64_t b = 0; b < M * (K / 32); ++b) {  // K is a multiple of 32: blocks never span tokens
+  const std::int64_t blocks = M * (K / 32);  // K is a multiple of 32: blocks never span tokens
+  for (std::int64_t b = 0; b < blocks; ++b) {
     const float* xb = x + 32 * b;
     float amax = 0.f;
     for (int i = 0; i < 32; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
-    const float s = amax / 127.f;
-    std::int32_t total = 0;
+    const float s = amax / 127.f, s1 = s * 0x1p-8f, s2 = s * 0x1p-16f;
+    std::int32_t total[3] = {0, 0, 0};
     for (int i = 0; i < 32; ++i) {
-      // nearbyint: the current rounding mode, half to even by default (as cvtps2dq and torch.round)
-      const float rounded = s == 0.f ? 0.f : std::fmin(std::fmax(std::nearbyint(xb[i] / s), -127.f), 127.f);
-      const std::int32_t v = static_cast<std::int32_t>(rounded);
-      q[32 * b + i] = static_cast<std::int8_t>(v);
-      total += v;
+      std::int32_t d[3] = {0, 0, 0};
+      if (s != 0.f) {
+        d[0] = round_within(xb[i] / s, -127.f, 127.f);
+        if (slices == 3) {
+          const float r1 = std::fma(static_cast<float>(-d[0]), s, xb[i]);  // exact
+          d[1] = round_within(r1 / s1, -256.f, 256.f);
+          const float r2 = std::fma(static_cast<float>(-d[1]), s1, r1);
+          d[2] = round_within(r2 / s2, -128.f, 127.f);
+          // |r1| <= s / 2, so d1 may round to +-128: carry it into d0 (which stays in [-127, 127]:
+          // d0 + 1 only when x / s >= d0 + 1/2; the guards and the clamp only keep int8 safe).
+          if (d[1] > 127 && d[0] < 127) d[0] += 1, d[1] -= 256;
+          if (d[1] < -128 && d[0] > -127) d[0] -= 1, d[1] += 256;
+          d[1] = d[1] > 127 ? 127 : d[1] < -128 ? -128 : d[1];
+        }
+      }
+      for (int j = 0; j < slices; ++j) {
+        q[j * M * K + 32 * b + i] = static_cast<std::int8_t>(d[j]);
+        total[j] += d[j];
+      }
     }
-    sum[b] = total;
+    for (int j = 0; j < slices; ++j) sum[j * blocks + b] = total[j];
     scale[b] = s;
-    scaled_sum[b] = s * static_cast<float>(total);
+    scaled_sum[b] = s * slice_sum(sum + b, blocks, slices);
   }
 }
 

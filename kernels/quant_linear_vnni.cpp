@@ -37,13 +37,18 @@ inline __m512i broadcast4(const std::int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
+// Slice j's unit, in units of s (quant_linear.h).
+constexpr float kSliceUnit[3] = {1.f, 0x1p-8f, 0x1p-16f};
+
 // The output columns [16p, 16p + cols) of tokens [m, m + T): every block of K in order.
 // kBits 4: int4 panels (256 bytes per block, then per group 16 fp16 scales and 16 fp16 mins);
-// kBits 8: int8 panels (512 bytes per block, then per group 16 fp32 scales).
-template <int kBits, int T>
+// kBits 8: int8 panels (512 bytes per block, then per group 16 fp32 scales). kSlices: the
+// activations' int8 slices, 1 or 3.
+template <int kBits, int kSlices, int T>
 void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64 G, float* y, i64 ldy, int cols) {
   constexpr i64 kBlockBytes = 64 * kBits;
   const i64 groups = K / G, group_bytes = G / 32 * kBlockBytes + 64, blocks = K / 32;
+  const i64 slice_q = x.M * K, slice_sum = x.M * blocks;
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   __m512 acc[T];
   for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
@@ -75,17 +80,24 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
       }
       const i64 b = g * (G / 32) + j;
       for (int t = 0; t < T; ++t) {
-        const std::int8_t* xq = x.q + (m + t) * K + 32 * b;
-        // Two chains of four: the dot products' latency overlaps.
-        __m512i d0 = _mm512_setzero_si512(), d1 = _mm512_setzero_si512();
-        for (int s = 0; s < 4; ++s) {
-          d0 = _mm512_dpbusd_epi32(d0, w[s], broadcast4(xq + 4 * s));
-          d1 = _mm512_dpbusd_epi32(d1, w[s + 4], broadcast4(xq + 16 + 4 * s));
-        }
         const i64 at = (m + t) * blocks + b;
-        __m512i dot = _mm512_add_epi32(d0, d1);
-        if constexpr (kBits == 8) dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(128 * x.sum[at]));  // the + 128
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(scale, _mm512_set1_ps(x.scale[at])), acc[t]);
+        __m512 dot;
+        for (int s = kSlices - 1; s >= 0; --s) {
+          const std::int8_t* xq = x.q + s * slice_q + (m + t) * K + 32 * b;
+          // Two chains of four: the dot products' latency overlaps.
+          __m512i d0 = _mm512_setzero_si512(), d1 = _mm512_setzero_si512();
+          for (int c = 0; c < 4; ++c) {
+            d0 = _mm512_dpbusd_epi32(d0, w[c], broadcast4(xq + 4 * c));
+            d1 = _mm512_dpbusd_epi32(d1, w[c + 4], broadcast4(xq + 16 + 4 * c));
+          }
+          __m512i d = _mm512_add_epi32(d0, d1);
+          if constexpr (kBits == 8) d = _mm512_sub_epi32(d, _mm512_set1_epi32(128 * x.sum[s * slice_sum + at]));  // the + 128
+          const __m512 f = _mm512_cvtepi32_ps(d);
+          if constexpr (kSlices == 1) dot = f;
+          else dot = s == kSlices - 1 ? _mm512_mul_ps(f, _mm512_set1_ps(kSliceUnit[s]))
+                                      : _mm512_fmadd_ps(f, _mm512_set1_ps(kSliceUnit[s]), dot);
+        }
+        acc[t] = _mm512_fmadd_ps(dot, _mm512_mul_ps(scale, _mm512_set1_ps(x.scale[at])), acc[t]);
         if constexpr (kBits == 4) acc[t] = _mm512_fmadd_ps(mins, _mm512_set1_ps(x.scaled_sum[at]), acc[t]);
       }
     }
@@ -94,10 +106,11 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
   for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * ldy, mask, acc[t]);
 }
 
-using TileFn = decltype(&tile<4, 1>);
-template <int kBits>
-constexpr TileFn kTiles[kTokens] = {&tile<kBits, 1>, &tile<kBits, 2>, &tile<kBits, 3>, &tile<kBits, 4>,
-                                    &tile<kBits, 5>, &tile<kBits, 6>, &tile<kBits, 7>, &tile<kBits, 8>};
+using TileFn = decltype(&tile<4, 1, 1>);
+template <int kBits, int kSlices>
+constexpr TileFn kTiles[kTokens] = {&tile<kBits, kSlices, 1>, &tile<kBits, kSlices, 2>, &tile<kBits, kSlices, 3>,
+                                    &tile<kBits, kSlices, 4>, &tile<kBits, kSlices, 5>, &tile<kBits, kSlices, 6>,
+                                    &tile<kBits, kSlices, 7>, &tile<kBits, kSlices, 8>};
 
 template <int kBits>
 void a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, i64 n0, i64 n1) {
@@ -111,32 +124,59 @@ void a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, i64 
     const int cols = static_cast<int>(min(kA8Panel, n1 - n));
     for (i64 m = 0; m < x.M; m += kTokens) {
       const int t = static_cast<int>(min(kTokens, x.M - m));
-      kTiles<kBits>[t - 1](x, m, panel, w.K, w.G, y + m * w.N + n, w.N, cols);
+      (x.slices == 1 ? kTiles<kBits, 1> : kTiles<kBits, 3>)[t - 1](x, m, panel, w.K, w.G, y + m * w.N + n, w.N, cols);
     }
   }
 }
 
 }  // namespace
 
-void quantize_activations(const float* x, i64 M, i64 K, std::int8_t* q, float* scale, float* scaled_sum,
+// v rounded half to even (cvtps2dq in the default MXCSR mode, as the generic code and
+// torch.round), within [lo, hi].
+inline __m512i round_within(__m512 v, int lo, int hi) {
+  return _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(v), _mm512_set1_epi32(lo)), _mm512_set1_epi32(hi));
+}
+
+void quantize_activations(const float* x, i64 M, i64 K, int slices, std::int8_t* q, float* scale, float* scaled_sum,
                           std::int32_t* sum) {
-  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
-  for (i64 b = 0; b < M * (K / 32); ++b) {
+  const i64 blocks = M * (K / 32);
+  for (i64 b = 0; b < blocks; ++b) {
     const __m512 x0 = _mm512_loadu_ps(x + 32 * b), x1 = _mm512_loadu_ps(x + 32 * b + 16);
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
     const float s = amax / 127.f;
-    __m512i q0 = _mm512_setzero_si512(), q1 = _mm512_setzero_si512();
-    if (s != 0.f) {
-      const __m512 sv = _mm512_set1_ps(s);
-      // cvtps2dq rounds half to even (the default MXCSR mode), as the generic code and torch.round
-      q0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_div_ps(x0, sv)), lo), hi);
-      q1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_div_ps(x1, sv)), lo), hi);
+    for (int half = 0; half < 2; ++half) {
+      const __m512 xv = half ? x1 : x0;
+      __m512i d[3] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+      if (s != 0.f) {
+        const __m512 sv = _mm512_set1_ps(s), s1 = _mm512_set1_ps(s * 0x1p-8f), s2 = _mm512_set1_ps(s * 0x1p-16f);
+        d[0] = round_within(_mm512_div_ps(xv, sv), -127, 127);
+        if (slices == 3) {  // the generic code's steps, lane by lane
+          const __m512 r1 = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(d[0]), sv, xv);
+          d[1] = round_within(_mm512_div_ps(r1, s1), -256, 256);
+          const __m512 r2 = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(d[1]), s1, r1);
+          d[2] = round_within(_mm512_div_ps(r2, s2), -128, 127);
+          const __m512i one = _mm512_set1_epi32(1), carry = _mm512_set1_epi32(256);
+          const __mmask16 up = _mm512_cmpgt_epi32_mask(d[1], _mm512_set1_epi32(127)) &
+                               _mm512_cmplt_epi32_mask(d[0], _mm512_set1_epi32(127));
+          d[0] = _mm512_mask_add_epi32(d[0], up, d[0], one);
+          d[1] = _mm512_mask_sub_epi32(d[1], up, d[1], carry);
+          const __mmask16 down = _mm512_cmplt_epi32_mask(d[1], _mm512_set1_epi32(-128)) &
+                                 _mm512_cmpgt_epi32_mask(d[0], _mm512_set1_epi32(-127));
+          d[0] = _mm512_mask_sub_epi32(d[0], down, d[0], one);
+          d[1] = _mm512_mask_add_epi32(d[1], down, d[1], carry);
+          d[1] = _mm512_min_epi32(_mm512_max_epi32(d[1], _mm512_set1_epi32(-128)), _mm512_set1_epi32(127));
+        }
+      }
+      for (int j = 0; j < slices; ++j)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + j * M * K + 32 * b + 16 * half), _mm512_cvtepi32_epi8(d[j]));
     }
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 32 * b), _mm512_cvtepi32_epi8(q0));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 32 * b + 16), _mm512_cvtepi32_epi8(q1));
-    sum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    for (int j = 0; j < slices; ++j) {
+      const __m128i* p = reinterpret_cast<const __m128i*>(q + j * M * K + 32 * b);
+      sum[j * blocks + b] = _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128(p)),
+                                                                     _mm512_cvtepi8_epi32(_mm_loadu_si128(p + 1))));
+    }
     scale[b] = s;
-    scaled_sum[b] = s * static_cast<float>(sum[b]);
+    scaled_sum[b] = s * slice_sum(sum + b, blocks, slices);
   }
 }
 

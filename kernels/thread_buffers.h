@@ -15,16 +15,17 @@
 
 namespace torchchat::kernels {
 
-// x [M, K] (K a multiple of 32) quantized into this thread's buffers; valid until the thread's
-// next call. The buffers keep the largest size seen (about 1.1 M K bytes for a prompt of M tokens).
-inline Int8Activations quantize_in_thread_buffers(const float* x, std::int64_t M, std::int64_t K) {
+// x [M, K] (K a multiple of 32) split into `slices` int8 slices (1: int8 activations, 3: fp32 ones,
+// quant_linear.h) in this thread's buffers; valid until the thread's next call. The buffers keep
+// the largest size seen (about (slices + 0.1) M K bytes for a prompt of M tokens).
+inline Int8Activations quantize_in_thread_buffers(const float* x, std::int64_t M, std::int64_t K, int slices) {
   thread_local std::vector<std::int8_t> q;
   thread_local std::vector<float> scales;
   thread_local std::vector<std::int32_t> sums;
-  q.resize(static_cast<std::size_t>(M * K));
+  q.resize(static_cast<std::size_t>(slices * M * K));
   scales.resize(static_cast<std::size_t>(2 * M * (K / 32)));
-  sums.resize(static_cast<std::size_t>(M * (K / 32)));
-  return quantized_activations(x, M, K, q.data(), scales.data(), sums.data());
+  sums.resize(static_cast<std::size_t>(slices * M * (K / 32)));
+  return quantized_activations(x, M, K, slices, q.data(), scales.data(), sums.data());
 }
 
 // The partial results of a's position splits (none when it has one split), in this thread's buffer.

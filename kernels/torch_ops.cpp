@@ -7,6 +7,10 @@
 //   torchchat::int4_a8_weight_linear(Tensor x, Tensor panels, int N, int groupsize) -> Tensor
 //   torchchat::int8_a8_weight_linear(Tensor x, Tensor panels, int N) -> Tensor
 //     (int4 / int8 weights times activations quantized to int8 per block of 32, on the fly)
+//   torchchat::int4_panel_weight_linear(Tensor x, Tensor panels, int N, int groupsize) -> Tensor
+//   torchchat::int8_panel_weight_linear(Tensor x, Tensor panels, int N) -> Tensor
+//     (the same panels times fp32 activations, split on the fly into three int8 slices per
+//     block of 32: fp32 accuracy with integer dot products, quant_linear.h)
 //   torchchat::cache_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos) -> Tensor
 //     (causal grouped-query attention over a KV cache, attention.h: q [1, T, H, D] fp32 or bf16,
 //     caches [1, Hkv, S, D] fp32 or bf16, token t attends positions [0, input_pos[t]]; out
@@ -139,43 +143,63 @@ at::Tensor int4_weight_linear(const at::Tensor& x, const at::Tensor& weight, con
   return output(x, y);
 }
 
-// x quantized per block of 32, then kernel(xa, n0, n1) over whole panels of the N outputs.
-template <typename Kernel>
-at::Tensor a8_linear(const at::Tensor& x, std::int64_t K, std::int64_t N, const char* op, Kernel kernel) {
-  const at::Tensor xf = activations(x, K, op);
-  const std::int64_t M = rows(xf, K);
-  const Int8Activations xa = quantize_in_thread_buffers(xf.const_data_ptr<float>(), M, K);
-  at::Tensor y = new_output(x, N);
+// int4 panels (quant_linear.h) for N outputs and groupsize G, checked.
+A8PanelWeights int4_panels(const char* op, const at::Tensor& panels, std::int64_t N, std::int64_t groupsize) {
+  TORCH_CHECK(groupsize >= 32 && groupsize % 32 == 0, op, ": groupsize must be a multiple of 32, got ", groupsize);
+  const std::int64_t K =
+      panels.dim() == 3 ? int4_panel_k(N, groupsize, panels.size(0), panels.size(1), panels.size(2)) : 0;
+  TORCH_CHECK(panels.scalar_type() == at::kByte && panels.is_contiguous() && K > 0, op,
+              ": panels must be a contiguous uint8 [ceil(N / 16), K / G, 8G + 64] tensor for N = ", N, " and G = ",
+              groupsize, ", got ", panels.sizes());
+  return {panels.const_data_ptr<std::uint8_t>(), N, K, groupsize};
+}
+
+// int8 panels (quant_linear.h) for N outputs, checked.
+A8PanelWeights int8_panels(const char* op, const at::Tensor& panels, std::int64_t N) {
+  const std::int64_t G =
+      panels.dim() == 3 ? int8_panel_groupsize(N, panels.size(0), panels.size(1), panels.size(2)) : 0;
+  TORCH_CHECK(panels.scalar_type() == at::kByte && panels.is_contiguous() && G > 0, op,
+              ": panels must be a contiguous uint8 [ceil(N / 16), K / G, 16G + 64] tensor (G a multiple of 32) for "
+              "N = ", N, ", got ", panels.sizes());
+  return {panels.const_data_ptr<std::uint8_t>(), N, panels.size(1) * G, G};
+}
+
+// x split into int8 slices per block of 32 (1: int8 activations, 3: fp32 ones), then w's kernel
+// over whole panels of the N outputs.
+template <int kBits>
+at::Tensor sliced_linear(const at::Tensor& x, const A8PanelWeights& w, int slices, const char* op) {
+  const at::Tensor xf = activations(x, w.K, op);
+  const Int8Activations xa = quantize_in_thread_buffers(xf.const_data_ptr<float>(), rows(xf, w.K), w.K, slices);
+  at::Tensor y = new_output(x, w.N);
   float* yp = y.mutable_data_ptr<float>();
-  at::parallel_for(0, (N + kA8Panel - 1) / kA8Panel, 1, [&](std::int64_t p0, std::int64_t p1) {
-    kernel(xa, yp, p0 * kA8Panel, std::min(p1 * kA8Panel, N));
+  at::parallel_for(0, (w.N + kA8Panel - 1) / kA8Panel, 1, [&](std::int64_t p0, std::int64_t p1) {
+    const std::int64_t n0 = p0 * kA8Panel, n1 = std::min(p1 * kA8Panel, w.N);
+    if constexpr (kBits == 4) int4_a8_linear(xa, w, yp, n0, n1);
+    else int8_a8_linear(xa, w, yp, n0, n1);
   });
   return output(x, y);
 }
 
 at::Tensor int4_a8_weight_linear(const at::Tensor& x, const at::Tensor& panels, std::int64_t N,
                                  std::int64_t groupsize) {
-  TORCH_CHECK(groupsize >= 32 && groupsize % 32 == 0, "int4_a8_weight_linear: groupsize must be a multiple of 32, got ",
-              groupsize);
-  const std::int64_t K =
-      panels.dim() == 3 ? int4_panel_k(N, groupsize, panels.size(0), panels.size(1), panels.size(2)) : 0;
-  TORCH_CHECK(panels.scalar_type() == at::kByte && panels.is_contiguous() && K > 0,
-              "int4_a8_weight_linear: panels must be a contiguous uint8 [ceil(N / 16), K / G, 8G + 64] tensor for N = ",
-              N, " and G = ", groupsize, ", got ", panels.sizes());
-  const A8PanelWeights w{panels.const_data_ptr<std::uint8_t>(), N, K, groupsize};
-  return a8_linear(x, K, N, "int4_a8_weight_linear", [&](const Int8Activations& xa, float* y, std::int64_t n0,
-                                                         std::int64_t n1) { int4_a8_linear(xa, w, y, n0, n1); });
+  constexpr const char* op = "int4_a8_weight_linear";
+  return sliced_linear<4>(x, int4_panels(op, panels, N, groupsize), 1, op);
 }
 
 at::Tensor int8_a8_weight_linear(const at::Tensor& x, const at::Tensor& panels, std::int64_t N) {
-  const std::int64_t G =
-      panels.dim() == 3 ? int8_panel_groupsize(N, panels.size(0), panels.size(1), panels.size(2)) : 0;
-  TORCH_CHECK(panels.scalar_type() == at::kByte && panels.is_contiguous() && G > 0,
-              "int8_a8_weight_linear: panels must be a contiguous uint8 [ceil(N / 16), K / G, 16G + 64] tensor "
-              "(G a multiple of 32) for N = ", N, ", got ", panels.sizes());
-  const A8PanelWeights w{panels.const_data_ptr<std::uint8_t>(), N, panels.size(1) * G, G};
-  return a8_linear(x, w.K, N, "int8_a8_weight_linear", [&](const Int8Activations& xa, float* y, std::int64_t n0,
-                                                           std::int64_t n1) { int8_a8_linear(xa, w, y, n0, n1); });
+  constexpr const char* op = "int8_a8_weight_linear";
+  return sliced_linear<8>(x, int8_panels(op, panels, N), 1, op);
+}
+
+at::Tensor int4_panel_weight_linear(const at::Tensor& x, const at::Tensor& panels, std::int64_t N,
+                                    std::int64_t groupsize) {
+  constexpr const char* op = "int4_panel_weight_linear";
+  return sliced_linear<4>(x, int4_panels(op, panels, N, groupsize), 3, op);
+}
+
+at::Tensor int8_panel_weight_linear(const at::Tensor& x, const at::Tensor& panels, std::int64_t N) {
+  constexpr const char* op = "int8_panel_weight_linear";
+  return sliced_linear<8>(x, int8_panels(op, panels, N), 3, op);
 }
 
 bool fp32_or_bf16(const at::Tensor& t) { return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16; }
@@ -239,6 +263,16 @@ at::Tensor& int8_a8_weight_linear_out(const at::Tensor& x, const at::Tensor& pan
   return into(out, int8_a8_weight_linear(x, panels, N));
 }
 
+at::Tensor& int4_panel_weight_linear_out(const at::Tensor& x, const at::Tensor& panels, std::int64_t N,
+                                         std::int64_t groupsize, at::Tensor& out) {
+  return into(out, int4_panel_weight_linear(x, panels, N, groupsize));
+}
+
+at::Tensor& int8_panel_weight_linear_out(const at::Tensor& x, const at::Tensor& panels, std::int64_t N,
+                                         at::Tensor& out) {
+  return into(out, int8_panel_weight_linear(x, panels, N));
+}
+
 at::Tensor& cache_attention_out(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 const at::Tensor& input_pos, at::Tensor& out) {
   return into(out, cache_attention(q, k_cache, v_cache, input_pos));
@@ -290,11 +324,16 @@ TORCH_LIBRARY(torchchat, m) {
   m.def("int4_weight_linear(Tensor x, Tensor weight, Tensor scales_mins, int groupsize) -> Tensor");
   m.def("int4_a8_weight_linear(Tensor x, Tensor panels, int N, int groupsize) -> Tensor");
   m.def("int8_a8_weight_linear(Tensor x, Tensor panels, int N) -> Tensor");
+  m.def("int4_panel_weight_linear(Tensor x, Tensor panels, int N, int groupsize) -> Tensor");
+  m.def("int8_panel_weight_linear(Tensor x, Tensor panels, int N) -> Tensor");
   m.def("int8_weight_linear.out(Tensor x, Tensor weight, Tensor scales, *, Tensor(a!) out) -> Tensor(a!)");
   m.def("int4_weight_linear.out(Tensor x, Tensor weight, Tensor scales_mins, int groupsize, *, Tensor(a!) out) "
         "-> Tensor(a!)");
   m.def("int4_a8_weight_linear.out(Tensor x, Tensor panels, int N, int groupsize, *, Tensor(a!) out) -> Tensor(a!)");
   m.def("int8_a8_weight_linear.out(Tensor x, Tensor panels, int N, *, Tensor(a!) out) -> Tensor(a!)");
+  m.def("int4_panel_weight_linear.out(Tensor x, Tensor panels, int N, int groupsize, *, Tensor(a!) out) "
+        "-> Tensor(a!)");
+  m.def("int8_panel_weight_linear.out(Tensor x, Tensor panels, int N, *, Tensor(a!) out) -> Tensor(a!)");
   m.def("cache_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos) -> Tensor");
   m.def("cache_attention.out(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos, *, Tensor(a!) out) "
         "-> Tensor(a!)");
@@ -312,6 +351,10 @@ TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
   m.impl("int4_weight_linear.out", &torchchat::kernels::int4_weight_linear_out);
   m.impl("int4_a8_weight_linear.out", &torchchat::kernels::int4_a8_weight_linear_out);
   m.impl("int8_a8_weight_linear.out", &torchchat::kernels::int8_a8_weight_linear_out);
+  m.impl("int4_panel_weight_linear", &torchchat::kernels::int4_panel_weight_linear);
+  m.impl("int8_panel_weight_linear", &torchchat::kernels::int8_panel_weight_linear);
+  m.impl("int4_panel_weight_linear.out", &torchchat::kernels::int4_panel_weight_linear_out);
+  m.impl("int8_panel_weight_linear.out", &torchchat::kernels::int8_panel_weight_linear_out);
   m.impl("cache_attention", &torchchat::kernels::cache_attention);
   m.impl("cache_attention.out", &torchchat::kernels::cache_attention_out);
 }
@@ -321,6 +364,8 @@ TORCH_LIBRARY_IMPL(torchchat, Meta, m) {
   m.impl("int4_weight_linear.out", &torchchat::kernels::int4_weight_linear_out_meta);
   m.impl("int4_a8_weight_linear.out", &torchchat::kernels::int4_a8_weight_linear_out_meta);
   m.impl("int8_a8_weight_linear.out", &torchchat::kernels::int8_a8_weight_linear_out_meta);
+  m.impl("int4_panel_weight_linear.out", &torchchat::kernels::int4_a8_weight_linear_out_meta);  // same shapes
+  m.impl("int8_panel_weight_linear.out", &torchchat::kernels::int8_a8_weight_linear_out_meta);
   m.impl("cache_attention.out", &torchchat::kernels::cache_attention_out_meta);
 }
 
@@ -376,6 +421,23 @@ extern "C" AOTITorchError aoti_torch_cpu_int8_a8_weight_linear(AtenTensorHandle 
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
     *ret = new_tensor_handle(torchchat::kernels::int8_a8_weight_linear(*tensor_handle_to_tensor_pointer(x),
                                                                         *tensor_handle_to_tensor_pointer(panels), N));
+  });
+}
+
+extern "C" AOTITorchError aoti_torch_cpu_int4_panel_weight_linear(AtenTensorHandle x, AtenTensorHandle panels,
+                                                                  int64_t N, int64_t groupsize,
+                                                                  AtenTensorHandle* ret) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret = new_tensor_handle(torchchat::kernels::int4_panel_weight_linear(
+        *tensor_handle_to_tensor_pointer(x), *tensor_handle_to_tensor_pointer(panels), N, groupsize));
+  });
+}
+
+extern "C" AOTITorchError aoti_torch_cpu_int8_panel_weight_linear(AtenTensorHandle x, AtenTensorHandle panels,
+                                                                  int64_t N, AtenTensorHandle* ret) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *ret = new_tensor_handle(torchchat::kernels::int8_panel_weight_linear(*tensor_handle_to_tensor_pointer(x),
+                                                                           *tensor_handle_to_tensor_pointer(panels), N));
   });
 }
 

@@ -2,8 +2,11 @@
 
 The C++ sources are compiled once per machine with torch.utils.cpp_extension (cached under
 ~/.cache/torch_extensions, rebuilt when a source changes) and registered as PyTorch operators
-`torch.ops.torchchat.int8_weight_linear` / `int4_weight_linear` / `int4_a8_weight_linear` /
-`int8_a8_weight_linear` (quantized layers, which eager PyTorch, torch.export and AOT Inductor all call),
+`torch.ops.torchchat.int4_panel_weight_linear` / `int8_panel_weight_linear` (linear:int4 / linear:int8,
+fp32 activations) and `int4_a8_weight_linear` / `int8_a8_weight_linear` (with int8 activations), the
+quantized layers that eager PyTorch, torch.export and AOT Inductor all call; `int8_weight_linear` /
+`int4_weight_linear` (row-major weights: programs exported before the panels, and int8 layers whose
+width is not a multiple of 32);
 `panel_weight_linear` / `float_weight_linear` (the fp32/bf16 linears of AOT Inductor exports:
 torchchat/export.py) and `cache_attention` (attention over an fp32 or bf16 KV cache in exports, AOT
 Inductor and ExecuTorch alike: export.cache_attention). AOT Inductor calls them through C shims
@@ -83,7 +86,8 @@ def load_executorch() -> None:
     """Build (first time only) and load our kernels into ExecuTorch's runtime; idempotent.
 
     Loading registers torchchat::int8_weight_linear.out, int4_weight_linear.out,
-    int4_a8_weight_linear.out, int8_a8_weight_linear.out and cache_attention.out with the kernel
+    int4_panel_weight_linear.out, int8_panel_weight_linear.out, int4_a8_weight_linear.out,
+    int8_a8_weight_linear.out and cache_attention.out with the kernel
     registry of the runtime that ExecuTorch's Python bindings use (the wheel's libexecutorch.so, which this library links), so programs that call
     them load."""
     global _et_loaded
@@ -141,6 +145,14 @@ def register_fakes() -> None:
     def _(x, panels, n):
         return x.new_empty((*x.shape[:-1], n))
 
+    @torch.library.register_fake("torchchat::int4_panel_weight_linear")
+    def _(x, panels, n, groupsize):
+        return x.new_empty((*x.shape[:-1], n))
+
+    @torch.library.register_fake("torchchat::int8_panel_weight_linear")
+    def _(x, panels, n):
+        return x.new_empty((*x.shape[:-1], n))
+
     @torch.library.register_fake("torchchat::cache_attention")
     def _(q, k_cache, v_cache, input_pos):
         return q.new_empty(q.shape)
@@ -168,6 +180,12 @@ def aoti_c_shims() -> dict:
             "int64_t N, int64_t groupsize, AtenTensorHandle* ret)"],
         ops.int8_a8_weight_linear.default: [
             "AOTITorchError aoti_torch_cpu_int8_a8_weight_linear(AtenTensorHandle x, AtenTensorHandle panels, "
+            "int64_t N, AtenTensorHandle* ret)"],
+        ops.int4_panel_weight_linear.default: [
+            "AOTITorchError aoti_torch_cpu_int4_panel_weight_linear(AtenTensorHandle x, AtenTensorHandle panels, "
+            "int64_t N, int64_t groupsize, AtenTensorHandle* ret)"],
+        ops.int8_panel_weight_linear.default: [
+            "AOTITorchError aoti_torch_cpu_int8_panel_weight_linear(AtenTensorHandle x, AtenTensorHandle panels, "
             "int64_t N, AtenTensorHandle* ret)"],
         ops.cache_attention.default: [
             "AOTITorchError aoti_torch_cpu_cache_attention(AtenTensorHandle q, AtenTensorHandle k_cache, "
@@ -263,6 +281,27 @@ def pack_int8_panels(q: Tensor, scale: Tensor) -> Tensor:
     codes = blocks.permute(0, 2, 3, 1, 4).reshape(rows // A8_PANEL, groups, 16 * g)  # [p, block, c, l, i]
     scales = sp.reshape(rows // A8_PANEL, A8_PANEL, groups).transpose(1, 2).contiguous()  # [p, g, l]
     return torch.cat([codes, scales.view(torch.uint8)], dim=-1).contiguous()
+
+
+def unpack_int4_panels(panels: Tensor, n: int, groupsize: int) -> tuple[Tensor, Tensor]:
+    """pack_int4_panels undone: (q uint8 [N, K], scales_mins fp16 [N, K / g, 2])."""
+    p, groups, _ = panels.shape
+    g = groupsize
+    codes = panels[..., :8 * g].reshape(p, groups * g // 32, 4, A8_PANEL, 4)  # [p, block, c, l, i]
+    q = torch.stack([codes & 15, codes >> 4], dim=2)  # [p, block, half, c, l, i]
+    q = q.permute(0, 4, 1, 2, 3, 5).reshape(p * A8_PANEL, groups * g)[:n]
+    sm = panels[..., 8 * g:].contiguous().view(torch.float16).reshape(p, groups, 2, A8_PANEL)
+    return q.contiguous(), sm.permute(0, 3, 1, 2).reshape(p * A8_PANEL, groups, 2)[:n].contiguous()
+
+
+def unpack_int8_panels(panels: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """pack_int8_panels undone: (q int8 [N, K], scale fp32 [N, K / g]; g = K: [N, 1])."""
+    p, groups, size = panels.shape
+    g = (size - 64) // 16
+    codes = panels[..., :16 * g].reshape(p, groups * g // 32, 8, A8_PANEL, 4)  # [p, block, c, l, i]
+    q = (codes.to(torch.int16) - 128).to(torch.int8).permute(0, 3, 1, 2, 4).reshape(p * A8_PANEL, groups * g)[:n]
+    scale = panels[..., 16 * g:].contiguous().view(torch.float32).reshape(p, groups, A8_PANEL)
+    return q.contiguous(), scale.permute(0, 2, 1).reshape(p * A8_PANEL, groups)[:n].contiguous()
 
 
 def unpack_int4(packed: Tensor) -> Tensor:

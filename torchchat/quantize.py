@@ -184,33 +184,47 @@ def _groups(w: Tensor, groupsize: int) -> Tensor:
 
 
 class Int8Linear(nn.Module):
-    """Weight-only int8, symmetric, fp32 scales: one per output channel (groupsize 0, scales
-    [N]: y = (x @ q.T) * scale) or one per group of `groupsize` weights of a row (scales
-    [N, K / groupsize]; the kernel reads the groupsize from their shape).
+    """Weight-only int8, symmetric, fp32 scales: one per output channel (groupsize 0, scales [N])
+    or one per group of `groupsize` weights of a row (scales [N, K / groupsize]).
 
-    Runs our kernel (torchchat/kernels.py) in eager PyTorch, AOT Inductor models and ExecuTorch programs."""
+    fp32 activations: our kernel splits each block of 32 into three int8 slices (fp32 accuracy
+    from integer dot products, kernels/quant_linear.h), the weights in panels of 16 rows for it
+    (kernels.pack_int8_panels). A layer whose input width is not a multiple of 32 keeps row-major
+    weights and the kernel that widens them to fp32 (int8_weight_linear). Eager PyTorch, AOT
+    Inductor and ExecuTorch."""
 
     def __init__(self, weight: Tensor, groupsize: int = 0):
         super().__init__()
         q, scale = kernels.quantize_int8(weight, groupsize)
-        self.register_buffer("weight", q)
-        self.register_buffer("scales", scale)
+        self.panels = weight.shape[1] % 32 == 0
+        if self.panels:
+            self.register_buffer("weight", kernels.pack_int8_panels(q, scale))
+        else:
+            self.register_buffer("weight", q)
+            self.register_buffer("scales", scale)
         self.groupsize, self.in_features, self.out_features = groupsize, weight.shape[1], weight.shape[0]
+
+    def codes(self) -> tuple[Tensor, Tensor]:
+        """(q int8 [N, K], scale [N] or [N, K / groupsize]): what quantize_int8 made."""
+        if not self.panels:
+            return self.weight, self.scales
+        q, scale = kernels.unpack_int8_panels(self.weight, self.out_features)
+        return q, scale.squeeze(1) if self.groupsize == 0 else scale
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.torchchat.int8_weight_linear(x, self.weight, self.scales)
+        if not self.panels:
+            return torch.ops.torchchat.int8_weight_linear(x, self.weight, self.scales)
+        return torch.ops.torchchat.int8_panel_weight_linear(x, self.weight, self.out_features)
 
 
-class Int8A8Linear(nn.Module):
+class Int8A8Linear(Int8Linear):
     """Int8Linear's weights and scales, times each token's activations quantized to int8 per block
-    of 32 values on the fly: integer dot products (our AVX-512 VNNI kernel), the weights in panels
-    of 16 rows for it (kernels.pack_int8_panels). Eager PyTorch, AOT Inductor and ExecuTorch."""
+    of 32 values on the fly (one slice): integer dot products at a third of Int8Linear's count,
+    slightly less exact (our AVX-512 VNNI kernel). Eager PyTorch, AOT Inductor and ExecuTorch."""
 
     def __init__(self, weight: Tensor, groupsize: int = 0):
-        super().__init__()
-        q, scale = kernels.quantize_int8(weight, groupsize)
-        self.register_buffer("weight", kernels.pack_int8_panels(q, scale))
-        self.groupsize, self.in_features, self.out_features = groupsize, weight.shape[1], weight.shape[0]
+        super().__init__(weight, groupsize)
+        assert self.panels, "int8 activations need input widths that are multiples of 32 (check_divides)"
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.torchchat.int8_a8_weight_linear(x, self.weight, self.out_features)
@@ -219,30 +233,29 @@ class Int8A8Linear(nn.Module):
 class Int4Linear(nn.Module):
     """Weight-only int4, min/max per group: w = q * scale + min, q in [0, 15], fp16 scale and min.
 
-    Runs our kernel (torchchat/kernels.py; its packing: two weights per byte), in eager
-    PyTorch and in AOT Inductor models."""
-
-    def __init__(self, weight: Tensor, groupsize: int):
-        super().__init__()
-        q, scales_mins = kernels.quantize_int4(weight, groupsize)
-        self.register_buffer("weight", kernels.pack_int4(q))
-        self.register_buffer("scales_mins", scales_mins)
-        self.groupsize, self.in_features, self.out_features = groupsize, weight.shape[1], weight.shape[0]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.torchchat.int4_weight_linear(x, self.weight, self.scales_mins, self.groupsize)
-
-
-class Int4A8Linear(nn.Module):
-    """Int4Linear's weights and math, times each token's activations quantized to int8 per block of
-    32 values on the fly: integer dot products (our AVX-512 VNNI kernel), the weights in panels of
-    16 rows for it (kernels.pack_int4_panels). Eager PyTorch, AOT Inductor and ExecuTorch."""
+    fp32 activations: our kernel splits each block of 32 into three int8 slices (fp32 accuracy
+    from integer dot products, kernels/quant_linear.h), the weights in panels of 16 rows for it
+    (kernels.pack_int4_panels). Eager PyTorch, AOT Inductor and ExecuTorch."""
 
     def __init__(self, weight: Tensor, groupsize: int):
         super().__init__()
         q, scales_mins = kernels.quantize_int4(weight, groupsize)
         self.register_buffer("weight", kernels.pack_int4_panels(q, scales_mins, groupsize))
         self.groupsize, self.in_features, self.out_features = groupsize, weight.shape[1], weight.shape[0]
+
+    def codes(self) -> tuple[Tensor, Tensor]:
+        """(q uint8 [N, K] in [0, 15], scales_mins fp16 [N, K / groupsize, 2]): what quantize_int4 made."""
+        return kernels.unpack_int4_panels(self.weight, self.out_features, self.groupsize)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.torchchat.int4_panel_weight_linear(x, self.weight, self.out_features, self.groupsize)
+
+
+class Int4A8Linear(Int4Linear):
+    """Int4Linear's weights and math, times each token's activations quantized to int8 per block of
+    32 values on the fly (one slice, as llama.cpp's Q4_1 x Q8_1): integer dot products at a third
+    of Int4Linear's count, slightly less exact (our AVX-512 VNNI kernel). Eager PyTorch, AOT
+    Inductor and ExecuTorch."""
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.torchchat.int4_a8_weight_linear(x, self.weight, self.out_features, self.groupsize)

@@ -242,6 +242,67 @@ def test_int8_a8_matches_reference(m, n, k, g):
     assert ((got - exact).abs() <= 0.02 * exact.abs().max(-1, keepdim=True).values + 1e-3).all()
 
 
+def hard_activations(m, k):
+    """Random activations with the blocks that test the int8 slices: zeros (s = 0), one 1000x the
+    others, and one that carries (s = 1 and x / s = 2i + 1/2: the first slice rounds down to even,
+    leaving +s/2 for the second, which rounds to 128)."""
+    x = torch.randn(m, k)
+    if k >= 64:
+        x[0, 32:64] = 0
+    x[-1, :32] *= 1000
+    if k >= 96:
+        x[m // 2, 64:96] = torch.arange(32) * 2 + 0.5
+        x[m // 2, 95] = 127
+    return x
+
+
+def exact_error_bound(x, w):
+    """fp32 accuracy: a few roundings of 2^-24 relative to sum |x| |w| (the int8-activation kernels
+    are ~1e5 times further off)."""
+    return 2.0 ** -20 * (x.double().abs() @ w.double().abs().T)
+
+
+@pytest.mark.parametrize("m,n,k,g", INT4_A8_SHAPES)
+def test_int4_fp32_activations_in_three_slices_are_fp32_accurate(m, n, k, g):
+    torch.manual_seed(m * 1000 + n + k + g + 1)
+    w, x = torch.randn(n, k), hard_activations(m, k)
+    q, scales_mins = kernels.quantize_int4(w, g)
+    panels = kernels.pack_int4_panels(q, scales_mins, g)
+    assert [torch.equal(a, b) for a, b in zip(kernels.unpack_int4_panels(panels, n, g), (q, scales_mins))] == [True] * 2
+    got = torch.ops.torchchat.int4_panel_weight_linear(x, panels, n, g).double()
+    assert got.shape == (m, n)
+    wd = kernels.dequantize_int4(kernels.pack_int4(q), scales_mins, g)
+    assert ((got - x.double() @ wd.double().T).abs() <= exact_error_bound(x, wd)).all()
+
+
+@pytest.mark.parametrize("m,n,k,g", INT8_A8_SHAPES)
+def test_int8_fp32_activations_in_three_slices_are_fp32_accurate(m, n, k, g):
+    torch.manual_seed(m * 1000 + n + k + g + 1)
+    w, x = torch.randn(n, k), hard_activations(m, k)
+    w[:, :32] *= 50
+    q, scale = kernels.quantize_int8(w, g)
+    panels = kernels.pack_int8_panels(q, scale)
+    q_back, scale_back = kernels.unpack_int8_panels(panels, n)
+    assert torch.equal(q_back, q) and torch.equal(scale_back, scale.reshape(n, -1))
+    got = torch.ops.torchchat.int8_panel_weight_linear(x, panels, n).double()
+    wd = kernels.dequantize_int8(q, scale)
+    assert ((got - x.double() @ wd.double().T).abs() <= exact_error_bound(x, wd)).all()
+
+
+def test_quantized_layers_keep_their_codes():
+    from torchchat.quantize import Int4Linear, Int8Linear
+
+    torch.manual_seed(3)
+    w = torch.randn(40, 96)
+    for g in (0, 32):
+        layer = Int8Linear(w, g)
+        assert layer.panels and [torch.equal(a, b) for a, b in zip(layer.codes(), kernels.quantize_int8(w, g))] == [True] * 2
+    odd = Int8Linear(torch.randn(5, 33))  # not a multiple of 32: row-major weights, fp32 kernel
+    assert not odd.panels and odd(torch.randn(2, 33)).shape == (2, 5)
+    layer = Int4Linear(w, 32)
+    assert [torch.equal(a, b) for a, b in zip(layer.codes(), kernels.quantize_int4(w, 32))] == [True] * 2
+
+
 def test_a_token_gets_the_same_bits_alone_or_in_a_prompt():
     """Prefill and decode must agree exactly: the logits of a position do not depend on T."""
     torch.manual_seed(1)
@@ -258,6 +319,9 @@ def test_a_token_gets_the_same_bits_alone_or_in_a_prompt():
     panels8, panels8g = kernels.pack_int8_panels(q8, s8), kernels.pack_int8_panels(g8, gs8)
     batch8a8 = torch.ops.torchchat.int8_a8_weight_linear(x, panels8, 70)
     batch8a8g = torch.ops.torchchat.int8_a8_weight_linear(x, panels8g, 70)
+    batch4p = torch.ops.torchchat.int4_panel_weight_linear(x, panels4, 70, 32)
+    batch8p = torch.ops.torchchat.int8_panel_weight_linear(x, panels8, 70)
+    batch8pg = torch.ops.torchchat.int8_panel_weight_linear(x, panels8g, 70)
     batch32 = torch.ops.torchchat.float_weight_linear(x, w)
     panels = kernels.pack_panels(w)
     batch_panels = torch.ops.torchchat.panel_weight_linear(x, panels, 70)
@@ -270,6 +334,9 @@ def test_a_token_gets_the_same_bits_alone_or_in_a_prompt():
         assert torch.equal(torch.ops.torchchat.int4_a8_weight_linear(x[i:i + 1], panels4, 70, 32), batch4a8[i:i + 1])
         assert torch.equal(torch.ops.torchchat.int8_a8_weight_linear(x[i:i + 1], panels8, 70), batch8a8[i:i + 1])
         assert torch.equal(torch.ops.torchchat.int8_a8_weight_linear(x[i:i + 1], panels8g, 70), batch8a8g[i:i + 1])
+        assert torch.equal(torch.ops.torchchat.int4_panel_weight_linear(x[i:i + 1], panels4, 70, 32), batch4p[i:i + 1])
+        assert torch.equal(torch.ops.torchchat.int8_panel_weight_linear(x[i:i + 1], panels8, 70), batch8p[i:i + 1])
+        assert torch.equal(torch.ops.torchchat.int8_panel_weight_linear(x[i:i + 1], panels8g, 70), batch8pg[i:i + 1])
 
 
 def test_shapes_and_dtypes_follow_the_input():
@@ -321,6 +388,14 @@ def test_shapes_and_dtypes_follow_the_input():
                                                        16), "panels must be"),
     (lambda: torch.ops.torchchat.int8_a8_weight_linear(torch.randn(1, 96), torch.zeros(1, 2, 576, dtype=torch.uint8),
                                                        16), "x has 96 features, the weight 64"),
+    (lambda: torch.ops.torchchat.int4_panel_weight_linear(torch.randn(1, 64), torch.zeros(1, 2, 320, dtype=torch.uint8),
+                                                          17, 32), r"int4_panel_weight_linear: panels must be"),
+    (lambda: torch.ops.torchchat.int4_panel_weight_linear(torch.randn(1, 64), torch.zeros(1, 2, 320, dtype=torch.uint8),
+                                                          16, 0), "groupsize must be a multiple of 32"),
+    (lambda: torch.ops.torchchat.int8_panel_weight_linear(torch.randn(1, 64), torch.zeros(1, 2, 560, dtype=torch.uint8),
+                                                          16), r"int8_panel_weight_linear: panels must be"),
+    (lambda: torch.ops.torchchat.int8_panel_weight_linear(torch.randn(1, 96), torch.zeros(1, 2, 576, dtype=torch.uint8),
+                                                          16), "x has 96 features, the weight 64"),
 ])
 def test_bad_weights_are_refused(call, pattern):
     with pytest.raises(RuntimeError, match=pattern):
@@ -334,6 +409,10 @@ from torchchat import kernels
 print(kernels.isa())
 torch.manual_seed(0)
 x, w = torch.randn(3, 96), torch.randn(37, 96)
+xh = x.clone()  # for the sliced kernels: a block whose second int8 slice carries, one 1000x the others
+xh[1, 64:96] = torch.arange(32) * 2 + 0.5
+xh[1, 95] = 127
+xh[2, :32] *= 1000
 q8, s8 = kernels.quantize_int8(w)
 q4, sm = kernels.quantize_int4(w, 32)
 p4 = kernels.pack_int4(q4)
@@ -350,6 +429,9 @@ torch.save({"x": x, "w": w, "q8": q8, "s8": s8, "p4": p4, "sm": sm,
             "y4": torch.ops.torchchat.int4_weight_linear(x, p4, sm, 32),
             "y4a8": torch.ops.torchchat.int4_a8_weight_linear(x, kernels.pack_int4_panels(q4, sm, 32), 37, 32),
             "y8a8": torch.ops.torchchat.int8_a8_weight_linear(x, kernels.pack_int8_panels(q8, s8), 37),
+            "xh": xh,
+            "y4p": torch.ops.torchchat.int4_panel_weight_linear(xh, kernels.pack_int4_panels(q4, sm, 32), 37, 32),
+            "y8p": torch.ops.torchchat.int8_panel_weight_linear(xh, kernels.pack_int8_panels(q8, s8), 37),
             "q4": q4, "groupwise": groupwise}, sys.argv[2])
 """
 
@@ -385,6 +467,15 @@ def test_forced_fallback_says_so_and_computes_the_same(tmp_path):
     assert ((r["y8a8"].double() - ref_int8_a8(x, r["q8"], r["s8"])).abs() <= tolerance(x, 4.0, 96)).all()
     assert torch.equal(torch.ops.torchchat.int8_a8_weight_linear(x, kernels.pack_int8_panels(r["q8"], r["s8"]), 37),
                        r["y8a8"])
+    # and fp32 activations in three int8 slices: fp32-accurate, and the same bits in both
+    xh = r["xh"]
+    w4, w8 = kernels.dequantize_int4(r["p4"], r["sm"], 32), kernels.dequantize_int8(r["q8"], r["s8"])
+    assert ((r["y4p"].double() - xh.double() @ w4.double().T).abs() <= exact_error_bound(xh, w4)).all()
+    assert ((r["y8p"].double() - xh.double() @ w8.double().T).abs() <= exact_error_bound(xh, w8)).all()
+    assert torch.equal(torch.ops.torchchat.int4_panel_weight_linear(xh, kernels.pack_int4_panels(r["q4"], r["sm"], 32),
+                                                                    37, 32), r["y4p"])
+    assert torch.equal(torch.ops.torchchat.int8_panel_weight_linear(xh, kernels.pack_int8_panels(r["q8"], r["s8"]), 37),
+                       r["y8p"])
     # groupwise int8 on every shape of test_int8_groupwise_matches_reference, in both
     for xg, qg, sg, yg in r["groupwise"]:
         k = xg.shape[1]

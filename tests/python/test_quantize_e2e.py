@@ -113,13 +113,15 @@ class ReferenceInt8ActivationLinear(torch.nn.Module):
     def __init__(self, layer):
         super().__init__()
         if type(layer).__name__ == "Int4Linear":
-            self.q = kernels.unpack_int4(layer.weight).double()
-            sm = layer.scales_mins.float().repeat_interleave(layer.groupsize // 32, dim=1)  # [N, K / 32, 2]
+            q, scales_mins = layer.codes()
+            self.q = q.double()
+            sm = scales_mins.float().repeat_interleave(layer.groupsize // 32, dim=1)  # [N, K / 32, 2]
             self.scale, self.min = sm[..., 0], sm[..., 1]
         else:  # Int8Linear: one scale per row or per group, no min
-            self.q = layer.weight.double()
+            q, scale = layer.codes()
+            self.q = q.double()
             n, k = self.q.shape
-            scale = layer.scales.float().reshape(n, -1)
+            scale = scale.float().reshape(n, -1)
             self.scale, self.min = scale.repeat_interleave(k // 32 // scale.shape[1], dim=1), None
 
     def forward(self, x):
@@ -145,12 +147,14 @@ def dequantized_reference(model) -> None:
 
     for parent in list(model.modules()):
         for name, m in list(parent.named_children()):
-            if isinstance(m, Int8Linear):
-                setattr(parent, name, ReferenceLinear(kernels.dequantize_int8(m.weight, m.scales)))
-            elif isinstance(m, Int4Linear):
-                setattr(parent, name, ReferenceLinear(kernels.dequantize_int4(m.weight, m.scales_mins, m.groupsize)))
-            elif isinstance(m, (Int4A8Linear, Int8A8Linear)):
+            if isinstance(m, (Int4A8Linear, Int8A8Linear)):
                 raise AssertionError("build the reference from the fp32-activation layers (the same codes)")
+            if isinstance(m, Int8Linear):
+                setattr(parent, name, ReferenceLinear(kernels.dequantize_int8(*m.codes())))
+            elif isinstance(m, Int4Linear):
+                q, scales_mins = m.codes()
+                setattr(parent, name, ReferenceLinear(kernels.dequantize_int4(kernels.pack_int4(q), scales_mins,
+                                                                              m.groupsize)))
 
 
 @pytest.mark.parametrize("spec", KERNEL_SCHEMES, ids=["int8", "int4", "int8g32", "int4a8", "int8a8"])
