@@ -10,7 +10,7 @@ The spec is torchchat's JSON form, inline or in a file; keys combine in one obje
                                              the output layer int8 (add "output": "int4" for int4);
                                              add "activations": "int8" to quantize the activations
                                              per block of 32 on the fly (llama.cpp's Q4_1 x Q8_1):
-                                             integer dot products, faster, slightly less exact
+                                             a third of the dot products, slightly less exact
     {"linear:a8w4dq": {"groupsize": 32}}     int8 dynamic activations (per token), int4 symmetric
                                              groupwise weights: what XNNPACK runs (ExecuTorch)
     {"embedding:int8": {"groupsize": 0}}     int8 table, one scale per row (0) or per group
@@ -24,15 +24,16 @@ forward is plain PyTorch or ATen ops that torch.export traces:
   that eager PyTorch runs and AOT Inductor models call directly; ExecuTorch programs call their
   out variants, which our ExecuTorch kernels implement (kernels/executorch_ops.cpp, linked into
   et_run, loaded into ExecuTorch's Python runtime by --pte-path), in fp32 only. XNNPACK has no
-  weight-only linear, so those layers stay outside its partitions.
-- linear:int4 with "activations": "int8" calls our int4 x int8 kernel (AVX-512 VNNI) everywhere
-  the int4 kernel runs; its layers keep linear:int4's weights and math but multiply them with
-  each token's activations quantized per block of 32 values (symmetric, one fp32 scale per
-  block), as llama.cpp's Q4_1 files do with Q8_1. linear:int8 with "activations": "int8" does the
-  same with linear:int8's weights (our int8 x int8 kernel); linear:int4's int8 output layer
-  takes int8 activations too (llama.cpp's Q8_0 output x Q8_0), the step's largest matrix on
-  our fastest int8 kernel. Unlike linear:a8w4dq, the weights keep their
-  zero point (min) and the activations a scale per 32 values instead of one per token.
+  weight-only linear, so those layers stay outside its partitions. The weights are packed in
+  panels of 16 rows for AVX-512 VNNI's integer dot products; the fp32 activations are split on
+  the fly, per block of 32 values, into three int8 slices that hold them to fp32 accuracy
+  (kernels/quant_linear.h), so the products are exact integer ones and only the scaling rounds.
+- "activations": "int8" keeps one slice: each token's activations quantized per block of 32
+  values (symmetric, one fp32 scale per block), as llama.cpp's Q4_1 files do with Q8_1 and its
+  Q8_0 files with Q8_0. A third of the dot products, slightly less exact; linear:int4's int8
+  output layer takes int8 activations too (llama.cpp's Q8_0 output x Q8_0). Unlike
+  linear:a8w4dq, the weights keep their zero point (min) and the activations a scale per 32
+  values instead of one per token.
 - linear:a8w4dq is torchao's `Int8DynamicActivationIntxWeightConfig`: it exports as
   choose_qparams/quantize/dequantize ops around a linear, the pattern the XNNPACK partitioner
   fuses into its qd8-f32-qb4w kernel (how ExecuTorch's own llama export does it). Eager runs
