@@ -35,8 +35,9 @@
 //         r1 = x - xq0 * s (exact in fp32) gives xq1 = r1 / (s / 256) rounded, r2 = r1 - xq1 * s / 256
 //         gives xq2 = r2 / (s / 65536) rounded (xq1 and xq2 in [-128, 127]; a rounding to 128 carries
 //         into the slice above), so x = s * (xq0 + xq1 / 2^8 + xq2 / 2^16) to within s / 2^17,
-//         2^-24 of the block's max|x|. Per slice j its block sums sum_j = sum(xq_j); per block
-//         scaled_sum = s * (sum_0 + (sum_1 / 2^8 + sum_2 / 2^16)). Then, per block b in order, with
+//         2^-24 of the block's max|x| (a block with s < 2^-100 keeps xq1 = xq2 = 0). Per slice j
+//         its block sums sum_j = sum(xq_j); per block scaled_sum = s * (sum_0 + (sum_1 / 2^8 +
+//         sum_2 / 2^16)). Then, per block b in order, with
 //         exact integer dot products d_j = dot(q, xq_j) (int8: dot(q + 128, xq_j) - 128 * sum_j)
 //         and only the scaling rounding:
 //           dot = d_0 (one slice), or fma(d_0, 1, fma(d_1, 2^-8, d_2 * 2^-16)) (three slices)

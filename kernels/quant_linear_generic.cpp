@@ -107,6 +107,10 @@ void a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std:
   }
 }
 
+// Below this s (activations under ~1e-28) the lower slices' units s / 2^8 and s / 2^16 would be
+// subnormal or zero: such a block keeps one slice (an absolute error under 1e-30).
+constexpr float kSmallestSplit = 0x1p-100f;
+
 // v rounded half to even (the current rounding mode, as cvtps2dq and torch.round), within [lo, hi].
 std::int32_t round_within(float v, float lo, float hi) {
   return static_cast<std::int32_t>(std::fmin(std::fmax(std::nearbyint(v), lo), hi));
@@ -185,7 +189,7 @@ void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int sl
       std::int32_t d[3] = {0, 0, 0};
       if (s != 0.f) {
         d[0] = round_within(xb[i] / s, -127.f, 127.f);
-        if (slices == 3) {
+        if (slices == 3 && s >= kSmallestSplit) {
           const float r1 = std::fma(static_cast<float>(-d[0]), s, xb[i]);  // exact
           d[1] = round_within(r1 / s1, -256.f, 256.f);
           const float r2 = std::fma(static_cast<float>(-d[1]), s1, r1);

@@ -152,7 +152,7 @@ void quantize_activations(const float* x, i64 M, i64 K, int slices, std::int8_t*
       if (s != 0.f) {
         const __m512 sv = _mm512_set1_ps(s), s1 = _mm512_set1_ps(s * 0x1p-8f), s2 = _mm512_set1_ps(s * 0x1p-16f);
         d[0] = round_within(_mm512_div_ps(xv, sv), -127, 127);
-        if (slices == 3) {  // the generic code's steps, lane by lane
+        if (slices == 3 && s >= 0x1p-100f) {  // the generic code's steps (and bound), lane by lane
           const __m512 r1 = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(d[0]), sv, xv);
           d[1] = round_within(_mm512_div_ps(r1, s1), -256, 256);
           const __m512 r2 = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(d[1]), s1, r1);

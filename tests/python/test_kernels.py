@@ -409,10 +409,11 @@ from torchchat import kernels
 print(kernels.isa())
 torch.manual_seed(0)
 x, w = torch.randn(3, 96), torch.randn(37, 96)
-xh = x.clone()  # for the sliced kernels: a block whose second int8 slice carries, one 1000x the others
-xh[1, 64:96] = torch.arange(32) * 2 + 0.5
+xh = x.clone()  # for the sliced kernels: a block whose second int8 slice carries, one 1000x the others,
+xh[1, 64:96] = torch.arange(32) * 2 + 0.5  # one of subnormal values (too small to split)
 xh[1, 95] = 127
 xh[2, :32] *= 1000
+xh[0, 32:64] *= 1e-40
 q8, s8 = kernels.quantize_int8(w)
 q4, sm = kernels.quantize_int4(w, 32)
 p4 = kernels.pack_int4(q4)
