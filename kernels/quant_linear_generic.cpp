@@ -53,8 +53,6 @@ void int8_linear_groupwise(const float* x, std::int64_t M, const Int8Weights& w,
   }
 }
 
-// int4 (kBits 4) or int8 (kBits 8) panels times int8 activations, one output at a time, in the
-// VNNI kernel's order of operations (quant_linear.h).
 // Slice j's unit, in units of s (quant_linear.h).
 constexpr float kSliceUnit[3] = {1.f, 0x1p-8f, 0x1p-16f};
 

@@ -50,7 +50,7 @@ template <int kBits, int kSlices, int T>
 void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64 G, float* y, i64 ldy, int cols) {
   constexpr i64 kBlockBytes = 64 * kBits;
   const i64 groups = K / G, group_bytes = G / 32 * kBlockBytes + 64, blocks = K / 32;
-  const i64 slice_q = x.M * K, slice_sum = x.M * blocks;
+  const i64 q_stride = x.M * K, sum_stride = x.M * blocks;  // from one slice to the next
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   __m512 acc[T];
   for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
@@ -85,7 +85,7 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
         const i64 at = (m + t) * blocks + b;
         __m512 dot;
         for (int s = kSlices - 1; s >= 0; --s) {
-          const std::int8_t* xq = x.q + s * slice_q + (m + t) * K + 32 * b;
+          const std::int8_t* xq = x.q + s * q_stride + (m + t) * K + 32 * b;
           // Two chains of four: the dot products' latency overlaps.
           __m512i d0 = _mm512_setzero_si512(), d1 = _mm512_setzero_si512();
           for (int c = 0; c < 4; ++c) {
@@ -93,7 +93,7 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
             d1 = _mm512_dpbusd_epi32(d1, w[c + 4], broadcast4(xq + 16 + 4 * c));
           }
           __m512i d = _mm512_add_epi32(d0, d1);
-          if constexpr (kBits == 8) d = _mm512_sub_epi32(d, _mm512_set1_epi32(128 * x.sum[s * slice_sum + at]));  // the + 128
+          if constexpr (kBits == 8) d = _mm512_sub_epi32(d, _mm512_set1_epi32(128 * x.sum[s * sum_stride + at]));  // the + 128
           const __m512 f = _mm512_cvtepi32_ps(d);
           if constexpr (kSlices == 1) dot = f;
           else dot = s == kSlices - 1 ? _mm512_mul_ps(f, _mm512_set1_ps(kSliceUnit[s]))
@@ -131,13 +131,13 @@ void a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, i64 
   }
 }
 
-}  // namespace
-
 // v rounded half to even (cvtps2dq in the default MXCSR mode, as the generic code and
 // torch.round), within [lo, hi].
 inline __m512i round_within(__m512 v, int lo, int hi) {
   return _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(v), _mm512_set1_epi32(lo)), _mm512_set1_epi32(hi));
 }
+
+}  // namespace
 
 void quantize_activations(const float* x, i64 M, i64 K, int slices, std::int8_t* q, float* scale, float* scaled_sum,
                           std::int32_t* sum) {
