@@ -7,7 +7,7 @@ Exports the default model (SmolLM2-135M, fp32 GGUF weights) with inductor's kern
 on (`cpp.enable_kernel_profile`: every generated kernel and extern call records itself), runs
 it from Python under torch.profiler for `--tokens` decode steps, and prints one table: each
 kernel's time per token and share. Our quantized linears appear as
-aoti_torch_cpu_int{8,4}_weight_linear, inductor's own kernels as cpp_fused_* (attention,
+aoti_torch_cpu_int{8,4}_panel_weight_linear (int{8,4}_a8_ with int8 activations), inductor's own kernels as cpp_fused_* (attention,
 norms, RoPE, the KV-cache update) and its GEMM templates as cpp_CppMicroGemm*/cpp_fused_*.
 The exported file is temporary: profiling hooks cost a little time per kernel.
 """
