@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Decode speed beside llama.cpp, alternated finely: ratios taken within each round.
+
+    python3 bench/alternate.py GGUF ARTIFACT [ARTIFACT ...] [--rounds 15] [--tokens 64] [--threads 2]
+
+Each round runs one `llama-bench -p 0 -n TOKENS -r 1` on GGUF, then each artifact once
+(`aoti_bench` for .so/.pt2, `et_bench` for .pte: `-p 1 -g TOKENS -r 1`), and keeps each
+artifact's speed divided by llama.cpp's of the same round. On a shared machine whose speed moves
+by ±30 % from minute to minute (the Intel machine of 2026-11-28), a ratio of runs seconds apart
+says much more than medians of runs minutes apart. Prints one table: medians and quartiles of
+the ratios, and of each artifact against the first one (old against new). Needs
+`bench/build_llama_cpp.sh`'s llama-bench (built once, ~6 min, cached) and the runners in cmake-out
+(`--threads` sets llama.cpp's -t and OMP_NUM_THREADS for aoti_bench).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quartiles(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.2f}"
+    q = statistics.quantiles(values, n=4)
+    return f"{statistics.median(values):.2f} ({q[0]:.2f}-{q[2]:.2f})"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("gguf", type=Path)
+    p.add_argument("artifacts", type=Path, nargs="+")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    # the pinned llama.cpp build, made once and cached (bench_native.py uses the same script)
+    llama_dir = subprocess.run([str(ROOT / "bench" / "build_llama_cpp.sh")], check=True, capture_output=True,
+                               text=True).stdout.strip().splitlines()[-1]
+    llama_bench = Path(llama_dir) / "bin" / "llama-bench"
+    missing = [str(f) for f in [a.gguf, *a.artifacts, llama_bench] if not f.is_file()]
+    if missing or a.rounds < 1 or a.tokens < 1:
+        sys.exit(f"error: {'missing ' + ', '.join(missing) if missing else '--rounds and --tokens must be >= 1'}")
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+
+    def llama() -> float:
+        out = subprocess.run([str(llama_bench), "-m", str(a.gguf), "-p", "0", "-n", str(a.tokens), "-r", "1", "-t",
+                              str(a.threads), "-o", "json"], capture_output=True, text=True, check=True).stdout
+        return json.loads(out)[0]["avg_ts"]
+
+    def ours(f: Path) -> float:
+        runner = ROOT / "cmake-out" / ("et_bench" if f.suffix == ".pte" else "aoti_bench")
+        out = subprocess.run([str(runner), str(f), "-p", "1", "-g", str(a.tokens), "-r", "1"],
+                             capture_output=True, text=True, env=env, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])["tg_tps"][0]
+
+    base: list[float] = []
+    speeds: dict[Path, list[float]] = {f: [] for f in a.artifacts}
+    for r in range(a.rounds):
+        base.append(llama())
+        for f in a.artifacts:
+            speeds[f].append(ours(f))
+        print(f"round {r + 1}/{a.rounds}: llama.cpp {base[-1]:.1f} tok/s, "
+              + ", ".join(f"{f.name} {speeds[f][-1]:.1f}" for f in a.artifacts), file=sys.stderr, flush=True)
+
+    first = a.artifacts[0]
+    print(f"\nllama.cpp {a.gguf.name}: median {statistics.median(base):.1f} tok/s ({min(base):.0f}-{max(base):.0f}), "
+          f"{a.rounds} rounds of tg{a.tokens}, {a.threads} threads\n")
+    print(f"| artifact | tok/s median | × llama.cpp, median (quartiles) | × {first.name} |")
+    print("|---|---:|---:|---:|")
+    for f in a.artifacts:
+        ratios = [s / b for s, b in zip(speeds[f], base)]
+        against = "" if f == first else quartiles([s / o for s, o in zip(speeds[f], speeds[first])])
+        print(f"| {f.name} | {statistics.median(speeds[f]):.1f} | {quartiles(ratios)} | {against} |")
+
+
+if __name__ == "__main__":
+    main()
