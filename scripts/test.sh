@@ -20,7 +20,7 @@ printf '\n== Unit tests on tiny random models (Python, C++, native runner)\n' >&
 (cd cmake-out && ctest --output-on-failure -j2)
 # Two workers (pytest-xdist), a test file each at a time: most of this stage is exporting tiny
 # models, much of which runs on one core (tracing, Inductor's code generation, one g++), so two
-# files side by side take 8-9 minutes instead of 13 on two cores. Module fixtures stay in one worker.
+# files side by side take 8-11 minutes instead of 13 on two cores. Module fixtures stay in one worker.
 run_pytest -n 2 --dist loadfile -q -m "not e2e" tests/python tests/runner
 
 printf '\n== End-to-end tests on the default model\n' >&2
