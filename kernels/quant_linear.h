@@ -145,11 +145,17 @@ inline Int8Activations quantized_activations(const float* x, std::int64_t M, std
   quantize_activations(x, M, K, slices, q, scales, scaled_sum, sums);
   return {q, scales, scaled_sum, sums, M, K, slices};
 }
+// Slice j's unit, in units of s (above).
+constexpr float kSliceUnit[3] = {1.f, 0x1p-8f, 0x1p-16f};
+// Below this s (activations under ~1e-28) the lower slices' units would be subnormal or zero:
+// such a block keeps one slice (an absolute error under 1e-30).
+constexpr float kSmallestSplit = 0x1p-100f;
 // The block's sum of x as its slices hold it, in units of s (above): the same float operations
 // in every implementation.
 inline float slice_sum(const std::int32_t* sums, std::int64_t stride, int slices) {
   if (slices == 1) return static_cast<float>(sums[0]);
-  const float low = __builtin_fmaf(static_cast<float>(sums[stride]), 0x1p-8f, static_cast<float>(sums[2 * stride]) * 0x1p-16f);
+  const float low = __builtin_fmaf(static_cast<float>(sums[stride]), kSliceUnit[1],
+                                   static_cast<float>(sums[2 * stride]) * kSliceUnit[2]);
   return static_cast<float>(sums[0]) + low;
 }
 // n0 and n1 are multiples of kA8Panel (or N).

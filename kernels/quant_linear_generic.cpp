@@ -53,9 +53,6 @@ void int8_linear_groupwise(const float* x, std::int64_t M, const Int8Weights& w,
   }
 }
 
-// Slice j's unit, in units of s (quant_linear.h).
-constexpr float kSliceUnit[3] = {1.f, 0x1p-8f, 0x1p-16f};
-
 // int4 (kBits 4) or int8 (kBits 8) panels times int8-sliced activations, one output at a time, in
 // the VNNI kernel's order of operations (quant_linear.h).
 template <int kBits>
@@ -104,10 +101,6 @@ void a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std:
     }
   }
 }
-
-// Below this s (activations under ~1e-28) the lower slices' units s / 2^8 and s / 2^16 would be
-// subnormal or zero: such a block keeps one slice (an absolute error under 1e-30).
-constexpr float kSmallestSplit = 0x1p-100f;
 
 // v rounded half to even (the current rounding mode, as cvtps2dq and torch.round), within [lo, hi].
 std::int32_t round_within(float v, float lo, float hi) {
@@ -181,7 +174,7 @@ void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int sl
     const float* xb = x + 32 * b;
     float amax = 0.f;
     for (int i = 0; i < 32; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
-    const float s = amax / 127.f, s1 = s * 0x1p-8f, s2 = s * 0x1p-16f;
+    const float s = amax / 127.f, s1 = s * kSliceUnit[1], s2 = s * kSliceUnit[2];
     std::int32_t total[3] = {0, 0, 0};
     for (int i = 0; i < 32; ++i) {
       std::int32_t d[3] = {0, 0, 0};

@@ -39,9 +39,6 @@ inline __m512i broadcast4(const std::int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
-// Slice j's unit, in units of s (quant_linear.h).
-constexpr float kSliceUnit[3] = {1.f, 0x1p-8f, 0x1p-16f};
-
 // The output columns [16p, 16p + cols) of tokens [m, m + T): every block of K in order.
 // kBits 4: int4 panels (256 bytes per block, then per group 16 fp16 scales and 16 fp16 mins);
 // kBits 8: int8 panels (512 bytes per block, then per group 16 fp32 scales). kSlices: the
@@ -150,9 +147,10 @@ void quantize_activations(const float* x, i64 M, i64 K, int slices, std::int8_t*
       const __m512 xv = half ? x1 : x0;
       __m512i d[3] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
       if (s != 0.f) {
-        const __m512 sv = _mm512_set1_ps(s), s1 = _mm512_set1_ps(s * 0x1p-8f), s2 = _mm512_set1_ps(s * 0x1p-16f);
+        const __m512 sv = _mm512_set1_ps(s), s1 = _mm512_set1_ps(s * kSliceUnit[1]),
+                     s2 = _mm512_set1_ps(s * kSliceUnit[2]);
         d[0] = round_within(_mm512_div_ps(xv, sv), -127, 127);
-        if (slices == 3 && s >= 0x1p-100f) {  // the generic code's steps (and bound), lane by lane
+        if (slices == 3 && s >= kSmallestSplit) {  // the generic code's steps, lane by lane
           const __m512 r1 = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(d[0]), sv, xv);
           d[1] = round_within(_mm512_div_ps(r1, s1), -256, 256);
           const __m512 r2 = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(d[1]), s1, r1);
