@@ -81,4 +81,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except subprocess.CalledProcessError as e:  # a runner or llama-bench refused: its own one line, then ours
+        sys.exit(f"error: {Path(str(e.cmd[0])).name} exited with {e.returncode}: {(e.stderr or '').strip()[-300:]}")
