@@ -109,15 +109,20 @@ def rope_table(args: ModelArgs, max_seq_len: int) -> Tensor:
     return torch.stack([angles.cos(), angles.sin()], dim=-1)
 
 
-def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
-    """Rotate interleaved pairs (x0, x1), (x2, x3), ... of x [1, T, H, D] by rope [T, D/2, 2]."""
+def rope_cos_sin(rope: Tensor) -> tuple[Tensor, Tensor]:
+    """cos and sin [1, T, 1, D/2] (broadcast over batch and heads) of rope [T, D/2, 2], rows of
+    rope_table. Taken once per forward, not in each layer: in an ExecuTorch program every
+    selection is a copying kernel call."""
+    rope = rope.unsqueeze(0).unsqueeze(2)
+    return rope[..., 0], rope[..., 1]
+
+
+def apply_rope(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotate interleaved pairs (x0, x1), (x2, x3), ... of x [B, T, H, D] by rope = rope_cos_sin(...)."""
     xp = x.float().reshape(*x.shape[:-1], -1, 2)
-    rope = rope.view(1, xp.size(1), 1, xp.size(3), 2)
-    cos, sin = rope[..., 0], rope[..., 1]
-    out = torch.stack(
-        [xp[..., 0] * cos - xp[..., 1] * sin, xp[..., 1] * cos + xp[..., 0] * sin], dim=-1
-    )
-    return out.flatten(3).type_as(x)
+    x0, x1 = xp[..., 0], xp[..., 1]  # once each: the exporter would copy each use again
+    cos, sin = rope
+    return torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1).flatten(3).type_as(x)
 
 
 class Attention(nn.Module):
@@ -135,9 +140,9 @@ class Attention(nn.Module):
         # [1, T, H, D], token t attending cache positions [0, input_pos[t]]: export.py's cache_attention.
         self.cache_attention = None
 
-    def forward(self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor,
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor, input_pos: Tensor,
                 filled: Optional[int] = None) -> Tensor:
-        """`filled`: attend over cache positions [0, filled) only (None: the whole cache)."""
+        """`rope`: rope_cos_sin of the positions' rows. `filled`: attend over cache positions [0, filled) only (None: the whole cache)."""
         bsz, seqlen, _ = x.shape
         if self.wqkv is None:
             q, k, v = self.wq(x), self.wk(x), self.wv(x)
@@ -197,7 +202,7 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor,
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor, input_pos: Tensor,
                 filled: Optional[int] = None) -> Tensor:
         h = x + self.attention(self.attention_norm(x), rope, mask, input_pos, filled)
         return h + self.feed_forward(self.ffn_norm(h))
@@ -248,7 +253,7 @@ class Transformer(nn.Module):
         n_logits but not kv_len; programs exported before 2026-11-28 take neither).
         """
         x = self.tok_embeddings(tokens)
-        rope = self.rope[input_pos]
+        rope = rope_cos_sin(self.rope[input_pos])
         if kv_len is None:
             filled = None
             mask = self.causal_mask[input_pos].view(1, 1, tokens.size(1), self.cache_len)

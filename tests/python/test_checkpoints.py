@@ -88,6 +88,33 @@ def llama2_ref() -> Reference:
 # Float formats: the original HF weights are the reference
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_rotates_pairs_as_meta_reference(dtype):
+    """apply_rope (cos/sin taken once per forward by rope_cos_sin) against Meta's reference, which
+    rotates each pair (x0, x1) as the complex number x0 + i x1 times e^(i angle) in float64: close to
+    it; and, bit for bit, the same rotation written over strided slices of x (the pairs' layout)."""
+    from torchchat.model import ModelArgs, apply_rope, rope_cos_sin, rope_frequencies, rope_table
+
+    args = ModelArgs(dim=128, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=32, rope_theta=500000.0,
+                     rope_scaling={"factor": 8.0, "original_max_position_embeddings": 16})
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 4, 32).to(dtype)
+    pos = torch.tensor([0, 1, 2, 5, 30, 31, 63])
+    got = apply_rope(x, rope_cos_sin(rope_table(args, 64)[pos]))
+    assert got.dtype == dtype and got.shape == x.shape
+
+    angles = torch.outer(pos.double(), rope_frequencies(args).double())
+    pairs = torch.view_as_complex(x.double().reshape(2, 7, 4, 16, 2).contiguous())
+    meta = torch.view_as_real(pairs * torch.polar(torch.ones_like(angles), angles).view(1, 7, 1, 16)).flatten(3)
+    torch.testing.assert_close(got.double(), meta, rtol=0, atol=1e-4 if dtype == torch.float32 else 0.05)
+
+    table = rope_table(args, 64)[pos].view(1, 7, 1, 16, 2)
+    cos, sin = table[..., 0], table[..., 1]
+    x0, x1 = x.float()[..., 0::2], x.float()[..., 1::2]
+    pairwise = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1).flatten(3).to(dtype)
+    assert torch.equal(got, pairwise)
+
+
 def test_llama2c_pt(llama2_ref, tmp_path):
     path = tm.write_llama2c_pt(llama2_ref.hf, tmp_path / "stories.pt")
     args, sd = load_checkpoint(path)

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from torchchat.model import ModelArgs, Transformer, apply_rope, rope_table  # noqa: E402
+from torchchat.model import ModelArgs, Transformer, apply_rope, rope_cos_sin, rope_table  # noqa: E402
 
 HELDOUT_BOOK = "Moroni"
 # Widths are multiples of 32 (and of 128 where it matters) so every quantization group size divides them.
@@ -70,7 +70,7 @@ def training_forward(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
     """Logits for a batch [B, T] without the KV cache (which holds one sequence): the same
     weights and the same math as Transformer.forward, with causal attention over the batch."""
     b, t = tokens.shape
-    rope = rope_table(model.args, t)
+    rope = rope_cos_sin(rope_table(model.args, t))
     x = model.tok_embeddings(tokens)
     for layer in model.layers:
         a = layer.attention
