@@ -12,13 +12,17 @@
 // ExecuTorch's runtime before running such a program (torchchat/kernels.py load_executorch).
 //
 // The same functions as PyTorch's operators (quant_linear.h), the output rows split over
-// ExecuTorch's thread pool (the one XNNPACK uses), so a program computes the same bits as
+// ExecuTorch's thread pool (the one XNNPACK uses), or over OpenMP's threads where the host has
+// turned that pool off for the calling thread (below), so a program computes the same bits as
 // eager PyTorch and AOT Inductor. fp32 activations in and out only: the export refuses the schemes
 // with other dtypes for ExecuTorch (torchchat/quantize.py).
 #include <algorithm>
 #include <array>
 
+#include <omp.h>
+
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
+#include <executorch/extension/threadpool/threadpool_guard.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
 
@@ -40,6 +44,37 @@ using ::executorch::runtime::tensor_is_contiguous;
 
 // Output rows per task, as in torch_ops.cpp.
 constexpr std::int64_t kGrainRows = 64;
+
+// Where f(i0, i1) runs over [begin, end): ExecuTorch's thread pool, unless the calling thread
+// has turned it off (NoThreadPoolGuard): then OpenMP's threads, split as at::parallel_for splits.
+// et_run turns the pool off for programs whose linears all run here (runner/backends/
+// et_backend.cpp): XNNPACK then runs their small elementwise work inline, and our calls cross
+// OpenMP's spinning barrier instead of the pool's two futex system calls per call (about 250
+// pool calls per SmolLM2 decode step; about 1.05x decode, bench/README.md).
+bool own_threads() { return ::executorch::extension::threadpool::NoThreadPoolGuard::is_enabled(); }
+
+std::int64_t thread_count() {
+  return own_threads() ? omp_get_max_threads() : ::executorch::extension::get_thread_count();
+}
+
+template <class F>
+bool parallel_range(std::int64_t begin, std::int64_t end, std::int64_t grain, const F& f) {
+  if (!own_threads()) return ::executorch::extension::parallel_for(begin, end, grain, f);
+  const std::int64_t n = end - begin;
+  if (n <= 0) return true;
+  const std::int64_t threads = std::min<std::int64_t>(omp_get_max_threads(), (n + grain - 1) / grain);
+  if (threads <= 1) {
+    f(begin, end);
+    return true;
+  }
+  const std::int64_t chunk = (n + threads - 1) / threads;
+#pragma omp parallel num_threads(static_cast<int>(threads))
+  {
+    const std::int64_t i0 = begin + omp_get_thread_num() * chunk, i1 = std::min(end, i0 + chunk);
+    if (i0 < i1) f(i0, i1);
+  }
+  return true;
+}
 
 // Checks x [..., K] (fp32) and out, and resizes out to [..., N] (the prompt length is dynamic).
 // false (and the context's failure set, with the reason in the log) when something is wrong.
@@ -81,8 +116,8 @@ Tensor& int8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const
   const Int8Weights w{weight.const_data_ptr<std::int8_t>(), scales.const_data_ptr<float>(), N, K, G};
   const float* xp = x.const_data_ptr<float>();
   float* yp = out.mutable_data_ptr<float>();
-  const bool ok = ::executorch::extension::parallel_for(
-      0, N, kGrainRows, [&](std::int64_t n0, std::int64_t n1) { int8_linear(xp, M, w, yp, n0, n1); });
+  const bool ok =
+      parallel_range(0, N, kGrainRows, [&](std::int64_t n0, std::int64_t n1) { int8_linear(xp, M, w, yp, n0, n1); });
   ET_KERNEL_CHECK_MSG(ctx, ok, Internal, out, "%s: the thread pool failed", op);
   return out;
 }
@@ -108,8 +143,8 @@ Tensor& int4_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const
                       static_cast<const std::uint16_t*>(scales_mins.const_data_ptr()), N, K, groupsize};
   const float* xp = x.const_data_ptr<float>();
   float* yp = out.mutable_data_ptr<float>();
-  const bool ok = ::executorch::extension::parallel_for(
-      0, N, kGrainRows, [&](std::int64_t n0, std::int64_t n1) { int4_linear(xp, M, w, yp, n0, n1); });
+  const bool ok =
+      parallel_range(0, N, kGrainRows, [&](std::int64_t n0, std::int64_t n1) { int4_linear(xp, M, w, yp, n0, n1); });
   ET_KERNEL_CHECK_MSG(ctx, ok, Internal, out, "%s: the thread pool failed", op);
   return out;
 }
@@ -121,7 +156,7 @@ Tensor& sliced_linear(KernelRuntimeContext& ctx, const char* op, const Tensor& x
                       Tensor& out) {
   const Int8Activations xa = quantize_in_thread_buffers(x.const_data_ptr<float>(), x.numel() / w.K, w.K, slices);
   float* yp = out.mutable_data_ptr<float>();
-  const bool ok = ::executorch::extension::parallel_for(
+  const bool ok = parallel_range(
       0, (w.N + kA8Panel - 1) / kA8Panel, 1, [&](std::int64_t p0, std::int64_t p1) {
         const std::int64_t n0 = p0 * kA8Panel, n1 = std::min(p1 * kA8Panel, w.N);
         if constexpr (kBits == 4) int4_a8_linear(xa, w, yp, n0, n1);
@@ -221,10 +256,10 @@ Tensor& cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Te
   }
   AttentionArgs a = attention_args(qf, k_cache.const_data_ptr(), v_cache.const_data_ptr(),
                                    k_cache.scalar_type() == ScalarType::BFloat16, p, of, T, H, Hkv, D, S * D,
-                                   ::executorch::extension::get_thread_count());
+                                   thread_count());
   a.partials = attention_partials_in_thread_buffers(a);
-  const bool ok = ::executorch::extension::parallel_for(0, attention_tasks(a), 1,
-                                                        [&](std::int64_t i0, std::int64_t i1) { attention(a, i0, i1); });
+  const bool ok =
+      parallel_range(0, attention_tasks(a), 1, [&](std::int64_t i0, std::int64_t i1) { attention(a, i0, i1); });
   ET_KERNEL_CHECK_MSG(ctx, ok, Internal, out, "%s: the thread pool failed", op);
   if (a.splits > 1) attention_merge(a, 0, T * Hkv);
   if (bf16_q) {

@@ -4,11 +4,15 @@
 #include <fstream>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <vector>
 
 #include <executorch/extension/module/module.h>
+#include <executorch/extension/threadpool/threadpool_guard.h>
 #include <executorch/extension/tensor/tensor.h>
 #include <executorch/runtime/platform/platform.h>
+
+#include <nlohmann/json.hpp>
 
 #include "torchchat/error.h"
 
@@ -70,6 +74,29 @@ void sniff(const std::string& path) {
     throw Error(path + ": not an ExecuTorch program (.pte)");
 }
 
+// Whether every linear of the program runs on our kernels (linear:int8 / linear:int4, their
+// output layer included; not linear:a8w4dq, which is XNNPACK's): then XNNPACK has only small
+// elementwise work left, which it runs inline, and our kernels split their rows over OpenMP's
+// threads (kernels/executorch_ops.cpp parallel_range), with ExecuTorch's thread pool turned off
+// for the calling thread. The pool costs two futex system calls per call, and a decode step
+// makes about 250 of them.
+bool linears_on_our_kernels(const std::string& quantize) {
+  if (quantize.empty()) return false;
+  const auto spec = nlohmann::json::parse(quantize, nullptr, false);
+  return spec.is_object() && (spec.contains("linear:int8") || spec.contains("linear:int4"));
+}
+
+// ExecuTorch's thread pool off for this thread while it lives, when `off`.
+class PoolOff {
+ public:
+  explicit PoolOff(bool off) {
+    if (off) guard_.emplace();
+  }
+
+ private:
+  std::optional<::executorch::extension::threadpool::NoThreadPoolGuard> guard_;
+};
+
 class EtBackend final : public Backend {
  public:
   explicit EtBackend(const BackendOptions& options);
@@ -83,6 +110,7 @@ class EtBackend final : public Backend {
   std::int64_t n_logits_value_ = 0;  // the n_logits input's one element (its length, 1, is what the program reads)
   ::executorch::extension::TensorPtr n_logits_;  // null: a program exported before that input, returning every position
   std::vector<float> logits_;  // the last position's row, valid until the next call
+  bool own_threads_ = false;  // linears_on_our_kernels
 };
 
 EtBackend::EtBackend(const BackendOptions& options) {
@@ -108,6 +136,8 @@ EtBackend::EtBackend(const BackendOptions& options) {
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
   }
+  own_threads_ = linears_on_our_kernels(metadata_.quantize);
+  const PoolOff pool_off(own_threads_);  // XNNPACK takes its thread pool when it is set up
   if (const et::Error e = module.load_method("forward"); e != et::Error::Ok)
     throw Error(describe(path + ": cannot load the forward method", e));
   const auto forward_meta = module.method_meta("forward");
@@ -126,6 +156,7 @@ std::span<const float> EtBackend::forward(const std::int64_t* tokens, int n, int
   const auto ids = ::executorch::extension::from_blob(tokens_.data(), {1, n}, et::etensor::ScalarType::Long);
   const auto pos = ::executorch::extension::from_blob(positions_.data(), {n}, et::etensor::ScalarType::Long);
   // The last position's logits only: [1, 1, vocab] (older programs: [1, n, vocab]).
+  const PoolOff pool_off(own_threads_);
   const auto out = n_logits_ ? module_->forward({ids, pos, et::EValue(), n_logits_}) : module_->forward({ids, pos});
   if (!out.ok()) throw Error(describe("the model failed", out.error()));
   const auto& logits = out->at(0).toTensor();
