@@ -142,7 +142,8 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor, input_pos: Tensor,
                 filled: Optional[int] = None) -> Tensor:
-        """`rope`: rope_cos_sin of the positions' rows. `filled`: attend over cache positions [0, filled) only (None: the whole cache)."""
+        """`rope`: rope_cos_sin of the positions' rows. `filled`: attend over cache positions
+        [0, filled) only (None: the whole cache)."""
         bsz, seqlen, _ = x.shape
         if self.wqkv is None:
             q, k, v = self.wq(x), self.wk(x), self.wv(x)
