@@ -106,8 +106,10 @@ def load_executorch() -> None:
     path = build("torchchat_et_kernels", ET_SOURCES, "torchchat kernels for ExecuTorch",
                  extra_include_paths=[str(include), str(include / "executorch/runtime/core/portable_type/c10")],
                  extra_cflags=["-O2", "-std=c++20", "-fvisibility=hidden", "-DC10_USING_CUSTOM_GENERATED_MACROS",
-                               "-DET_EVENT_TRACER_ENABLED", "-DET_USE_THREADPOOL"],
-                 extra_ldflags=[f"-L{lib}", "-lexecutorch", "-lexecutorch_threadpool", f"-Wl,-rpath,{lib}"])
+                               "-DET_EVENT_TRACER_ENABLED", "-DET_USE_THREADPOOL", "-fopenmp"],
+                 # -fopenmp: OpenMP where a host turns ExecuTorch's pool off (executorch_ops.cpp
+                 # parallel_range; Python never does); libgomp.so.1 is torch's, already loaded.
+                 extra_ldflags=[f"-L{lib}", "-lexecutorch", "-lexecutorch_threadpool", f"-Wl,-rpath,{lib}", "-fopenmp"])
     ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_LOCAL)  # its static initializers register the kernels
     _et_loaded = True
 
