@@ -155,8 +155,8 @@ std::span<const float> EtBackend::forward(const std::int64_t* tokens, int n, int
   std::iota(positions_.begin(), positions_.end(), std::int64_t{start_pos});
   const auto ids = ::executorch::extension::from_blob(tokens_.data(), {1, n}, et::etensor::ScalarType::Long);
   const auto pos = ::executorch::extension::from_blob(positions_.data(), {n}, et::etensor::ScalarType::Long);
-  // The last position's logits only: [1, 1, vocab] (older programs: [1, n, vocab]).
   const PoolOff pool_off(own_threads_);
+  // The last position's logits only: [1, 1, vocab] (older programs: [1, n, vocab]).
   const auto out = n_logits_ ? module_->forward({ids, pos, et::EValue(), n_logits_}) : module_->forward({ids, pos});
   if (!out.ok()) throw Error(describe("the model failed", out.error()));
   const auto& logits = out->at(0).toTensor();
