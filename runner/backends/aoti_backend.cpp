@@ -171,7 +171,7 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
   }
   // Models quantized with linear:int8/int4 call our kernels (libtorchchat_kernels, linked
   // in): report now, not mid-generation, if this CPU runs their portable fallback.
-  if (metadata_.quantize.find("\"linear:int") != std::string::npos) kernels::isa();
+  if (linears_on_our_kernels(metadata_)) kernels::isa();
   if (metadata_.inputs == 4) model_->lengths = at::empty({metadata_.max_seq_len}, at::kLong);
   // For tests: every forward() call appended as a JSON line (what the model was fed).
   if (const char* trace = std::getenv("TORCHCHAT_AOTI_TRACE")) trace_path_ = trace;

@@ -12,8 +12,6 @@
 #include <executorch/extension/tensor/tensor.h>
 #include <executorch/runtime/platform/platform.h>
 
-#include <nlohmann/json.hpp>
-
 #include "torchchat/error.h"
 
 namespace torchchat {
@@ -74,18 +72,6 @@ void sniff(const std::string& path) {
     throw Error(path + ": not an ExecuTorch program (.pte)");
 }
 
-// Whether every linear of the program runs on our kernels (linear:int8 / linear:int4, their
-// output layer included; not linear:a8w4dq, which is XNNPACK's): then XNNPACK has only small
-// elementwise work left, which it runs inline, and our kernels split their rows over OpenMP's
-// threads (kernels/executorch_ops.cpp parallel_range), with ExecuTorch's thread pool turned off
-// for the calling thread. The pool costs two futex system calls per call, and a decode step
-// makes about 250 of them.
-bool linears_on_our_kernels(const std::string& quantize) {
-  if (quantize.empty()) return false;
-  const auto spec = nlohmann::json::parse(quantize, nullptr, false);
-  return spec.is_object() && (spec.contains("linear:int8") || spec.contains("linear:int4"));
-}
-
 // ExecuTorch's thread pool off for this thread while it lives, when `off`.
 class PoolOff {
  public:
@@ -110,7 +96,11 @@ class EtBackend final : public Backend {
   std::int64_t n_logits_value_ = 0;  // the n_logits input's one element (its length, 1, is what the program reads)
   ::executorch::extension::TensorPtr n_logits_;  // null: a program exported before that input, returning every position
   std::vector<float> logits_;  // the last position's row, valid until the next call
-  bool own_threads_ = false;  // linears_on_our_kernels
+  // Every linear runs on our kernels (linears_on_our_kernels), so XNNPACK has only small
+  // elementwise work left: it runs that inline, with ExecuTorch's thread pool off for the calling
+  // thread, and our kernels split their rows over OpenMP's threads (kernels/executorch_ops.cpp
+  // parallel_range, which says why).
+  bool own_threads_ = false;
 };
 
 EtBackend::EtBackend(const BackendOptions& options) {
@@ -136,7 +126,7 @@ EtBackend::EtBackend(const BackendOptions& options) {
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
   }
-  own_threads_ = linears_on_our_kernels(metadata_.quantize);
+  own_threads_ = linears_on_our_kernels(metadata_);
   const PoolOff pool_off(own_threads_);  // XNNPACK takes its thread pool when it is set up
   if (const et::Error e = module.load_method("forward"); e != et::Error::Ok)
     throw Error(describe(path + ": cannot load the forward method", e));

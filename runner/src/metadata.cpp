@@ -146,6 +146,12 @@ std::string describe_quantize(const ModelMetadata& m) {
   return out.empty() ? "none" : out;
 }
 
+bool linears_on_our_kernels(const ModelMetadata& m) {
+  if (m.quantize.empty()) return false;
+  const json spec = json::parse(m.quantize, nullptr, false);
+  return spec.is_object() && (spec.contains("linear:int8") || spec.contains("linear:int4"));
+}
+
 std::string describe_model(const ModelMetadata& m) {
   return "model: " + m.arch + ", vocab " + std::to_string(m.vocab_size) + ", context " + std::to_string(m.max_seq_len) +
          ", dtype " + m.dtype + ", quantize " + describe_quantize(m);

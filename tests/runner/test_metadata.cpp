@@ -119,6 +119,21 @@ TEST(Metadata, DescribesDtypeAndQuantization) {
   EXPECT_EQ(describe_quantize(m), "linear:int9 bits=9 kind=new");
 }
 
+TEST(Metadata, TellsWhetherTheLinearsRunOurKernels) {
+  ModelMetadata m = parse_metadata_json(kValid);
+  EXPECT_FALSE(linears_on_our_kernels(m));  // not quantized
+  m.quantize = R"({"linear:int4":{"groupsize":32},"embedding:int8":{"groupsize":0}})";
+  EXPECT_TRUE(linears_on_our_kernels(m));
+  m.quantize = R"({"linear:int8":{"groupsize":0}})";
+  EXPECT_TRUE(linears_on_our_kernels(m));
+  m.quantize = R"({"precision":{"dtype":"bf16"},"linear:a8w4dq":{"groupsize":64}})";
+  EXPECT_FALSE(linears_on_our_kernels(m));  // XNNPACK's
+  m.quantize = R"({"embedding:int8":{"groupsize":0}})";
+  EXPECT_FALSE(linears_on_our_kernels(m));
+  m.quantize = "not json";
+  EXPECT_FALSE(linears_on_our_kernels(m));
+}
+
 TEST(Metadata, DefaultsFollowTheLlamaVersion) {
   const ModelMetadata two = default_metadata(2), three = default_metadata(3);
   EXPECT_EQ(two.bos_id, 1);

@@ -54,6 +54,10 @@ std::string to_metadata_json(const ModelMetadata& metadata);
 // of 0, per channel, is not shown; "precision" is left to the dtype), or "none".
 std::string describe_quantize(const ModelMetadata& metadata);
 
+// Whether the model's linears were quantized for our kernels (linear:int8 or linear:int4, the
+// output layer included; not linear:a8w4dq, which is XNNPACK's).
+bool linears_on_our_kernels(const ModelMetadata& metadata);
+
 // One line for stderr: "model: llama, vocab 49152, context 512, dtype fp32, quantize none".
 std::string describe_model(const ModelMetadata& metadata);
 
