@@ -207,8 +207,8 @@ bool fp32_or_bf16(const at::Tensor& t) { return t.scalar_type() == at::kFloat ||
 at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                            const at::Tensor& input_pos) {
   constexpr const char* op = "cache_attention";
-  TORCH_CHECK(q.dim() == 4 && q.size(0) == 1 && fp32_or_bf16(q) && q.is_contiguous(), op,
-              ": q must be a contiguous fp32 or bf16 [1, T, H, D] tensor, got ", q.scalar_type(), " ", q.sizes());
+  TORCH_CHECK(q.dim() == 4 && q.size(0) == 1 && fp32_or_bf16(q), op, ": q must be an fp32 or bf16 [1, T, H, D] tensor, got ",
+              q.scalar_type(), " ", q.sizes());
   const std::int64_t T = q.size(1), H = q.size(2), D = q.size(3);
   for (const at::Tensor* c : {&k_cache, &v_cache})
     TORCH_CHECK(c->dim() == 4 && c->size(0) == 1 && c->size(3) == D && fp32_or_bf16(*c) &&
@@ -225,8 +225,9 @@ at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k_cache, const
   const std::int64_t outside = position_outside(p, T, S);
   TORCH_CHECK(outside == T, op, ": position ", p[outside], " is outside the cache of ", S);
   // Computed in fp32: a bf16 q (T * H * D values, few beside the cache) is widened, and the result
-  // rounded back to it.
-  const at::Tensor qf = q.scalar_type() == at::kFloat ? q : q.to(at::kFloat);
+  // rounded back to it. A strided q (AOT Inductor passes q as a view of the rotated q and k heads)
+  // is copied: for a prompt only, as a decode step's single token is contiguous.
+  const at::Tensor qf = q.to(at::kFloat).contiguous();
   at::Tensor out = at::detail::empty_cpu(q.sizes(), at::kFloat);
   AttentionArgs a = attention_args(qf.const_data_ptr<float>(), k_cache.const_data_ptr(), v_cache.const_data_ptr(),
                                    k_cache.scalar_type() == at::kBFloat16, p, out.mutable_data_ptr<float>(), T, H,
