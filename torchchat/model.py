@@ -79,9 +79,15 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        # Normalise in fp32 like the reference implementations, then cast back.
+        # Normalise in fp32 like the reference implementations, then cast back. The mean is taken
+        # over a [rows, 1, 1, dim] view, the form XNNPACK's partitioner takes (a 4-D mean over the
+        # last two dims, reshapes with one inferred dim): in an ExecuTorch program the residual
+        # add, the norm and its scale are then one delegate call, not two around a portable mean.
+        # In eager PyTorch the same bits as mean(-1).
         xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        b, _, d = x.shape
+        x4 = xf.view(-1, 1, 1, d)
+        xf = (x4 * torch.rsqrt(x4.pow(2).mean((2, 3), keepdim=True) + self.eps)).view(b, -1, d)
         return xf.type_as(x) * self.weight
 
 
@@ -147,13 +153,16 @@ class Attention(nn.Module):
         bsz, seqlen, _ = x.shape
         if self.wqkv is None:
             q, k, v = self.wq(x), self.wk(x), self.wv(x)
+            q = apply_rope(q.view(bsz, seqlen, self.n_heads, self.head_dim), rope)
+            k = apply_rope(k.view(bsz, seqlen, self.n_kv_heads, self.head_dim), rope)
         else:
-            kv_dim = self.n_kv_heads * self.head_dim
-            q, k, v = self.wqkv(x).split([self.n_heads * self.head_dim, kv_dim, kv_dim], dim=-1)
-        q = q.view(bsz, seqlen, self.n_heads, self.head_dim)
-        k = k.view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+            # q's and k's heads rotated as one tensor: in an ExecuTorch program each rotation is a
+            # delegate call and two copying selects.
+            qk_heads = self.n_heads + self.n_kv_heads
+            qk, v = self.wqkv(x).split([qk_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1)
+            qk = apply_rope(qk.view(bsz, seqlen, qk_heads, self.head_dim), rope)
+            q, k = qk.split([self.n_heads, self.n_kv_heads], dim=2)
         v = v.view(bsz, seqlen, self.n_kv_heads, self.head_dim)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
         k, v = self.kv_cache.update(input_pos, k.transpose(1, 2), v.transpose(1, 2))
         if self.cache_attention is not None:
             out = self.cache_attention(q, k, v, input_pos)

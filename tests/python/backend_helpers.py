@@ -100,6 +100,20 @@ def two_input_program(model, context: int):
         return torch.export.export(model, example, dynamic_shapes=({1: seq}, {0: seq}), strict=False)
 
 
+def pte_kernel_calls(path: Path):
+    """Counter of the portable (non-delegated) kernel calls in a .pte's forward, by operator name.
+    In an ExecuTorch program each is a call that copies its output, and splits a delegate's work."""
+    from collections import Counter
+
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    pte = deserialize_pte_binary(Path(path).read_bytes())
+    program = getattr(pte, "program", pte)
+    plan = next(p for p in program.execution_plan if p.name == "forward")
+    return Counter(plan.operators[i.instr_args.op_index].name for chain in plan.chains for i in chain.instructions
+                   if type(i.instr_args).__name__ == "KernelCall")
+
+
 def greedy(decoder, ids, stop_ids, start_pos=0):
     from torchchat.generate import SamplingConfig, Sampler, generate
 
