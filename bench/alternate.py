@@ -7,7 +7,9 @@ Each round runs one `llama-bench -p 0 -n TOKENS -r 1` on GGUF, then each artifac
 (`aoti_bench` for .so/.pt2, `et_bench` for .pte: `-p 1 -g TOKENS -r 1`), and keeps each
 artifact's speed divided by llama.cpp's of the same round. On a shared machine whose speed moves
 by ±30 % from minute to minute (the Intel machine of 2026-11-28), a ratio of runs seconds apart
-says much more than medians of runs minutes apart. Prints one table: medians and quartiles of
+says much more than medians of runs minutes apart. The artifacts take turns at running first
+after llama.cpp. A file against a copy of itself, 15-16 rounds (2026-11-29): 0.95 and 1.02
+(quartiles 0.78-1.07), so medians within about 5 % are noise. Prints one table: medians and quartiles of
 the ratios, and of each artifact against the first one (old against new). Needs
 `bench/build_llama_cpp.sh`'s llama-bench (built once, ~6 min, cached) and the runners in cmake-out
 (`--threads` sets llama.cpp's -t and OMP_NUM_THREADS for aoti_bench).
@@ -64,7 +66,8 @@ def main() -> None:
     speeds: dict[Path, list[float]] = {f: [] for f in a.artifacts}
     for r in range(a.rounds):
         base.append(llama())
-        for f in a.artifacts:
+        # Each round starts at the next artifact: none always runs right after llama.cpp.
+        for f in a.artifacts[r % len(a.artifacts):] + a.artifacts[:r % len(a.artifacts)]:
             speeds[f].append(ours(f))
         print(f"round {r + 1}/{a.rounds}: llama.cpp {base[-1]:.1f} tok/s, "
               + ", ".join(f"{f.name} {speeds[f][-1]:.1f}" for f in a.artifacts), file=sys.stderr, flush=True)
