@@ -6,8 +6,8 @@ last n_logits positions (the runner asks for 1, `eval --pte-path` for all; progr
 before n_logits take (tokens, input_pos), return all, and still run). The KV cache is a pair
 of mutable buffers per layer inside the program, and the sequence length is dynamic
 (1..max_seq_len), so the whole prompt is prefilled in one call and decode is T = 1.
-The XNNPACK partitioner takes the linears and elementwise work; what it leaves (embedding,
-position indexing, rotary's selects, RMSNorm's mean, the in-place cache write) runs on
+The XNNPACK partitioner takes the linears, the norms and elementwise work; what it leaves
+(embedding, position indexing, rotary's selects, splits, the in-place cache write) runs on
 ExecuTorch's CPU kernels, and attention over an fp32 or bf16 cache (export.cache_attention) and
 linear:int8 / linear:int4 layers on ours (kernels/executorch_ops.cpp: et_run links them,
 PTEDecoder loads them). Two export-time choices, not model changes: attention over an fp16

@@ -84,10 +84,9 @@ class RMSNorm(nn.Module):
         # last two dims, reshapes with one inferred dim): in an ExecuTorch program the residual
         # add, the norm and its scale are then one delegate call, not two around a portable mean.
         # In eager PyTorch the same bits as mean(-1).
-        xf = x.float()
         b, _, d = x.shape
-        x4 = xf.view(-1, 1, 1, d)
-        xf = (x4 * torch.rsqrt(x4.pow(2).mean((2, 3), keepdim=True) + self.eps)).view(b, -1, d)
+        x4 = x.float().reshape(-1, 1, 1, d)
+        xf = (x4 * torch.rsqrt(x4.pow(2).mean((2, 3), keepdim=True) + self.eps)).reshape(b, -1, d)
         return xf.type_as(x) * self.weight
 
 
