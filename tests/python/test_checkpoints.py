@@ -115,6 +115,25 @@ def test_rope_rotates_pairs_as_meta_reference(dtype):
     assert torch.equal(got, pairwise)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_is_the_reference_bit_for_bit(dtype):
+    """RMSNorm takes its mean over a [rows, 1, 1, dim] reshape (the form XNNPACK accepts): in
+    eager PyTorch the same bits as the reference formula over the last dim, for a decode step,
+    a prompt and a batch."""
+    from torchchat.model import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(576, 1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(576))
+    for shape in [(1, 1, 576), (1, 37, 576), (2, 5, 576)]:
+        x = (torch.randn(shape) * 3).to(dtype)
+        xf = x.float()
+        want = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).type_as(x) * norm.weight
+        with torch.no_grad():
+            assert torch.equal(norm(x), want), shape
+
+
 def test_llama2c_pt(llama2_ref, tmp_path):
     path = tm.write_llama2c_pt(llama2_ref.hf, tmp_path / "stories.pt")
     args, sd = load_checkpoint(path)
