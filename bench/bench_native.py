@@ -12,7 +12,9 @@ llama.cpp runs directly and from which we export the AOTI artifacts. With --1b, 
 row set on a random-weight model of Llama 3.2 1B's shape (fp32 and bf16); with --quant, rows for
 our quantization schemes beside llama.cpp's BF16, Q8_0 and Q4_1 of the same F32 GGUF (name some to
 run only those). Also probes the
-machine's memory read bandwidth, the ceiling for decode. Prints one markdown table.
+machine's memory read bandwidth, the ceiling for decode, and runs llama.cpp again just before and
+after each of our rows: a row's ratio to llama.cpp is against those two runs, so both sides of a
+ratio ran within a minute of each other. Prints one markdown table.
 
 Builds what it needs once and caches it in ~/.cache/torchchat-bench: llama.cpp
 (bench/build_llama_cpp.sh), the F32 GGUF, the exported artifacts.
@@ -326,17 +328,33 @@ def bench_llama_cpp(llama_dir: Path, gguf_path: Path, threads: int, reps: int, p
     return res
 
 
+def llama_cpp_beside(llama_dir: Path, gguf_path: Path, threads: int, reps: int, pp_extra: tuple = ()) -> dict:
+    """llama.cpp's pp and tg medians, run just before or after one of our rows: its ratio to
+    llama.cpp is taken against these, not against the group's llama.cpp row of minutes earlier
+    (on these machines decode moves by ±20-30 % with the minute, both engines alike)."""
+    bench = llama_dir / "bin" / "llama-bench"
+    res = {}
+    for key, p, n, extra in (("pp", N_PROMPT, 0, pp_extra), ("tg", 0, N_GEN, ())):
+        out, _, _ = run([bench, "-m", gguf_path, "-p", p, "-n", n, "-t", threads, "-r", reps, *extra, "-o", "json"])
+        res[key] = med([float(x) for x in json.loads(out)[0]["samples_ts"]])
+    return res
+
+
 def bandwidth(threads: int) -> float:
     out, _, _ = run([AOTI_BENCH, "--bandwidth", "-t", threads])
     return json.loads(out)["read_gb_per_s"]
 
 
-def probed(threads: int, bench, *args) -> dict:
+def probed(threads: int, bench, *args, beside=None) -> dict:
     """bench(*args) with the read bandwidth probed just before and after it, as r["bw"]: this
     machine's bandwidth moves between regimes (≈ 50 and ≈ 78 GB/s seen minutes apart), so only a
-    probe beside a row says how close that row's decode came to the memory."""
+    probe beside a row says how close that row's decode came to the memory. With `beside`
+    (llama.cpp at the group's bits), that runs right before and after the row too, as r["beside"]."""
     before = bandwidth(threads)
+    ref_before = beside() if beside else None
     r = bench(*args)
+    if beside:
+        r["beside"] = (ref_before, beside())
     r["bw"] = (before, bandwidth(threads))
     return r
 
@@ -359,10 +377,12 @@ def print_table(rows, weight_mb: dict, threads, reps) -> None:
           f"probe GB/s: read bandwidth probed just before / after the row; "
           f"tg ceiling = the higher of the two / the group's GGUF weight bytes, tg % = tg128 / ceiling. "
           f"load+pp128: AOTI and eager load + cold first prefill in-process; llama.cpp a whole llama-bench "
-          f"process with one pp128 and no warm-up.\n")
+          f"process with one pp128 and no warm-up. llama.cpp beside: its pp128 / tg128 run just before and "
+          f"just after the row (medians); the row's × llama.cpp is against their mean.\n")
     print("| model | engine | file MB | load s | load+pp128 s | pp128 tok/s | tg128 tok/s | probe GB/s "
-          "| tg ceiling tok/s | tg % | peak RSS MB | pp × llama.cpp | tg × llama.cpp |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| tg ceiling tok/s | tg % | peak RSS MB | llama.cpp beside: pp128 / tg128 tok/s "
+          "| pp × llama.cpp | tg × llama.cpp |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for model, engines in rows:
         ref = next((r for n, r in engines.items() if n.startswith("llama.cpp")), None)
         for name, r in engines.items():
@@ -370,11 +390,18 @@ def print_table(rows, weight_mb: dict, threads, reps) -> None:
             load = r.get("load")
             first = r.get("load_plus_pp") or ((load or 0) + r["ttft"] if "ttft" in r else None)
             ceiling = max(r["bw"]) * 1e3 / weight_mb[model]
-            rpp = pp / med(ref["pp"]) if ref else None
-            rtg = tg / med(ref["tg"]) if ref else None
+            if "beside" in r:
+                a, b = r["beside"]
+                ref_pp, ref_tg = (a["pp"] + b["pp"]) / 2, (a["tg"] + b["tg"]) / 2
+                beside = f"{a['pp']:.0f}, {b['pp']:.0f} / {a['tg']:.1f}, {b['tg']:.1f}"
+            else:
+                ref_pp, ref_tg = (med(ref["pp"]), med(ref["tg"])) if ref else (None, None)
+                beside = "—"
+            rpp = pp / ref_pp if ref_pp else None
+            rtg = tg / ref_tg if ref_tg else None
             print(f"| {model} | {name} | {fmt(r.get('size'), '.0f')} | {fmt(load, '.2f')} | {fmt(first, '.2f')} | "
                   f"{fmt(pp)} | {fmt(tg)} | {r['bw'][0]:.1f} / {r['bw'][1]:.1f} | {ceiling:.0f} | "
-                  f"{fmt(100 * tg / ceiling, '.0f')} | {fmt(r.get('rss'), '.0f')} | {fmt(rpp, '.2f')} | "
+                  f"{fmt(100 * tg / ceiling, '.0f')} | {fmt(r.get('rss'), '.0f')} | {beside} | {fmt(rpp, '.2f')} | "
                   f"{fmt(rtg, '.2f')} |")
     for model, engines in rows:
         for name, r in engines.items():
@@ -462,15 +489,16 @@ def main() -> None:
         log(f"== {name}: llama.cpp, aoti (.so, .pt2), eager")
         engines = {}
         engines["llama.cpp"] = measure(bench_llama_cpp, llama_dir, g, a.threads, a.reps)
-        engines[f"AOTI .so, ctx {a.context}"] = measure(bench_aoti, so, a.threads, a.reps, tok)
+        paired = partial(measure, beside=partial(llama_cpp_beside, llama_dir, g, a.threads, a.reps))
+        engines[f"AOTI .so, ctx {a.context}"] = paired(bench_aoti, so, a.threads, a.reps, tok)
         if pt2 is not None:
-            engines[f"AOTI .pt2, ctx {a.context}"] = measure(bench_aoti, pt2, a.threads, a.reps, tok)
+            engines[f"AOTI .pt2, ctx {a.context}"] = paired(bench_aoti, pt2, a.threads, a.reps, tok)
         if so_default is not None:
-            engines[f"AOTI .so, ctx {default_ctx}"] = measure(bench_aoti, so_default, a.threads, a.reps, None)
+            engines[f"AOTI .so, ctx {default_ctx}"] = paired(bench_aoti, so_default, a.threads, a.reps, None)
         if name in ptes:
-            engines[f"ET .pte (XNNPACK), ctx {a.context}"] = measure(bench_aoti, ptes[name], a.threads, a.reps,
-                                                                     tok, ET_BENCH, ET_RUN)
-        engines[f"Python eager, ctx {N_PROMPT + N_GEN}"] = measure(bench_eager, g, dtype, a.threads, a.reps)
+            engines[f"ET .pte (XNNPACK), ctx {a.context}"] = paired(bench_aoti, ptes[name], a.threads, a.reps,
+                                                                    tok, ET_BENCH, ET_RUN)
+        engines[f"Python eager, ctx {N_PROMPT + N_GEN}"] = paired(bench_eager, g, dtype, a.threads, a.reps)
         rows.append((name, engines))
         weight_mb[name] = gguf_weight_mb(g)
     if a.quant is not None:
@@ -482,19 +510,22 @@ def main() -> None:
             # llama.cpp with repacked weights (its fastest CPU path, the default). On some AVX-512
             # CPUs (seen on an Intel one with AMX) this build's prompt processing on repacked
             # weights segfaults, also on the original Q4_1 GGUF: then pp runs with --repack 0.
+            pp_extra = ()
             try:
                 engines = {f"llama.cpp {kind}": measure(bench_llama_cpp, llama_dir, g, a.threads, a.reps)}
             except SystemExit as e:
                 log(f"llama.cpp {kind} with repacked weights failed ({str(e).splitlines()[0]}): pp with --repack 0")
+                pp_extra = ("--repack", "0")
                 engines = {f"llama.cpp {kind} (pp: --repack 0)": measure(bench_llama_cpp, llama_dir, g, a.threads,
-                                                                         a.reps, ("--repack", "0"))}
+                                                                         a.reps, pp_extra)}
+            paired = partial(measure, beside=partial(llama_cpp_beside, llama_dir, g, a.threads, a.reps, pp_extra))
             for name, suffix, spec, tag in ours:
                 artifact = export(smol, "fp32", a.context, suffix, spec, tag)
                 bench_bin, run_bin = (ET_BENCH, ET_RUN) if suffix == "pte" else (AOTI_BENCH, AOTI_RUN)
-                engines[name] = measure(bench_aoti, artifact, a.threads, a.reps, jobs[0][3], bench_bin, run_bin)
+                engines[name] = paired(bench_aoti, artifact, a.threads, a.reps, jobs[0][3], bench_bin, run_bin)
                 if suffix == "so":  # the same scheme in eager PyTorch, with the same kernels
-                    engines[f"Python eager {name.split(' ', 2)[2]}"] = measure(bench_eager, smol, "fp32",
-                                                                               a.threads, a.reps, spec)
+                    engines[f"Python eager {name.split(' ', 2)[2]}"] = paired(bench_eager, smol, "fp32",
+                                                                              a.threads, a.reps, spec)
             rows.append((group, engines))
             weight_mb[group] = gguf_weight_mb(g)
     print_table(rows, weight_mb, a.threads, a.reps)
