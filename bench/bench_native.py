@@ -312,18 +312,27 @@ def worker_eager(gguf_path: str, dtype: str, threads: int, reps: int, quantize: 
     print(json.dumps(dict(load=load, ttft=ttft, pp=pp, tg=tg)))
 
 
-def bench_llama_cpp(llama_dir: Path, gguf_path: Path, threads: int, reps: int, pp_extra: tuple = ()) -> dict:
-    """llama-bench: pp and tg as two runs, so that pp can take its own flags (`pp_extra`)."""
+def llama_bench_samples(llama_dir: Path, gguf_path: Path, threads: int, reps: int, pp_extra: tuple = (),
+                        runner=run) -> dict:
+    """llama-bench's pp and tg samples (tok/s) as two runs, so that pp can take its own flags
+    (`pp_extra`), and the larger peak RSS of the two when `runner` is run_rss."""
     bench = llama_dir / "bin" / "llama-bench"
-    res = dict(size=gguf_path.stat().st_size / 1e6, rss=0.0)
+    res = dict(rss=0.0)
     for key, p, n, extra in (("pp", N_PROMPT, 0, pp_extra), ("tg", 0, N_GEN, ())):
-        out, _, rss = run_rss([bench, "-m", gguf_path, "-p", p, "-n", n, "-t", threads, "-r", reps, *extra,
-                               "-o", "json"])
+        out, _, rss = runner([bench, "-m", gguf_path, "-p", p, "-n", n, "-t", threads, "-r", reps, *extra,
+                              "-o", "json"])
         res[key] = [float(x) for x in json.loads(out)[0]["samples_ts"]]
         res["rss"] = max(res["rss"], rss)
+    return res
+
+
+def bench_llama_cpp(llama_dir: Path, gguf_path: Path, threads: int, reps: int, pp_extra: tuple = ()) -> dict:
+    """llama.cpp's row: pp and tg samples, peak RSS, file size, and load + first prefill."""
+    res = dict(llama_bench_samples(llama_dir, gguf_path, threads, reps, pp_extra, run_rss),
+               size=gguf_path.stat().st_size / 1e6)
     # Load + first token: one cold-ish run of pp128 only, no warm-up, whole process.
-    _, wall, _ = run([bench, "-m", gguf_path, "-p", N_PROMPT, "-n", 0, "-t", threads, "-r", 1, "--no-warmup",
-                      *pp_extra, "-o", "json"])
+    _, wall, _ = run([llama_dir / "bin" / "llama-bench", "-m", gguf_path, "-p", N_PROMPT, "-n", 0, "-t", threads,
+                      "-r", 1, "--no-warmup", *pp_extra, "-o", "json"])
     res["load_plus_pp"] = wall
     return res
 
@@ -332,12 +341,8 @@ def llama_cpp_beside(llama_dir: Path, gguf_path: Path, threads: int, reps: int, 
     """llama.cpp's pp and tg medians, run just before or after one of our rows: its ratio to
     llama.cpp is taken against these, not against the group's llama.cpp row of minutes earlier
     (on these machines decode moves by ±20-30 % with the minute, both engines alike)."""
-    bench = llama_dir / "bin" / "llama-bench"
-    res = {}
-    for key, p, n, extra in (("pp", N_PROMPT, 0, pp_extra), ("tg", 0, N_GEN, ())):
-        out, _, _ = run([bench, "-m", gguf_path, "-p", p, "-n", n, "-t", threads, "-r", reps, *extra, "-o", "json"])
-        res[key] = med([float(x) for x in json.loads(out)[0]["samples_ts"]])
-    return res
+    res = llama_bench_samples(llama_dir, gguf_path, threads, reps, pp_extra)
+    return dict(pp=med(res["pp"]), tg=med(res["tg"]))
 
 
 def bandwidth(threads: int) -> float:
