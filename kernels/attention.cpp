@@ -17,7 +17,7 @@ using i64 = std::int64_t;
 
 // quant_linear.cpp's choice (with its notice and TORCHCHAT_KERNELS=generic), for D it covers.
 bool vectorized(i64 D) {
-  static const bool avx512 = std::strcmp(isa(), "avx512") == 0;
+  static const bool avx512 = std::strncmp(isa(), "avx512", 6) == 0;
   return avx512 && D % 16 == 0 && D <= 128;
 }
 

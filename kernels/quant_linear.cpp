@@ -1,85 +1,147 @@
-// Choosing the implementation at run time (quant_linear.h).
+// Choosing the implementation at run time (quant_linear.h): the best level the CPU has, or the
+// one TORCHCHAT_KERNELS names, decided once.
 #include "quant_linear.h"
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 namespace torchchat::kernels {
 namespace {
 
-enum class Isa { Generic, Avx512 };
+enum class Level { Generic, Avx2, Avx2Vnni, Avx512, Avx512Vnni };
+constexpr const char* kNames[] = {"generic", "avx2", "avx2-vnni", "avx512", "avx512-vnni"};
 
-Isa detect() {
+// __builtin_cpu_supports also checks that the OS saves the wide registers (XCR0), as it must.
+bool has_avx2() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+bool has_avx512() {
+  return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl");
+}
+bool supported(Level level) {
+  switch (level) {
+    case Level::Generic: return true;
+    case Level::Avx2: return has_avx2();
+    case Level::Avx2Vnni: return has_avx2() && __builtin_cpu_supports("avxvnni");
+    case Level::Avx512: return has_avx512();
+    case Level::Avx512Vnni: return has_avx512() && __builtin_cpu_supports("avx512vnni");
+  }
+  return false;
+}
+constexpr const char* kNeeds[] = {"", "AVX2, FMA and F16C", "AVX2, FMA, F16C and AVX-VNNI",
+                                  "AVX-512 F/BW/VL, FMA and F16C", "AVX-512 F/BW/VL/VNNI, FMA and F16C"};
+
+Level best() {
+  for (Level level : {Level::Avx512Vnni, Level::Avx512, Level::Avx2Vnni, Level::Avx2})
+    if (supported(level)) return level;
+  return Level::Generic;
+}
+
+struct Choice {
+  Level level;
+  std::string error;  // TORCHCHAT_KERNELS could not be honoured
+};
+
+Choice choose() {
   const char* forced = std::getenv("TORCHCHAT_KERNELS");
-  const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
-  if (forced && std::strcmp(forced, "generic") == 0) {
-    std::fprintf(stderr, "torchchat kernels: portable fallback (TORCHCHAT_KERNELS=generic)\n");
-    return Isa::Generic;
+  if (forced && *forced) {
+    for (int i = 0; i < 5; ++i) {
+      if (std::strcmp(forced, kNames[i]) != 0) continue;
+      const Level level = static_cast<Level>(i);
+      if (!supported(level))
+        return {best(), std::string("TORCHCHAT_KERNELS=") + forced + ": this CPU lacks " + kNeeds[i]};
+      if (level == Level::Generic)
+        std::fprintf(stderr, "torchchat kernels: portable fallback (TORCHCHAT_KERNELS=generic)\n");
+      return {level, ""};
+    }
+    return {best(), std::string("TORCHCHAT_KERNELS=") + forced +
+                        ": unknown kernels (expected generic, avx2, avx2-vnni, avx512 or avx512-vnni)"};
   }
-  if (!has_avx512) {
-    std::fprintf(stderr, "torchchat kernels: this CPU lacks AVX-512 (F/BW/VL); using the portable fallback (slower)\n");
-    return Isa::Generic;
-  }
-  return Isa::Avx512;
+  const Level level = best();
+  if (level == Level::Generic)
+    std::fprintf(stderr, "torchchat kernels: this CPU lacks AVX2/FMA/F16C; using the portable fallback (slower)\n");
+  return {level, ""};
 }
 
-Isa active() {
-  static const Isa isa = detect();  // thread-safe, once
-  return isa;
+const Choice& chosen() {
+  static const Choice choice = choose();  // thread-safe, once
+  return choice;
 }
-
-// The int8-activation kernels also need VNNI (AVX-512 CPUs before Cascade Lake lack it).
-bool vnni() {
-  static const bool has = [] {
-    const bool ok = active() == Isa::Avx512 && __builtin_cpu_supports("avx512vnni");
-    if (active() == Isa::Avx512 && !ok)
-      std::fprintf(stderr, "torchchat kernels: this CPU lacks AVX-512 VNNI; int8-activation linears use the portable fallback (slower)\n");
-    return ok;
-  }();
-  return has;
-}
+Level active() { return chosen().level; }
 
 }  // namespace
 
-const char* isa() { return active() == Isa::Avx512 ? "avx512" : "generic"; }
+const char* isa() { return kNames[static_cast<int>(active())]; }
+
+const char* isa_error() { return chosen().error.empty() ? nullptr : chosen().error.c_str(); }
 
 void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
-  if (active() == Isa::Avx512) return avx512::float_linear(x, M, w, y, n0, n1);
-  generic::float_linear(x, M, w, y, n0, n1);
+  switch (active()) {
+    case Level::Avx512Vnni: case Level::Avx512: return avx512::float_linear(x, M, w, y, n0, n1);
+    case Level::Avx2Vnni: case Level::Avx2: return avx2::float_linear(x, M, w, y, n0, n1);
+    case Level::Generic: return generic::float_linear(x, M, w, y, n0, n1);
+  }
 }
 
 void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
-  if (active() == Isa::Avx512) return avx512::panel_linear(x, M, w, y, n0, n1);
-  generic::panel_linear(x, M, w, y, n0, n1);
+  switch (active()) {
+    case Level::Avx512Vnni: case Level::Avx512: return avx512::panel_linear(x, M, w, y, n0, n1);
+    case Level::Avx2Vnni: case Level::Avx2: return avx2::panel_linear(x, M, w, y, n0, n1);
+    case Level::Generic: return generic::panel_linear(x, M, w, y, n0, n1);
+  }
 }
 
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1) {
-  if (active() == Isa::Avx512) return avx512::int8_linear(x, M, w, y, n0, n1);
-  generic::int8_linear(x, M, w, y, n0, n1);
+  switch (active()) {
+    case Level::Avx512Vnni: case Level::Avx512: return avx512::int8_linear(x, M, w, y, n0, n1);
+    case Level::Avx2Vnni: case Level::Avx2: return avx2::int8_linear(x, M, w, y, n0, n1);
+    case Level::Generic: return generic::int8_linear(x, M, w, y, n0, n1);
+  }
 }
 
 void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1) {
-  if (active() == Isa::Avx512) return avx512::int4_linear(x, M, w, y, n0, n1);
-  generic::int4_linear(x, M, w, y, n0, n1);
+  switch (active()) {
+    case Level::Avx512Vnni: case Level::Avx512: return avx512::int4_linear(x, M, w, y, n0, n1);
+    case Level::Avx2Vnni: case Level::Avx2: return avx2::int4_linear(x, M, w, y, n0, n1);
+    case Level::Generic: return generic::int4_linear(x, M, w, y, n0, n1);
+  }
 }
 
 void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int slices, std::int8_t* q, float* scale,
                           float* scaled_sum, std::int32_t* sum) {
-  if (vnni()) return avx512vnni::quantize_activations(x, M, K, slices, q, scale, scaled_sum, sum);
-  generic::quantize_activations(x, M, K, slices, q, scale, scaled_sum, sum);
+  switch (active()) {
+    case Level::Avx512Vnni: return avx512vnni::quantize_activations(x, M, K, slices, q, scale, scaled_sum, sum);
+    case Level::Avx512: case Level::Avx2Vnni: case Level::Avx2:
+      return avx2::quantize_activations(x, M, K, slices, q, scale, scaled_sum, sum);
+    case Level::Generic: return generic::quantize_activations(x, M, K, slices, q, scale, scaled_sum, sum);
+  }
 }
 
+// AVX-512 CPUs without AVX-512 VNNI (Skylake-X) run the AVX2 int8-activation kernels; AVX-VNNI
+// without AVX-512 VNNI is no CPU we know of, but the choice would be right for it too.
 void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
-  if (vnni()) return avx512vnni::int4_a8_linear(x, w, y, n0, n1);
-  generic::int4_a8_linear(x, w, y, n0, n1);
+  switch (active()) {
+    case Level::Avx512Vnni: return avx512vnni::int4_a8_linear(x, w, y, n0, n1);
+    case Level::Avx512:
+      return supported(Level::Avx2Vnni) ? avx2vnni::int4_a8_linear(x, w, y, n0, n1) : avx2::int4_a8_linear(x, w, y, n0, n1);
+    case Level::Avx2Vnni: return avx2vnni::int4_a8_linear(x, w, y, n0, n1);
+    case Level::Avx2: return avx2::int4_a8_linear(x, w, y, n0, n1);
+    case Level::Generic: return generic::int4_a8_linear(x, w, y, n0, n1);
+  }
 }
 
 void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
-  if (vnni()) return avx512vnni::int8_a8_linear(x, w, y, n0, n1);
-  generic::int8_a8_linear(x, w, y, n0, n1);
+  switch (active()) {
+    case Level::Avx512Vnni: return avx512vnni::int8_a8_linear(x, w, y, n0, n1);
+    case Level::Avx512:
+      return supported(Level::Avx2Vnni) ? avx2vnni::int8_a8_linear(x, w, y, n0, n1) : avx2::int8_a8_linear(x, w, y, n0, n1);
+    case Level::Avx2Vnni: return avx2vnni::int8_a8_linear(x, w, y, n0, n1);
+    case Level::Avx2: return avx2::int8_a8_linear(x, w, y, n0, n1);
+    case Level::Generic: return generic::int8_a8_linear(x, w, y, n0, n1);
+  }
 }
 
 }  // namespace torchchat::kernels

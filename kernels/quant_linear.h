@@ -162,11 +162,19 @@ inline float slice_sum(const std::int32_t* sums, std::int64_t stride, int slices
 void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 
-// Which implementation runs: "avx512" when the CPU (and OS) have AVX-512 F/BW/VL, else
-// "generic" (portable C++). TORCHCHAT_KERNELS=generic forces the fallback. The first call
-// prints a notice on stderr when the fallback is used. int4_a8_linear and int8_a8_linear also
-// need AVX-512 VNNI: without it, those kernels alone run the fallback (with their own notice).
+// Which implementations run, chosen once at the first call, best first:
+//   "avx512-vnni"  AVX-512 F/BW/VL + FMA + F16C, and AVX-512 VNNI for the int8-activation kernels
+//   "avx512"       the same without VNNI (the int8-activation kernels run the AVX2 ones)
+//   "avx2-vnni"    AVX2 + FMA + F16C, and AVX-VNNI (vpdpbusd on 256 bits) for the int8-activation kernels
+//   "avx2"         AVX2 + FMA + F16C (vpmaddubsw / vpmaddwd for the int8-activation kernels)
+//   "generic"      portable C++: a safety net, with a notice on stderr
+// Every level computes the same bits (each output in the same order of float operations), so a
+// model's tokens do not depend on the CPU. TORCHCHAT_KERNELS=<level> forces one.
 const char* isa();
+// The one-line error when TORCHCHAT_KERNELS names an unknown level or one this CPU cannot run (the
+// kernels then run the best level the CPU has, never an instruction it lacks); nullptr otherwise.
+// The runners and the Python package refuse to go on when it is set.
+const char* isa_error();
 
 // The implementations, for tests that compare them directly.
 namespace generic {
@@ -191,5 +199,19 @@ void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int sl
 void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 }  // namespace avx512vnni
+namespace avx2 {
+void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
+void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
+void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int slices, std::int8_t* q, float* scale,
+                          float* scaled_sum, std::int32_t* sum);
+void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+}  // namespace avx2
+namespace avx2vnni {  // AVX2 + AVX-VNNI: the int8-activation kernels' dot products (quantize_activations: avx2's)
+void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+}  // namespace avx2vnni
 
 }  // namespace torchchat::kernels

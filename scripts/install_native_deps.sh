@@ -5,9 +5,10 @@
 #   nlohmann-json3-dev    JSON (tokenizer.json, model metadata)
 #   libpcre2-dev          Unicode regex with look-ahead (tiktoken / HF pre-tokenizer patterns)
 #   libgtest-dev          C++ unit tests (ctest)
+#   qemu-user-static      ../shared/tools/avx2-cpu: tests run the AVX2 paths as an AVX2-only CPU would
 set -euo pipefail
 
-packages=(cmake ninja-build g++ pkg-config nlohmann-json3-dev libpcre2-dev libgtest-dev)
+packages=(cmake ninja-build g++ pkg-config nlohmann-json3-dev libpcre2-dev libgtest-dev qemu-user-static)
 
 missing=()
 for pkg in "${packages[@]}"; do

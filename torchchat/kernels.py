@@ -33,8 +33,10 @@ from torch import Tensor
 from torchchat.errors import UserError
 
 KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
-CORE = ("quant_linear.cpp", "quant_linear_generic.cpp", "quant_linear_avx512.cpp", "quant_linear_vnni.cpp",
-        "attention.cpp", "attention_avx512.cpp")
+# TORCHCHAT_KERNEL_SOURCES in CMakeLists.txt
+CORE = ("quant_linear.cpp", "quant_linear_generic.cpp", "quant_linear_avx2.cpp", "quant_linear_avx2_a8.cpp",
+        "quant_linear_avx2vnni.cpp", "quant_linear_avx512.cpp", "quant_linear_vnni.cpp", "attention.cpp",
+        "attention_avx2.cpp", "attention_avx512.cpp")
 SOURCES = [KERNELS_DIR / name for name in (*CORE, "torch_ops.cpp")]
 ET_SOURCES = [KERNELS_DIR / name for name in (*CORE, "executorch_ops.cpp")]
 

@@ -1,0 +1,14 @@
+// AVX2 + AVX-VNNI int8-activation kernels (quant_linear.h). PLACEHOLDER: forwards to the portable
+// code until the vector code lands.
+#include "quant_linear.h"
+
+namespace torchchat::kernels::avx2vnni {
+
+void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
+  generic::int4_a8_linear(x, w, y, n0, n1);
+}
+void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
+  generic::int8_a8_linear(x, w, y, n0, n1);
+}
+
+}  // namespace torchchat::kernels::avx2vnni
