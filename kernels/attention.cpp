@@ -1,8 +1,11 @@
 // Attention's tasks, the merge of split results, the implementation chosen at run time, and
 // the portable implementation (attention.h).
+// The order of float operations is attention.h's: no a * b + c contracted into an fma.
+#pragma GCC optimize("fp-contract=off")
 #include "attention.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -15,10 +18,14 @@ namespace {
 
 using i64 = std::int64_t;
 
-// quant_linear.cpp's choice (with its notice and TORCHCHAT_KERNELS=generic), for D it covers.
-bool vectorized(i64 D) {
-  static const bool avx512 = std::strncmp(isa(), "avx512", 6) == 0;
-  return avx512 && D % 16 == 0 && D <= 128;
+// quant_linear.cpp's level (with its notice and TORCHCHAT_KERNELS), for the D it covers: the
+// vector code takes D = 16, 32, .., 128; every level computes the same bits.
+enum class Implementation { Generic, Avx2, Avx512 };
+Implementation implementation(i64 D) {
+  static const Implementation level = std::strncmp(isa(), "avx512", 6) == 0 ? Implementation::Avx512
+                                      : std::strncmp(isa(), "avx2", 4) == 0 ? Implementation::Avx2
+                                                                            : Implementation::Generic;
+  return D % 16 == 0 && D >= 16 && D <= 128 ? level : Implementation::Generic;
 }
 
 // The j-th token of the task order: first, last, second, second to last, ...
@@ -47,7 +54,12 @@ template <typename C>
 void attention_over(const AttentionArgs& a, i64 task0, i64 task1) {
   const i64 G = a.H / a.Hkv, D = a.D, per_head = a.T * a.splits;
   using Attend = void (*)(const float*, i64, i64, float, const C*, const C*, i64, i64, float*, float*, float*);
-  const Attend attend = vectorized(D) ? static_cast<Attend>(avx512::attend) : static_cast<Attend>(generic::attend);
+  Attend attend = generic::attend;
+  switch (implementation(D)) {
+    case Implementation::Avx512: attend = avx512::attend; break;
+    case Implementation::Avx2: attend = avx2::attend; break;
+    case Implementation::Generic: break;
+  }
   for (i64 task = task0; task < task1; ++task) {
     const i64 h = task / per_head, j = task % per_head / a.splits, s = task % a.splits;
     const i64 t = interleaved(j, a.T);
@@ -110,8 +122,53 @@ void attention_merge(const AttentionArgs& a, std::int64_t i0, std::int64_t i1) {
 namespace generic {
 namespace {
 
+constexpr i64 kBlock = 64, kLanes = 16;
+
 inline float value(float x) { return x; }
 inline float value(std::uint16_t bf16) { return bf16_value(bf16); }
+
+// MAXPS: the second operand unless the first is greater (so a NaN gives the second).
+inline float max(float a, float b) { return a > b ? a : b; }
+
+// The halving trees over 16 lanes (attention.h).
+float sum16(const float* lanes) {
+  float x[kLanes];
+  std::copy(lanes, lanes + kLanes, x);
+  for (i64 h = kLanes / 2; h >= 1; h /= 2)
+    for (i64 i = 0; i < h; ++i) x[i] = x[i] + x[i + h];
+  return x[0];
+}
+float max16(const float* lanes) {
+  float x[kLanes];
+  std::copy(lanes, lanes + kLanes, x);
+  for (i64 h = kLanes / 2; h >= 1; h /= 2)
+    for (i64 i = 0; i < h; ++i) x[i] = max(x[i], x[i + h]);
+  return x[0];
+}
+
+// exp(x) for x <= 0, attention.h's exp0.
+float exp_nonpositive(float x) {
+  x = max(x, -87.0f);
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  float r = std::fma(-n, 0.693359375f, x);
+  r = std::fma(-n, -2.12194440e-4f, r);
+  float p = 1.9875691500e-4f;
+  for (const float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    p = std::fma(p, r, c);
+  p = std::fma(p, r * r, r + 1.0f);
+  const float two_to_n = std::bit_cast<float>(static_cast<std::uint32_t>(static_cast<int>(n) + 127) << 23);
+  return p * two_to_n;
+}
+
+template <typename C>
+float score(const float* q, float scale, const C* k, i64 D) {
+  float lanes[kLanes] = {};
+  for (i64 d = 0; d < D; ++d) {
+    const float x = q[d] * scale, y = value(k[d]);
+    lanes[d % kLanes] = d < kLanes ? x * y : std::fma(x, y, lanes[d % kLanes]);
+  }
+  return sum16(lanes);
+}
 
 template <typename C>
 void attend_over(const float* q, i64 G, i64 D, float scale, const C* k, const C* v, i64 l0, i64 l1, float* m,
@@ -119,21 +176,28 @@ void attend_over(const float* q, i64 G, i64 D, float scale, const C* k, const C*
   for (i64 g = 0; g < G; ++g) {
     m[g] = -std::numeric_limits<float>::infinity();
     z[g] = 0;
-    float* a = acc + g * D;
-    std::fill(a, a + D, 0.0f);
-    const float* qg = q + g * D;
-    for (i64 l = l0; l < l1; ++l) {
-      float dot = 0;
-      for (i64 d = 0; d < D; ++d) dot += qg[d] * scale * value(k[l * D + d]);
-      if (dot > m[g]) {  // a new max: rescale what was summed under the old one
-        const float r = std::exp(m[g] - dot);
-        z[g] *= r;
-        for (i64 d = 0; d < D; ++d) a[d] *= r;
-        m[g] = dot;
+    std::fill(acc + g * D, acc + (g + 1) * D, 0.0f);
+  }
+  float w[kBlock], lanes[kLanes];
+  for (i64 b = l0; b < l1; b += kBlock) {
+    const i64 n = std::min(kBlock, l1 - b);
+    for (i64 g = 0; g < G; ++g) {
+      float* a = acc + g * D;
+      for (i64 i = 0; i < n; ++i) w[i] = score(q + g * D, scale, k + (b + i) * D, D);
+      std::fill(lanes, lanes + kLanes, m[g]);
+      for (i64 i = 0; i < n; ++i) lanes[i % kLanes] = max(lanes[i % kLanes], w[i]);
+      const float new_max = max16(lanes);
+      const float r = exp_nonpositive(m[g] - new_max);  // rescales what was summed under the old max
+      m[g] = new_max;
+      std::fill(lanes, lanes + kLanes, 0.0f);
+      for (i64 i = 0; i < n; ++i) {
+        w[i] = exp_nonpositive(w[i] - new_max);
+        lanes[i % kLanes] += w[i];
       }
-      const float p = std::exp(dot - m[g]);
-      z[g] += p;
-      for (i64 d = 0; d < D; ++d) a[d] += p * value(v[l * D + d]);
+      z[g] = z[g] * r + sum16(lanes);
+      for (i64 d = 0; d < D; ++d) a[d] *= r;
+      for (i64 i = 0; i < n; ++i)
+        for (i64 d = 0; d < D; ++d) a[d] = std::fma(w[i], value(v[(b + i) * D + d]), a[d]);
     }
   }
 }

@@ -73,7 +73,32 @@ void attention_merge(const AttentionArgs& a, std::int64_t i0, std::int64_t i1);
 
 // One task's work: G query heads (rows of D floats, q) against positions [l0, l1) of one KV head
 // (k, v at that head), giving per head the running max m, the sum of exp(score - m) z, and the
-// sum of exp(score - m) * v, acc [G, D]; k and v fp32, or bf16 bits. The implementations.
+// sum of exp(score - m) * v, acc [G, D]; k and v fp32, or bf16 bits (widened exactly). An empty
+// range gives m = -inf, z = 0, acc = 0.
+//
+// Every implementation gives the same bits, so a model's tokens do not depend on the CPU: each
+// head's floats go through this order of fp32 operations, each rounded, none fused but fma
+// (the AVX-512 code's natural order; the files are compiled with fp-contract=off to keep it).
+//   Lanes: 16 running values, lane j taking elements or positions j, j + 16, j + 32, ...
+//   sum16(x) and max16(x): the halving tree over 16 lanes, x[i] = x[i] op x[i + h] for
+//     h = 8, 4, 2, 1 (i < h); max(a, b) = a > b ? a : b (MAXPS), a the lower lane.
+//   score(l): lane j = (q[j] * scale) * k[l, j], then lane j = fma(q[d] * scale, k[l, d], lane j)
+//     for d = j + 16, j + 32, ... < D (a lane with no element is 0); score = sum16(lanes).
+//   m = -inf, z = 0, acc = 0. Then blocks of 64 positions from l0 (the last may be shorter), and
+//   for each block and head:
+//     M = max16(lanes), lane j starting at m and taking max(lane, score(l)) over the block's
+//       positions l = block start + j + 16i in order;
+//     r = exp0(m - M); m = M; w(l) = exp0(score(l) - M) for the block's positions;
+//     z = z * r + sum16(lanes), lane j starting at 0 and adding w(l) over the positions as for M;
+//     acc[d] = acc[d] * r, then acc[d] = fma(w(l), v[l, d], acc[d]) over the positions in order.
+//   exp0(x), exp(x) for x <= 0: x = max(x, -87) (below, exp would be subnormal: exp(-87) instead);
+//     n = x * log2(e) rounded to the nearest integer (ties to even); r = fma(-n, 0.693359375, x),
+//     r = fma(-n, -2.12194440e-4, r) (ln 2 in two parts); p = 1.9875691500e-4, then
+//     p = fma(p, r, c) for c = 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+//     1.6666665459e-1, 5.0000001201e-1 (Cephes' expf polynomial); p = fma(p, r * r, r + 1);
+//     exp0 = p * 2^n (exact: 2^n and the product are normal floats for n in [-126, 0]).
+// How an implementation splits the heads into passes or D into tiles is free: heads and the
+// elements of acc do not mix. The generic code is this definition written plainly.
 namespace generic {
 void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const float* k, const float* v,
             std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc);
@@ -88,6 +113,7 @@ void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const s
             const std::uint16_t* v, std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc);
 }  // namespace avx512
 namespace avx2 {
+// D a multiple of 16, at most 128.
 void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const float* k, const float* v,
             std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc);
 void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const std::uint16_t* k,

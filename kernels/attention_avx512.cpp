@@ -1,7 +1,8 @@
 // AVX-512 attention (attention.h), called only when the CPU has it (attention.cpp). Free of
 // standard-library headers for quant_linear_avx512.cpp's reason.
 #pragma GCC target("avx512f,avx512bw,avx512vl,fma")
-#pragma GCC optimize("O3")
+// fp-contract=off: the order of float operations is attention.h's, the same on every level.
+#pragma GCC optimize("O3", "fp-contract=off")
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -18,9 +19,10 @@ using i64 = std::int64_t;
 // pass and the value pass.
 constexpr i64 kBlock = 64;
 
-// exp(x) for x <= 0 (scores minus their max), to about 1 ulp: x = n ln2 + r, |r| <= ln2 / 2,
-// exp(r) by Cephes' expf polynomial, times 2^n by scalef. Below -87 the result would be
-// subnormal; it is taken as exp(-87) ~ 1.6e-38 instead, which no sum of these weights can see.
+// exp(x) for x <= 0 (scores minus their max), to about 1 ulp, attention.h's exp0: x = n ln2 + r,
+// |r| <= ln2 / 2, exp(r) by Cephes' expf polynomial, times 2^n by scalef. Below -87 the result
+// would be subnormal; it is taken as exp(-87) ~ 1.6e-38 instead, which no sum of these weights
+// can see.
 inline __m512 exp_nonpositive(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
@@ -35,6 +37,21 @@ inline __m512 exp_nonpositive(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
   return _mm512_scalef_ps(p, n);
+}
+
+// attention.h's halving trees over the 16 lanes (not _mm512_reduce_*_ps: the order is ours to fix).
+inline __m256 upper_half(__m512 x) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)); }
+inline float sum16(__m512 x) {
+  const __m256 x8 = _mm256_add_ps(_mm512_castps512_ps256(x), upper_half(x));
+  const __m128 x4 = _mm_add_ps(_mm256_castps256_ps128(x8), _mm256_extractf128_ps(x8, 1));
+  const __m128 x2 = _mm_add_ps(x4, _mm_movehl_ps(x4, x4));
+  return _mm_cvtss_f32(_mm_add_ss(x2, _mm_movehdup_ps(x2)));
+}
+inline float max16(__m512 x) {
+  const __m256 x8 = _mm256_max_ps(_mm512_castps512_ps256(x), upper_half(x));
+  const __m128 x4 = _mm_max_ps(_mm256_castps256_ps128(x8), _mm256_extractf128_ps(x8, 1));
+  const __m128 x2 = _mm_max_ps(x4, _mm_movehl_ps(x4, x4));
+  return _mm_cvtss_f32(_mm_max_ss(x2, _mm_movehdup_ps(x2)));
 }
 
 inline __mmask16 first(i64 n) { return n >= 16 ? 0xffff : static_cast<__mmask16>((1u << n) - 1); }
@@ -60,7 +77,7 @@ void block(const float* q, float scale, const C* k, const C* v, i64 n, float* m,
       for (int g = 0; g < NG; ++g) {
         __m512 dot = _mm512_mul_ps(qv[g][0], kv[0]);
         for (int j = 1; j < DV; ++j) dot = _mm512_fmadd_ps(qv[g][j], kv[j], dot);
-        scores[g][l] = _mm512_reduce_add_ps(dot);
+        scores[g][l] = sum16(dot);
       }
     }
   }
@@ -69,7 +86,7 @@ void block(const float* q, float scale, const C* k, const C* v, i64 n, float* m,
   for (int g = 0; g < NG; ++g) {
     __m512 mx = _mm512_set1_ps(m[g]);
     for (i64 l = 0; l < n; l += 16) mx = _mm512_mask_max_ps(mx, first(n - l), mx, _mm512_loadu_ps(&scores[g][l]));
-    const float new_max = _mm512_reduce_max_ps(mx);
+    const float new_max = max16(mx);
     rescale[g] = _mm512_cvtss_f32(exp_nonpositive(_mm512_set1_ps(m[g] - new_max)));
     m[g] = new_max;
     __m512 sum = _mm512_setzero_ps();
@@ -79,7 +96,7 @@ void block(const float* q, float scale, const C* k, const C* v, i64 n, float* m,
       _mm512_storeu_ps(&scores[g][l], p);
       sum = _mm512_mask_add_ps(sum, mask, sum, p);
     }
-    z[g] = z[g] * rescale[g] + _mm512_reduce_add_ps(sum);
+    z[g] = z[g] * rescale[g] + sum16(sum);
   }
   __m512 av[NG][DV];
   for (int g = 0; g < NG; ++g)
