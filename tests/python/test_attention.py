@@ -1,6 +1,6 @@
 """Our attention kernel (kernels/attention.h, torch.ops.torchchat.cache_attention) against the
-definition computed in float64, and against ATen's SDPA with the model's mask; the AVX-512 code
-against the forced portable fallback; positions past a token's never read; bad input refused;
+definition computed in float64, and against ATen's SDPA with the model's mask; every level the CPU
+has (generic, AVX2, AVX-512) giving the same bits; positions past a token's never read; bad input refused;
 and the exports that use it (AOT Inductor and ExecuTorch graphs call it for fp32 and bf16 caches).
 The models' own tests (test_aoti, test_et, test_kernels) check exported = eager token for token
 with it in place."""
@@ -171,28 +171,48 @@ def test_bad_input_is_refused(call, pattern):
         call()
 
 
-FALLBACK_SCRIPT = """
+LEVEL_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
 from torchchat import kernels
 print(kernels.isa())
+torch.set_num_threads(int(sys.argv[4]))
 cases = torch.load(sys.argv[2])
 torch.save([torch.ops.torchchat.cache_attention(*c) for c in cases], sys.argv[3])
 """
 
 
-def test_forced_fallback_computes_the_same(tmp_path):
+def level_cases():
+    """The cases, and how many of them (the first) the generic code is checked on against the
+    definition."""
     cases = [random_case(*shape, spare=3, seed=i) for i, shape in enumerate(SHAPES)]
     cases += [(q, k.bfloat16(), v.bfloat16(), pos) for q, k, v, pos in cases[:3] + cases[-2:]]  # bf16 caches
+    checked = len(cases)
+    cases += [(q.bfloat16(), k.bfloat16(), v.bfloat16(), pos) for q, k, v, pos in cases[:2]]  # a bf16 model's
+    # scores far apart: most weights under the exp(-87) clamp, across blocks of 64 positions
+    cases += [(q * 40, k, v, pos) for q, k, v, pos in [random_case(3, 9, 3, 64, 300, 150, seed=99)]]
+    return cases, checked
+
+
+# Each level's attention (avx2-vnni and avx512-vnni run the avx2 and avx512 code), forced in a
+# child process (the choice is made once per process) with this process's threads (they set the
+# position splits): the same bits as this process's, whichever level it runs.
+@pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
+def test_every_level_computes_the_same_bits(tmp_path, level):
+    cases, checked = level_cases()
     torch.save(cases, tmp_path / "cases.pt")
-    p = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, str(ROOT), str(tmp_path / "cases.pt"),
-                        str(tmp_path / "out.pt")], capture_output=True, text=True,
-                       env=dict(os.environ, TORCHCHAT_KERNELS="generic"), timeout=600)
+    p = subprocess.run([sys.executable, "-c", LEVEL_SCRIPT, str(ROOT), str(tmp_path / "cases.pt"),
+                        str(tmp_path / "out.pt"), str(torch.get_num_threads())], capture_output=True, text=True,
+                       env=dict(os.environ, TORCHCHAT_KERNELS=level), timeout=600)
+    if "this CPU lacks" in p.stderr:
+        pytest.skip(f"this CPU cannot run {level}")
     assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == ["generic"]
-    for case, generic in zip(cases, torch.load(tmp_path / "out.pt")):
-        assert (generic.double() - reference(*case)).abs().max() < 2e-5
-        assert torch.allclose(attention(*case), generic, rtol=1e-5, atol=1e-5)
+    assert p.stdout.split() == [level]
+    for i, (case, got) in enumerate(zip(cases, torch.load(tmp_path / "out.pt"))):
+        if level == "generic" and i < checked:  # the safety net is also right on its own
+            assert (got.double() - reference(*case)).abs().max() < 2e-5
+        want = attention(*case)
+        assert got.dtype == want.dtype and torch.equal(got, want), (i, (got.double() - want.double()).abs().max())
 
 
 def test_exports_call_it_for_fp32_and_bf16_caches():
