@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <ostream>
 #include <random>
 #include <string>
 #include <utility>
@@ -30,6 +31,8 @@ struct Impl {
   LinearFn int8;
 };
 
+void PrintTo(const Impl& impl, std::ostream* os) { *os << impl.name; }
+
 bool cpu(const char* feature) {
   // __builtin_cpu_supports takes string literals only.
   const std::string f = feature;
@@ -41,15 +44,13 @@ bool cpu(const char* feature) {
   return false;
 }
 
-std::vector<Impl> vector_impls() {
-  return {
+const Impl kImpls[] = {
       {"avx2", cpu("avx2"), &k::avx2::quantize_activations, &k::avx2::int4_a8_linear, &k::avx2::int8_a8_linear},
       {"avx2vnni", cpu("avx2") && cpu("avxvnni"), &k::avx2::quantize_activations, &k::avx2vnni::int4_a8_linear,
        &k::avx2vnni::int8_a8_linear},
       {"avx512vnni", cpu("avx2") && cpu("avx512vnni"), &k::avx512vnni::quantize_activations,
        &k::avx512vnni::int4_a8_linear, &k::avx512vnni::int8_a8_linear},
-  };
-}
+};
 
 // Activations for M tokens of K: per block of 32 one of several kinds, the awkward cases included.
 std::vector<float> activations(i64 M, i64 K, std::mt19937& rng) {
@@ -153,31 +154,34 @@ std::string first_difference(const std::vector<float>& a, const std::vector<floa
 
 constexpr i64 kTokenCounts[] = {1, 2, 7, 9, 128};
 
-TEST(A8Isa, QuantizeActivationsMatchesGeneric) {
-  std::mt19937 rng(7);
-  for (const Impl& impl : vector_impls()) {
-    if (!impl.supported) {
-      std::printf("skipped %s: this CPU lacks it\n", impl.name);
-      continue;
-    }
-    for (i64 M : kTokenCounts)
-      for (i64 K : {32, 96, 576})
-        for (int slices : {1, 3}) {
-          SCOPED_TRACE(std::string(impl.name) + " M " + std::to_string(M) + " K " + std::to_string(K) + " slices " +
-                       std::to_string(slices));
-          const std::vector<float> x = activations(M, K, rng);
-          const Quantized want = quantize(&k::generic::quantize_activations, x, M, K, slices);
-          const Quantized got = quantize(impl.quantize, x, M, K, slices);
-          EXPECT_TRUE(same_bytes(got.q, want.q));
-          EXPECT_TRUE(same_bytes(got.scales, want.scales));
-          EXPECT_TRUE(same_bytes(got.sums, want.sums));
-        }
+// One implementation per instance; what the CPU lacks is skipped.
+class A8Isa : public testing::TestWithParam<Impl> {
+ protected:
+  void SetUp() override {
+    if (!GetParam().supported) GTEST_SKIP() << "this CPU lacks " << GetParam().name;
   }
+};
+
+TEST_P(A8Isa, QuantizeActivationsMatchesGeneric) {
+  const Impl& impl = GetParam();
+  std::mt19937 rng(7);
+  for (i64 M : kTokenCounts)
+    for (i64 K : {32, 96, 576})
+      for (int slices : {1, 3}) {
+        SCOPED_TRACE(std::string(impl.name) + " M " + std::to_string(M) + " K " + std::to_string(K) + " slices " +
+                     std::to_string(slices));
+        const std::vector<float> x = activations(M, K, rng);
+        const Quantized want = quantize(&k::generic::quantize_activations, x, M, K, slices);
+        const Quantized got = quantize(impl.quantize, x, M, K, slices);
+        EXPECT_TRUE(same_bytes(got.q, want.q));
+        EXPECT_TRUE(same_bytes(got.scales, want.scales));
+        EXPECT_TRUE(same_bytes(got.sums, want.sums));
+      }
 }
 
 // The reference rounds halfway cases to even and carries as quant_linear.h says, so the ties that
 // activations() builds do reach the vector code's roundings.
-TEST(A8Isa, GenericQuantizeRoundsTiesToEven) {
+TEST(A8Generic, QuantizeRoundsTiesToEven) {
   std::vector<float> x(32, 0.f);
   x[0] = 127.f;  // s = 1
   x[1] = 2.5f;
@@ -204,52 +208,47 @@ struct Shape {
   i64 N, K, G;
 };
 
-void expect_linear_matches(int bits, const std::vector<Shape>& shapes) {
+void expect_linear_matches(const Impl& impl, int bits, const std::vector<Shape>& shapes) {
   std::mt19937 rng(bits);
-  for (const Impl& impl : vector_impls()) {
-    if (!impl.supported) {
-      std::printf("skipped %s: this CPU lacks it\n", impl.name);
-      continue;
-    }
-    const LinearFn fn = bits == 4 ? impl.int4 : impl.int8;
-    const LinearFn reference = bits == 4 ? &k::generic::int4_a8_linear : &k::generic::int8_a8_linear;
-    for (const Shape& shape : shapes)
-      for (i64 M : kTokenCounts)
-        for (int slices : {1, 3}) {
-          const std::vector<std::uint8_t> packed = panels(bits, shape.N, shape.K, shape.G, rng);
-          const k::A8PanelWeights w{packed.data(), shape.N, shape.K, shape.G};
-          const std::vector<float> x = activations(M, shape.K, rng);
-          const Quantized a = quantize(&k::generic::quantize_activations, x, M, shape.K, slices);
-          // The whole N, and a sub-range of panels (the last one partial when N is no multiple of 16).
-          const i64 last = (shape.N - 1) / k::kA8Panel * k::kA8Panel;
-          for (auto [n0, n1] : {std::pair<i64, i64>{0, shape.N}, {last, shape.N}, {0, last > 0 ? last : shape.N},
-                                {last > 16 ? 16 : 0, shape.N}}) {
-            SCOPED_TRACE(std::string(impl.name) + " int" + std::to_string(bits) + " N " + std::to_string(shape.N) +
-                         " K " + std::to_string(shape.K) + " G " + std::to_string(shape.G) + " M " +
-                         std::to_string(M) + " slices " + std::to_string(slices) + " n " + std::to_string(n0) +
-                         ".." + std::to_string(n1));
-            std::vector<float> want(M * shape.N, -7.f), got(M * shape.N, -7.f);
-            reference(a.view, w, want.data(), n0, n1);
-            fn(a.view, w, got.data(), n0, n1);
-            EXPECT_TRUE(same_bytes(got, want)) << first_difference(got, want);
-          }
+  const LinearFn fn = bits == 4 ? impl.int4 : impl.int8;
+  const LinearFn reference = bits == 4 ? &k::generic::int4_a8_linear : &k::generic::int8_a8_linear;
+  for (const Shape& shape : shapes)
+    for (i64 M : kTokenCounts)
+      for (int slices : {1, 3}) {
+        const std::vector<std::uint8_t> packed = panels(bits, shape.N, shape.K, shape.G, rng);
+        const k::A8PanelWeights w{packed.data(), shape.N, shape.K, shape.G};
+        const std::vector<float> x = activations(M, shape.K, rng);
+        const Quantized a = quantize(&k::generic::quantize_activations, x, M, shape.K, slices);
+        // The whole N, and a sub-range of panels (the last one partial when N is no multiple of 16).
+        const i64 last = (shape.N - 1) / k::kA8Panel * k::kA8Panel;
+        for (auto [n0, n1] : {std::pair<i64, i64>{0, shape.N}, {last, shape.N}, {0, last > 0 ? last : shape.N},
+                              {last > 16 ? 16 : 0, shape.N}}) {
+          SCOPED_TRACE(std::string(impl.name) + " int" + std::to_string(bits) + " N " + std::to_string(shape.N) +
+                       " K " + std::to_string(shape.K) + " G " + std::to_string(shape.G) + " M " +
+                       std::to_string(M) + " slices " + std::to_string(slices) + " n " + std::to_string(n0) +
+                       ".." + std::to_string(n1));
+          std::vector<float> want(M * shape.N, -7.f), got(M * shape.N, -7.f);
+          reference(a.view, w, want.data(), n0, n1);
+          fn(a.view, w, got.data(), n0, n1);
+          EXPECT_TRUE(same_bytes(got, want)) << first_difference(got, want);
         }
-  }
+      }
 }
 
-TEST(A8Isa, Int4MatchesGeneric) {
-  expect_linear_matches(4, {{16, 32, 32}, {40, 256, 32}, {33, 256, 64}, {72, 256, 128}, {7, 128, 128}});
+TEST_P(A8Isa, Int4MatchesGeneric) {
+  expect_linear_matches(GetParam(), 4, {{16, 32, 32}, {40, 256, 32}, {33, 256, 64}, {72, 256, 128}, {7, 128, 128}});
 }
 
-TEST(A8Isa, Int8MatchesGeneric) {
-  expect_linear_matches(8, {{16, 32, 32}, {40, 256, 32}, {33, 256, 64}, {72, 256, 128}, {24, 96, 96},
+TEST_P(A8Isa, Int8MatchesGeneric) {
+  expect_linear_matches(GetParam(), 8, {{16, 32, 32}, {40, 256, 32}, {33, 256, 64}, {72, 256, 128}, {24, 96, 96},
                             {9, 160, 160}});
 }
 
 // The integer dot products' extremes, built directly: activation codes -127 / 127 in slice 0 and
 // -128 in the lower ones against the largest weight codes (int4 15, int8 +-127): no int16 pair or
 // sum may saturate.
-TEST(A8Isa, ExtremeCodesMatchGeneric) {
+TEST_P(A8Isa, ExtremeCodesMatchGeneric) {
+  const Impl& impl = GetParam();
   const i64 N = 32, K = 128, M = 5, blocks = M * K / 32;
   for (int bits : {4, 8}) {
     std::mt19937 rng(11);
@@ -279,15 +278,15 @@ TEST(A8Isa, ExtremeCodesMatchGeneric) {
       const k::A8PanelWeights w{packed.data(), N, K, 32};
       std::vector<float> want(M * N), got(M * N);
       (bits == 4 ? k::generic::int4_a8_linear : k::generic::int8_a8_linear)(a, w, want.data(), 0, N);
-      for (const Impl& impl : vector_impls()) {
-        if (!impl.supported) continue;
-        SCOPED_TRACE(std::string(impl.name) + " int" + std::to_string(bits) + " slices " + std::to_string(slices));
-        std::fill(got.begin(), got.end(), -7.f);
-        (bits == 4 ? impl.int4 : impl.int8)(a, w, got.data(), 0, N);
-        EXPECT_TRUE(same_bytes(got, want)) << first_difference(got, want);
-      }
+      SCOPED_TRACE(std::string(impl.name) + " int" + std::to_string(bits) + " slices " + std::to_string(slices));
+      std::fill(got.begin(), got.end(), -7.f);
+      (bits == 4 ? impl.int4 : impl.int8)(a, w, got.data(), 0, N);
+      EXPECT_TRUE(same_bytes(got, want)) << first_difference(got, want);
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Implementations, A8Isa, testing::ValuesIn(kImpls),
+                         [](const testing::TestParamInfo<Impl>& info) { return std::string(info.param.name); });
 
 }  // namespace
