@@ -19,9 +19,13 @@ namespace a8 {
 using i64 = std::int64_t;
 
 // Tokens per tile: a block's unpacked weights serve every token of the tile. With 16 ymm
-// registers the weights spill to the stack past one token; reloading them from L1 is cheaper than
-// unpacking them again.
-constexpr int kTokens = 4;
+// registers they spill to the stack; reloading them from L1 is cheaper than unpacking them again
+// (8 tokens measured 10-15 % faster than 4 on prompts, Sapphire Rapids).
+constexpr int kTokens = 8;
+// A prompt's tokens go through every panel in chunks of this many, so that the chunk's activation
+// codes stay in cache while the panels pass: 384 tokens of K = 576 through a 1536-row int8 matrix
+// (AVX-VNNI) ran 3.6x faster in chunks of 32 than all at once.
+constexpr i64 kChunk = 32;
 // Decode streams each thread's panels front to back; prefetch this far ahead (the hardware
 // prefetcher stops at 4 KiB pages), as the AVX-512 VNNI kernel does.
 constexpr i64 kAhead = 2048;
@@ -83,7 +87,7 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
       const i64 b = g * (G / 32) + j;
       for (int t = 0; t < T; ++t) {
         const i64 at = (m + t) * blocks + b;
-        __m256 dot[2];
+        __m256 dot[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};  // set by the last slice first
         for (int s = kSlices - 1; s >= 0; --s) {
           __m256i d[2];
           Dot::template dot<kBits>(w, x.q + s * q_stride + (m + t) * K + 32 * b, d);
@@ -121,16 +125,13 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
   }
 }
 
-template <class Dot, int kBits, int kSlices>
-void tiles(const Int8Activations& x, i64 m, int T, const std::uint8_t* panel, i64 K, i64 G, float* y, i64 ldy,
+// tile<..., T> for a run of `count` tokens, 1 <= count <= T.
+template <class Dot, int kBits, int kSlices, int T = kTokens>
+void tiles(const Int8Activations& x, i64 m, int count, const std::uint8_t* panel, i64 K, i64 G, float* y, i64 ldy,
            int cols) {
-  static_assert(kTokens == 4);
-  switch (T) {
-    case 1: return tile<Dot, kBits, kSlices, 1>(x, m, panel, K, G, y, ldy, cols);
-    case 2: return tile<Dot, kBits, kSlices, 2>(x, m, panel, K, G, y, ldy, cols);
-    case 3: return tile<Dot, kBits, kSlices, 3>(x, m, panel, K, G, y, ldy, cols);
-    default: return tile<Dot, kBits, kSlices, 4>(x, m, panel, K, G, y, ldy, cols);
-  }
+  if constexpr (T > 1)
+    if (count < T) return tiles<Dot, kBits, kSlices, T - 1>(x, m, count, panel, K, G, y, ldy, cols);
+  tile<Dot, kBits, kSlices, T>(x, m, panel, K, G, y, ldy, cols);
 }
 
 template <class Dot, int kBits>
@@ -140,14 +141,17 @@ void linear(const Int8Activations& x, const A8PanelWeights& w, float* y, i64 n0,
   // are cold: the previous layer's were read last).
   const char* first = reinterpret_cast<const char*>(w.w + (n0 / kA8Panel) * panel_bytes);
   for (i64 line = 0; line < kAhead; line += 64) _mm_prefetch(first + line, _MM_HINT_T0);
-  for (i64 n = n0; n < n1; n += kA8Panel) {
-    const std::uint8_t* panel = w.w + (n / kA8Panel) * panel_bytes;
-    const int cols = static_cast<int>(min(kA8Panel, n1 - n));
-    for (i64 m = 0; m < x.M; m += kTokens) {
-      const int T = static_cast<int>(min(kTokens, x.M - m));
-      float* out = y + m * w.N + n;
-      if (x.slices == 1) tiles<Dot, kBits, 1>(x, m, T, panel, w.K, w.G, out, w.N, cols);
-      else tiles<Dot, kBits, 3>(x, m, T, panel, w.K, w.G, out, w.N, cols);
+  for (i64 m0 = 0; m0 < x.M; m0 += kChunk) {
+    const i64 m1 = min(x.M, m0 + kChunk);
+    for (i64 n = n0; n < n1; n += kA8Panel) {
+      const std::uint8_t* panel = w.w + (n / kA8Panel) * panel_bytes;
+      const int cols = static_cast<int>(min(kA8Panel, n1 - n));
+      for (i64 m = m0; m < m1; m += kTokens) {
+        const int T = static_cast<int>(min(kTokens, m1 - m));
+        float* out = y + m * w.N + n;
+        if (x.slices == 1) tiles<Dot, kBits, 1>(x, m, T, panel, w.K, w.G, out, w.N, cols);
+        else tiles<Dot, kBits, 3>(x, m, T, panel, w.K, w.G, out, w.N, cols);
+      }
     }
   }
 }
