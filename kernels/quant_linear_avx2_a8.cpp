@@ -20,29 +20,29 @@ struct MaddDot {
   static constexpr bool kSignedInt8 = true;
   static __m256i weights8(__m256i stored) { return _mm256_xor_si256(stored, _mm256_set1_epi8(-128)); }
 
-  // One half (8 rows) at a time: few values live at once, so nothing but the weights (reloaded from
-  // L1) leaves the registers. The broadcasts are loads, repeated per half.
   template <int kBits>
   static void dot(const __m256i (&w)[2][8], const std::int8_t* xq, __m256i (&d)[2]) {
     const __m256i ones = _mm256_set1_epi16(1);
-    for (int h = 0; h < 2; ++h) {
-      if constexpr (kBits == 4) {
-        // Codes 0..15 times activations -128..127: a pair is within +-3840, the 8 products' sum
-        // of a row's 32 k within +-30720, so the int16 sums never saturate; one widening at the end.
-        __m256i pairs = _mm256_maddubs_epi16(w[h][0], a8::broadcast4(xq));
-        for (int s = 1; s < 8; ++s) pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(w[h][s], a8::broadcast4(xq + 4 * s)));
-        d[h] = _mm256_madd_epi16(pairs, ones);
-      } else {
-        // The unsigned operand is |x| (abs of -128 is 0x80, 128 as unsigned) and the signed one q
-        // with x's sign (q in [-127, 127], what quantize_int8 produces, so negating it cannot
-        // wrap): |x| * sign(x) q = x q. A pair is within 2 * 128 * 127 = 32512: no saturation.
-        __m256i sum = _mm256_setzero_si256();
-        for (int s = 0; s < 8; ++s) {
-          const __m256i xs = a8::broadcast4(xq + 4 * s);
-          const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(xs), _mm256_sign_epi8(w[h][s], xs));
-          sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, ones));
+    if constexpr (kBits == 4) {
+      // Codes 0..15 times activations -128..127: a pair is within +-3840, the 8 products' sum of
+      // a row's 32 k within +-30720, so the int16 sums never saturate; one widening at the end.
+      __m256i pairs[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+      for (int s = 0; s < 8; ++s) {
+        const __m256i xs = a8::broadcast4(xq + 4 * s);
+        for (int h = 0; h < 2; ++h) pairs[h] = _mm256_add_epi16(pairs[h], _mm256_maddubs_epi16(w[h][s], xs));
+      }
+      for (int h = 0; h < 2; ++h) d[h] = _mm256_madd_epi16(pairs[h], ones);
+    } else {
+      // The unsigned operand is |x| (abs of -128 is 0x80, 128 as unsigned) and the signed one q
+      // with x's sign (q in [-127, 127], what quantize_int8 produces, so negating it cannot wrap):
+      // |x| * sign(x) q = x q. A pair is within 2 * 128 * 127 = 32512: no saturation.
+      d[0] = d[1] = _mm256_setzero_si256();
+      for (int s = 0; s < 8; ++s) {
+        const __m256i xs = a8::broadcast4(xq + 4 * s), magnitude = _mm256_abs_epi8(xs);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(w[h][s], xs));
+          d[h] = _mm256_add_epi32(d[h], _mm256_madd_epi16(pairs, ones));
         }
-        d[h] = sum;
       }
     }
   }
