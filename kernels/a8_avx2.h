@@ -1,0 +1,161 @@
+// The int8-activation kernels (quant_linear.h, "int4 panels" and "int8 panels") on 256-bit
+// vectors, shared by quant_linear_avx2_a8.cpp (vpmaddubsw) and quant_linear_avx2vnni.cpp
+// (AVX-VNNI's vpdpbusd). Each of them includes this after its own `#pragma GCC target`: everything
+// here has internal linkage, so each file gets its own copy compiled for its own instructions.
+//
+// A panel's 64-byte chunk is two ymm halves, rows 0-7 and 8-15; every token keeps two 8-lane
+// accumulators. The integer dot products are exact and the float steps are the generic code's,
+// in its order, lane by lane, so the outputs are the same bits.
+#pragma once
+
+#include <immintrin.h>
+
+#include "quant_linear.h"
+
+namespace torchchat::kernels {
+namespace {
+namespace a8 {
+
+using i64 = std::int64_t;
+
+// Tokens per tile: a block's unpacked weights serve every token of the tile. With 16 ymm
+// registers they spill to the stack; reloading them from L1 is cheaper than unpacking them again
+// (8 and 4 tokens measured alike on prompts; 8 reads each panel half as often).
+constexpr int kTokens = 8;
+// A prompt's tokens go through every panel in chunks of this many, so that the chunk's activation
+// codes stay in cache while the panels pass: 384 tokens of K = 576 through a 1536-row int8 matrix
+// (AVX-VNNI, one thread) ran 22 -> 95 GMAC/s in chunks of 32 instead of all at once.
+constexpr i64 kChunk = 32;
+// Decode streams each thread's panels front to back; prefetch this far ahead (the hardware
+// prefetcher stops at 4 KiB pages), as the AVX-512 VNNI kernel does.
+constexpr i64 kAhead = 2048;
+
+inline i64 min(i64 a, i64 b) { return a < b ? a : b; }
+
+inline __m256i broadcast4(const std::int8_t* p) {
+  std::int32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// Dot products of one block (32 k) of 16 rows with a token's 32 activation codes, as int32 per
+// row: d[h] holds rows 8h .. 8h + 7. w[h][s] holds the codes of k0 + 4s .. k0 + 4s + 3 of those
+// rows (int4: the nibbles 0..15; int8: Dot::weights8 of the stored bytes), so it meets the
+// activations xq[4s .. 4s + 3] in both formats. A Dot provides:
+//   kSignedInt8   true: int8 dots are dot(q, x) already; false: dot(q + 128, x), the caller subtracts 128 * sum(x)
+//   weights8(v)   the stored int8 bytes (q + 128) as the dot wants them
+//   dot<kBits>(w, xq, d)
+
+// The output columns [16p, 16p + cols) of tokens [m, m + T): every block of K in order.
+template <class Dot, int kBits, int kSlices, int T>
+void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64 G, float* y, i64 ldy, int cols) {
+  constexpr i64 kBlockBytes = 64 * kBits;
+  const i64 groups = K / G, group_bytes = G / 32 * kBlockBytes + 64, blocks = K / 32;
+  const i64 q_stride = x.M * K, sum_stride = x.M * blocks;  // from one slice to the next
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  __m256 acc[T][2];
+  for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+  for (i64 g = 0; g < groups; ++g) {
+    const std::uint8_t* group = panel + g * group_bytes;
+    const std::uint8_t* trailer = group + G / 32 * kBlockBytes;
+    __m256 scale[2], mins[2];
+    for (int h = 0; h < 2; ++h) {
+      if constexpr (kBits == 4) {
+        scale[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(trailer + 16 * h)));
+        mins[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(trailer + 32 + 16 * h)));
+      } else {
+        scale[h] = _mm256_loadu_ps(reinterpret_cast<const float*>(trailer) + 8 * h);
+      }
+    }
+    for (i64 j = 0; j < G / 32; ++j) {
+      const std::uint8_t* block = group + kBlockBytes * j;
+      for (int line = 0; line < kBlockBytes; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(block + kAhead + line), _MM_HINT_T0);
+      __m256i w[2][8];
+      for (int h = 0; h < 2; ++h) {
+        if constexpr (kBits == 4) {
+          for (int c = 0; c < 4; ++c) {
+            const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 64 * c + 32 * h));
+            w[h][c] = _mm256_and_si256(bytes, low4);
+            w[h][c + 4] = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+          }
+        } else {
+          for (int c = 0; c < 8; ++c)
+            w[h][c] = Dot::weights8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 64 * c + 32 * h)));
+        }
+      }
+      const i64 b = g * (G / 32) + j;
+      for (int t = 0; t < T; ++t) {
+        const i64 at = (m + t) * blocks + b;
+        __m256 dot[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};  // set by the last slice first
+        for (int s = kSlices - 1; s >= 0; --s) {
+          __m256i d[2];
+          Dot::template dot<kBits>(w, x.q + s * q_stride + (m + t) * K + 32 * b, d);
+          if constexpr (kBits == 8 && !Dot::kSignedInt8) {
+            const __m256i offset = _mm256_set1_epi32(128 * x.sum[s * sum_stride + at]);  // the codes' + 128
+            d[0] = _mm256_sub_epi32(d[0], offset);
+            d[1] = _mm256_sub_epi32(d[1], offset);
+          }
+          for (int h = 0; h < 2; ++h) {
+            const __m256 f = _mm256_cvtepi32_ps(d[h]);
+            if constexpr (kSlices == 1) dot[h] = f;
+            else dot[h] = s == kSlices - 1 ? _mm256_mul_ps(f, _mm256_set1_ps(kSliceUnit[s]))
+                                           : _mm256_fmadd_ps(f, _mm256_set1_ps(kSliceUnit[s]), dot[h]);
+          }
+        }
+        const __m256 sx = _mm256_set1_ps(x.scale[at]);
+        for (int h = 0; h < 2; ++h) {
+          acc[t][h] = _mm256_fmadd_ps(dot[h], _mm256_mul_ps(scale[h], sx), acc[t][h]);
+          if constexpr (kBits == 4) acc[t][h] = _mm256_fmadd_ps(mins[h], _mm256_set1_ps(x.scaled_sum[at]), acc[t][h]);
+        }
+      }
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    float* out = y + t * ldy;
+    if (cols == kA8Panel) {
+      _mm256_storeu_ps(out, acc[t][0]);
+      _mm256_storeu_ps(out + 8, acc[t][1]);
+    } else {  // the last panel of an N that is no multiple of 16
+      alignas(32) float all[kA8Panel];
+      _mm256_store_ps(all, acc[t][0]);
+      _mm256_store_ps(all + 8, acc[t][1]);
+      for (int c = 0; c < cols; ++c) out[c] = all[c];
+    }
+  }
+}
+
+// tile<..., T> for a run of `count` tokens, 1 <= count <= T.
+template <class Dot, int kBits, int kSlices, int T = kTokens>
+void tiles(const Int8Activations& x, i64 m, int count, const std::uint8_t* panel, i64 K, i64 G, float* y, i64 ldy,
+           int cols) {
+  if constexpr (T > 1)
+    if (count < T) return tiles<Dot, kBits, kSlices, T - 1>(x, m, count, panel, K, G, y, ldy, cols);
+  tile<Dot, kBits, kSlices, T>(x, m, panel, K, G, y, ldy, cols);
+}
+
+template <class Dot, int kBits>
+void linear(const Int8Activations& x, const A8PanelWeights& w, float* y, i64 n0, i64 n1) {
+  const i64 panel_bytes = (w.K / w.G) * (w.G / 32 * 64 * kBits + 64);
+  // The blocks' prefetches reach kAhead on; ask for the first kAhead bytes now (a call's weights
+  // are cold: the previous layer's were read last).
+  const char* first = reinterpret_cast<const char*>(w.w + (n0 / kA8Panel) * panel_bytes);
+  for (i64 line = 0; line < kAhead; line += 64) _mm_prefetch(first + line, _MM_HINT_T0);
+  for (i64 m0 = 0; m0 < x.M; m0 += kChunk) {
+    const i64 m1 = min(x.M, m0 + kChunk);
+    for (i64 n = n0; n < n1; n += kA8Panel) {
+      const std::uint8_t* panel = w.w + (n / kA8Panel) * panel_bytes;
+      const int cols = static_cast<int>(min(kA8Panel, n1 - n));
+      for (i64 m = m0; m < m1; m += kTokens) {
+        const int T = static_cast<int>(min(kTokens, m1 - m));
+        float* out = y + m * w.N + n;
+        if (x.slices == 1) tiles<Dot, kBits, 1>(x, m, T, panel, w.K, w.G, out, w.N, cols);
+        else tiles<Dot, kBits, 3>(x, m, T, panel, w.K, w.G, out, w.N, cols);
+      }
+    }
+  }
+}
+
+}  // namespace a8
+}  // namespace
+}  // namespace torchchat::kernels
