@@ -5,8 +5,8 @@
 // standard-library headers (their inline functions would be compiled for AVX2 here).
 //
 // 16 vector registers (AVX-512 has 32) shape the tiles: a row-major output takes two
-// accumulators, so tiles are 4 rows x 1 token (decode) or 3 rows x 2 tokens; panel tiles are 32
-// outputs x up to 2 tokens (decode) or 16 outputs x up to 6 tokens (prompts).
+// accumulators, so tiles are 4 rows x 1 token (decode) or 3 rows x 2 tokens; panel tiles are 2
+// panels x 1 token (decode), 32 outputs x 2 tokens, or 16 outputs x up to 6 tokens (prompts).
 #pragma GCC target("avx2,fma,f16c")
 // -O3: the tile loops over rows and tokens must unroll completely to keep the accumulators in registers.
 #pragma GCC optimize("O3")
@@ -127,39 +127,46 @@ void walk(i64 M, i64 n0, i64 n1, Run run) {
   }
 }
 
-// Panels (quant_linear.h): T tokens x V * 8 outputs of a panel (p points at the first of them in
-// the panel's first k), T * V accumulators; per k, the V weight vectors are loaded once and each
-// token's x[k] broadcast against them. Each output accumulates over k in order in its own lane.
-// V = 4 (the whole panel) for decode: 4 + 8 + 1 registers at T = 2; V = 2 for prompts: at T = 6,
-// 2 + 12 + 1, 12 FMAs per 8 loads.
-template <typename W, int T, int V>
+// Panels (quant_linear.h): T tokens x V * 8 outputs of each of P panels (p points at the first
+// of them in the first panel's first k), P * T * V accumulators; per k, the V weight vectors of a
+// panel are loaded once and each token's x[k] broadcast against them. Each output accumulates over
+// k in order in its own lane. Decode (T = 1) takes two whole panels (V = 4, P = 2): two streams of
+// weights in flight, 1.1x one panel's throughput from memory on SmolLM2's shapes. Two tokens take
+// one whole panel (4 + 8 + 1 registers); prompts half a panel (V = 2) for up to 6 tokens
+// (2 + 12 + 1 registers, 12 FMAs per 8 loads).
+template <typename W, int T, int V, int P = 1>
 void panel_tile(const float* x, i64 K, const W* p, float* y, i64 ldy, i64 cols) {
-  __m256 acc[T][V];
-  for (int t = 0; t < T; ++t)
-    for (int j = 0; j < V; ++j) acc[t][j] = _mm256_setzero_ps();
+  __m256 acc[P][T][V];
+  for (int q = 0; q < P; ++q)
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < V; ++j) acc[q][t][j] = _mm256_setzero_ps();
   constexpr i64 kAhead = 64 * kPanel;  // 8 KiB of fp32 ahead, as the AVX-512 panels
   constexpr i64 kBytes = V * 8 * static_cast<i64>(sizeof(W));  // a k's weights of the tile
   for (i64 k = 0; k < K; ++k) {
-    const W* pk = p + k * kPanel;
-    for (i64 line = 0; line < kBytes; line += 64) prefetch(reinterpret_cast<const char*>(pk + kAhead) + line);
-    __m256 wv[V];
-    for (int j = 0; j < V; ++j) wv[j] = widen(pk + 8 * j);
-    for (int t = 0; t < T; ++t) {
-      const __m256 xv = _mm256_broadcast_ss(x + t * K + k);
-      for (int j = 0; j < V; ++j) acc[t][j] = _mm256_fmadd_ps(xv, wv[j], acc[t][j]);
+    for (int q = 0; q < P; ++q) {
+      const W* pk = p + q * K * kPanel + k * kPanel;
+      for (i64 line = 0; line < kBytes; line += 64) prefetch(reinterpret_cast<const char*>(pk + kAhead) + line);
+      __m256 wv[V];
+      for (int j = 0; j < V; ++j) wv[j] = widen(pk + 8 * j);
+      for (int t = 0; t < T; ++t) {
+        // by value: _mm256_broadcast_ss(pointer) made GCC store every accumulator at every k
+        const __m256 xv = _mm256_set1_ps(x[t * K + k]);
+        for (int j = 0; j < V; ++j) acc[q][t][j] = _mm256_fmadd_ps(xv, wv[j], acc[q][t][j]);
+      }
     }
   }
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  for (int t = 0; t < T; ++t)
-    for (int j = 0; j < V; ++j) {
-      const i64 c = 8 * j;
-      if (c + 8 <= cols) {
-        _mm256_storeu_ps(y + t * ldy + c, acc[t][j]);
-      } else if (c < cols) {
-        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols - c)), lane);
-        _mm256_maskstore_ps(y + t * ldy + c, mask, acc[t][j]);
+  for (int q = 0; q < P; ++q)
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < V; ++j) {
+        const i64 c = q * kPanel + 8 * j;
+        if (c + 8 <= cols) {
+          _mm256_storeu_ps(y + t * ldy + c, acc[q][t][j]);
+        } else if (c < cols) {
+          const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols - c)), lane);
+          _mm256_maskstore_ps(y + t * ldy + c, mask, acc[q][t][j]);
+        }
       }
-    }
 }
 
 constexpr int kDecodeTokens = 2, kPromptTokens = 6;
@@ -168,9 +175,11 @@ template <typename W>
 constexpr auto panel_tiles() {
   using Fn = decltype(&panel_tile<W, 1, 4>);
   struct Table {
+    Fn pair;                  // 64 outputs, 1 token
     Fn whole[kDecodeTokens];  // 32 outputs
     Fn half[kPromptTokens];   // 16 outputs
-  } t{{&panel_tile<W, 1, 4>, &panel_tile<W, 2, 4>},
+  } t{&panel_tile<W, 1, 4, 2>,
+      {&panel_tile<W, 1, 4>, &panel_tile<W, 2, 4>},
       {&panel_tile<W, 1, 2>, &panel_tile<W, 2, 2>, &panel_tile<W, 3, 2>, &panel_tile<W, 4, 2>, &panel_tile<W, 5, 2>,
        &panel_tile<W, 6, 2>}};
   static_assert(kDecodeTokens == 2 && kPromptTokens == 6, "the tables list 1..2 and 1..6 tokens");
@@ -182,7 +191,10 @@ constexpr auto kBf16Panels = panel_tiles<std::uint16_t>();
 template <typename W, typename Tables>
 void panels(const float* x, i64 M, const W* w, i64 N, i64 K, float* y, i64 n0, i64 n1, const Tables& tiles) {
   // Panel by panel: a panel (K x 32 weights, 74 KB for K = 576) stays in L2 while every token passes.
-  for (i64 n = n0; n < n1; n += kPanel) {
+  i64 n = n0;
+  if (M == 1)
+    for (; n + kPanel < n1; n += 2 * kPanel) tiles.pair(x, K, w + n * K, y + n, N, min(2 * kPanel, n1 - n));
+  for (; n < n1; n += kPanel) {
     const W* panel = w + n * K;
     const i64 cols = min(kPanel, n1 - n);
     if (M <= kDecodeTokens) {
