@@ -2,7 +2,6 @@
 // leaves in a .pte for linear:int8 / linear:int4 (kernels/torch_ops.cpp declares them to
 // PyTorch), registered with ExecuTorch's kernel registry when this library is loaded:
 //   torchchat::int8_weight_linear.out(Tensor x, Tensor weight, Tensor scales, *, Tensor(a!) out)
-//   torchchat::int4_weight_linear.out(Tensor x, Tensor weight, Tensor scales_mins, int groupsize, *, Tensor(a!) out)
 //   torchchat::int4_a8_weight_linear.out(Tensor x, Tensor panels, int N, int groupsize, *, Tensor(a!) out)
 //   torchchat::int8_a8_weight_linear.out(Tensor x, Tensor panels, int N, *, Tensor(a!) out)
 //   torchchat::int4_panel_weight_linear.out(Tensor x, Tensor panels, int N, int groupsize, *, Tensor(a!) out)
@@ -105,46 +104,18 @@ Tensor& int8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const
                       weight.dim() == 2 && weight.scalar_type() == ScalarType::Char && tensor_is_contiguous(weight),
                       InvalidArgument, out, "%s: weight must be a contiguous int8 [N, K] matrix", op);
   const std::int64_t N = weight.size(0), K = weight.size(1);
-  // The groupsize is the scales' shape, as in torch_ops.cpp.
-  const std::int64_t G = int8_groupsize(N, K, scales.dim(), scales.dim() >= 1 ? scales.size(0) : 0,
-                                        scales.dim() == 2 ? scales.size(1) : 1);
-  ET_KERNEL_CHECK_MSG(ctx, scales.scalar_type() == ScalarType::Float && tensor_is_contiguous(scales) && G > 0,
-                      InvalidArgument, out, "%s: scales must be contiguous fp32 [N] or [N, K / G], G a multiple of 32",
+  const bool per_row = int8_row_scales(N, scales.dim(), scales.dim() >= 1 ? scales.size(0) : 0,
+                                       scales.dim() == 2 ? scales.size(1) : 1);
+  ET_KERNEL_CHECK_MSG(ctx, scales.scalar_type() == ScalarType::Float && tensor_is_contiguous(scales) && per_row,
+                      InvalidArgument, out, "%s: scales must be contiguous fp32 [N] or [N, 1] (one per output row)",
                       op);
   if (!prepare(ctx, op, x, K, N, out)) return out;
   const std::int64_t M = K ? x.numel() / K : 0;
-  const Int8Weights w{weight.const_data_ptr<std::int8_t>(), scales.const_data_ptr<float>(), N, K, G};
+  const Int8Weights w{weight.const_data_ptr<std::int8_t>(), scales.const_data_ptr<float>(), N, K};
   const float* xp = x.const_data_ptr<float>();
   float* yp = out.mutable_data_ptr<float>();
   const bool ok =
       parallel_range(0, N, kGrainRows, [&](std::int64_t n0, std::int64_t n1) { int8_linear(xp, M, w, yp, n0, n1); });
-  ET_KERNEL_CHECK_MSG(ctx, ok, Internal, out, "%s: the thread pool failed", op);
-  return out;
-}
-
-Tensor& int4_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& weight,
-                               const Tensor& scales_mins, std::int64_t groupsize, Tensor& out) {
-  constexpr const char* op = "torchchat::int4_weight_linear.out";
-  ET_KERNEL_CHECK_MSG(ctx,
-                      weight.dim() == 2 && weight.scalar_type() == ScalarType::Byte && tensor_is_contiguous(weight),
-                      InvalidArgument, out, "%s: weight must be a contiguous uint8 [N, K / 2] matrix", op);
-  const std::int64_t N = weight.size(0), K = 2 * weight.size(1);
-  ET_KERNEL_CHECK_MSG(ctx, groupsize >= 32 && groupsize % 32 == 0 && K % groupsize == 0, InvalidArgument, out,
-                      "%s: groupsize %lld must be a multiple of 32 dividing K = %lld", op,
-                      static_cast<long long>(groupsize), static_cast<long long>(K));
-  ET_KERNEL_CHECK_MSG(ctx, scales_mins.scalar_type() == ScalarType::Half && tensor_is_contiguous(scales_mins) &&
-                               scales_mins.numel() == N * (K / groupsize) * 2,
-                      InvalidArgument, out, "%s: scales_mins must be a contiguous fp16 [N, K / groupsize, 2] tensor",
-                      op);
-  if (!prepare(ctx, op, x, K, N, out)) return out;
-  const std::int64_t M = K ? x.numel() / K : 0;
-  // fp16 values as their bits: the kernels decode them (quant_linear.h).
-  const Int4Weights w{weight.const_data_ptr<std::uint8_t>(),
-                      static_cast<const std::uint16_t*>(scales_mins.const_data_ptr()), N, K, groupsize};
-  const float* xp = x.const_data_ptr<float>();
-  float* yp = out.mutable_data_ptr<float>();
-  const bool ok =
-      parallel_range(0, N, kGrainRows, [&](std::int64_t n0, std::int64_t n1) { int4_linear(xp, M, w, yp, n0, n1); });
   ET_KERNEL_CHECK_MSG(ctx, ok, Internal, out, "%s: the thread pool failed", op);
   return out;
 }
@@ -275,7 +246,6 @@ Tensor& cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Te
 // Registered by static initializers when the library is loaded: a program that calls them
 // finds them by name ("torchchat::int8_weight_linear.out") at method load.
 EXECUTORCH_LIBRARY(torchchat, "int8_weight_linear.out", torchchat::kernels::et::int8_weight_linear_out);
-EXECUTORCH_LIBRARY(torchchat, "int4_weight_linear.out", torchchat::kernels::et::int4_weight_linear_out);
 EXECUTORCH_LIBRARY(torchchat, "int4_a8_weight_linear.out", torchchat::kernels::et::int4_a8_weight_linear_out);
 EXECUTORCH_LIBRARY(torchchat, "int8_a8_weight_linear.out", torchchat::kernels::et::int8_a8_weight_linear_out);
 EXECUTORCH_LIBRARY(torchchat, "int4_panel_weight_linear.out", torchchat::kernels::et::int4_panel_weight_linear_out);

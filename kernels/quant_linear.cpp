@@ -102,14 +102,6 @@ void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y,
   }
 }
 
-void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1) {
-  switch (active()) {
-    case Level::Avx512Vnni: case Level::Avx512: return avx512::int4_linear(x, M, w, y, n0, n1);
-    case Level::Avx2Vnni: case Level::Avx2: return avx2::int4_linear(x, M, w, y, n0, n1);
-    case Level::Generic: return generic::int4_linear(x, M, w, y, n0, n1);
-  }
-}
-
 void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int slices, std::int8_t* q, float* scale,
                           float* scaled_sum, std::int32_t* sum) {
   switch (active()) {

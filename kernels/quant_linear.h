@@ -6,14 +6,8 @@
 //   panels: fp32 or bf16 in column panels of 32 outputs, [ceil(N / 32), K, 32] (zero rows pad N):
 //         a prompt's GEMM broadcasts one activation against 32 weights of a k (no horizontal
 //         sums), and decode streams each panel front to back
-//   int8: q int8 [N, K] row-major; per group of G consecutive weights of a row one fp32
-//         scale, [N, K/G]:                             w[n, k] = q[n, k] * scale[n, k / G]
-//         G = K is one scale per output row (scale [N]); otherwise G is a multiple of 32
-//         dividing K (groupwise: each group is summed on its own, then scaled).
-//   int4: q uint8 [N, K/2]: each 16-byte chunk holds 32 consecutive weights of a row,
-//         byte j = q[j] | q[j + 16] << 4, q in [0, 15]; per group of G weights (G a multiple
-//         of 32 dividing K) an fp16 (scale, min) pair, [N, K/G, 2]:  w = q * scale + min
-//         (the group's min/max quantization, the layout of llama.cpp's Q4_1 with our packing).
+//   int8: q int8 [N, K] row-major, one fp32 scale per output row, [N]:  w[n, k] = q[n, k] * scale[n]
+//         (the layers whose width is not a multiple of 32; the others use the int8 panels below)
 //
 //   int4 panels for int8 activations (int4_a8_linear): the int4 math (w = q * scale + min per
 //         group of G, G a multiple of 32 dividing K) in panels of 16 output rows, the layout of
@@ -22,7 +16,7 @@
 //         8G + 64 bytes: for each block of 32 k from k0, 4 chunks c of 64 bytes whose byte
 //         4l + i = q[16p + l, k0 + 4c + i] | q[16p + l, k0 + 16 + 4c + i] << 4; then the group's
 //         16 fp16 scales and 16 fp16 mins. [ceil(N / 16), K / G, 8G + 64] bytes; zero rows pad N.
-//   int8 panels for int8 activations (int8_a8_linear): the int8 weights above (w = q * scale, one
+//   int8 panels for int8 activations (int8_a8_linear): int8 weights (w = q * scale, one
 //         fp32 scale per row, G = K, or per group of G, a multiple of 32) in panels of 16 rows, each
 //         code stored as the unsigned byte q + 128 (vpdpbusd's weights are unsigned). Per panel p
 //         and group g, 16G + 64 bytes: for each block of 32 k from k0, 8 chunks c of 64 bytes whose
@@ -44,8 +38,20 @@
 //           int4: acc = fma(dot, scale * s, acc);  acc = fma(min, scaled_sum, acc)
 //           int8: acc = fma(dot, scale * s, acc)
 //
-// Every y[m, n] is computed the same way whatever M is (same accumulation order), so a
-// token's logits do not depend on whether it came in a prompt or alone.
+// The order of float operations (float_linear, panel_linear, int8_linear). Every implementation
+// (generic, avx2, avx512) computes each y[m, n] with exactly these operations, so they agree bit
+// for bit, and a token's logits depend neither on the CPU nor on whether it came in a prompt or
+// alone (the tiling over M and N never changes an output's operations):
+//   row-major (float, int8): 16 fp32 lanes, all +0 at first; lane l takes k = l, l + 16, l + 32, ...
+//         in k order, acc[l] = fma(x[k], w[k], acc[l]) (w widened exactly to fp32: bf16 by a shift,
+//         int8 by conversion); the last block of K % 16 columns pads x and w with +0 (so its
+//         lanes past K also take fma(0, 0, acc[l])). Then the lanes are summed by a fixed tree:
+//           s8[i] = acc[i] + acc[i + 8]  (i < 8),  s4[i] = s8[i] + s8[i + 4]  (i < 4),
+//           s2[i] = s4[i] + s4[i + 2]  (i < 2),    sum = s2[0] + s2[1]
+//         (one 512-bit register: its 256-bit halves, then 128-bit halves, then 64-bit halves, then
+//         the two floats: each ISA writes this tree out itself, never a compiler's reduce intrinsic).
+//         float: y = sum;  int8: y = sum * scale[n].
+//   panels: y = 0, then y = fma(x[k], w[k, n], y) for k = 0 .. K - 1 in order (an output per lane).
 //
 // The functions compute the output columns [n0, n1) of every row of y (row stride N): the
 // caller splits N across its threads. No threads, no allocation, no torch in here, so the
@@ -71,24 +77,15 @@ constexpr std::int64_t kPanel = 32;  // outputs per panel
 
 struct Int8Weights {
   const std::int8_t* q;
-  const float* scale;    // [N, K / G]
-  std::int64_t N, K, G;  // G: weights per scale along a row; G == K: per output row
+  const float* scale;  // [N]
+  std::int64_t N, K;
 };
 
-// G of int8 scales shaped [rows] (dims 1) or [rows, groups] (dims 2) for an [N, K] weight:
-// K for one scale per output row ([N] or [N, 1]), K / groups for [N, K / G] with G a multiple of
-// 32; 0 when the kernels take no such shape. (The operators read the groupsize from the scales.)
-inline std::int64_t int8_groupsize(std::int64_t N, std::int64_t K, std::int64_t dims, std::int64_t rows,
-                                   std::int64_t groups) {
-  if (dims < 1 || dims > 2 || rows != N || groups < 1 || K % groups != 0) return 0;
-  return groups == 1 || (K / groups) % 32 == 0 ? K / groups : 0;
+// Whether int8 scales shaped [rows] (dims 1) or [rows, cols] (dims 2) hold one scale per output
+// row of an [N, K] weight: [N] or [N, 1].
+inline bool int8_row_scales(std::int64_t N, std::int64_t dims, std::int64_t rows, std::int64_t cols) {
+  return rows == N && (dims == 1 || (dims == 2 && cols == 1));
 }
-
-struct Int4Weights {
-  const std::uint8_t* q;
-  const std::uint16_t* scale_min;  // fp16 bits
-  std::int64_t N, K, G;
-};
 
 constexpr std::int64_t kA8Panel = 16;  // outputs per panel of the int8-activation kernels
 
@@ -131,7 +128,6 @@ void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* 
 // n0 and n1 are multiples of kPanel (or N).
 void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
-void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 // K a multiple of 32, slices 1 or 3; writes q [slices, M, K], scale, scaled_sum [M, K / 32] and
 // sum [slices, M, K / 32].
 void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int slices, std::int8_t* q, float* scale,
@@ -181,7 +177,6 @@ namespace generic {
 void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
-void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int slices, std::int8_t* q, float* scale,
                           float* scaled_sum, std::int32_t* sum);
 void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
@@ -191,7 +186,6 @@ namespace avx512 {
 void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
-void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 }  // namespace avx512
 namespace avx512vnni {
 void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int slices, std::int8_t* q, float* scale,
@@ -203,7 +197,6 @@ namespace avx2 {
 void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
-void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1);
 void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int slices, std::int8_t* q, float* scale,
                           float* scaled_sum, std::int32_t* sum);
 void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);

@@ -1,20 +1,239 @@
-// AVX2 + FMA + F16C kernels for fp32 activations (quant_linear.h). PLACEHOLDER: forwards to the
-// portable code until the vector code lands.
+// AVX2 + FMA + F16C kernels for fp32 activations (quant_linear.h), called only when the CPU has
+// them (quant_linear.cpp). They follow quant_linear.h's order of float operations, so they compute
+// the same bits as the AVX-512 and portable code: an output's 16 lanes are two 8-lane registers
+// (lanes 0-7 and 8-15 of each block of 16 k). Like quant_linear_avx512.cpp, free of
+// standard-library headers (their inline functions would be compiled for AVX2 here).
+//
+// 16 vector registers (AVX-512 has 32) shape the tiles: a row-major output takes two
+// accumulators, so tiles are 4 rows x 1 token (decode) or 3 rows x 2 tokens; panel tiles are 2
+// panels x 1 token (decode), 32 outputs x 2 tokens, or 16 outputs x up to 6 tokens (prompts).
+#pragma GCC target("avx2,fma,f16c")
+// -O3: the tile loops over rows and tokens must unroll completely to keep the accumulators in registers.
+#pragma GCC optimize("O3")
+#include <immintrin.h>
+
 #include "quant_linear.h"
 
 namespace torchchat::kernels::avx2 {
+namespace {
 
-void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
-  generic::float_linear(x, M, w, y, n0, n1);
+using i64 = std::int64_t;
+
+inline i64 min(i64 a, i64 b) { return a < b ? a : b; }
+
+// Rows per block of the output: a block's weights stay in L2 while every token passes.
+constexpr i64 kBlockRows = 128;
+
+// Decode streams the weights from memory; the hardware prefetcher stops at 4 KiB pages, so the
+// tiles ask for the weights some way ahead, as the AVX-512 tiles do (quant_linear_avx512.cpp
+// says how far and why): row tiles the same spot of the rows 1 tile (float) or 3 tiles (int8)
+// further on, panels the weights 64 k ahead.
+inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+template <typename W>
+constexpr i64 ahead_tiles() { return sizeof(W) == 1 ? 3 : 1; }
+
+// The 16 lanes (lo: 0-7, hi: 8-15) summed by quant_linear.h's tree.
+inline float sum_lanes(__m256 lo, __m256 hi) {
+  const __m256 s8 = _mm256_add_ps(lo, hi);
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
 }
-void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
-  generic::panel_linear(x, M, w, y, n0, n1);
+
+// 8 weights widened exactly to fp32: bf16 is the top half of an fp32, int8 converts exactly.
+inline __m256 widen(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 widen(const std::uint16_t* p) {
+  const __m256i bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
 }
-void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1) {
-  generic::int8_linear(x, M, w, y, n0, n1);
+inline __m256 widen(const std::int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
-void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1) {
-  generic::int4_linear(x, M, w, y, n0, n1);
+
+// R rows of row-major weights (fp32, bf16 or int8) x T tokens, 2 * R * T accumulators; int8 rows'
+// sums are then scaled by their scale[r], float rows take none (nullptr). Per half of a block of
+// 16 k, each row's weights are widened once for the T tokens: 2RT + T + 1 registers (15 at 3 x 2).
+template <typename W, int R, int T>
+void row_tile(const float* x, i64 K, const W* w, const float* scale, float* y, i64 ldy) {
+  __m256 acc[R][T][2];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t][0] = acc[r][t][1] = _mm256_setzero_ps();
+  // The block of 16 k at xs (token t at xs + t * xstride) and ws (row r at ws + r * wstride).
+  auto block = [&](const float* xs, i64 xstride, const W* ws, i64 wstride) {
+    for (int h = 0; h < 2; ++h) {
+      __m256 xv[T];
+      for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(xs + t * xstride + 8 * h);
+      for (int r = 0; r < R; ++r) {
+        const __m256 wv = widen(ws + r * wstride + 8 * h);
+        for (int t = 0; t < T; ++t) acc[r][t][h] = _mm256_fmadd_ps(xv[t], wv, acc[r][t][h]);
+      }
+    }
+  };
+  constexpr i64 kPerLine = 64 / sizeof(W);  // weights per cache line
+  i64 k = 0;
+  for (; k + 64 <= K; k += 64) {
+    for (int r = 0; r < R; ++r)
+      for (i64 j = 0; j < 64; j += kPerLine) prefetch(w + (ahead_tiles<W>() * R + r) * K + k + j);
+    for (i64 j = 0; j < 64; j += 16) block(x + k + j, K, w + k + j, K);
+  }
+  for (; k + 16 <= K; k += 16) block(x + k, K, w + k, K);
+  if (k < K) {  // the last K % 16 columns, from copies padded with zeros
+    float xs[T][16] = {};
+    W ws[R][16] = {};
+    for (int t = 0; t < T; ++t) __builtin_memcpy(xs[t], x + t * K + k, (K - k) * sizeof(float));
+    for (int r = 0; r < R; ++r) __builtin_memcpy(ws[r], w + r * K + k, (K - k) * sizeof(W));
+    block(xs[0], 16, ws[0], 16);
+  }
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) {
+      const float sum = sum_lanes(acc[r][t][0], acc[r][t][1]);
+      if constexpr (sizeof(W) == 1)
+        y[t * ldy + r] = sum * scale[r];
+      else
+        y[t * ldy + r] = sum;
+    }
+}
+
+// Row tiles: 4 rows for one token (8 accumulators, enough independent FMAs to hide their
+// latency), 3 rows x 2 tokens for more.
+constexpr int kMaxRows = 4, kMaxTokens = 2;
+
+template <typename W>
+constexpr auto row_tiles() {
+  using Fn = decltype(&row_tile<W, 1, 1>);
+  struct Table {
+    Fn at[kMaxRows][kMaxTokens];
+  } t{{{&row_tile<W, 1, 1>, &row_tile<W, 1, 2>},
+       {&row_tile<W, 2, 1>, &row_tile<W, 2, 2>},
+       {&row_tile<W, 3, 1>, &row_tile<W, 3, 2>},
+       {&row_tile<W, 4, 1>, nullptr}}};  // 4 x 2 would not fit the registers
+  return t;
+}
+constexpr auto kFp32Rows = row_tiles<float>();
+constexpr auto kBf16Rows = row_tiles<std::uint16_t>();
+constexpr auto kInt8Rows = row_tiles<std::int8_t>();
+
+// Walks the output [M, n0:n1) in row blocks, token tiles and row tiles; run(r, t, m, n) computes
+// the tile of r rows from n and t tokens from m.
+template <typename Run>
+void walk(i64 M, i64 n0, i64 n1, Run run) {
+  const i64 rows = M == 1 ? 4 : 3, tokens = M == 1 ? 1 : 2;
+  for (i64 nb = n0; nb < n1; nb += kBlockRows) {
+    const i64 nb_end = min(nb + kBlockRows, n1);
+    for (i64 m = 0; m < M; m += tokens) {
+      const int t = static_cast<int>(min(tokens, M - m));
+      for (i64 n = nb; n < nb_end; n += rows) run(static_cast<int>(min(rows, nb_end - n)), t, m, n);
+    }
+  }
+}
+
+// Panels (quant_linear.h): T tokens x V * 8 outputs of each of P panels (p points at the first
+// of them in the first panel's first k), P * T * V accumulators; per k, the V weight vectors of a
+// panel are loaded once and each token's x[k] broadcast against them. Each output accumulates over
+// k in order in its own lane. Decode (T = 1) takes two whole panels (V = 4, P = 2): two streams of
+// weights in flight, 1.1x one panel's throughput from memory on SmolLM2's shapes. Two tokens take
+// one whole panel (4 + 8 + 1 registers); prompts half a panel (V = 2) for up to 6 tokens
+// (2 + 12 + 1 registers, 12 FMAs per 8 loads).
+template <typename W, int T, int V, int P = 1>
+void panel_tile(const float* x, i64 K, const W* p, float* y, i64 ldy, i64 cols) {
+  __m256 acc[P][T][V];
+  for (int q = 0; q < P; ++q)
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < V; ++j) acc[q][t][j] = _mm256_setzero_ps();
+  constexpr i64 kAhead = 64 * kPanel;  // 8 KiB of fp32 ahead, as the AVX-512 panels
+  constexpr i64 kBytes = V * 8 * static_cast<i64>(sizeof(W));  // a k's weights of the tile
+  for (i64 k = 0; k < K; ++k) {
+    for (int q = 0; q < P; ++q) {
+      const W* pk = p + q * K * kPanel + k * kPanel;
+      for (i64 line = 0; line < kBytes; line += 64) prefetch(reinterpret_cast<const char*>(pk + kAhead) + line);
+      __m256 wv[V];
+      for (int j = 0; j < V; ++j) wv[j] = widen(pk + 8 * j);
+      for (int t = 0; t < T; ++t) {
+        // by value: _mm256_broadcast_ss(pointer) made GCC store every accumulator at every k
+        const __m256 xv = _mm256_set1_ps(x[t * K + k]);
+        for (int j = 0; j < V; ++j) acc[q][t][j] = _mm256_fmadd_ps(xv, wv[j], acc[q][t][j]);
+      }
+    }
+  }
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int q = 0; q < P; ++q)
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < V; ++j) {
+        const i64 c = q * kPanel + 8 * j;
+        if (c + 8 <= cols) {
+          _mm256_storeu_ps(y + t * ldy + c, acc[q][t][j]);
+        } else if (c < cols) {
+          const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols - c)), lane);
+          _mm256_maskstore_ps(y + t * ldy + c, mask, acc[q][t][j]);
+        }
+      }
+}
+
+constexpr int kDecodeTokens = 2, kPromptTokens = 6;
+
+template <typename W>
+constexpr auto panel_tiles() {
+  using Fn = decltype(&panel_tile<W, 1, 4>);
+  struct Table {
+    Fn pair;                  // 64 outputs, 1 token
+    Fn whole[kDecodeTokens];  // 32 outputs
+    Fn half[kPromptTokens];   // 16 outputs
+  } t{&panel_tile<W, 1, 4, 2>,
+      {&panel_tile<W, 1, 4>, &panel_tile<W, 2, 4>},
+      {&panel_tile<W, 1, 2>, &panel_tile<W, 2, 2>, &panel_tile<W, 3, 2>, &panel_tile<W, 4, 2>, &panel_tile<W, 5, 2>,
+       &panel_tile<W, 6, 2>}};
+  static_assert(kDecodeTokens == 2 && kPromptTokens == 6, "the tables list 1..2 and 1..6 tokens");
+  return t;
+}
+constexpr auto kFp32Panels = panel_tiles<float>();
+constexpr auto kBf16Panels = panel_tiles<std::uint16_t>();
+
+template <typename W, typename Tables>
+void panels(const float* x, i64 M, const W* w, i64 N, i64 K, float* y, i64 n0, i64 n1, const Tables& tiles) {
+  // Panel by panel: a panel (K x 32 weights, 74 KB for K = 576) stays in L2 while every token passes.
+  i64 n = n0;
+  if (M == 1)
+    for (; n + kPanel < n1; n += 2 * kPanel) tiles.pair(x, K, w + n * K, y + n, N, min(2 * kPanel, n1 - n));
+  for (; n < n1; n += kPanel) {
+    const W* panel = w + n * K;
+    const i64 cols = min(kPanel, n1 - n);
+    if (M <= kDecodeTokens) {
+      tiles.whole[M - 1](x, K, panel, y + n, N, cols);
+      continue;
+    }
+    for (i64 m = 0; m < M; m += kPromptTokens) {
+      const int t = static_cast<int>(min(kPromptTokens, M - m));
+      for (i64 c = 0; c < cols; c += kPanel / 2)
+        tiles.half[t - 1](x + m * K, K, panel + c, y + m * N + n + c, N, cols - c);
+    }
+  }
+}
+
+}  // namespace
+
+void float_linear(const float* x, i64 M, const FloatWeights& w, float* y, i64 n0, i64 n1) {
+  walk(M, n0, n1, [&](int r, int t, i64 m, i64 n) {
+    if (w.bf16)
+      kBf16Rows.at[r - 1][t - 1](x + m * w.K, w.K, static_cast<const std::uint16_t*>(w.w) + n * w.K, nullptr,
+                                 y + m * w.N + n, w.N);
+    else
+      kFp32Rows.at[r - 1][t - 1](x + m * w.K, w.K, static_cast<const float*>(w.w) + n * w.K, nullptr, y + m * w.N + n,
+                                 w.N);
+  });
+}
+
+void panel_linear(const float* x, i64 M, const PanelWeights& w, float* y, i64 n0, i64 n1) {
+  if (M <= 0) return;
+  if (w.bf16)
+    panels(x, M, static_cast<const std::uint16_t*>(w.w), w.N, w.K, y, n0, n1, kBf16Panels);
+  else
+    panels(x, M, static_cast<const float*>(w.w), w.N, w.K, y, n0, n1, kFp32Panels);
+}
+
+void int8_linear(const float* x, i64 M, const Int8Weights& w, float* y, i64 n0, i64 n1) {
+  walk(M, n0, n1, [&](int r, int t, i64 m, i64 n) {
+    kInt8Rows.at[r - 1][t - 1](x + m * w.K, w.K, w.q + n * w.K, w.scale + n, y + m * w.N + n, w.N);
+  });
 }
 
 }  // namespace torchchat::kernels::avx2

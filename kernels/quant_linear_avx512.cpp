@@ -29,15 +29,24 @@ inline i64 min(i64 a, i64 b) { return a < b ? a : b; }
 // Decode streams every weight from memory once. The hardware prefetcher stops at 4 KiB
 // pages, so each tile asks for the same spot of the rows some tiles further on (a contiguous
 // stream) one cache line at a time: one thread streamed int8 weights at 6 GB/s without it,
-// 12-13 GB/s with it one tile ahead (Intel). For int8 and int4 rows, three tiles ahead (7 KB of
-// int8 rows of 576) covers the memory latency on the AMD machine: SmolLM2 decode with fp32
-// activations, int8 261-279 -> 302-351 tok/s, int4 227-249 -> 278-291, a linear's call 23 -> 17 us
-// (bench/README.md, session 11). Float rows (the tied output layer) stay one tile ahead: 1, 2
-// and 3 measured the same for them.
+// 12-13 GB/s with it one tile ahead (Intel). For int8 rows, three tiles ahead (7 KB of rows of
+// 576) covers the memory latency on the AMD machine: SmolLM2 decode with row-major int8 weights
+// and fp32 activations 261-279 -> 302-351 tok/s, a linear's call 23 -> 17 us (bench/README.md).
+// Float rows (the tied output layer) stay one tile ahead: 1, 2 and 3 measured the same for them.
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 constexpr i64 kAheadTiles = 3;  // integer rows'
 template <typename W>
 constexpr i64 ahead_tiles() { return sizeof(W) == 1 ? kAheadTiles : 1; }
+
+// The 16 lanes summed by quant_linear.h's tree (256-bit halves, 128-bit halves, 64-bit halves,
+// then the two floats), the same operations as the AVX2 and portable code.
+inline float sum_lanes(__m512 v) {
+  const __m256 high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));  // AVX-512F (no DQ)
+  const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), high);
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
 
 // float weights: 16 of a row widened to fp32 (bf16 is the top half of an fp32).
 inline __m512 widen(const float* p) { return _mm512_loadu_ps(p); }
@@ -87,139 +96,52 @@ void row_tile(const float* x, i64 K, const W* w, const float* scale, float* y, i
   for (int t = 0; t < T; ++t)
     for (int r = 0; r < R; ++r) {
       if constexpr (sizeof(W) == 1)
-        y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]) * scale[r];
+        y[t * ldy + r] = sum_lanes(acc[r][t]) * scale[r];
       else
-        y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+        y[t * ldy + r] = sum_lanes(acc[r][t]);
     }
 }
 
-// Panels (quant_linear.h): T tokens x the panel's 32 outputs, T * 2 accumulators; per k, the
-// 32 weights are loaded once (2 vectors) and each token's x[k] broadcast against them. Each
-// output accumulates over k in order in its own lane, whatever T is.
+// Panels (quant_linear.h): T tokens x the 32 outputs of each of P panels, P * T * 2 accumulators;
+// per k, a panel's 32 weights are loaded once (2 vectors) and each token's x[k] broadcast against
+// them. Each output accumulates over k in order in its own lane, whatever T and P are. Decode
+// (T = 1) takes two panels at once: two streams of weights in flight (a few per cent faster on
+// SmolLM2's shapes, one thread streaming from memory; 1.1x for the AVX2 kernel).
 constexpr int kPanelVectors = kPanel / 16;
 constexpr int kPanelTokens = 12;  // 24 accumulators + 2 weight vectors + 1 broadcast of 32 registers
 
-template <typename W, int T>
+template <typename W, int T, int P = 1>
 void panel_tile(const float* x, i64 K, const W* p, float* y, i64 ldy, i64 cols) {
-  __m512 acc[T][kPanelVectors];
-  for (int t = 0; t < T; ++t)
-    for (int j = 0; j < kPanelVectors; ++j) acc[t][j] = _mm512_setzero_ps();
+  __m512 acc[P][T][kPanelVectors];
+  for (int q = 0; q < P; ++q)
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < kPanelVectors; ++j) acc[q][t][j] = _mm512_setzero_ps();
   // Decode streams the panel from memory: ask for the weights 64 k ahead (8 KiB of fp32; at
   // ~24 GB/s per core that is ~300 ns, above the memory latency; 4 KiB was no better).
   constexpr i64 kAhead = 64 * kPanel;
   for (i64 k = 0; k < K; ++k) {
-    const W* pk = p + k * kPanel;
-    constexpr i64 kBytes = kPanel * static_cast<i64>(sizeof(W));  // a k's weights: 128 (fp32) or 64 bytes
-    for (i64 line = 0; line < kBytes; line += 64) prefetch(reinterpret_cast<const char*>(pk + kAhead) + line);
-    __m512 w[kPanelVectors];
-    for (int j = 0; j < kPanelVectors; ++j) w[j] = widen(pk + 16 * j);
-    for (int t = 0; t < T; ++t) {
-      const __m512 xv = _mm512_set1_ps(x[t * K + k]);
-      for (int j = 0; j < kPanelVectors; ++j) acc[t][j] = _mm512_fmadd_ps(xv, w[j], acc[t][j]);
-    }
-  }
-  for (int t = 0; t < T; ++t)
-    for (int j = 0; j < kPanelVectors; ++j) {
-      const i64 c = 16 * j;
-      if (c + 16 <= cols) {
-        _mm512_storeu_ps(y + t * ldy + c, acc[t][j]);
-      } else if (c < cols) {
-        _mm512_mask_storeu_ps(y + t * ldy + c, static_cast<__mmask16>((1u << (cols - c)) - 1), acc[t][j]);
-      }
-    }
-}
-
-// Groupwise int8 (G < K, a multiple of 32): each group is summed in its own R x T
-// accumulators, which one FMA by the group's scale (broadcast) folds into the running sums;
-// the running sums are reduced at the end. Both sets must stay in registers with the R
-// widened weights and an activation, 2 * R * T + R + 1 <= 32: at R = 4 tiles take up to
-// kGroupTokens = 3 tokens. K is a multiple of 32, so there is no masked tail.
-constexpr int kGroupTokens = 3;
-static_assert(kGroupTokens <= kTokens);
-
-template <int R, int T>
-void int8_group_tile(const float* x, i64 K, i64 G, const std::int8_t* q, const float* scale, float* y, i64 ldy) {
-  const i64 groups = K / G;
-  __m512 acc[R][T];
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  for (i64 g = 0; g < groups; ++g) {
-    __m512 sum[R][T];
-    for (int r = 0; r < R; ++r)
-      for (int t = 0; t < T; ++t) sum[r][t] = _mm512_setzero_ps();
-    auto step = [&](i64 k) {
-      __m512 w[R];
-      for (int r = 0; r < R; ++r) w[r] = widen(q + r * K + k);
+    for (int q = 0; q < P; ++q) {
+      const W* pk = p + q * K * kPanel + k * kPanel;
+      constexpr i64 kBytes = kPanel * static_cast<i64>(sizeof(W));  // a k's weights: 128 (fp32) or 64 bytes
+      for (i64 line = 0; line < kBytes; line += 64) prefetch(reinterpret_cast<const char*>(pk + kAhead) + line);
+      __m512 w[kPanelVectors];
+      for (int j = 0; j < kPanelVectors; ++j) w[j] = widen(pk + 16 * j);
       for (int t = 0; t < T; ++t) {
-        const __m512 xv = _mm512_loadu_ps(x + t * K + k);
-        for (int r = 0; r < R; ++r) sum[r][t] = _mm512_fmadd_ps(xv, w[r], sum[r][t]);
-      }
-    };
-    for (i64 k = g * G; k < (g + 1) * G; k += 32) {
-      if (k % 64 == 0)  // one cache line of each row per 64 weights, as in row_tile
-        for (int r = 0; r < R; ++r) prefetch(q + (kAheadTiles * R + r) * K + k);
-      step(k), step(k + 16);
-    }
-    for (int r = 0; r < R; ++r) {
-      const __m512 s = _mm512_set1_ps(scale[r * groups + g]);
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(sum[r][t], s, acc[r][t]);
-    }
-  }
-  for (int t = 0; t < T; ++t)
-    for (int r = 0; r < R; ++r) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
-}
-
-// int4: the 16 values a group's codes stand for, q * scale + min for q = 0..15, sit in one
-// register (a LUT); vpermps looks 16 codes up at once, and it reads only the low 4 bits of
-// each index, so the low nibbles need no masking. The fp16 (scale, min) pairs of a batch of
-// groups are widened to fp32 in a small buffer first: broadcasting from memory then costs
-// no vector ALU work. (Per 32 weights and row: 7 vector uops, against 13 when converting
-// codes to float and scaling them.)
-constexpr i64 kGroupBatch = 64;
-
-template <int R, int T>
-void int4_tile(const float* x, i64 K, i64 G, const std::uint8_t* q, const std::uint16_t* sm, float* y, i64 ldy) {
-  const i64 qstride = K / 2, groups = K / G, smstride = 2 * groups;
-  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  __m512 acc[R][T];
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  alignas(64) float sm32[R][2 * kGroupBatch];
-  for (i64 g0 = 0; g0 < groups; g0 += kGroupBatch) {
-    const i64 n = min(kGroupBatch, groups - g0);
-    for (int r = 0; r < R; ++r) {
-      const std::uint16_t* src = sm + r * smstride + 2 * g0;
-      for (i64 j = 0; j < 2 * n; j += 16) {
-        const __mmask16 mask = static_cast<__mmask16>(2 * n - j >= 16 ? 0xffff : (1u << (2 * n - j)) - 1);
-        _mm512_store_ps(sm32[r] + j, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, src + j)));
-      }
-    }
-    for (i64 g = 0; g < n; ++g) {
-      __m512 lut[R];
-      for (int r = 0; r < R; ++r)
-        lut[r] = _mm512_fmadd_ps(iota, _mm512_set1_ps(sm32[r][2 * g]), _mm512_set1_ps(sm32[r][2 * g + 1]));
-      const i64 k0 = (g0 + g) * G;
-      for (i64 k = k0; k < k0 + G; k += 32) {
-        if (k % 128 == 0)  // one cache line of each row per 128 weights
-          for (int r = 0; r < R; ++r) prefetch(q + (kAheadTiles * R + r) * qstride + k / 2);
-        __m512 w0[R], w1[R];
-        for (int r = 0; r < R; ++r) {
-          const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + r * qstride + k / 2)));
-          w0[r] = _mm512_permutexvar_ps(b, lut[r]);
-          w1[r] = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), lut[r]);
-        }
-        for (int t = 0; t < T; ++t) {
-          const __m512 x0 = _mm512_loadu_ps(x + t * K + k), x1 = _mm512_loadu_ps(x + t * K + k + 16);
-          for (int r = 0; r < R; ++r) {
-            acc[r][t] = _mm512_fmadd_ps(x0, w0[r], acc[r][t]);
-            acc[r][t] = _mm512_fmadd_ps(x1, w1[r], acc[r][t]);
-          }
-        }
+        const __m512 xv = _mm512_set1_ps(x[t * K + k]);
+        for (int j = 0; j < kPanelVectors; ++j) acc[q][t][j] = _mm512_fmadd_ps(xv, w[j], acc[q][t][j]);
       }
     }
   }
-  for (int t = 0; t < T; ++t)
-    for (int r = 0; r < R; ++r) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+  for (int q = 0; q < P; ++q)
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < kPanelVectors; ++j) {
+        const i64 c = q * kPanel + 16 * j;
+        if (c + 16 <= cols) {
+          _mm512_storeu_ps(y + t * ldy + c, acc[q][t][j]);
+        } else if (c < cols) {
+          _mm512_mask_storeu_ps(y + t * ldy + c, static_cast<__mmask16>((1u << (cols - c)) - 1), acc[q][t][j]);
+        }
+      }
 }
 
 // tiles[R - 1][T - 1], for the edges of the output where fewer rows or tokens remain.
@@ -235,8 +157,10 @@ template <typename W>
 constexpr auto panel_tiles() {
   using Fn = decltype(&panel_tile<W, 1>);
   struct Table {
+    Fn pair;  // 64 outputs, 1 token
     Fn at[kPanelTokens];
-  } t{{&panel_tile<W, 1>, &panel_tile<W, 2>, &panel_tile<W, 3>, &panel_tile<W, 4>, &panel_tile<W, 5>,
+  } t{&panel_tile<W, 1, 2>,
+      {&panel_tile<W, 1>, &panel_tile<W, 2>, &panel_tile<W, 3>, &panel_tile<W, 4>, &panel_tile<W, 5>,
         &panel_tile<W, 6>, &panel_tile<W, 7>, &panel_tile<W, 8>, &panel_tile<W, 9>, &panel_tile<W, 10>,
         &panel_tile<W, 11>, &panel_tile<W, 12>}};
   static_assert(kPanelTokens == 12, "the table lists 1..12 tokens");
@@ -248,14 +172,6 @@ constexpr auto kBf16Panels = panel_tiles<std::uint16_t>();
 template <int R, int T>
 struct Int8Tile {
   static constexpr auto fn = &row_tile<std::int8_t, R, T>;
-};
-template <int R, int T>
-struct Int8GroupTile {
-  static constexpr auto fn = &int8_group_tile<R, T>;
-};
-template <int R, int T>
-struct Int4Tile {
-  static constexpr auto fn = &int4_tile<R, T>;
 };
 
 template <template <int, int> class Tile>
@@ -274,17 +190,15 @@ constexpr auto tile_table() {
 constexpr auto kFp32Tiles = tile_table<Fp32Tile>();
 constexpr auto kBf16Tiles = tile_table<Bf16Tile>();
 constexpr auto kInt8Tiles = tile_table<Int8Tile>();
-constexpr auto kInt8GroupTiles = tile_table<Int8GroupTile>();  // T <= kGroupTokens used
-constexpr auto kInt4Tiles = tile_table<Int4Tile>();
 
-// Walks the output [M, n0:n1) in row blocks, token tiles (of up to Tokens tokens) and row
+// Walks the output [M, n0:n1) in row blocks, token tiles (of up to kTokens tokens) and row
 // tiles; run(r, t, m, n) computes the tile of r rows from n and t tokens from m.
-template <int Tokens = kTokens, typename Run>
+template <typename Run>
 void walk(i64 M, i64 n0, i64 n1, Run run) {
   for (i64 nb = n0; nb < n1; nb += kBlockRows) {
     const i64 nb_end = min(nb + kBlockRows, n1);
-    for (i64 m = 0; m < M; m += Tokens) {
-      const int t = static_cast<int>(min(i64{Tokens}, M - m));
+    for (i64 m = 0; m < M; m += kTokens) {
+      const int t = static_cast<int>(min(i64{kTokens}, M - m));
       for (i64 n = nb; n < nb_end; n += kRows) run(static_cast<int>(min(kRows, nb_end - n)), t, m, n);
     }
   }
@@ -303,8 +217,16 @@ void float_linear(const float* x, i64 M, const FloatWeights& w, float* y, i64 n0
 }
 
 void panel_linear(const float* x, i64 M, const PanelWeights& w, float* y, i64 n0, i64 n1) {
+  i64 n = n0;
+  if (M == 1)
+    for (; n + kPanel < n1; n += 2 * kPanel) {
+      if (w.bf16)
+        kBf16Panels.pair(x, w.K, static_cast<const std::uint16_t*>(w.w) + n * w.K, y + n, w.N, min(2 * kPanel, n1 - n));
+      else
+        kFp32Panels.pair(x, w.K, static_cast<const float*>(w.w) + n * w.K, y + n, w.N, min(2 * kPanel, n1 - n));
+    }
   // Panel by panel: a panel (K x 32 weights, 74 KB for K = 576) stays in L2 while every token passes.
-  for (i64 n = n0; n < n1; n += kPanel) {
+  for (; n < n1; n += kPanel) {
     const i64 offset = n * w.K, cols = min(kPanel, n1 - n);
     for (i64 m = 0; m < M; m += kPanelTokens) {
       const int t = static_cast<int>(min(kPanelTokens, M - m));
@@ -317,22 +239,8 @@ void panel_linear(const float* x, i64 M, const PanelWeights& w, float* y, i64 n0
 }
 
 void int8_linear(const float* x, i64 M, const Int8Weights& w, float* y, i64 n0, i64 n1) {
-  if (w.G != w.K) {
-    const i64 groups = w.K / w.G;
-    return walk<kGroupTokens>(M, n0, n1, [&](int r, int t, i64 m, i64 n) {
-      kInt8GroupTiles.at[r - 1][t - 1](x + m * w.K, w.K, w.G, w.q + n * w.K, w.scale + n * groups, y + m * w.N + n,
-                                       w.N);
-    });
-  }
   walk(M, n0, n1, [&](int r, int t, i64 m, i64 n) {
     kInt8Tiles.at[r - 1][t - 1](x + m * w.K, w.K, w.q + n * w.K, w.scale + n, y + m * w.N + n, w.N);
-  });
-}
-
-void int4_linear(const float* x, i64 M, const Int4Weights& w, float* y, i64 n0, i64 n1) {
-  walk(M, n0, n1, [&](int r, int t, i64 m, i64 n) {
-    kInt4Tiles.at[r - 1][t - 1](x + m * w.K, w.K, w.G, w.q + n * (w.K / 2), w.scale_min + n * 2 * (w.K / w.G),
-                                y + m * w.N + n, w.N);
   });
 }
 

@@ -1,5 +1,6 @@
-// Portable fallback: plain loops, for CPUs without AVX-512 (and the reference the tests
-// compare the vector code against).
+// Portable fallback: plain loops in the order of float operations every implementation follows
+// (quant_linear.h), for CPUs without AVX2 (and the reference the tests compare the vector code
+// against, bit for bit). Clarity before speed: each output is computed on its own.
 #include <cmath>
 #include <cstring>
 
@@ -33,24 +34,22 @@ float float_at(const void* w, bool bf16, std::int64_t i) {
   return bf16 ? bf16_value(static_cast<const std::uint16_t*>(w)[i]) : static_cast<const float*>(w)[i];
 }
 
-// Each group summed on its own, then scaled into the row's sum (the AVX-512 kernel's order).
-void int8_linear_groupwise(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0,
-                           std::int64_t n1) {
-  const std::int64_t groups = w.K / w.G;
-  for (std::int64_t m = 0; m < M; ++m) {
-    const float* xm = x + m * w.K;
-    for (std::int64_t n = n0; n < n1; ++n) {
-      const std::int8_t* q = w.q + n * w.K;
-      const float* scale = w.scale + n * groups;
-      float acc = 0.f;
-      for (std::int64_t g = 0; g < groups; ++g) {
-        float group = 0.f;
-        for (std::int64_t k = g * w.G; k < (g + 1) * w.G; ++k) group += xm[k] * static_cast<float>(q[k]);
-        acc += group * scale[g];
-      }
-      y[m * w.N + n] = acc;
+// One output of the row-major kernels before any scale (quant_linear.h): 16 lanes, lane l taking
+// k = l mod 16 in k order with fma, the last partial block padded with zeros, then the lanes summed
+// by the fixed tree.
+template <typename Weight>
+float row_dot(const float* x, const Weight& weight, std::int64_t K) {
+  float acc[16] = {};
+  for (std::int64_t k0 = 0; k0 < K; k0 += 16)
+    for (std::int64_t l = 0; l < 16; ++l) {
+      const std::int64_t k = k0 + l;
+      acc[l] = k < K ? std::fma(x[k], weight(k), acc[l]) : std::fma(0.f, 0.f, acc[l]);
     }
-  }
+  float s8[8], s4[4], s2[2];
+  for (int i = 0; i < 8; ++i) s8[i] = acc[i] + acc[i + 8];
+  for (int i = 0; i < 4; ++i) s4[i] = s8[i] + s8[i + 4];
+  for (int i = 0; i < 2; ++i) s2[i] = s4[i] + s4[i + 2];
+  return s2[0] + s2[1];
 }
 
 // int4 (kBits 4) or int8 (kBits 8) panels times int8-sliced activations, one output at a time, in
@@ -110,61 +109,29 @@ std::int32_t round_within(float v, float lo, float hi) {
 }  // namespace
 
 void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
-  for (std::int64_t m = 0; m < M; ++m) {
-    const float* xm = x + m * w.K;
-    for (std::int64_t n = n0; n < n1; ++n) {
-      float acc = 0.f;
-      for (std::int64_t k = 0; k < w.K; ++k) acc += xm[k] * float_at(w.w, w.bf16, n * w.K + k);
-      y[m * w.N + n] = acc;
-    }
-  }
+  for (std::int64_t m = 0; m < M; ++m)
+    for (std::int64_t n = n0; n < n1; ++n)
+      y[m * w.N + n] = row_dot(x + m * w.K, [&](std::int64_t k) { return float_at(w.w, w.bf16, n * w.K + k); }, w.K);
 }
 
 void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1) {
   for (std::int64_t m = 0; m < M; ++m) {
     const float* xm = x + m * w.K;
     for (std::int64_t n = n0; n < n1; ++n) {
-      const std::int64_t panel = (n / kPanel) * w.K * kPanel, col = n % kPanel;
+      const std::int64_t column = (n / kPanel) * w.K * kPanel + n % kPanel;
       float acc = 0.f;
-      for (std::int64_t k = 0; k < w.K; ++k) acc += xm[k] * float_at(w.w, w.bf16, panel + k * kPanel + col);
+      for (std::int64_t k = 0; k < w.K; ++k) acc = std::fma(xm[k], float_at(w.w, w.bf16, column + k * kPanel), acc);
       y[m * w.N + n] = acc;
     }
   }
 }
 
 void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1) {
-  if (w.G != w.K) return int8_linear_groupwise(x, M, w, y, n0, n1);
-  for (std::int64_t m = 0; m < M; ++m) {
-    const float* xm = x + m * w.K;
+  for (std::int64_t m = 0; m < M; ++m)
     for (std::int64_t n = n0; n < n1; ++n) {
       const std::int8_t* q = w.q + n * w.K;
-      float acc = 0.f;
-      for (std::int64_t k = 0; k < w.K; ++k) acc += xm[k] * static_cast<float>(q[k]);
-      y[m * w.N + n] = acc * w.scale[n];
+      y[m * w.N + n] = row_dot(x + m * w.K, [&](std::int64_t k) { return static_cast<float>(q[k]); }, w.K) * w.scale[n];
     }
-  }
-}
-
-void int4_linear(const float* x, std::int64_t M, const Int4Weights& w, float* y, std::int64_t n0, std::int64_t n1) {
-  const std::int64_t groups = w.K / w.G;
-  for (std::int64_t m = 0; m < M; ++m) {
-    const float* xm = x + m * w.K;
-    for (std::int64_t n = n0; n < n1; ++n) {
-      const std::uint8_t* q = w.q + n * (w.K / 2);
-      const std::uint16_t* sm = w.scale_min + n * groups * 2;
-      float acc = 0.f;
-      for (std::int64_t k = 0; k < w.K; k += 32) {
-        const std::int64_t g = k / w.G;
-        const float scale = half_to_float(sm[2 * g]), min = half_to_float(sm[2 * g + 1]);
-        for (int j = 0; j < 16; ++j) {
-          const std::uint8_t b = q[k / 2 + j];
-          acc += xm[k + j] * (static_cast<float>(b & 15) * scale + min);
-          acc += xm[k + 16 + j] * (static_cast<float>(b >> 4) * scale + min);
-        }
-      }
-      y[m * w.N + n] = acc;
-    }
-  }
 }
 
 void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int slices, std::int8_t* q, float* scale,

@@ -2,8 +2,7 @@
 //   torchchat::float_weight_linear(Tensor x, Tensor weight) -> Tensor
 //   torchchat::panel_weight_linear(Tensor x, Tensor panels, int N) -> Tensor
 //   torchchat::int8_weight_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor
-//     (scales [N]: one per output row; [N, K / G]: one per group of G weights of a row)
-//   torchchat::int4_weight_linear(Tensor x, Tensor weight, Tensor scales_mins, int groupsize) -> Tensor
+//     (row-major int8, scales [N] or [N, 1]: one per output row)
 //   torchchat::int4_a8_weight_linear(Tensor x, Tensor panels, int N, int groupsize) -> Tensor
 //   torchchat::int8_a8_weight_linear(Tensor x, Tensor panels, int N) -> Tensor
 //     (int4 / int8 weights times activations quantized to int8 per block of 32, on the fly)
@@ -107,39 +106,18 @@ at::Tensor int8_weight_linear(const at::Tensor& x, const at::Tensor& weight, con
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.is_contiguous(),
               "int8_weight_linear: weight must be a contiguous int8 [N, K] matrix");
   const std::int64_t N = weight.size(0), K = weight.size(1);
-  const std::int64_t G = int8_groupsize(N, K, scales.dim(), scales.dim() >= 1 ? scales.size(0) : 0,
-                                        scales.dim() == 2 ? scales.size(1) : 1);
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && G > 0,
-              "int8_weight_linear: scales must be contiguous fp32 [N] (per output row) or [N, K / G] "
-              "(G a multiple of 32 dividing K = ", K, "), got ", scales.scalar_type(), " ", scales.sizes());
+  const bool per_row = int8_row_scales(N, scales.dim(), scales.dim() >= 1 ? scales.size(0) : 0,
+                                       scales.dim() == 2 ? scales.size(1) : 1);
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && per_row,
+              "int8_weight_linear: scales must be contiguous fp32 [N] or [N, 1] (one per output row), got ",
+              scales.scalar_type(), " ", scales.sizes());
   const at::Tensor xf = activations(x, K, "int8_weight_linear");
   const std::int64_t M = rows(xf, K);
   at::Tensor y = new_output(x, N);
-  const Int8Weights w{weight.const_data_ptr<std::int8_t>(), scales.const_data_ptr<float>(), N, K, G};
+  const Int8Weights w{weight.const_data_ptr<std::int8_t>(), scales.const_data_ptr<float>(), N, K};
   const float* xp = xf.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
   at::parallel_for(0, N, kGrainRows, [&](std::int64_t n0, std::int64_t n1) { int8_linear(xp, M, w, yp, n0, n1); });
-  return output(x, y);
-}
-
-at::Tensor int4_weight_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales_mins,
-                              std::int64_t groupsize) {
-  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kByte && weight.is_contiguous(),
-              "int4_weight_linear: weight must be a contiguous uint8 [N, K / 2] matrix");
-  const std::int64_t N = weight.size(0), K = 2 * weight.size(1);
-  TORCH_CHECK(groupsize >= 32 && groupsize % 32 == 0 && K % groupsize == 0,
-              "int4_weight_linear: groupsize must be a multiple of 32 dividing K = ", K, ", got ", groupsize);
-  TORCH_CHECK(scales_mins.scalar_type() == at::kHalf && scales_mins.is_contiguous() &&
-                  scales_mins.numel() == N * (K / groupsize) * 2,
-              "int4_weight_linear: scales_mins must be a contiguous fp16 [N, K / groupsize, 2] tensor");
-  const at::Tensor xf = activations(x, K, "int4_weight_linear");
-  const std::int64_t M = rows(xf, K);
-  at::Tensor y = new_output(x, N);
-  const Int4Weights w{weight.const_data_ptr<std::uint8_t>(),
-                      reinterpret_cast<const std::uint16_t*>(scales_mins.const_data_ptr<at::Half>()), N, K, groupsize};
-  const float* xp = xf.const_data_ptr<float>();
-  float* yp = y.mutable_data_ptr<float>();
-  at::parallel_for(0, N, kGrainRows, [&](std::int64_t n0, std::int64_t n1) { int4_linear(xp, M, w, yp, n0, n1); });
   return output(x, y);
 }
 
@@ -250,11 +228,6 @@ at::Tensor& int8_weight_linear_out(const at::Tensor& x, const at::Tensor& weight
   return into(out, int8_weight_linear(x, weight, scales));
 }
 
-at::Tensor& int4_weight_linear_out(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales_mins,
-                                   std::int64_t groupsize, at::Tensor& out) {
-  return into(out, int4_weight_linear(x, weight, scales_mins, groupsize));
-}
-
 at::Tensor& int4_a8_weight_linear_out(const at::Tensor& x, const at::Tensor& panels, std::int64_t N,
                                       std::int64_t groupsize, at::Tensor& out) {
   return into(out, int4_a8_weight_linear(x, panels, N, groupsize));
@@ -293,11 +266,6 @@ at::Tensor& int8_weight_linear_out_meta(const at::Tensor& x, const at::Tensor& w
   return linear_out_meta(x, weight.size(0), out);
 }
 
-at::Tensor& int4_weight_linear_out_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor&,
-                                        std::int64_t, at::Tensor& out) {
-  return linear_out_meta(x, weight.size(0), out);
-}
-
 at::Tensor& int4_a8_weight_linear_out_meta(const at::Tensor& x, const at::Tensor&, std::int64_t N, std::int64_t,
                                            at::Tensor& out) {
   return linear_out_meta(x, N, out);
@@ -322,14 +290,11 @@ TORCH_LIBRARY(torchchat, m) {
   m.def("float_weight_linear(Tensor x, Tensor weight) -> Tensor");
   m.def("panel_weight_linear(Tensor x, Tensor panels, int N) -> Tensor");
   m.def("int8_weight_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor");
-  m.def("int4_weight_linear(Tensor x, Tensor weight, Tensor scales_mins, int groupsize) -> Tensor");
   m.def("int4_a8_weight_linear(Tensor x, Tensor panels, int N, int groupsize) -> Tensor");
   m.def("int8_a8_weight_linear(Tensor x, Tensor panels, int N) -> Tensor");
   m.def("int4_panel_weight_linear(Tensor x, Tensor panels, int N, int groupsize) -> Tensor");
   m.def("int8_panel_weight_linear(Tensor x, Tensor panels, int N) -> Tensor");
   m.def("int8_weight_linear.out(Tensor x, Tensor weight, Tensor scales, *, Tensor(a!) out) -> Tensor(a!)");
-  m.def("int4_weight_linear.out(Tensor x, Tensor weight, Tensor scales_mins, int groupsize, *, Tensor(a!) out) "
-        "-> Tensor(a!)");
   m.def("int4_a8_weight_linear.out(Tensor x, Tensor panels, int N, int groupsize, *, Tensor(a!) out) -> Tensor(a!)");
   m.def("int8_a8_weight_linear.out(Tensor x, Tensor panels, int N, *, Tensor(a!) out) -> Tensor(a!)");
   m.def("int4_panel_weight_linear.out(Tensor x, Tensor panels, int N, int groupsize, *, Tensor(a!) out) "
@@ -345,11 +310,9 @@ TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
   m.impl("float_weight_linear", &torchchat::kernels::float_weight_linear);
   m.impl("panel_weight_linear", &torchchat::kernels::panel_weight_linear);
   m.impl("int8_weight_linear", &torchchat::kernels::int8_weight_linear);
-  m.impl("int4_weight_linear", &torchchat::kernels::int4_weight_linear);
   m.impl("int4_a8_weight_linear", &torchchat::kernels::int4_a8_weight_linear);
   m.impl("int8_a8_weight_linear", &torchchat::kernels::int8_a8_weight_linear);
   m.impl("int8_weight_linear.out", &torchchat::kernels::int8_weight_linear_out);
-  m.impl("int4_weight_linear.out", &torchchat::kernels::int4_weight_linear_out);
   m.impl("int4_a8_weight_linear.out", &torchchat::kernels::int4_a8_weight_linear_out);
   m.impl("int8_a8_weight_linear.out", &torchchat::kernels::int8_a8_weight_linear_out);
   m.impl("int4_panel_weight_linear", &torchchat::kernels::int4_panel_weight_linear);
@@ -362,7 +325,6 @@ TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
 
 TORCH_LIBRARY_IMPL(torchchat, Meta, m) {
   m.impl("int8_weight_linear.out", &torchchat::kernels::int8_weight_linear_out_meta);
-  m.impl("int4_weight_linear.out", &torchchat::kernels::int4_weight_linear_out_meta);
   m.impl("int4_a8_weight_linear.out", &torchchat::kernels::int4_a8_weight_linear_out_meta);
   m.impl("int8_a8_weight_linear.out", &torchchat::kernels::int8_a8_weight_linear_out_meta);
   m.impl("int4_panel_weight_linear.out", &torchchat::kernels::int4_a8_weight_linear_out_meta);  // same shapes
@@ -396,16 +358,6 @@ extern "C" AOTITorchError aoti_torch_cpu_int8_weight_linear(AtenTensorHandle x, 
     *ret = new_tensor_handle(torchchat::kernels::int8_weight_linear(
         *tensor_handle_to_tensor_pointer(x), *tensor_handle_to_tensor_pointer(weight),
         *tensor_handle_to_tensor_pointer(scales)));
-  });
-}
-
-extern "C" AOTITorchError aoti_torch_cpu_int4_weight_linear(AtenTensorHandle x, AtenTensorHandle weight,
-                                                            AtenTensorHandle scales_mins, int64_t groupsize,
-                                                            AtenTensorHandle* ret) {
-  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
-    *ret = new_tensor_handle(torchchat::kernels::int4_weight_linear(
-        *tensor_handle_to_tensor_pointer(x), *tensor_handle_to_tensor_pointer(weight),
-        *tensor_handle_to_tensor_pointer(scales_mins), groupsize));
   });
 }
 

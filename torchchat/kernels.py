@@ -4,9 +4,8 @@ The C++ sources are compiled once per machine with torch.utils.cpp_extension (ca
 ~/.cache/torch_extensions, rebuilt when a source changes) and registered as PyTorch operators
 `torch.ops.torchchat.int4_panel_weight_linear` / `int8_panel_weight_linear` (linear:int4 / linear:int8,
 fp32 activations) and `int4_a8_weight_linear` / `int8_a8_weight_linear` (with int8 activations), the
-quantized layers that eager PyTorch, torch.export and AOT Inductor all call; `int8_weight_linear` /
-`int4_weight_linear` (row-major weights: programs exported before the panels, and int8 layers whose
-width is not a multiple of 32);
+quantized layers that eager PyTorch, torch.export and AOT Inductor all call; `int8_weight_linear`
+(row-major int8 weights, one scale per row: the int8 layers whose width is not a multiple of 32);
 `panel_weight_linear` / `float_weight_linear` (the fp32/bf16 linears of AOT Inductor exports:
 torchchat/export.py) and `cache_attention` (attention over an fp32 or bf16 KV cache in exports, AOT
 Inductor and ExecuTorch alike: export.cache_attention). AOT Inductor calls them through C shims
@@ -87,9 +86,8 @@ def load() -> None:
 def load_executorch() -> None:
     """Build (first time only) and load our kernels into ExecuTorch's runtime; idempotent.
 
-    Loading registers torchchat::int8_weight_linear.out, int4_weight_linear.out,
-    int4_panel_weight_linear.out, int8_panel_weight_linear.out, int4_a8_weight_linear.out,
-    int8_a8_weight_linear.out and cache_attention.out with the kernel
+    Loading registers torchchat::int8_weight_linear.out, int4_panel_weight_linear.out,
+    int8_panel_weight_linear.out, int4_a8_weight_linear.out, int8_a8_weight_linear.out and cache_attention.out with the kernel
     registry of the runtime that ExecuTorch's Python bindings use (the wheel's libexecutorch.so, which this library links), so programs that call
     them load."""
     global _et_loaded
@@ -117,7 +115,8 @@ def load_executorch() -> None:
 
 
 def isa() -> str:
-    """'avx512' or 'generic': which implementation runs on this machine."""
+    """Which implementations run on this machine: 'avx512-vnni', 'avx512', 'avx2-vnni', 'avx2' or
+    'generic' (kernels/quant_linear.h)."""
     load()
     return torch.ops.torchchat.kernels_isa()
 
@@ -135,10 +134,6 @@ def register_fakes() -> None:
 
     @torch.library.register_fake("torchchat::int8_weight_linear")
     def _(x, weight, scales):
-        return x.new_empty((*x.shape[:-1], weight.shape[0]))
-
-    @torch.library.register_fake("torchchat::int4_weight_linear")
-    def _(x, weight, scales_mins, groupsize):
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
     @torch.library.register_fake("torchchat::int4_a8_weight_linear")
@@ -176,9 +171,6 @@ def aoti_c_shims() -> dict:
         ops.int8_weight_linear.default: [
             "AOTITorchError aoti_torch_cpu_int8_weight_linear(AtenTensorHandle x, AtenTensorHandle weight, "
             "AtenTensorHandle scales, AtenTensorHandle* ret)"],
-        ops.int4_weight_linear.default: [
-            "AOTITorchError aoti_torch_cpu_int4_weight_linear(AtenTensorHandle x, AtenTensorHandle weight, "
-            "AtenTensorHandle scales_mins, int64_t groupsize, AtenTensorHandle* ret)"],
         ops.int4_a8_weight_linear.default: [
             "AOTITorchError aoti_torch_cpu_int4_a8_weight_linear(AtenTensorHandle x, AtenTensorHandle panels, "
             "int64_t N, int64_t groupsize, AtenTensorHandle* ret)"],

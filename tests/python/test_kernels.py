@@ -1,9 +1,10 @@
 """Our linear kernels (kernels/, torchchat/kernels.py): each against its reference
-math on random shapes (odd sizes included), the AVX-512 code against the portable fallback,
-a forced fallback, bad weights, and the kernels inside AOT Inductor models and ExecuTorch
+math on random shapes (odd sizes included), every kernel level this CPU has (TORCHCHAT_KERNELS)
+against this process's, bit for bit, bad weights, and the kernels inside AOT Inductor models and ExecuTorch
 programs: eager = AOTI from Python = aoti_run and eager = ExecuTorch from Python = et_run,
 token for token, on a tiny model quantized int8 (per channel and g32), int4, and int4 and int8 with
-int8 activations.
+int8 activations. (The C++ test tests/kernels/test_linear_isa.cpp compares the implementations of
+the fp32-activation linears directly, on more shapes.)
 
 The reference is written here from the formats' definitions (kernels/quant_linear.h):
 dequantize, then a float64 matmul; the kernels accumulate in fp32, so they must agree within
@@ -156,36 +157,33 @@ def test_panels_match_reference(m, n, k, dtype):
 
 
 @pytest.mark.parametrize("m,n,k,g", INT8_GROUP_SHAPES)
-def test_int8_groupwise_matches_reference(m, n, k, g):
+def test_int8_groupwise_quantization(m, n, k, g):
     torch.manual_seed(m * 1000 + n + k + g)
-    w, x = torch.randn(n, k), torch.randn(m, k)
+    w = torch.randn(n, k)
     w[:, :g] *= 50  # groups of very different ranges: a per-row scale would lose the others
     q, scale = kernels.quantize_int8(w, g)
     assert q.shape == (n, k) and scale.shape == (n, k // g) and scale.dtype == torch.float32
-    got = torch.ops.torchchat.int8_weight_linear(x, q, scale)
-    want = ref_int8(x, q, scale)
-    assert got.shape == (m, n) and got.dtype == torch.float32
-    assert ((got.double() - want).abs() <= tolerance(x, w.abs().max(), k)).all()
     # symmetric per group: every weight within half of its group's step
     step = scale.repeat_interleave(g, dim=1)
     assert ((kernels.dequantize_int8(q, scale) - w).abs() <= step * 0.501).all()
-    # scales [N, 1] (one group spanning the row) is the per-row format
-    q1, s1 = kernels.quantize_int8(w)
-    assert torch.equal(torch.ops.torchchat.int8_weight_linear(x, q1, s1[:, None]),
-                       torch.ops.torchchat.int8_weight_linear(x, q1, s1))
+
+
+def test_int8_row_scales_as_a_column():
+    torch.manual_seed(2)
+    w, x = torch.randn(5, 33), torch.randn(3, 33)
+    q, s = kernels.quantize_int8(w)
+    assert torch.equal(torch.ops.torchchat.int8_weight_linear(x, q, s[:, None]),
+                       torch.ops.torchchat.int8_weight_linear(x, q, s))
 
 
 @pytest.mark.parametrize("m,n,k,g", INT4_SHAPES)
-def test_int4_matches_reference(m, n, k, g):
+def test_int4_quantization_is_min_max(m, n, k, g):
     torch.manual_seed(m * 1000 + n + k + g)
-    w, x = torch.randn(n, k), torch.randn(m, k)
+    w = torch.randn(n, k)
     q, scales_mins = kernels.quantize_int4(w, g)
     packed = kernels.pack_int4(q)
     assert packed.shape == (n, k // 2) and torch.equal(kernels.unpack_int4(packed), q)
-    got = torch.ops.torchchat.int4_weight_linear(x, packed, scales_mins, g)
-    want = ref_int4(x, packed, scales_mins, g)
-    assert ((got.double() - want).abs() <= tolerance(x, w.abs().max() * 1.01, k)).all()
-    # and the quantization itself is min/max: every weight within half a step of its code
+    # every weight within half a step of its code
     step = scales_mins[..., 0].float().repeat_interleave(g, dim=1)
     assert ((kernels.dequantize_int4(packed, scales_mins, g) - w).abs() <= step * 0.51 + 1e-3).all()
 
@@ -310,10 +308,7 @@ def test_a_token_gets_the_same_bits_alone_or_in_a_prompt():
     q8, s8 = kernels.quantize_int8(w)
     g8, gs8 = kernels.quantize_int8(w, 64)
     q4, sm = kernels.quantize_int4(w, 32)
-    p4 = kernels.pack_int4(q4)
     batch8 = torch.ops.torchchat.int8_weight_linear(x, q8, s8)
-    batch8g = torch.ops.torchchat.int8_weight_linear(x, g8, gs8)
-    batch4 = torch.ops.torchchat.int4_weight_linear(x, p4, sm, 32)
     panels4 = kernels.pack_int4_panels(q4, sm, 32)
     batch4a8 = torch.ops.torchchat.int4_a8_weight_linear(x, panels4, 70, 32)
     panels8, panels8g = kernels.pack_int8_panels(q8, s8), kernels.pack_int8_panels(g8, gs8)
@@ -329,8 +324,6 @@ def test_a_token_gets_the_same_bits_alone_or_in_a_prompt():
         assert torch.equal(torch.ops.torchchat.panel_weight_linear(x[i:i + 1], panels, 70), batch_panels[i:i + 1])
         assert torch.equal(torch.ops.torchchat.float_weight_linear(x[i:i + 1], w), batch32[i:i + 1])
         assert torch.equal(torch.ops.torchchat.int8_weight_linear(x[i:i + 1], q8, s8), batch8[i:i + 1])
-        assert torch.equal(torch.ops.torchchat.int8_weight_linear(x[i:i + 1], g8, gs8), batch8g[i:i + 1])
-        assert torch.equal(torch.ops.torchchat.int4_weight_linear(x[i:i + 1], p4, sm, 32), batch4[i:i + 1])
         assert torch.equal(torch.ops.torchchat.int4_a8_weight_linear(x[i:i + 1], panels4, 70, 32), batch4a8[i:i + 1])
         assert torch.equal(torch.ops.torchchat.int8_a8_weight_linear(x[i:i + 1], panels8, 70), batch8a8[i:i + 1])
         assert torch.equal(torch.ops.torchchat.int8_a8_weight_linear(x[i:i + 1], panels8g, 70), batch8a8g[i:i + 1])
@@ -361,13 +354,9 @@ def test_shapes_and_dtypes_follow_the_input():
     (lambda: torch.ops.torchchat.int8_weight_linear(torch.randn(1, 64), torch.zeros(4, 64, dtype=torch.int8),
                                                     torch.ones(4, 3)), "scales must be contiguous fp32"),
     (lambda: torch.ops.torchchat.int8_weight_linear(torch.randn(1, 64), torch.zeros(4, 64, dtype=torch.int8),
-                                                    torch.ones(4, 4)), r"G a multiple of 32 dividing K = 64"),
+                                                    torch.ones(4, 2)), r"scales must be contiguous fp32 \[N\] or \[N, 1\]"),
     (lambda: torch.ops.torchchat.int8_weight_linear(torch.randn(1, 64), torch.zeros(4, 64, dtype=torch.int8),
                                                     torch.ones(3)), "scales must be contiguous fp32"),
-    (lambda: torch.ops.torchchat.int4_weight_linear(torch.randn(1, 64), torch.zeros(4, 32, dtype=torch.uint8),
-                                                    torch.ones(4, 1, 2, dtype=torch.half), 48), "groupsize must be"),
-    (lambda: torch.ops.torchchat.int4_weight_linear(torch.randn(1, 64), torch.zeros(4, 32, dtype=torch.uint8),
-                                                    torch.ones(4, 2, 2), 32), "scales_mins must be"),
     (lambda: torch.ops.torchchat.int4_a8_weight_linear(torch.randn(1, 64), torch.zeros(1, 2, 320, dtype=torch.uint8),
                                                        16, 48), "groupsize must be a multiple of 32"),
     (lambda: torch.ops.torchchat.int4_a8_weight_linear(torch.randn(1, 64), torch.zeros(1, 2, 320, dtype=torch.uint8),
@@ -402,8 +391,8 @@ def test_bad_weights_are_refused(call, pattern):
         call()
 
 
-FALLBACK_SCRIPT = """
-import json, sys, torch
+LEVEL_SCRIPT = """
+import sys, torch
 sys.path.insert(0, sys.argv[1])
 from torchchat import kernels
 print(kernels.isa())
@@ -414,81 +403,93 @@ xh[1, 64:96] = torch.arange(32) * 2 + 0.5  # one of subnormal values (too small 
 xh[1, 95] = 127
 xh[2, :32] *= 1000
 xh[0, 32:64] *= 1e-40
+xo, wo = torch.randn(13, 83), torch.randn(45, 83)  # K not a multiple of 16, N not of 32 or 4
 q8, s8 = kernels.quantize_int8(w)
+qo, so = kernels.quantize_int8(wo)
 q4, sm = kernels.quantize_int4(w, 32)
-p4 = kernels.pack_int4(q4)
-groupwise = []
-for m, n, k, g in json.loads(sys.argv[3]):
-    xg, (qg, sg) = torch.randn(m, k), kernels.quantize_int8(torch.randn(n, k), g)
-    groupwise.append((xg, qg, sg, torch.ops.torchchat.int8_weight_linear(xg, qg, sg)))
-wb = w.bfloat16()
-torch.save({"x": x, "w": w, "q8": q8, "s8": s8, "p4": p4, "sm": sm,
-            "y32": torch.ops.torchchat.float_weight_linear(x, w),
-            "ypanels": torch.ops.torchchat.panel_weight_linear(x, kernels.pack_panels(wb), 37),
-            "ybf16": torch.ops.torchchat.float_weight_linear(x, wb),
-            "y8": torch.ops.torchchat.int8_weight_linear(x, q8, s8),
-            "y4": torch.ops.torchchat.int4_weight_linear(x, p4, sm, 32),
-            "y4a8": torch.ops.torchchat.int4_a8_weight_linear(x, kernels.pack_int4_panels(q4, sm, 32), 37, 32),
-            "y8a8": torch.ops.torchchat.int8_a8_weight_linear(x, kernels.pack_int8_panels(q8, s8), 37),
-            "xh": xh,
-            "y4p": torch.ops.torchchat.int4_panel_weight_linear(xh, kernels.pack_int4_panels(q4, sm, 32), 37, 32),
-            "y8p": torch.ops.torchchat.int8_panel_weight_linear(xh, kernels.pack_int8_panels(q8, s8), 37),
-            "q4": q4, "groupwise": groupwise}, sys.argv[2])
+wb, wob = w.bfloat16(), wo.bfloat16()
+ops = torch.ops.torchchat
+torch.save({"x": x, "w": w, "q8": q8, "s8": s8, "sm": sm, "q4": q4, "xh": xh, "xo": xo, "wo": wo,
+            "y32": ops.float_weight_linear(x, w),
+            "ybf16": ops.float_weight_linear(x, wb),
+            "ypanels": ops.panel_weight_linear(x, kernels.pack_panels(wb), 37),
+            "y8": ops.int8_weight_linear(x, q8, s8),
+            "yo32": ops.float_weight_linear(xo, wo),
+            "yobf16": ops.float_weight_linear(xo, wob),
+            "yopanels": ops.panel_weight_linear(xo, kernels.pack_panels(wo), 45),
+            "yobf16panels": ops.panel_weight_linear(xo, kernels.pack_panels(wob), 45),
+            "yo8": ops.int8_weight_linear(xo, qo, so),
+            "y4a8": ops.int4_a8_weight_linear(x, kernels.pack_int4_panels(q4, sm, 32), 37, 32),
+            "y8a8": ops.int8_a8_weight_linear(x, kernels.pack_int8_panels(q8, s8), 37),
+            "y4p": ops.int4_panel_weight_linear(xh, kernels.pack_int4_panels(q4, sm, 32), 37, 32),
+            "y8p": ops.int8_panel_weight_linear(xh, kernels.pack_int8_panels(q8, s8), 37)}, sys.argv[2])
 """
 
+LEVELS = ("generic", "avx2", "avx2-vnni", "avx512", "avx512-vnni")  # worst to best (kernels/quant_linear.h)
 
-def test_forced_fallback_says_so_and_computes_the_same(tmp_path):
-    out = tmp_path / "generic.pt"
-    p = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, str(ROOT), str(out), json.dumps(INT8_GROUP_SHAPES)],
-                       capture_output=True, text=True,
-                       env=dict(os.environ, TORCHCHAT_KERNELS="generic"), timeout=600)
+
+def cpu_levels() -> list[str]:
+    """The kernel levels this CPU can run, worst to best, from the kernel's own flags (/proc/cpuinfo):
+    an independent account of what kernels/quant_linear.cpp detects."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    avx2 = {"avx2", "fma", "f16c"} <= flags
+    avx512 = avx2 and {"avx512f", "avx512bw", "avx512vl"} <= flags
+    runs = {"generic": True, "avx2": avx2, "avx2-vnni": avx2 and "avx_vnni" in flags, "avx512": avx512,
+            "avx512-vnni": avx512 and "avx512_vnni" in flags}
+    return [level for level in LEVELS if runs[level]]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_each_level_says_so_and_computes_the_same_bits(level, tmp_path):
+    """TORCHCHAT_KERNELS=<level> in a child process: the level it names runs, and every kernel gives
+    this process's bits (every level follows one order of float operations)."""
+    if level not in cpu_levels():
+        pytest.skip(f"this CPU cannot run the {level} kernels")
+    out = tmp_path / f"{level}.pt"
+    p = subprocess.run([sys.executable, "-c", LEVEL_SCRIPT, str(ROOT), str(out)], capture_output=True, text=True,
+                       env=dict(os.environ, TORCHCHAT_KERNELS=level), timeout=600)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == ["generic"]
-    assert "torchchat kernels: portable fallback (TORCHCHAT_KERNELS=generic)" in p.stderr
+    assert p.stdout.split() == [level]
+    assert ("torchchat kernels: portable fallback (TORCHCHAT_KERNELS=generic)" in p.stderr) == (level == "generic")
     r = torch.load(out)
-    x = r["x"]
-    w = r["w"]
+    x, w, xo, wo, xh = r["x"], r["w"], r["xo"], r["wo"], r["xh"]
+    # right, within fp32 rounding of float64 references
     assert ((r["y32"].double() - x.double() @ w.double().T).abs() <= tolerance(x, 6.0, 96)).all()
     assert ((r["ybf16"].double() - x.double() @ w.bfloat16().double().T).abs() <= tolerance(x, 6.0, 96)).all()
     assert ((r["ypanels"].double() - x.double() @ w.bfloat16().double().T).abs() <= tolerance(x, 6.0, 96)).all()
+    assert ((r["yo32"].double() - xo.double() @ wo.double().T).abs() <= tolerance(xo, 6.0, 83)).all()
     assert ((r["y8"].double() - ref_int8(x, r["q8"], r["s8"])).abs() <= tolerance(x, 4.0, 96)).all()
-    assert ((r["y4"].double() - ref_int4(x, r["p4"], r["sm"], 32)).abs() <= tolerance(x, 4.0, 96)).all()
-    # and this process (AVX-512 when the CPU has it) within rounding of the fallback
-    assert torch.allclose(torch.ops.torchchat.float_weight_linear(x, w), r["y32"], rtol=1e-5, atol=1e-5)
-    assert torch.allclose(torch.ops.torchchat.float_weight_linear(x, w.bfloat16()), r["ybf16"], rtol=1e-5, atol=1e-5)
-    assert torch.allclose(torch.ops.torchchat.panel_weight_linear(x, kernels.pack_panels(w.bfloat16()), 37),
-                          r["ypanels"], rtol=1e-5, atol=1e-5)
-    assert torch.allclose(torch.ops.torchchat.int8_weight_linear(x, r["q8"], r["s8"]), r["y8"], rtol=1e-5, atol=1e-5)
-    assert torch.allclose(torch.ops.torchchat.int4_weight_linear(x, r["p4"], r["sm"], 32), r["y4"], rtol=1e-5,
-                          atol=1e-5)
-    # int4 and int8 x int8 activations: the same bits (both round the same few operations, with fma)
     assert ((r["y4a8"].double() - ref_int4_a8(x, r["q4"], r["sm"], 32)).abs() <= tolerance(x, 4.0, 96)).all()
-    assert torch.equal(torch.ops.torchchat.int4_a8_weight_linear(x, kernels.pack_int4_panels(r["q4"], r["sm"], 32), 37, 32),
-                       r["y4a8"])
     assert ((r["y8a8"].double() - ref_int8_a8(x, r["q8"], r["s8"])).abs() <= tolerance(x, 4.0, 96)).all()
-    assert torch.equal(torch.ops.torchchat.int8_a8_weight_linear(x, kernels.pack_int8_panels(r["q8"], r["s8"]), 37),
-                       r["y8a8"])
-    # and fp32 activations in three int8 slices: fp32-accurate, and the same bits in both
-    xh = r["xh"]
-    w4, w8 = kernels.dequantize_int4(r["p4"], r["sm"], 32), kernels.dequantize_int8(r["q8"], r["s8"])
+    w4 = kernels.dequantize_int4(kernels.pack_int4(r["q4"]), r["sm"], 32)
+    w8 = kernels.dequantize_int8(r["q8"], r["s8"])
     assert ((r["y4p"].double() - xh.double() @ w4.double().T).abs() <= exact_error_bound(xh, w4)).all()
     assert ((r["y8p"].double() - xh.double() @ w8.double().T).abs() <= exact_error_bound(xh, w8)).all()
-    assert torch.equal(torch.ops.torchchat.int4_panel_weight_linear(xh, kernels.pack_int4_panels(r["q4"], r["sm"], 32),
-                                                                    37, 32), r["y4p"])
-    assert torch.equal(torch.ops.torchchat.int8_panel_weight_linear(xh, kernels.pack_int8_panels(r["q8"], r["s8"]), 37),
-                       r["y8p"])
-    # groupwise int8 on every shape of test_int8_groupwise_matches_reference, in both
-    for xg, qg, sg, yg in r["groupwise"]:
-        k = xg.shape[1]
-        assert ((yg.double() - ref_int8(xg, qg, sg)).abs() <= tolerance(xg, 4.0, k)).all(), (xg.shape, qg.shape)
-        assert ((torch.ops.torchchat.int8_weight_linear(xg, qg, sg).double() - yg.double()).abs()
-                <= tolerance(xg, 4.0, k)).all(), (xg.shape, qg.shape)
+    # and the same bits as this process (the best level the CPU has, unless TORCHCHAT_KERNELS says otherwise)
+    ops = torch.ops.torchchat
+    qo, so = kernels.quantize_int8(wo)
+    here = {"y32": ops.float_weight_linear(x, w),
+            "ybf16": ops.float_weight_linear(x, w.bfloat16()),
+            "ypanels": ops.panel_weight_linear(x, kernels.pack_panels(w.bfloat16()), 37),
+            "y8": ops.int8_weight_linear(x, r["q8"], r["s8"]),
+            "yo32": ops.float_weight_linear(xo, wo),
+            "yobf16": ops.float_weight_linear(xo, wo.bfloat16()),
+            "yopanels": ops.panel_weight_linear(xo, kernels.pack_panels(wo), 45),
+            "yobf16panels": ops.panel_weight_linear(xo, kernels.pack_panels(wo.bfloat16()), 45),
+            "yo8": ops.int8_weight_linear(xo, qo, so),
+            "y4a8": ops.int4_a8_weight_linear(x, kernels.pack_int4_panels(r["q4"], r["sm"], 32), 37, 32),
+            "y8a8": ops.int8_a8_weight_linear(x, kernels.pack_int8_panels(r["q8"], r["s8"]), 37),
+            "y4p": ops.int4_panel_weight_linear(xh, kernels.pack_int4_panels(r["q4"], r["sm"], 32), 37, 32),
+            "y8p": ops.int8_panel_weight_linear(xh, kernels.pack_int8_panels(r["q8"], r["s8"]), 37)}
+    for name, y in here.items():
+        assert torch.equal(y, r[name]), f"{name}: {level} and {kernels.isa()} differ"
 
 
-def test_isa_is_avx512_on_this_kind_of_machine():
-    if not all(f in Path("/proc/cpuinfo").read_text() for f in ("avx512f", "avx512bw", "avx512vl")):
-        pytest.skip("no AVX-512 here")
-    assert kernels.isa() == "avx512"
+def test_isa_is_the_best_this_cpu_has():
+    if os.environ.get("TORCHCHAT_KERNELS"):
+        pytest.skip("TORCHCHAT_KERNELS is set")
+    assert kernels.isa() == cpu_levels()[-1]
 
 
 # ---------------------------------------------------------------------------------------------
