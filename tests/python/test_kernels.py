@@ -512,7 +512,7 @@ class QuantizedTiny:
 
     def __init__(self, folder: Path, spec: str, fmt: str):
         from torchchat.export import export_model
-        from torchchat.loader import load_model
+        from torchchat.load import load_model
 
         hf = tiny_hf_model("llama2")
         self.checkpoint = write_llama2c_pt(hf, folder / "model.pt")
@@ -527,8 +527,8 @@ class QuantizedTiny:
 
     def decoder(self):
         """The artifact run from Python: AOT Inductor's runtime, or ExecuTorch's."""
-        from torchchat.et import PTEDecoder
-        from torchchat.exported import AOTIDecoder
+        from torchchat.backends.executorch import PTEDecoder
+        from torchchat.backends.aoti import AOTIDecoder
 
         return PTEDecoder(self.path) if self.fmt == "pte" else AOTIDecoder(self.path)
 
@@ -551,7 +551,7 @@ def int8_activations(spec: str) -> bool:
 
 
 def test_exported_from_python_equals_eager(quantized):
-    from torchchat.loader import EagerDecoder
+    from torchchat.backends.eager import EagerDecoder
 
     tok, info = quantized.eager.tokenizer, quantized.eager.info
     decoder = quantized.decoder()
@@ -587,7 +587,7 @@ def test_program_rotates_q_and_k_as_one(quantized):
 
 
 def test_runner_equals_eager(quantized, tmp_path):
-    from torchchat.loader import EagerDecoder
+    from torchchat.backends.eager import EagerDecoder
 
     tok, info = quantized.eager.tokenizer, quantized.eager.info
     for i, prompt in enumerate(PROMPTS[:2]):

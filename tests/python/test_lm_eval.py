@@ -141,7 +141,8 @@ def hf_rolling_loglikelihood(tiny, text: str, window: int) -> float:
 
 def make_adapter(tiny, max_len=64):
     from torchchat.lm_eval_adapter import make_lm
-    from torchchat.loader import EagerDecoder, load_model
+    from torchchat.backends.eager import EagerDecoder
+    from torchchat.load import load_model
 
     args = SimpleNamespace(model=None, checkpoint_path=str(tiny.ckpt), gguf_path=None, params_path=None,
                            tokenizer_path=str(tiny.tok), dtype="fp32")
