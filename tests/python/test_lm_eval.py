@@ -266,7 +266,7 @@ def test_tasks_bad_input(tiny, tasks, extra, pattern):
 
 
 def test_generate_does_not_import_lm_eval():
-    code = ("import sys, torchchat.cli, torchchat.generate, torchchat.chat, torchchat.loader, torchchat.eval; "
+    code = ("import sys, torchchat.cli, torchchat.generate, torchchat.chat, torchchat.load, torchchat.eval; "
             "print(any(m.split('.')[0] in ('lm_eval', 'datasets') for m in sys.modules))")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.stdout.strip() == "False", p.stderr
