@@ -20,7 +20,7 @@ namespace {
 namespace et = ::executorch::runtime;
 using ::executorch::extension::Module;
 
-constexpr char kMetadataMethod[] = "get_metadata_json";  // torchchat/et.py METADATA_METHOD
+constexpr char kMetadataMethod[] = "get_metadata_json";  // torchchat/metadata.py PTE_METHOD
 
 // ExecuTorch logs to stderr (CPU probing at load, and the details of every failure).
 // The runner's errors are one line, so the log is kept instead, and the last
