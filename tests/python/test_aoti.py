@@ -29,6 +29,9 @@ from torchchat.errors import UserError  # noqa: E402
 
 AOTI_BENCH = AOTI_RUN.parent / "aoti_bench"
 
+# Every test here runs exported artifacts (scripts/test.sh --quick leaves them out).
+pytestmark = pytest.mark.export
+
 
 @pytest.fixture(scope="session")
 def llama2(tmp_path_factory) -> Exported:

@@ -29,6 +29,10 @@ from tiny_tokenizers import write_tiktoken  # noqa: E402
 from torchchat.errors import UserError  # noqa: E402
 
 
+# Every test here runs exported artifacts (scripts/test.sh --quick leaves them out).
+pytestmark = pytest.mark.export
+
+
 @pytest.fixture(scope="session")
 def llama2(tmp_path_factory) -> Exported:
     return Exported(tmp_path_factory.mktemp("et_llama2"), "llama2", ("pte",))

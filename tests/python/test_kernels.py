@@ -550,6 +550,7 @@ def int8_activations(spec: str) -> bool:
     return any(options.get("activations") == "int8" for options in json.loads(spec).values())
 
 
+@pytest.mark.export
 def test_exported_from_python_equals_eager(quantized):
     from torchchat.backends.eager import EagerDecoder
 
@@ -574,6 +575,7 @@ def test_exported_from_python_equals_eager(quantized):
         assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.95, prompt
 
 
+@pytest.mark.export
 def test_program_rotates_q_and_k_as_one(quantized):
     """Quantizing fuses each layer's q, k and v projections (quantize.fuse_projections), and the
     model then rotates q's and k's heads as one tensor: 2 + 2 selects per layer in an ExecuTorch
@@ -586,6 +588,7 @@ def test_program_rotates_q_and_k_as_one(quantized):
     assert kernels["aten::mean"] == 0
 
 
+@pytest.mark.export
 def test_runner_equals_eager(quantized, tmp_path):
     from torchchat.backends.eager import EagerDecoder
 

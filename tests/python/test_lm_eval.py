@@ -272,6 +272,7 @@ def test_generate_does_not_import_lm_eval():
     assert p.stdout.strip() == "False", p.stderr
 
 
+@pytest.mark.export
 def test_tasks_through_executorch_program_match_eager(tiny, tmp_path_factory, tmp_path):
     """The same tasks on the exported .pte (ExecuTorch's Python runtime) score as eager does."""
     exported = Exported(tmp_path_factory.mktemp("lm_eval_pte"), "llama2", ("pte",))

@@ -346,6 +346,7 @@ def eval_json(capsys, tmp_path, *flags) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.export
 @pytest.mark.parametrize("spec,export_flag,eval_flag", BACKEND_CASES, ids=["aoti-int4", "aoti-int8", "et-a8w4dq", "et-int4",
                                                                               "aoti-int4-a8", "et-int4-a8", "et-int8-a8"])
 def test_same_perplexity_eager_and_exported(tiny, tmp_path, capsys, spec, export_flag, eval_flag):
