@@ -247,8 +247,8 @@ def source_tag() -> str:
 
     h = hashlib.sha256()
     torchchat = ROOT / "torchchat"
-    for path in sorted([*(ROOT / "kernels").iterdir(), *(torchchat / f for f in (
-            "quantize.py", "kernels.py", "model.py", "export.py", "et.py", "mapped_constants.py", "metadata.py"))]):
+    for path in sorted([*(ROOT / "kernels").iterdir(), *(torchchat / "export").glob("*.py"), *(torchchat / f for f in (
+            "quantize.py", "kernels.py", "model.py", "mapped_constants.py", "metadata.py"))]):
         h.update(path.read_bytes())
     return h.hexdigest()[:8]
 
@@ -284,7 +284,8 @@ def worker_eager(gguf_path: str, dtype: str, threads: int, reps: int, quantize: 
 
     import torch
 
-    from torchchat.loader import EagerDecoder, load_model
+    from torchchat.backends.eager import EagerDecoder
+    from torchchat.load import load_model
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -476,7 +477,7 @@ def main() -> None:
             kind = "F32" if dtype == "fp32" else "BF16"
             jobs.append((f"Llama-3.2-1B-shape {dtype}", random_1b_gguf(CACHE / f"random-1b-{kind.lower()}.gguf", kind),
                          dtype, None))
-    default_ctx = 2048  # torchchat/export.py's default (min(model context, 2048))
+    default_ctx = 2048  # torchchat/export's DEFAULT_MAX_SEQ (min(model context, 2048))
     # The 1B rows show growth with size: one .so each (the .pt2 and the default context are
     # covered on SmolLM2; every compile of a 1B model takes minutes and much memory).
     artifacts = {name: (export(g, dtype, a.context, "so"),

@@ -19,7 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from torchchat.generate import SamplingConfig, Sampler, generate  # noqa: E402
-from torchchat.loader import EagerDecoder, load_model  # noqa: E402
+from torchchat.backends.eager import EagerDecoder  # noqa: E402
+from torchchat.load import load_model  # noqa: E402
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 

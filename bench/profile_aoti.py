@@ -36,8 +36,8 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from torchchat.export import export_model
-    from torchchat.exported import AOTIDecoder
-    from torchchat.loader import load_model
+    from torchchat.backends.aoti import AOTIDecoder
+    from torchchat.load import load_model
 
     torch.set_num_threads(a.threads)
     args = Namespace(model="smollm2-135m", checkpoint_path=None, gguf_path=None, params_path=None,

@@ -60,13 +60,14 @@ def model_args(model: str, quantize) -> SimpleNamespace:
 
 def decoder_for(model: str, quantize, backend: str, workdir: Path):
     """(decoder, tokenizer, info) for one model, scheme and backend."""
-    from torchchat.loader import EagerDecoder, load_model
+    from torchchat.backends.eager import EagerDecoder
+    from torchchat.load import load_model
 
     loaded = load_model(model_args(model, quantize), backend)
     if backend == "eager":
         return EagerDecoder(loaded.model, WINDOW), loaded.tokenizer, loaded.info
     from torchchat.export import export_model
-    from torchchat.exported import AOTIDecoder
+    from torchchat.backends.aoti import AOTIDecoder
 
     # A new name each time: dlopen hands back an already loaded library of the same path.
     path = Path(tempfile.mkstemp(dir=workdir, suffix=".so" if backend == "aoti" else ".pte")[1])
@@ -75,7 +76,7 @@ def decoder_for(model: str, quantize, backend: str, workdir: Path):
                  path if backend == "aoti" else None, None, path if backend == "et" else None)
     if backend == "aoti":
         return AOTIDecoder(path), loaded.tokenizer, loaded.info
-    from torchchat.et import PTEDecoder
+    from torchchat.backends.executorch import PTEDecoder
 
     return PTEDecoder(path), loaded.tokenizer, loaded.info
 

@@ -1,9 +1,25 @@
 #!/usr/bin/env bash
-# All tests: build the native runners, then fast tests on tiny random-weight models (Python,
-# C++ units, runner CLI and tokenizer parity), then end-to-end tests on the real default
-# model. Run scripts/setup.sh once before.
+# The tests. Run scripts/setup.sh once before.
+#
+#   scripts/test.sh           all of them (what .ci/run calls): build the native runners, then
+#                             tests on tiny random-weight models (Python, C++ units, runner CLI
+#                             and tokenizer parity, tiny models exported and run), then end-to-end
+#                             tests on the real default model.
+#   scripts/test.sh --quick   the tier to run after each change, a few minutes on 2 cores: the
+#                             runner core and its C++ units, and every Python and runner test
+#                             that exports nothing (pytest -m "not e2e and not export"): no
+#                             export of the real model and no AOT Inductor or ExecuTorch compile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+quick=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) quick=1 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        *) echo "error: unknown argument '$arg' (expected --quick)" >&2; exit 2 ;;
+    esac
+done
 
 # pytest exits 5 when a stage collects nothing; that is not a failure of the stage.
 run_pytest() {
@@ -11,6 +27,15 @@ run_pytest() {
     python3 -m pytest "$@" || rc=$?
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then exit "$rc"; fi
 }
+
+if [ "$quick" -eq 1 ]; then
+    printf '\n== Native runner core (quick tier)\n' >&2
+    scripts/build_native.sh core
+    (cd cmake-out && ctest --output-on-failure -j2)
+    printf '\n== Python and runner tests that export nothing (quick tier)\n' >&2
+    run_pytest -n 2 --dist loadfile -q -m "not e2e and not export" tests/python tests/runner
+    exit 0
+fi
 
 printf '\n== Native runner: build core + aoti_run + et_run, and the ASan/UBSan core + et_run\n' >&2
 scripts/build_native.sh aoti

@@ -15,7 +15,8 @@ import sys
 from typing import Optional
 
 from torchchat.errors import UserError
-from torchchat.generate import Decoder, Sampler, Stats, TextStream, generate
+from torchchat.backends import Decoder
+from torchchat.generate import Sampler, Stats, TextStream, generate
 
 TEMPLATES = ("llama2", "llama3", "chatml", "none")
 

@@ -1,10 +1,14 @@
-"""The command line: `python3 torchchat.py download|list|where|remove|generate|chat ...`.
+"""The command line: `python3 torchchat.py download|list|where|remove|generate|chat|eval|export ...`.
 
-Every command reports bad input as one line on stderr and a non-zero exit status.
+Every command reports bad input as one line on stderr and a non-zero exit status. Each `cmd_*`
+checks its options once, before the slow part (loading a model), then calls the library.
+The commands import the library inside their functions: `--help`, `list` and `download`
+then start without importing torch, which takes seconds.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_registry(args) -> None:
-    from torchchat import registry
+    from torchchat import registry  # light, but `--help` needs it not at all
 
     if args.command == "download":
         print(registry.download(args.model))
@@ -113,11 +117,11 @@ CHAT_CONTEXT = 2048  # default chat context: attention reads the whole cache eve
 
 def prepare(args):
     """Validate the sampling options, then load the model (bad options fail before the slow part)."""
+    # Imported here, not above: `--help`, `list` and `download` start without torch (seconds).
     from torchchat.generate import SamplingConfig, Sampler
-    from torchchat.loader import load_model
+    from torchchat.load import load_model
 
     config = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
-    config.validate()
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     exported = exported_path(args)
@@ -134,17 +138,15 @@ def exported_path(args) -> Optional[str]:
 
 def load_exported_model(args, path: str):
     """An exported artifact stands in for the weights; its context is fixed at export."""
-    from torchchat.exported import load_exported
-    from torchchat.loader import LoadedModel
+    # Imported here, not above: `--help`, `list` and `download` start without torch (seconds).
+    from torchchat.backends.aoti import AOTIDecoder
+    from torchchat.backends.executorch import PTEDecoder
+    from torchchat.load import LoadedModel, load_exported
 
     if getattr(args, "quantize", None):
         raise UserError(f"--quantize does not apply to {path}: quantization is fixed at export (pass it to `export`)")
-    if getattr(args, "pte_path", None):
-        from torchchat.et import PTEDecoder
-
-        decoder, tokenizer, info = load_exported(path, args.tokenizer_path, args.model, decoder_class=PTEDecoder)
-    else:
-        decoder, tokenizer, info = load_exported(path, args.tokenizer_path, args.model)
+    decoder_class = PTEDecoder if getattr(args, "pte_path", None) else AOTIDecoder
+    decoder, tokenizer, info = load_exported(path, args.tokenizer_path, args.model, decoder_class=decoder_class)
     if args.max_seq_length is not None and args.max_seq_length != info.max_seq_len:
         raise UserError(f"{path} was exported with a context of {info.max_seq_len}; re-export to change it")
     return LoadedModel(decoder, tokenizer, info)
@@ -152,7 +154,8 @@ def load_exported_model(args, path: str):
 
 def make_decoder(args, loaded, needed: int):
     """Size the KV cache: --max-seq-length if given, else what the job needs (within the model's context)."""
-    from torchchat.loader import EagerDecoder
+    # Imported here, not above: `--help`, `list` and `download` start without torch (seconds).
+    from torchchat.backends.eager import EagerDecoder
 
     if not hasattr(loaded.model, "setup_caches"):  # an exported artifact: its KV cache is built in
         return loaded.model
@@ -167,6 +170,7 @@ def make_decoder(args, loaded, needed: int):
 
 
 def cmd_generate(args) -> None:
+    # Imported here, not above: `--help`, `list` and `download` start without torch (seconds).
     from torchchat.generate import Stats, TextStream, generate
 
     if args.num_samples < 1:
@@ -187,6 +191,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_chat(args) -> None:
+    # Imported here, not above: `--help`, `list` and `download` start without torch (seconds).
     from torchchat.chat import chat_loop
 
     loaded, sampler = prepare(args)
@@ -197,14 +202,12 @@ def cmd_chat(args) -> None:
 def load_for_eval(args, default_window: int):
     """(loaded, decoder, window) for eval: here --max-seq-length is the window, which an
     exported model's fixed context only bounds."""
+    # Imported here, not above: `--help`, `list` and `download` start without torch (seconds).
+    from torchchat.load import load_model
+
     window, args.max_seq_length = args.max_seq_length, None
     exported = exported_path(args)
-    if exported:
-        loaded = load_exported_model(args, exported)
-    else:
-        from torchchat.loader import load_model
-
-        loaded = load_model(args)
+    loaded = load_exported_model(args, exported) if exported else load_model(args)
     window = window or min(default_window, loaded.info.max_seq_len)
     if not 2 <= window <= loaded.info.max_seq_len:
         raise UserError(f"--max-seq-length must be in [2, {loaded.info.max_seq_len}], got {window}")
@@ -212,7 +215,9 @@ def load_for_eval(args, default_window: int):
 
 
 def cmd_eval(args) -> None:
+    # Imported here, not above: `--help`, `list` and `download` start without torch (seconds).
     from torchchat import eval as evaluation
+    from torchchat.quantize import describe
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
@@ -227,8 +232,6 @@ def cmd_eval(args) -> None:
     results = evaluation.perplexity(decoder, loaded.tokenizer, loaded.info, text, window, args.limit)
     results["corpus"] = str(path)
     if loaded.info.quantize:  # from --quantize, or from the artifact's metadata
-        from torchchat.quantize import describe
-
         results["quantize"] = loaded.info.quantize
         print(f"quantized: {describe(loaded.info.quantize)}")
     print(evaluation.format_table(results))
@@ -241,6 +244,7 @@ TASK_CONTEXT = 2048  # default context for --tasks: enough for few-shot prompts,
 
 def cmd_eval_tasks(args) -> None:
     """`eval --tasks`: lm-eval harness tasks over the same decoders as perplexity."""
+    # Imported here, not above: `--help`, `list` and `download` start without torch (seconds).
     from torchchat import eval as evaluation
     from torchchat import lm_eval_adapter
 
@@ -261,6 +265,37 @@ def cmd_eval_tasks(args) -> None:
                                                               "quantize": loaded.info.quantize})
 
 
+def cmd_export(args) -> None:
+    # Imported here, not above: `--help`, `list` and `download` start without torch (seconds).
+    from torchchat.export import DEFAULT_MAX_SEQ, export_model, phase
+    from torchchat.load import load_model, quantize_spec
+
+    # A plain kill (SIGTERM) ends the export like Ctrl-C, so staged files are cleaned up too.
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+
+    so_path, pt2_path = args.output_dso_path, args.output_aoti_package_path
+    pte_path = getattr(args, "output_pte_path", None)
+    if not so_path and not pt2_path and not pte_path:
+        raise UserError("give --output-dso-path model.so, --output-aoti-package-path model.pt2 and/or --output-pte-path model.pte")
+    if pt2_path and not pt2_path.endswith(".pt2"):
+        raise UserError(f"--output-aoti-package-path must end in .pt2, got {pt2_path}")
+    # Quantized weights take a different form per backend (torchchat/quantize.py).
+    backend = "et" if pte_path else "aoti"
+    if getattr(args, "quantize", None) and pte_path and (so_path or pt2_path):
+        raise UserError("--quantize: export AOT Inductor and ExecuTorch artifacts one at a time "
+                        "(quantized weights take a different form for each)")
+    spec = quantize_spec(args, backend)  # before the slow part
+    with phase("Loading the model"):
+        loaded = load_model(args, backend, spec)
+    max_seq = args.max_seq_length or min(loaded.info.max_seq_len, DEFAULT_MAX_SEQ)
+    export_model(loaded.model, loaded.info, loaded.dtype, max_seq,
+                 Path(so_path) if so_path else None, Path(pt2_path) if pt2_path else None,
+                 Path(pte_path) if pte_path else None)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -273,8 +308,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         elif args.command == "eval":
             cmd_eval(args)
         elif args.command == "export":
-            from torchchat.export import cmd_export
-
             cmd_export(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from torchchat.errors import UserError
 
@@ -38,8 +39,6 @@ def windows(ids: list[int], size: int, bos: Optional[int]) -> list[list[int]]:
 
 def perplexity(model, tokenizer, info, text: str, max_seq_len: int, limit: Optional[int] = None,
                progress: bool = True) -> dict:
-    from tqdm import tqdm
-
     if not text.strip():
         raise UserError("the corpus is empty")
     ids = tokenizer.encode(text, bos=False)

@@ -1,35 +1,21 @@
 """Token generation: sampling, prefill, decode, and the streaming loop.
 
-Works with anything that maps (tokens [1, T], input_pos [T]) -> logits [1, T, vocab]
-(or only the last position's, [1, 1, vocab], when asked for `last_only`):
-the eager model, its torch.compile'd form, or an exported artifact loaded back
-into Python. The loop is the same for all of them, so what we validate in Python
-is what the native runner does.
+Works with any Decoder (torchchat/backends): the eager model, its torch.compile'd form, or an
+exported artifact loaded back into Python. The loop is the same for all of them, so what we
+validate in Python is what the native runner does.
 """
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from torchchat.backends import Decoder
 from torchchat.errors import UserError
-
-
-class Decoder(Protocol):
-    """A model with a static KV cache of `max_seq_len` positions.
-
-    last_only: the caller reads only the last position's logits, so the decoder may skip the
-    others (the output layer is ~20 % of a small model's prefill); it returns [1, T, vocab]
-    or [1, 1, vocab], and `[0, -1]` is the last position's either way."""
-
-    max_seq_len: int
-    vocab_size: int
-
-    def __call__(self, tokens: Tensor, input_pos: Tensor, last_only: bool = False) -> Tensor: ...
 
 
 @dataclass
@@ -39,7 +25,7 @@ class SamplingConfig:
     top_p: float = 1.0
     seed: Optional[int] = None
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:  # checked once, where the options are made
         if not self.temperature >= 0:
             raise UserError(f"--temperature must be >= 0, got {self.temperature}")
         if not 0.0 <= self.top_p <= 1.0:
@@ -52,7 +38,6 @@ class Sampler:
     """Greedy, temperature, top-k and top-p sampling with its own seeded generator."""
 
     def __init__(self, config: SamplingConfig, vocab_size: Optional[int] = None):
-        config.validate()
         # Models often pad their embedding table past the tokenizer's vocabulary; the
         # padding rows are no tokens, so they are never sampled.
         self.config, self.vocab_size = config, vocab_size

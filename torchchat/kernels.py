@@ -48,7 +48,7 @@ _et_loaded = False
 
 def build(name: str, sources: list[Path], what: str, **options) -> str:
     """Compile `sources` into a shared library (once; again when a source changes); its path."""
-    from torch.utils import cpp_extension
+    from torch.utils import cpp_extension  # here, not above: slow to import, only a build needs it
 
     missing = [str(p) for p in sources if not p.is_file()]
     if missing:
@@ -93,7 +93,7 @@ def load_executorch() -> None:
     global _et_loaded
     if _et_loaded:
         return
-    import executorch
+    import executorch  # here, not above: an optional dependency, slow to import
     from executorch.runtime import Runtime
 
     Runtime.get()  # the bindings (and with them the wheel's runtime) are loaded first

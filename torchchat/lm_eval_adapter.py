@@ -19,13 +19,14 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from torchchat.errors import UserError
 
 
 def import_lm_eval():
     try:
-        import lm_eval  # noqa: F401
+        import lm_eval  # noqa: F401  (optional dependency: a clear message when it is missing)
         from lm_eval.api.model import LM
     except ImportError:
         raise UserError("--tasks needs the lm-eval package: pip install -c constraints.txt -r requirements.txt") from None
@@ -97,8 +98,6 @@ def make_lm(decoder, tokenizer, info, max_len: int, progress: bool = True):
             return total, bool((rows.argmax(-1) == target).all())
 
         def bar(self, requests, desc: str):
-            from tqdm import tqdm
-
             return tqdm(requests, desc=desc, unit="req", disable=not progress, file=sys.stderr)
 
         # -- lm-eval's interface ------------------------------------------------------------
@@ -116,7 +115,7 @@ def make_lm(decoder, tokenizer, info, max_len: int, progress: bool = True):
             return results
 
         def loglikelihood_rolling(self, requests) -> list[float]:
-            from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+            from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # optional dependency
 
             results = []
             for request in self.bar(requests, "loglikelihood_rolling"):
@@ -171,7 +170,7 @@ def resolve_tasks(names: list[str]):
 
     Names are checked before the model loads, so a typo costs seconds, not a model load."""
     import_lm_eval()
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # optional dependency (import_lm_eval says how to install it)
 
     files = [n for n in names if n.endswith((".yaml", ".yml"))]
     for f in files:
@@ -188,7 +187,7 @@ def resolve_tasks(names: list[str]):
 
 def run_tasks(lm, manager, names: list[str], limit: Optional[int]) -> dict:
     """{task: {metric: value}} from lm-eval's simple_evaluate; dataset failures become one line."""
-    from lm_eval import simple_evaluate
+    from lm_eval import simple_evaluate  # optional dependency (import_lm_eval says how to install it)
 
     try:
         out = simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit, bootstrap_iters=0,

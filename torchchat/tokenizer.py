@@ -63,7 +63,7 @@ class SentencePieceTokenizer(Tokenizer):
     add_bos = True
 
     def __init__(self, model_proto: bytes, path: Path):
-        import sentencepiece
+        import sentencepiece  # here, not above: each library only for its own format (start-up time)
 
         self.sp = sentencepiece.SentencePieceProcessor()
         try:
@@ -127,7 +127,7 @@ class TiktokenTokenizer(Tokenizer):
     MAX_RUN = 25_000
 
     def __init__(self, ranks: dict[bytes, int], path: Path):
-        import tiktoken
+        import tiktoken  # here, not above: each library only for its own format (start-up time)
 
         self.special = llama3_special_tokens(len(ranks))
         self.enc = tiktoken.Encoding(name=path.name, pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks, special_tokens=self.special)
@@ -190,7 +190,7 @@ class HFTokenizer(Tokenizer):
     EOS_NAMES = ("<|end_of_text|>", "</s>", "<|endoftext|>", "<|im_end|>", "<eos>")
 
     def __init__(self, text: str, path: Path, config: Optional[dict] = None):
-        import tokenizers
+        import tokenizers  # here, not above: each library only for its own format (start-up time)
 
         try:
             self.tok = tokenizers.Tokenizer.from_str(text)
@@ -261,7 +261,8 @@ def load_tokenizer(path: Path) -> Tokenizer:
 
 def _gguf_tokenizer(path: Path) -> Tokenizer:
     """A GGUF carries its tokenizer: rebuild it as tokenizer.json, with bos/eos from the metadata."""
-    from torchchat.gguf_loader import field, gguf_chat_info, gguf_tokenizer_json, open_gguf
+    # Here, not above: imports torch and gguf, which a tokenizer file does not need (start-up time).
+    from torchchat.checkpoints.gguf import field, gguf_chat_info, gguf_tokenizer_json, open_gguf
 
     reader = open_gguf(path)
     info = gguf_chat_info(path, reader)

@@ -108,7 +108,7 @@ struct AotiBackend::Model {
   std::unique_ptr<torch::inductor::AOTIModelContainerRunnerCpu> so;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> pt2;
   at::Tensor logits;  // the last call's output, alive while the caller reads it
-  // For the 4-input form: kv_len and n_logits are views of this, their lengths the sizes
+  // kv_len and n_logits are views of this, their lengths the sizes
   // (torchchat/model.py Transformer.forward; the contents are never read).
   at::Tensor lengths;
 
@@ -172,7 +172,7 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
   // Models quantized with linear:int8/int4 call our kernels (libtorchchat_kernels, linked
   // in): report now, not mid-generation, if this CPU runs their portable fallback.
   if (linears_on_our_kernels(metadata_)) kernels::isa();
-  if (metadata_.inputs == 4) model_->lengths = at::empty({metadata_.max_seq_len}, at::kLong);
+  model_->lengths = at::empty({metadata_.max_seq_len}, at::kLong);
   // For tests: every forward() call appended as a JSON line (what the model was fed).
   if (const char* trace = std::getenv("TORCHCHAT_AOTI_TRACE")) trace_path_ = trace;
 }
@@ -192,15 +192,10 @@ std::span<const float> AotiBackend::forward(const std::int64_t* tokens, int n, i
   try {
     const at::Tensor ids = at::from_blob(const_cast<std::int64_t*>(tokens), {1, n}, at::kLong);
     const at::Tensor pos = at::arange(start_pos, start_pos + n, at::kLong);
-    std::vector<at::Tensor> inputs{ids, pos};
-    if (metadata_.inputs == 4) {
-      // Attention over the start_pos + n filled positions; logits for the last one only.
-      inputs.push_back(model_->lengths.slice(0, 0, start_pos + n));
-      inputs.push_back(model_->lengths.slice(0, 0, 1));
-    }
-    const std::vector<at::Tensor> out = model_->run(inputs);
-    const at::Tensor& all = out.at(0);  // [1, n, vocab], or [1, 1, vocab] with 4 inputs
-    model_->logits = all.select(1, all.size(1) - 1).to(at::kFloat).contiguous();  // [1, vocab]
+    // Attention over the start_pos + n filled positions; logits for the last one only.
+    const std::vector<at::Tensor> out =
+        model_->run({ids, pos, model_->lengths.slice(0, 0, start_pos + n), model_->lengths.slice(0, 0, 1)});
+    model_->logits = out.at(0).select(1, 0).to(at::kFloat).contiguous();  // [1, 1, vocab] -> [1, vocab]
   } catch (const std::exception& e) {
     throw Error("the model failed: " + first_line(e));
   }

@@ -4,10 +4,9 @@
 // .pt2). The format is told by the file's first bytes, not its name. Both carry the
 // model's metadata JSON (torchchat/metadata.py): a trailer appended to the .so, the
 // "torchchat" entry of the package metadata in the .pt2. The KV cache lives inside
-// the compiled model (mutated buffers), so forward() is all there is. Artifacts whose
-// metadata says "inputs": 4 also get the sizes kv_len = start_pos + n (attention reads
-// only the filled positions) and n_logits = 1 (the output layer runs on the last one);
-// older ones take (tokens, input_pos) and return every position's logits.
+// the compiled model (mutated buffers), so forward() is all there is. Besides the tokens
+// and their positions it gets the sizes kv_len = start_pos + n (attention reads only the
+// filled positions) and n_logits = 1 (the output layer runs on the last one).
 
 #include <cstdint>
 #include <memory>

@@ -20,7 +20,7 @@ namespace {
 namespace et = ::executorch::runtime;
 using ::executorch::extension::Module;
 
-constexpr char kMetadataMethod[] = "get_metadata_json";  // torchchat/et.py METADATA_METHOD
+constexpr char kMetadataMethod[] = "get_metadata_json";  // torchchat/metadata.py PTE_METHOD
 
 // ExecuTorch logs to stderr (CPU probing at load, and the details of every failure).
 // The runner's errors are one line, so the log is kept instead, and the last
@@ -94,7 +94,7 @@ class EtBackend final : public Backend {
   ModelMetadata metadata_;
   std::vector<std::int64_t> tokens_, positions_;
   std::int64_t n_logits_value_ = 0;  // the n_logits input's one element (its length, 1, is what the program reads)
-  ::executorch::extension::TensorPtr n_logits_;  // null: a program exported before that input, returning every position
+  ::executorch::extension::TensorPtr n_logits_;
   std::vector<float> logits_;  // the last position's row, valid until the next call
   // Every linear runs on our kernels (linears_on_our_kernels), so XNNPACK has only small
   // elementwise work left: it runs that inline, with ExecuTorch's thread pool off for the calling
@@ -133,9 +133,9 @@ EtBackend::EtBackend(const BackendOptions& options) {
   const auto forward_meta = module.method_meta("forward");
   if (!forward_meta.ok()) throw Error(describe(path + ": cannot read the forward method's inputs", forward_meta.error()));
   // (tokens, input_pos, kv_len = None, n_logits): Transformer.forward's inputs, kv_len left out
-  // (whole-cache attention); programs exported before n_logits take the first two.
-  if (forward_meta->num_inputs() == 4)
-    n_logits_ = ::executorch::extension::from_blob(&n_logits_value_, {1}, et::etensor::ScalarType::Long);
+  // (whole-cache attention).
+  if (forward_meta->num_inputs() != 4) throw Error(path + ": exported by an older version; export again");
+  n_logits_ = ::executorch::extension::from_blob(&n_logits_value_, {1}, et::etensor::ScalarType::Long);
 }
 
 std::span<const float> EtBackend::forward(const std::int64_t* tokens, int n, int start_pos) {
@@ -146,16 +146,14 @@ std::span<const float> EtBackend::forward(const std::int64_t* tokens, int n, int
   const auto ids = ::executorch::extension::from_blob(tokens_.data(), {1, n}, et::etensor::ScalarType::Long);
   const auto pos = ::executorch::extension::from_blob(positions_.data(), {n}, et::etensor::ScalarType::Long);
   const PoolOff pool_off(own_threads_);
-  // The last position's logits only: [1, 1, vocab] (older programs: [1, n, vocab]).
-  const auto out = n_logits_ ? module_->forward({ids, pos, et::EValue(), n_logits_}) : module_->forward({ids, pos});
+  // The last position's logits only: [1, 1, vocab].
+  const auto out = module_->forward({ids, pos, et::EValue(), n_logits_});
   if (!out.ok()) throw Error(describe("the model failed", out.error()));
   const auto& logits = out->at(0).toTensor();
   const std::size_t vocab = static_cast<std::size_t>(metadata_.vocab_size);
-  const std::size_t rows = n_logits_ ? 1 : static_cast<std::size_t>(n);
-  if (logits.scalar_type() != et::etensor::ScalarType::Float || static_cast<std::size_t>(logits.numel()) != rows * vocab)
+  if (logits.scalar_type() != et::etensor::ScalarType::Float || static_cast<std::size_t>(logits.numel()) != vocab)
     throw Error("the model returned logits of an unexpected shape or type");
-  const float* last = logits.const_data_ptr<float>() + (rows - 1) * vocab;
-  logits_.assign(last, last + vocab);
+  logits_.assign(logits.const_data_ptr<float>(), logits.const_data_ptr<float>() + vocab);
   return logits_;
 }
 

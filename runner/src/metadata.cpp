@@ -65,8 +65,10 @@ ModelMetadata parse_metadata_json(const std::string& text) {
 
   ModelMetadata m;
   m.format_version = require_int(root, "format_version", 0, 1 << 20);
-  if (m.format_version != 1) {
-    throw Error("model metadata format_version " + std::to_string(m.format_version) + " is not supported (this runner reads 1)");
+  if (m.format_version < kFormatVersion) throw Error("exported by an older version; export again");
+  if (m.format_version != kFormatVersion) {
+    throw Error("model metadata format_version " + std::to_string(m.format_version) + " is not supported (this runner reads " +
+                std::to_string(kFormatVersion) + ")");
   }
   m.arch = require_string(root, "arch");
   if (m.arch != "llama") throw Error("model architecture \"" + m.arch + "\" is not supported (only llama)");
@@ -94,12 +96,6 @@ ModelMetadata parse_metadata_json(const std::string& text) {
     throw Error("model metadata \"dtype\" is unknown: \"" + m.dtype + "\"");
   }
   m.quantize = optional_quantize(root);
-  if (root.contains("inputs")) {
-    m.inputs = require_int(root, "inputs", 2, 4);
-    if (m.inputs != 2 && m.inputs != 4) {
-      throw Error("model metadata \"inputs\" is " + std::to_string(m.inputs) + " (this runner takes 2 or 4)");
-    }
-  }
   return m;
 }
 
@@ -115,7 +111,6 @@ std::string to_metadata_json(const ModelMetadata& m) {
             {"chat_template", std::string(to_string(m.chat_template))},
             {"dtype", m.dtype}};
   if (!m.quantize.empty()) root["quantize"] = json::parse(m.quantize);
-  if (m.inputs != 2) root["inputs"] = m.inputs;  // absent means 2, as older artifacts say it
   return root.dump();
 }
 

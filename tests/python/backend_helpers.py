@@ -65,7 +65,7 @@ class Exported:
 
     def __init__(self, folder: Path, style: str, formats: tuple[str, ...]):
         from torchchat.export import export_model
-        from torchchat.loader import load_model
+        from torchchat.load import load_model
 
         self.folder, self.style = folder, style
         hf = tiny_hf_model(style)
@@ -83,21 +83,21 @@ class Exported:
         self.eager = load_model(model_args(self.checkpoint, self.tokenizer))  # fresh: export set up caches
 
     def eager_decoder(self):
-        from torchchat.loader import EagerDecoder
+        from torchchat.backends.eager import EagerDecoder
 
         return EagerDecoder(self.eager.model, CONTEXT)
 
 
-def two_input_program(model, context: int):
-    """The model's torch.export as artifacts were exported before 2026-11-28: (tokens, input_pos),
-    whole-cache attention, every position's logits; for the tests that old files still run."""
-    import torch
+def older_version_copy(path: Path, out: Path) -> Path:
+    """A copy of an artifact whose metadata says the previous format version (the JSON rewritten
+    in place, same length, so everything after it stays where the loaders look for it)."""
+    data = path.read_bytes()
+    from torchchat.metadata import FORMAT_VERSION
 
-    model.setup_caches(context)
-    example = (torch.zeros(1, 2, dtype=torch.long), torch.arange(2, dtype=torch.long))
-    seq = torch.export.Dim("seq", min=1, max=context)
-    with torch.no_grad():
-        return torch.export.export(model, example, dynamic_shapes=({1: seq}, {0: seq}), strict=False)
+    now, older = (f'"format_version": {v}'.encode() for v in (FORMAT_VERSION, FORMAT_VERSION - 1))
+    assert data.count(now) == 1, f"{path}: the metadata JSON should appear once"
+    out.write_bytes(data.replace(now, older))
+    return out
 
 
 def pte_kernel_calls(path: Path):

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backend_helpers import (  # noqa: E402
     AOTI_RUN, CONTEXT, N_NEW, PROMPTS, SYSTEM, USER, Exported, aoti_run, assert_same_greedy,
-    check_long_prompt_and_large_n, cli, fed_tokens, greedy, model_args, one_line_error, system_chat_turn, two_input_program,
+    check_long_prompt_and_large_n, cli, fed_tokens, greedy, model_args, older_version_copy, one_line_error, system_chat_turn,
     two_turn_chat,
 )
 from tiny_tokenizers import write_tiktoken  # noqa: E402
@@ -29,6 +28,9 @@ from tiny_tokenizers import write_tiktoken  # noqa: E402
 from torchchat.errors import UserError  # noqa: E402
 
 AOTI_BENCH = AOTI_RUN.parent / "aoti_bench"
+
+# Every test here runs exported artifacts (scripts/test.sh --quick leaves them out).
+pytestmark = pytest.mark.export
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +58,7 @@ def case(request):
 
 @pytest.mark.parametrize("case", CASES, indirect=True, ids=[f"{s}-{f}" for s, f in CASES])
 def test_metadata_round_trips(case):
-    from torchchat.exported import AOTIDecoder
+    from torchchat.backends.aoti import AOTIDecoder
 
     m, fmt = case
     d = AOTIDecoder(m.paths[fmt])
@@ -69,7 +71,7 @@ def test_metadata_round_trips(case):
 
 @pytest.mark.parametrize("case", CASES, indirect=True, ids=[f"{s}-{f}" for s, f in CASES])
 def test_python_greedy_matches_eager(case):
-    from torchchat.exported import AOTIDecoder
+    from torchchat.backends.aoti import AOTIDecoder
 
     m, fmt = case
     d, e = AOTIDecoder(m.paths[fmt]), m.eager_decoder()
@@ -87,11 +89,10 @@ def test_python_filled_cache_and_last_logits_match_eager(case):
     """The 4-input artifact (attention over the filled positions, logits where asked) against the
     eager model's full-cache form, along a chat: prompt, decode steps, a second chunk at
     start_pos > 0, to the end of the context, then a restart at 0 over the old entries."""
-    from torchchat.exported import AOTIDecoder
+    from torchchat.backends.aoti import AOTIDecoder
 
     m, fmt = case
     d = AOTIDecoder(m.paths[fmt])
-    assert d.inputs == 4
     full = m.eager.model
     full.setup_caches(CONTEXT)
     vocab = d.vocab_size
@@ -108,7 +109,7 @@ def test_python_filled_cache_and_last_logits_match_eager(case):
 
 
 def test_python_chat_with_system_prompt_matches_eager(llama3):
-    from torchchat.exported import AOTIDecoder
+    from torchchat.backends.aoti import AOTIDecoder
 
     tok, info = llama3.eager.tokenizer, llama3.eager.info
     exported = AOTIDecoder(llama3.paths["pt2"])
@@ -132,7 +133,7 @@ def test_cli_generate_with_exported_artifacts(llama2):
 
 
 def test_python_rejects_foreign_and_truncated_files(llama2, tmp_path):
-    from torchchat.exported import AOTIDecoder
+    from torchchat.backends.aoti import AOTIDecoder
 
     foreign = tmp_path / "foreign.so"
     foreign.write_bytes(b"hello world, not a library")
@@ -164,7 +165,7 @@ def test_weights_are_stored_once_and_mapped(llama3, fmt):
     param_bytes = sum(t.numel() * t.element_size() for n, t in weights.items()
                       if "kv_cache" not in n and n != "output.weight")  # the tied matrix counted once
     # The packed weights of inductor's GEMM templates replace the originals; the tied matrix has no
-    # packed copy (export.TiedOutput); the rest is the rope table.
+    # packed copy (torchchat/export/program.py TiedOutput); the rest is the rope table.
     assert param_bytes <= index["data_bytes"] <= 1.05 * param_bytes
     if fmt == "so":
         assert path.stat().st_size == data_start + index["data_bytes"]
@@ -180,8 +181,9 @@ def test_bf16_so_is_mapped_and_matches_eager(llama2, tmp_path):
     """bf16 compiles with inductor's C++ GEMM templates only, so its weights are plain tensors
     stored after the library and mapped; the artifact computes what eager bf16 does."""
     from torchchat import export, mapped_constants, metadata
-    from torchchat.exported import AOTIDecoder
-    from torchchat.loader import EagerDecoder, load_model
+    from torchchat.backends.aoti import AOTIDecoder
+    from torchchat.backends.eager import EagerDecoder
+    from torchchat.load import load_model
 
     args = model_args(llama2.checkpoint, llama2.tokenizer)
     args.dtype = "bf16"
@@ -204,7 +206,7 @@ def test_bf16_so_is_mapped_and_matches_eager(llama2, tmp_path):
 @pytest.mark.parametrize("damage", ["truncated", "index"])
 def test_damaged_constants_are_one_line_errors(llama2, tmp_path, damage):
     from torchchat import metadata
-    from torchchat.exported import AOTIDecoder
+    from torchchat.backends.aoti import AOTIDecoder
 
     data = bytearray(llama2.paths["so"].read_bytes())
     _, at = metadata.read_so_metadata_block(llama2.paths["so"])
@@ -223,7 +225,7 @@ def test_damaged_constants_are_one_line_errors(llama2, tmp_path, damage):
 
 
 def test_python_prompt_longer_than_context_is_a_user_error(llama2):
-    from torchchat.exported import AOTIDecoder
+    from torchchat.backends.aoti import AOTIDecoder
 
     d = AOTIDecoder(llama2.paths["so"])
     with pytest.raises(UserError, match="context"):
@@ -231,7 +233,7 @@ def test_python_prompt_longer_than_context_is_a_user_error(llama2):
 
 
 def test_tokenizer_larger_than_model_is_refused(llama2, tmp_path):
-    from torchchat.exported import load_exported
+    from torchchat.load import load_exported
 
     big = write_tiktoken(tmp_path / "big.model", n_base=384)  # 640 tokens > the model's 512
     with pytest.raises(UserError, match="tokenizer"):
@@ -264,7 +266,7 @@ def test_aoti_program_keeps_three_symbolic_sizes():
 def test_export_is_atomic(tmp_path, monkeypatch, error):
     """A failed or interrupted compile leaves neither the output nor temporary files behind."""
     from torchchat import export
-    from torchchat.loader import ModelInfo
+    from torchchat.metadata import ModelInfo
     from torchchat.model import ModelArgs, Transformer
 
     model = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=64, max_seq_len=32)).eval()
@@ -353,43 +355,22 @@ def test_runner_prompt_longer_than_context_and_large_n(llama2):
     check_long_prompt_and_large_n(aoti_run, llama2.paths["so"], llama2.paths["pt2"], llama2.runner_tokenizer)
 
 
-@pytest.fixture(scope="session")
-def two_input_so(llama2, tmp_path_factory) -> Path:
-    """A .so as exported before the 4-input form: the 2-input program, metadata without "inputs"
-    (like the artifacts cached in ~/.cache/torchchat-bench)."""
-    import json
+def test_python_older_version_is_refused_in_one_line(llama2, tmp_path):
+    from torchchat.backends.aoti import AOTIDecoder
 
-    from torchchat import export, metadata
-    from torchchat.loader import load_model
-
-    loaded = load_model(model_args(llama2.checkpoint, llama2.tokenizer))
-    info = replace(loaded.info, max_seq_len=CONTEXT)
-    meta_json = metadata.to_json(info, "fp32")
-    assert "inputs" not in json.loads(meta_json)
-    out = tmp_path_factory.mktemp("aoti_two_inputs") / "old.so"
-    export.compile_so(two_input_program(loaded.model, CONTEXT), out, meta_json)
-    return out
+    old = older_version_copy(llama2.paths["so"], tmp_path / "old.so")
+    with pytest.raises(UserError) as e:
+        AOTIDecoder(old)
+    assert str(e.value) == f"{old}: exported by an older version; export again"
+    p = cli("generate", "--dso-path", old, "--tokenizer-path", llama2.tokenizer, "--prompt", "hi")
+    assert one_line_error(p) == f"error: {old}: exported by an older version; export again"
 
 
-def test_python_two_input_artifact_still_runs(llama2, two_input_so):
-    from torchchat.exported import AOTIDecoder
-
-    d = AOTIDecoder(two_input_so)
-    assert d.inputs == 2
-    ids = llama2.eager.tokenizer.encode(PROMPTS[0], bos=True)
-    with torch.no_grad():
-        assert d(torch.tensor([ids]), torch.arange(len(ids)), last_only=True).shape == (1, len(ids), d.vocab_size)
-    assert_same_greedy(d, llama2.eager_decoder(), llama2.eager.tokenizer, llama2.eager.info)
-
-
-def test_python_unknown_input_form_is_refused(tmp_path):
-    from torchchat import metadata
-
-    assert metadata.input_count('{"format_version": 1}', "m.so") == 2
-    assert metadata.input_count('{"inputs": 4}', "m.so") == 4
-    for bad in ('{"inputs": 3}', '{"inputs": "4"}', '{"inputs": true}'):
-        with pytest.raises(UserError, match="inputs"):
-            metadata.input_count(bad, "m.so")
+@needs_runner
+def test_runner_older_version_is_refused_in_one_line(llama2, tmp_path):
+    old = older_version_copy(llama2.paths["so"], tmp_path / "old.so")
+    p = aoti_run(old, llama2.runner_tokenizer, "-i", "hi")
+    assert one_line_error(p) == f"error: {old}: exported by an older version; export again"
 
 
 def test_one_command_exports_so_with_four_inputs_and_pte_without_kv_len(tmp_path):
@@ -397,15 +378,14 @@ def test_one_command_exports_so_with_four_inputs_and_pte_without_kv_len(tmp_path
     pytest.importorskip("executorch")
     import json
 
-    from torchchat.et import PTEDecoder
-    from torchchat.exported import AOTIDecoder
+    from torchchat.backends.executorch import PTEDecoder
+    from torchchat.backends.aoti import AOTIDecoder
 
     m = Exported(tmp_path, "llama2", ("so", "pte"))
     so, pte = AOTIDecoder(m.paths["so"]), PTEDecoder(m.paths["pte"])
-    assert so.inputs == 4
     (text,) = pte.program.load_method("get_metadata_json").execute([])
-    assert "inputs" not in json.loads(str(text))  # the program's own inputs say its form
-    assert pte.takes_n_logits and pte._forward.metadata.num_inputs() == 4
+    assert json.loads(str(text))["format_version"] == 2
+    assert pte._forward.metadata.num_inputs() == 4
     tok, info = m.eager.tokenizer, m.eager.info
     ids = tok.encode(PROMPTS[1], bos=True)
     with torch.no_grad():
@@ -417,26 +397,14 @@ def test_one_command_exports_so_with_four_inputs_and_pte_without_kv_len(tmp_path
                                                                                            info.stop_ids)
 
 
-@needs_runner
-def test_runner_two_input_artifact_still_runs(llama2, two_input_so, tmp_path):
-    e, tok, info = llama2.eager_decoder(), llama2.eager.tokenizer, llama2.eager.info
-    ids = tok.encode(PROMPTS[2], bos=True)
-    want = greedy(e, ids, info.stop_ids)
-    trace = tmp_path / "trace.jsonl"
-    p = aoti_run(two_input_so, llama2.runner_tokenizer, "-t", "0", "-n", str(len(ids) + N_NEW), "-i", PROMPTS[2],
-                 trace=trace)
-    assert p.returncode == 0, p.stderr
-    assert fed_tokens(trace)[:len(ids) + len(want) - 1] == ids + want[:-1]
-
-
 def test_so_metadata_survives_weights_appended_to_the_library(llama2, tmp_path, monkeypatch):
     """Over 2 GB of weights, AOTI appends them to the .so and finds them from the file's end
     (on a 16 KiB boundary); the metadata block must not disturb that. Forced here on a tiny model."""
     from torchchat import export
-    from torchchat.exported import AOTIDecoder
-    from torchchat.loader import load_model
+    from torchchat.backends.aoti import AOTIDecoder
+    from torchchat.load import load_model
 
-    monkeypatch.setitem(export.INDUCTOR_CONFIGS, "aot_inductor.force_mmap_weights", True)
+    monkeypatch.setitem(export.aoti.INDUCTOR_CONFIGS, "aot_inductor.force_mmap_weights", True)
     loaded = load_model(model_args(llama2.checkpoint, llama2.tokenizer))
     out = tmp_path / "mmap.so"
     export.export_model(loaded.model, loaded.info, "fp32", CONTEXT, so_path=out)

@@ -39,7 +39,8 @@ def eager():
     """The eager fp32 reference, loaded once for both backends."""
     from torchchat import registry
     from torchchat.errors import UserError
-    from torchchat.loader import EagerDecoder, load_model
+    from torchchat.backends.eager import EagerDecoder
+    from torchchat.load import load_model
 
     try:
         folder = registry.where("smollm2-135m")
@@ -63,9 +64,9 @@ def smollm2(request, eager, tmp_path_factory):
     assert p.returncode == 0, p.stderr
     assert backend.progress in p.stderr and "done in" in p.stderr  # progress on stderr
     if request.param == "aoti":
-        from torchchat.exported import AOTIDecoder as decoder_class
+        from torchchat.backends.aoti import AOTIDecoder as decoder_class
     else:
-        from torchchat.et import PTEDecoder as decoder_class
+        from torchchat.backends.executorch import PTEDecoder as decoder_class
     return Namespace(name=request.param, backend=backend, path=out, exported=decoder_class(out), **vars(eager))
 
 
@@ -86,7 +87,7 @@ def test_artifact_size_and_metadata(smollm2):
     print(f"{smollm2.backend.noun} {size / 1e6:.0f} MB, weights {weights / 1e6:.0f} MB")
     if smollm2.name == "et":
         assert size < 1.25 * weights  # at most the tied matrix twice (embedding + XNNPACK's output copy)
-    else:  # AOTI: the tied matrix once (export.TiedOutput), no KV cache stored: the issue's bound
+    else:  # AOTI: the tied matrix once (torchchat/export/program.py TiedOutput), no KV cache stored: the issue's bound
         assert size < 1.15 * weights
 
 

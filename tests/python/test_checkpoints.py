@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import tiny_models as tm
-from torchchat.checkpoint import load_checkpoint
+from torchchat.checkpoints import load_checkpoint
 from torchchat.errors import UserError
-from torchchat.gguf_loader import load_gguf
+from torchchat.checkpoints.gguf import load_gguf
 from torchchat.model import Transformer
 
 PROMPT = [1, 17, 42, 99, 200, 7, 3]
@@ -276,7 +276,7 @@ def test_smollm2_gguf_matches_transformers():
     import tokenizers
     from transformers import AutoModelForCausalLM
 
-    from torchchat.gguf_loader import gguf_tokenizer_json
+    from torchchat.checkpoints.gguf import gguf_tokenizer_json
 
     args, sd = load_gguf(SMOLLM2)
     assert (args.dim, args.n_layers, args.n_heads, args.n_kv_heads, args.vocab_size) == (576, 30, 9, 3, 49152)

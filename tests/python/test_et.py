@@ -21,12 +21,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backend_helpers import (  # noqa: E402
     CONTEXT, N_NEW, PROMPTS, ROOT, SYSTEM, USER, Exported, assert_same_greedy, check_long_prompt_and_large_n, cli,
-    et_run, et_runner, fed_tokens, greedy, model_args, one_line_error, pte_kernel_calls, system_chat_turn,
-    two_input_program, two_turn_chat,
+    et_run, fed_tokens, greedy, model_args, one_line_error, pte_kernel_calls, system_chat_turn,
+    older_version_copy, two_turn_chat,
 )
 from tiny_tokenizers import write_tiktoken  # noqa: E402
 
 from torchchat.errors import UserError  # noqa: E402
+
+
+# Every test here runs exported artifacts (scripts/test.sh --quick leaves them out).
+pytestmark = pytest.mark.export
 
 
 @pytest.fixture(scope="session")
@@ -50,39 +54,15 @@ def no_metadata_pte(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def two_input_pte(llama2, tmp_path_factory) -> Path:
-    """A .pte as exported before the n_logits input: (tokens, input_pos), every position's logits."""
-    from dataclasses import replace
+def test_older_version_is_refused_in_one_line(llama2, tmp_path):
+    from torchchat.backends.executorch import PTEDecoder
 
-    from torchchat import export, metadata
-    from torchchat.loader import load_model
-
-    loaded = load_model(model_args(llama2.checkpoint, llama2.tokenizer), "et")
-    meta_json = metadata.to_json(replace(loaded.info, max_seq_len=CONTEXT), "fp32")
-    out = tmp_path_factory.mktemp("et_two_inputs") / "old.pte"
-    export.compile_pte(two_input_program(loaded.model, CONTEXT), out, meta_json)
-    return out
-
-
-def test_two_input_program_still_runs(llama2, two_input_pte, tmp_path):
-    from torchchat.et import PTEDecoder
-
-    d = PTEDecoder(two_input_pte)
-    assert not d.takes_n_logits
-    tok, info = llama2.eager.tokenizer, llama2.eager.info
-    ids = tok.encode(PROMPTS[0], bos=True)
-    with torch.no_grad():  # every position's logits, asked or not
-        assert d(torch.tensor([ids]), torch.arange(len(ids)), last_only=True).shape == (1, len(ids), info.vocab_size)
-    want = greedy(llama2.eager_decoder(), ids, info.stop_ids)
-    assert greedy(d, ids, info.stop_ids) == want
-    if not et_runner().is_file():
-        pytest.skip("build it: scripts/build_native.sh et")
-    trace = tmp_path / "trace.jsonl"
-    p = et_run(two_input_pte, llama2.runner_tokenizer, "-t", "0", "-n", str(len(ids) + len(want)), "-i", PROMPTS[0],
-               trace=trace)
-    assert p.returncode == 0, p.stderr
-    assert fed_tokens(trace)[:len(ids) + len(want) - 1] == ids + want[:-1]
+    old = older_version_copy(llama2.paths["pte"], tmp_path / "old.pte")
+    with pytest.raises(UserError) as e:
+        PTEDecoder(old)
+    assert str(e.value) == f"{old}: exported by an older version; export again"
+    p = et_run(old, llama2.runner_tokenizer, "-i", "hi")
+    assert one_line_error(p) == f"error: {old}: exported by an older version; export again"
 
 
 @pytest.fixture
@@ -99,7 +79,7 @@ STYLES = ["llama2", "llama3"]
 
 @pytest.mark.parametrize("model", STYLES, indirect=True)
 def test_metadata_round_trips(model):
-    from torchchat.et import PTEDecoder
+    from torchchat.backends.executorch import PTEDecoder
 
     d = PTEDecoder(model.paths["pte"])
     want = model.eager.info
@@ -138,7 +118,7 @@ def test_executorch_llm_runner_constant_methods(llama3):
 
 @pytest.mark.parametrize("model", STYLES, indirect=True)
 def test_python_greedy_matches_eager(model):
-    from torchchat.et import PTEDecoder
+    from torchchat.backends.executorch import PTEDecoder
 
     d, e = PTEDecoder(model.paths["pte"]), model.eager_decoder()
     tok, info = model.eager.tokenizer, model.eager.info
@@ -152,7 +132,7 @@ def test_python_greedy_matches_eager(model):
 
 
 def test_python_chat_with_system_prompt_matches_eager(llama3):
-    from torchchat.et import PTEDecoder
+    from torchchat.backends.executorch import PTEDecoder
 
     tok, info = llama3.eager.tokenizer, llama3.eager.info
     exported = PTEDecoder(llama3.paths["pte"])
@@ -201,7 +181,7 @@ def bf16_pte(llama2, tmp_path_factory) -> Path:
     """A bf16 program: attention on our kernel over its bf16 cache (cache_attention.out with bf16 q,
     caches and out, kernels/executorch_ops.cpp)."""
     from torchchat import export
-    from torchchat.loader import load_model
+    from torchchat.load import load_model
 
     args = model_args(llama2.checkpoint, llama2.tokenizer)
     args.dtype = "bf16"
@@ -213,8 +193,9 @@ def bf16_pte(llama2, tmp_path_factory) -> Path:
 
 def test_bf16_pte_matches_eager(llama2, bf16_pte):
     """Logits within bf16 noise of eager bf16's, for a prompt and then the next token."""
-    from torchchat.et import PTEDecoder
-    from torchchat.loader import EagerDecoder, load_model
+    from torchchat.backends.executorch import PTEDecoder
+    from torchchat.backends.eager import EagerDecoder
+    from torchchat.load import load_model
 
     args = model_args(llama2.checkpoint, llama2.tokenizer)
     args.dtype = "bf16"
@@ -235,7 +216,7 @@ def test_runner_generates_from_a_bf16_program(llama2, bf16_pte, build):
 
 
 def test_python_rejects_garbage_truncated_and_foreign_programs(llama2, no_metadata_pte, tmp_path):
-    from torchchat.et import PTEDecoder
+    from torchchat.backends.executorch import PTEDecoder
 
     garbage, cut, cut_small = tmp_path / "garbage.pte", tmp_path / "cut.pte", tmp_path / "tiny.pte"
     garbage.write_bytes(os.urandom(4096))
@@ -250,8 +231,8 @@ def test_python_rejects_garbage_truncated_and_foreign_programs(llama2, no_metada
 
 
 def test_python_tokenizer_that_does_not_fit_is_refused(llama2, tmp_path):
-    from torchchat.et import PTEDecoder
-    from torchchat.exported import load_exported
+    from torchchat.backends.executorch import PTEDecoder
+    from torchchat.load import load_exported
 
     big = write_tiktoken(tmp_path / "big.model", n_base=384)  # 640 tokens > the model's 512
     with pytest.raises(UserError, match="tokenizer"):
@@ -259,7 +240,7 @@ def test_python_tokenizer_that_does_not_fit_is_refused(llama2, tmp_path):
 
 
 def test_python_prompt_longer_than_context_is_a_user_error(llama2):
-    from torchchat.et import PTEDecoder
+    from torchchat.backends.executorch import PTEDecoder
 
     with pytest.raises(UserError, match="context"):
         greedy(PTEDecoder(llama2.paths["pte"]), [1] * (CONTEXT + 1), [])

@@ -30,7 +30,8 @@ def tiny(tmp_path_factory):
 
 
 def test_perplexity_matches_transformers_loss(tiny):
-    from torchchat.loader import EagerDecoder, load_model
+    from torchchat.backends.eager import EagerDecoder
+    from torchchat.load import load_model
 
     hf, ckpt, tok = tiny
     args = SimpleNamespace(model=None, checkpoint_path=str(ckpt), gguf_path=None, params_path=None,

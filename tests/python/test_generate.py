@@ -8,7 +8,7 @@ import torch
 from torchchat.chat import Conversation, render_turn
 from torchchat.errors import UserError
 from torchchat.generate import SamplingConfig, Sampler, Stats, TextStream, generate
-from torchchat.loader import EagerDecoder
+from torchchat.backends.eager import EagerDecoder
 from torchchat.model import ModelArgs, Transformer, length_tensor
 
 
@@ -49,7 +49,7 @@ def test_filled_attention_and_last_logits_match_the_full_cache():
     full = tiny_model(seed=3)
     short = copy.deepcopy(full)
     full.setup_caches(48)
-    short.setup_caches(48, spare=1)  # as exported for AOT Inductor (torchchat/export.py)
+    short.setup_caches(48, spare=1)  # as exported for AOT Inductor (torchchat/export/program.py)
     g = torch.Generator().manual_seed(5)
     steps = [(0, 9)] + [(9 + i, 1) for i in range(4)] + [(13, 7), (20, 1), (21, 27), (0, 5), (5, 1)]
     for start, n in steps:

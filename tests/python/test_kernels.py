@@ -513,7 +513,7 @@ class QuantizedTiny:
 
     def __init__(self, folder: Path, spec: str, fmt: str):
         from torchchat.export import export_model
-        from torchchat.loader import load_model
+        from torchchat.load import load_model
 
         hf = tiny_hf_model("llama2")
         self.checkpoint = write_llama2c_pt(hf, folder / "model.pt")
@@ -528,8 +528,8 @@ class QuantizedTiny:
 
     def decoder(self):
         """The artifact run from Python: AOT Inductor's runtime, or ExecuTorch's."""
-        from torchchat.et import PTEDecoder
-        from torchchat.exported import AOTIDecoder
+        from torchchat.backends.executorch import PTEDecoder
+        from torchchat.backends.aoti import AOTIDecoder
 
         return PTEDecoder(self.path) if self.fmt == "pte" else AOTIDecoder(self.path)
 
@@ -551,8 +551,9 @@ def int8_activations(spec: str) -> bool:
     return any(options.get("activations") == "int8" for options in json.loads(spec).values())
 
 
+@pytest.mark.export
 def test_exported_from_python_equals_eager(quantized):
-    from torchchat.loader import EagerDecoder
+    from torchchat.backends.eager import EagerDecoder
 
     tok, info = quantized.eager.tokenizer, quantized.eager.info
     decoder = quantized.decoder()
@@ -575,6 +576,7 @@ def test_exported_from_python_equals_eager(quantized):
         assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.95, prompt
 
 
+@pytest.mark.export
 def test_program_rotates_q_and_k_as_one(quantized):
     """Quantizing fuses each layer's q, k and v projections (quantize.fuse_projections), and the
     model then rotates q's and k's heads as one tensor: 2 + 2 selects per layer in an ExecuTorch
@@ -587,8 +589,9 @@ def test_program_rotates_q_and_k_as_one(quantized):
     assert kernels["aten::mean"] == 0
 
 
+@pytest.mark.export
 def test_runner_equals_eager(quantized, tmp_path):
-    from torchchat.loader import EagerDecoder
+    from torchchat.backends.eager import EagerDecoder
 
     tok, info = quantized.eager.tokenizer, quantized.eager.info
     for i, prompt in enumerate(PROMPTS[:2]):

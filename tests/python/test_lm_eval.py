@@ -141,7 +141,8 @@ def hf_rolling_loglikelihood(tiny, text: str, window: int) -> float:
 
 def make_adapter(tiny, max_len=64):
     from torchchat.lm_eval_adapter import make_lm
-    from torchchat.loader import EagerDecoder, load_model
+    from torchchat.backends.eager import EagerDecoder
+    from torchchat.load import load_model
 
     args = SimpleNamespace(model=None, checkpoint_path=str(tiny.ckpt), gguf_path=None, params_path=None,
                            tokenizer_path=str(tiny.tok), dtype="fp32")
@@ -265,12 +266,13 @@ def test_tasks_bad_input(tiny, tasks, extra, pattern):
 
 
 def test_generate_does_not_import_lm_eval():
-    code = ("import sys, torchchat.cli, torchchat.generate, torchchat.chat, torchchat.loader, torchchat.eval; "
+    code = ("import sys, torchchat.cli, torchchat.generate, torchchat.chat, torchchat.load, torchchat.eval; "
             "print(any(m.split('.')[0] in ('lm_eval', 'datasets') for m in sys.modules))")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.stdout.strip() == "False", p.stderr
 
 
+@pytest.mark.export
 def test_tasks_through_executorch_program_match_eager(tiny, tmp_path_factory, tmp_path):
     """The same tasks on the exported .pte (ExecuTorch's Python runtime) score as eager does."""
     exported = Exported(tmp_path_factory.mktemp("lm_eval_pte"), "llama2", ("pte",))

@@ -27,7 +27,8 @@ LIMIT = 12  # windows of 256 tokens of held-out text
 
 def held_out_perplexity(folder: Path, spec) -> float:
     from torchchat.eval import perplexity
-    from torchchat.loader import EagerDecoder, load_model
+    from torchchat.backends.eager import EagerDecoder
+    from torchchat.load import load_model
 
     loaded = load_model(model_args(str(folder), spec))
     text = (folder / "heldout.txt").read_text(encoding="utf-8")

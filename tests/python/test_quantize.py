@@ -289,7 +289,7 @@ def test_fused_projections_compute_the_same_as_separate():
 
 
 def load(t, quantize=None, backend="eager"):
-    from torchchat.loader import load_model
+    from torchchat.load import load_model
 
     args = SimpleNamespace(model=None, checkpoint_path=str(t.ckpt), gguf_path=None, params_path=None,
                            tokenizer_path=str(t.tok), dtype="fp32", quantize=quantize)
@@ -346,6 +346,7 @@ def eval_json(capsys, tmp_path, *flags) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.export
 @pytest.mark.parametrize("spec,export_flag,eval_flag", BACKEND_CASES, ids=["aoti-int4", "aoti-int8", "et-a8w4dq", "et-int4",
                                                                               "aoti-int4-a8", "et-int4-a8", "et-int8-a8"])
 def test_same_perplexity_eager_and_exported(tiny, tmp_path, capsys, spec, export_flag, eval_flag):
@@ -369,7 +370,7 @@ def test_same_perplexity_eager_and_exported(tiny, tmp_path, capsys, spec, export
 
 
 def test_precision_wins_over_dtype(tiny):
-    from torchchat.loader import load_model
+    from torchchat.load import load_model
 
     args = SimpleNamespace(model=None, checkpoint_path=str(tiny.ckpt), gguf_path=None, params_path=None,
                            tokenizer_path=str(tiny.tok), dtype="fp16",

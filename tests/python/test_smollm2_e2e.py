@@ -43,7 +43,8 @@ def hf():
 
 @pytest.fixture(scope="module")
 def ours():
-    from torchchat.loader import EagerDecoder, load_model
+    from torchchat.backends.eager import EagerDecoder
+    from torchchat.load import load_model
 
     args = Namespace(model=None, gguf_path=str(smollm2_gguf()), checkpoint_path=None, params_path=None,
                      tokenizer_path=None, dtype="fp32")

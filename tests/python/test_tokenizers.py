@@ -151,7 +151,7 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def smollm2_json(smollm2, tmp_path_factory) -> Path:
-    from torchchat.gguf_loader import gguf_tokenizer_json
+    from torchchat.checkpoints.gguf import gguf_tokenizer_json
 
     path = tmp_path_factory.mktemp("smol") / "tokenizer.json"
     path.write_text(gguf_tokenizer_json(smollm2), encoding="utf-8")
@@ -183,7 +183,7 @@ def test_gguf_file_as_tokenizer(smollm2, smollm2_json):
 
 
 def test_gguf_chat_info(smollm2):
-    from torchchat.gguf_loader import gguf_chat_info
+    from torchchat.checkpoints.gguf import gguf_chat_info
 
     info = gguf_chat_info(smollm2)
     assert (info["bos_id"], info["eos_id"], info["add_bos"]) == (1, 2, False)

@@ -329,7 +329,7 @@ def write_tokenizer_gguf(path: Path, pre: str = "default", add_bos: bool = False
 
 def add_tiny_vocab(w, vocab_size: int, pre: str = "default", add_bos: bool = False) -> None:
     """A byte-level ("gpt2") vocabulary: 256 byte tokens, a few merges, control tokens at the end."""
-    from torchchat.gguf_loader import _bytes_to_unicode  # GPT-2's byte alphabet, a fixed table
+    from torchchat.checkpoints.gguf import _bytes_to_unicode  # GPT-2's byte alphabet, a fixed table
 
     alphabet = list(_bytes_to_unicode().values())
     merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "1 2", "Ġ 1", "Ċ Ċ", "Ġ Ġ"]

@@ -7,7 +7,7 @@ namespace torchchat {
 namespace {
 
 const std::string kValid =
-    R"({"format_version":1,"arch":"llama","vocab_size":49152,"max_seq_len":2048,"bos_id":1,"add_bos":false,)"
+    R"({"format_version":2,"arch":"llama","vocab_size":49152,"max_seq_len":2048,"bos_id":1,"add_bos":false,)"
     R"("stop_ids":[2],"tokenizer":"hf_bpe","chat_template":"chatml","dtype":"bf16"})";
 
 std::string with(const std::string& key, const std::string& value) {
@@ -53,7 +53,7 @@ TEST(Metadata, RoundTripsThroughJson) {
 TEST(Metadata, RejectsBadValuesWithTheKeyInTheMessage) {
   EXPECT_NE(error_of("not json").find("not valid JSON"), std::string::npos);
   EXPECT_NE(error_of("[1,2]").find("not a JSON object"), std::string::npos);
-  EXPECT_NE(error_of(with("format_version", "2")).find("format_version 2"), std::string::npos);
+  EXPECT_NE(error_of(with("format_version", "3")).find("format_version 3"), std::string::npos);
   EXPECT_NE(error_of(with("arch", "\"gpt2\"")).find("gpt2"), std::string::npos);
   EXPECT_NE(error_of(with("vocab_size", "0")).find("vocab_size"), std::string::npos);
   EXPECT_NE(error_of(with("vocab_size", "\"big\"")).find("wrong type"), std::string::npos);
@@ -62,7 +62,7 @@ TEST(Metadata, RejectsBadValuesWithTheKeyInTheMessage) {
   EXPECT_NE(error_of(with("tokenizer", "\"wordpiece\"")).find("wordpiece"), std::string::npos);
   EXPECT_NE(error_of(with("chat_template", "\"vicuna\"")).find("vicuna"), std::string::npos);
   EXPECT_NE(error_of(with("dtype", "\"int4\"")).find("int4"), std::string::npos);
-  EXPECT_NE(error_of(R"({"format_version":1})").find("lacks"), std::string::npos);
+  EXPECT_NE(error_of(R"({"format_version":2})").find("lacks"), std::string::npos);
 }
 
 TEST(Metadata, QuantizeIsOptionalAndKeepsItsOrder) {
@@ -77,18 +77,11 @@ TEST(Metadata, QuantizeIsOptionalAndKeepsItsOrder) {
   EXPECT_EQ(to_metadata_json(parse_metadata_json(kValid)).find("quantize"), std::string::npos);
 }
 
-TEST(Metadata, InputsDefaultsToTwoAndRoundTrips) {
-  EXPECT_EQ(parse_metadata_json(kValid).inputs, 2);  // artifacts exported before the key
-  const ModelMetadata four = parse_metadata_json(kValid.substr(0, kValid.size() - 1) + R"(,"inputs":4})");
-  EXPECT_EQ(four.inputs, 4);
-  EXPECT_EQ(parse_metadata_json(to_metadata_json(four)).inputs, 4);
-  EXPECT_EQ(to_metadata_json(parse_metadata_json(kValid)).find("inputs"), std::string::npos);
-  const auto inputs = [](const std::string& value) {
-    return error_of(kValid.substr(0, kValid.size() - 1) + R"(,"inputs":)" + value + "}");
-  };
-  EXPECT_NE(inputs("3").find("inputs"), std::string::npos);
-  EXPECT_NE(inputs("5").find("inputs"), std::string::npos);
-  EXPECT_NE(inputs("\"4\"").find("wrong type"), std::string::npos);
+TEST(Metadata, RefusesAnOlderFormatInOneLine) {
+  // Format 1 allowed a 2-input program (tokens, input_pos); this runner always passes four.
+  EXPECT_EQ(error_of(with("format_version", "1")), "exported by an older version; export again");
+  EXPECT_EQ(error_of(with("format_version", "0")), "exported by an older version; export again");
+  EXPECT_EQ(parse_metadata_json(kValid).format_version, kFormatVersion);
 }
 
 TEST(Metadata, RejectsAMalformedQuantizeEntry) {

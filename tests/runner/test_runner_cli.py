@@ -16,7 +16,7 @@ SUMMARY = re.compile(
 )
 
 SMOLLM2_METADATA = {
-    "format_version": 1, "arch": "llama", "vocab_size": 49152, "max_seq_len": 256, "bos_id": 1, "add_bos": False,
+    "format_version": 2, "arch": "llama", "vocab_size": 49152, "max_seq_len": 256, "bos_id": 1, "add_bos": False,
     "stop_ids": [2], "tokenizer": "hf_bpe", "chat_template": "chatml", "dtype": "fp32",
 }
 
@@ -210,3 +210,10 @@ def test_bad_metadata_is_one_line(toy_run, smollm2_tokenizer_json, tmp_path):
     result = run_tool(toy_run, [model, "-z", smollm2_tokenizer_json, "-i", "hi"])
     assert_clean_failure(result)
     assert "vicuna" in result.stderr
+
+
+def test_an_older_format_is_refused_in_one_line(toy_run, smollm2_tokenizer_json, tmp_path):
+    model = toy_model(tmp_path, metadata=dict(SMOLLM2_METADATA, format_version=1))
+    result = run_tool(toy_run, [model, "-z", smollm2_tokenizer_json, "-i", "hi"])
+    assert_clean_failure(result)
+    assert result.stderr == "error: exported by an older version; export again\n"

@@ -2,18 +2,17 @@
 // What the runner needs to know about a model, carried inside the exported
 // artifact as one JSON string (written by the Python exporter):
 //
-//   {"format_version": 1, "arch": "llama", "vocab_size": 32000, "max_seq_len": 2048,
+//   {"format_version": 2, "arch": "llama", "vocab_size": 32000, "max_seq_len": 2048,
 //    "bos_id": 1, "add_bos": true, "stop_ids": [2], "tokenizer": "sentencepiece",
 //    "chat_template": "llama2", "dtype": "fp32",
-//    "quantize": {"linear:int4": {"groupsize": 32}, "embedding:int8": {"groupsize": 0}},
-//    "inputs": 4}
+//    "quantize": {"linear:int4": {"groupsize": 32}, "embedding:int8": {"groupsize": 0}}}
 //
 // tokenizer: sentencepiece | tiktoken | hf_bpe; chat_template: llama2 | llama3 |
 // chatml | none; dtype: fp32 | bf16 | fp16; quantize (only in a model exported
 // with --quantize): the spec its weights went through, {scheme: {option: value}}
-// (torchchat/quantize.py); inputs (optional, default 2): the program's calling
-// convention, 2 = (tokens, input_pos), 4 = (tokens, input_pos, kv_len, n_logits)
-// (torchchat/model.py Transformer.forward). An artifact without metadata gets
+// (torchchat/quantize.py). The program takes (tokens, input_pos, kv_len, n_logits)
+// (torchchat/model.py Transformer.forward; an ExecuTorch program's kv_len is None).
+// Another format_version is refused. An artifact without metadata gets
 // default_metadata() from -l and -v.
 
 #include <string>
@@ -24,8 +23,11 @@
 
 namespace torchchat {
 
+// The metadata's format version; torchchat/metadata.py FORMAT_VERSION is its twin.
+inline constexpr int kFormatVersion = 2;
+
 struct ModelMetadata {
-  int format_version = 1;
+  int format_version = kFormatVersion;
   std::string arch = "llama";
   int vocab_size = 0;
   int max_seq_len = 0;
@@ -39,9 +41,6 @@ struct ModelMetadata {
   // when the model is not quantized. The runner only reports it (the weights'
   // form is the exported program's business).
   std::string quantize;
-  // How many inputs the exported program takes: 2, or 4 with the two size inputs that
-  // limit attention to the filled cache positions and the logits to the last position.
-  int inputs = 2;
 };
 
 // Parses and validates the artifact's metadata. Throws Error naming the bad key.

@@ -1,8 +1,8 @@
-"""Exported AOT Inductor artifacts (.so / .pt2) as Decoders, for validation from Python.
+"""The AOT Inductor backend: an exported artifact (.so / .pt2) as a Decoder, for validation from Python.
 
 `generate`, `chat` and `eval` take `--dso-path model.so` or `--aoti-package-path model.pt2`
 instead of a checkpoint; the artifact brings its own metadata (torchchat/metadata.py),
-the tokenizer still comes from the alias' cache folder or --tokenizer-path.
+the tokenizer still comes from the alias' cache folder or --tokenizer-path (torchchat/load.py).
 """
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 
 from torchchat import kernels, mapped_constants, metadata
-from torchchat.errors import UserError
-from torchchat.loader import ModelInfo
+from torchchat.errors import UserError, first_line
 from torchchat.model import length_tensor, size_inputs
 
 ELF_MAGIC = b"\x7fELF"
@@ -35,8 +34,8 @@ def sniff(path: Path) -> str:
 
 class AOTIDecoder:
     """Runs an exported artifact: (tokens [1, T], input_pos [T]) -> logits [1, T, vocab],
-    or [1, 1, vocab] with last_only (when its program takes the 4-input form; see
-    torchchat/model.py Transformer.forward and metadata.input_count)."""
+    or [1, 1, vocab] with last_only; its program takes (tokens, input_pos, kv_len, n_logits)
+    (torchchat/model.py Transformer.forward)."""
 
     def __init__(self, path: str | Path):
         path = Path(path)
@@ -48,7 +47,6 @@ class AOTIDecoder:
                 raise UserError(f"{path}: no torchchat metadata (export it with `torchchat.py export`)")
             text, metadata_end = found
             self.info, self.dtype = metadata.from_json(text, where)
-            self.inputs = metadata.input_count(text, where)
             kernels.load()
             self._constants = map_constants(path, metadata_end)
             try:
@@ -73,15 +71,12 @@ class AOTIDecoder:
             if metadata.PT2_KEY not in meta:
                 raise UserError(f"{path}: no torchchat metadata (export it with `torchchat.py export`)")
             self.info, self.dtype = metadata.from_json(meta[metadata.PT2_KEY], where)
-            self.inputs = metadata.input_count(meta[metadata.PT2_KEY], where)
             self._run = package
         self.max_seq_len, self.vocab_size = self.info.max_seq_len, self.info.vocab_size
         self.lengths = length_tensor(self.max_seq_len)  # sliced for kv_len and n_logits
 
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         tokens, input_pos = tokens.contiguous(), input_pos.contiguous()
-        if self.inputs == 2:
-            return self._run(tokens, input_pos)
         return self._run(tokens, input_pos, *size_inputs(self.lengths, input_pos, tokens.size(1), last_only))
 
 
@@ -95,26 +90,3 @@ def map_constants(path: Path, at: int):
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: damaged constants ({e})") from None
 
-
-def first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
-def load_exported(path: str | Path, tokenizer_path=None, alias=None, decoder_class=AOTIDecoder):
-    """(decoder, tokenizer, ModelInfo) for an artifact; the tokenizer from --tokenizer-path or the alias.
-
-    decoder_class: AOTIDecoder, or torchchat.et.PTEDecoder for an ExecuTorch program."""
-    from torchchat.tokenizer import check_fits, load_tokenizer
-
-    decoder = decoder_class(path)
-    if tokenizer_path is None and alias:
-        from torchchat import registry
-
-        tokenizer_path = registry.model_files(alias).tokenizer
-    if tokenizer_path is None:
-        raise UserError("an exported model needs a tokenizer: give --tokenizer-path or a model alias")
-    tokenizer = load_tokenizer(Path(tokenizer_path))
-    check_fits(tokenizer, decoder.info.vocab_size)
-    info: ModelInfo = decoder.info
-    return decoder, tokenizer, info

@@ -1,7 +1,8 @@
 """From command-line arguments to a ready model: weights, tokenizer, and chat conventions.
 
 A model is named by a registry alias (its cache folder holds weights and tokenizer), or
-given directly with --checkpoint-path / --gguf-path / --tokenizer-path.
+given directly with --checkpoint-path / --gguf-path / --tokenizer-path; an exported artifact
+(--dso-path, --aoti-package-path, --pte-path) brings its own metadata and needs the tokenizer.
 """
 from __future__ import annotations
 
@@ -11,24 +12,15 @@ from typing import Optional
 
 import torch
 
+from torchchat import quantize, registry
+from torchchat.backends.aoti import AOTIDecoder
+from torchchat.checkpoints import load_checkpoint
 from torchchat.errors import UserError
-from torchchat.model import ModelArgs, Transformer, length_tensor, size_inputs
+from torchchat.metadata import ModelInfo
+from torchchat.model import ModelArgs, Transformer
+from torchchat.tokenizer import check_fits, load_tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class ModelInfo:
-    """What generate and chat need to know besides the weights (also stored in exported artifacts)."""
-
-    vocab_size: int
-    max_seq_len: int
-    bos_id: Optional[int]
-    add_bos: bool
-    stop_ids: list[int]
-    tokenizer_kind: str
-    chat_template: str
-    quantize: Optional[dict] = None  # the --quantize spec the weights went through (torchchat/quantize.py)
 
 
 def model_info(args: ModelArgs, tokenizer, chat_template: Optional[str] = None) -> ModelInfo:
@@ -43,39 +35,9 @@ def model_info(args: ModelArgs, tokenizer, chat_template: Optional[str] = None) 
     )
 
 
-class EagerDecoder:
-    """The PyTorch model behind the generate loop, optionally torch.compile'd for decode."""
-
-    def __init__(self, model: Transformer, max_seq_len: int, compile: bool = False):
-        model.setup_caches(max_seq_len)
-        self.model, self.max_seq_len, self.vocab_size = model, max_seq_len, model.args.vocab_size
-        self.decode = compile_for_decode(model) if compile else None
-        self.lengths = length_tensor(max_seq_len)  # sliced for kv_len and n_logits
-
-    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        # Decode (one token) is the hot path and has one static shape: that is what we compile,
-        # over the whole cache (a kv_len growing every token would recompile every token).
-        if self.decode is not None and tokens.size(1) == 1:
-            return self.decode(tokens, input_pos)
-        # Otherwise attention over the filled positions only, and logits only where wanted.
-        return self.model(tokens, input_pos, *size_inputs(self.lengths, input_pos, tokens.size(1), last_only))
-
-
-def compile_for_decode(model: Transformer):
-    import torch._inductor.config as inductor_config
-
-    # Freezing folds the weights into the graph as constants, which lets inductor pick
-    # its own CPU GEMV/GEMM templates; ATen's batch-1 matmul streams weights at a
-    # third of the memory bandwidth on this class of machine.
-    inductor_config.freezing = True
-    inductor_config.max_autotune = True
-    inductor_config.max_autotune_gemm_backends = "CPP,ATEN"
-    return torch.compile(model, fullgraph=True, dynamic=False)
-
-
 @dataclass
 class LoadedModel:
-    model: Transformer
+    model: Transformer  # or, for an exported artifact, its decoder
     tokenizer: object
     info: ModelInfo
     dtype: str = "fp32"  # --dtype, or --quantize's precision
@@ -96,8 +58,6 @@ def resolve_paths(args) -> tuple[Path, Optional[Path], Optional[Path], Optional[
         return checkpoint, tokenizer, params, None
     if not args.model:
         raise UserError("name a model (e.g. smollm2-135m) or give --checkpoint-path / --gguf-path")
-    from torchchat import registry
-
     files = registry.model_files(args.model)
     tokenizer = Path(args.tokenizer_path) if args.tokenizer_path else files.tokenizer
     if files.checkpoint.suffix == ".gguf" and not args.tokenizer_path:
@@ -107,8 +67,6 @@ def resolve_paths(args) -> tuple[Path, Optional[Path], Optional[Path], Optional[
 
 
 def load_tokenizer_for(checkpoint: Path, tokenizer_path: Optional[Path]):
-    from torchchat.tokenizer import load_tokenizer
-
     if tokenizer_path is None:
         if checkpoint.suffix == ".gguf" and checkpoint.is_file():
             return load_tokenizer(checkpoint)  # a GGUF carries its tokenizer (and its bos/eos ids)
@@ -116,17 +74,22 @@ def load_tokenizer_for(checkpoint: Path, tokenizer_path: Optional[Path]):
     return load_tokenizer(tokenizer_path)
 
 
-def load_model(args, backend: str = "eager") -> LoadedModel:
-    """Load weights and tokenizer named by the command-line arguments, quantized for `backend`
-    (eager, aoti or et) if --quantize is given."""
-    from torchchat import quantize
-    from torchchat.checkpoint import load_checkpoint
-    from torchchat.tokenizer import check_fits
+def quantize_spec(args, backend: str) -> Optional[dict]:
+    """--quantize parsed and checked for `backend` (eager, aoti or et), or None without it."""
+    if not getattr(args, "quantize", None):
+        return None
+    spec = quantize.parse_quantize(args.quantize)
+    quantize.check_backend(spec, backend, quantize.precision(spec) or args.dtype)
+    return spec
 
-    spec = quantize.parse_quantize(args.quantize) if getattr(args, "quantize", None) else None
+
+def load_model(args, backend: str = "eager", spec: Optional[dict] = None) -> LoadedModel:
+    """Load weights and tokenizer named by the command-line arguments, quantized for `backend`
+    (eager, aoti or et) if --quantize is given. `spec`: quantize_spec's result when the caller
+    has checked --quantize already (before announcing the load)."""
+    if spec is None:
+        spec = quantize_spec(args, backend)  # before the slow part
     dtype_name = quantize.precision(spec) or args.dtype
-    if spec:
-        quantize.check_backend(spec, backend, dtype_name)  # before the slow part
     checkpoint, tokenizer_path, params, template = resolve_paths(args)
     model_args, state_dict = load_checkpoint(checkpoint, params)
     tokenizer = load_tokenizer_for(checkpoint, tokenizer_path)
@@ -149,3 +112,18 @@ def load_model(args, backend: str = "eager") -> LoadedModel:
         quantize.quantize_model(model, spec, backend)
         info.quantize = spec
     return LoadedModel(model, tokenizer, info, dtype_name)
+
+
+def load_exported(path: str | Path, tokenizer_path=None, alias=None, decoder_class=AOTIDecoder):
+    """(decoder, tokenizer, ModelInfo) for an artifact; the tokenizer from --tokenizer-path or the alias.
+
+    decoder_class: AOTIDecoder, or torchchat.backends.executorch.PTEDecoder for an ExecuTorch program."""
+    decoder = decoder_class(path)
+    if tokenizer_path is None and alias:
+        tokenizer_path = registry.model_files(alias).tokenizer
+    if tokenizer_path is None:
+        raise UserError("an exported model needs a tokenizer: give --tokenizer-path or a model alias")
+    tokenizer = load_tokenizer(Path(tokenizer_path))
+    check_fits(tokenizer, decoder.info.vocab_size)
+    info: ModelInfo = decoder.info
+    return decoder, tokenizer, info

@@ -12,12 +12,14 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
+import gguf
 import numpy as np
 import torch
 from torch import Tensor
 
-from torchchat.errors import UserError
-from torchchat.model import ModelArgs
+from torchchat.checkpoints.checks import check_shapes
+from torchchat.errors import UserError, first_line
+from torchchat.model import ModelArgs, rope_frequencies
 
 _LAYER_NAMES = {
     "attn_q": "attention.wq",
@@ -45,12 +47,10 @@ def open_gguf(path: Path):
 def _read_gguf(path: str, mtime_ns: int, size: int):
     # Parsing the metadata of a real model takes seconds (tens of thousands of token strings),
     # and loading a model reads it twice (weights, then tokenizer); the key notices a changed file.
-    import gguf
-
     try:
         return gguf.GGUFReader(path, "r")
     except Exception as e:  # truncated files fail in numpy memmap/reshape, garbage on the magic
-        raise UserError(f"{path}: cannot read as GGUF ({_first_line(e)})") from None
+        raise UserError(f"{path}: cannot read as GGUF ({first_line(e)})") from None
 
 
 def field(reader, key: str, default: Any = None) -> Any:
@@ -80,8 +80,6 @@ def load_gguf(path: Path) -> tuple[ModelArgs, dict[str, Tensor]]:
         except NotImplementedError:
             raise UserError(f"{path}: {t.name}: quantization {t.tensor_type.name} is not supported") from None
     args = gguf_model_args(reader, path, state_dict, rope_factors)
-    from torchchat.checkpoint import check_shapes
-
     check_shapes(args, state_dict, path)
     return args, state_dict
 
@@ -96,8 +94,6 @@ def gguf_to_meta_name(name: str) -> Optional[str]:
 
 
 def dequantize_tensor(t) -> Tensor:
-    import gguf
-
     # numpy shape is GGUF's shape reversed: [rows, cols] like torch's Linear.weight.
     shape = tuple(int(n) for n in reversed(t.shape))
     kind = t.tensor_type
@@ -142,7 +138,7 @@ def gguf_model_args(reader, path: Path, state_dict: dict[str, Tensor], rope_fact
             tie_embeddings="output.weight" not in state_dict,
         )
     except (ValueError, TypeError) as e:
-        raise UserError(f"{path}: bad model metadata: {_first_line(e)}") from None
+        raise UserError(f"{path}: bad model metadata: {first_line(e)}") from None
     if rope_factors is not None:
         args.rope_scaling = llama3_scaling_from_factors(rope_factors, args, path)
     return args
@@ -154,8 +150,6 @@ def llama3_scaling_from_factors(factors: Tensor, args: ModelArgs, path: Path) ->
     model.py wants the parameters instead; Llama 3.1/3.2 all use low 1, high 4, original 8192
     with a varying factor, so recover the factor and check the divisors it implies.
     """
-    from torchchat.model import rope_frequencies
-
     base = ModelArgs(**{**args.to_dict(), "rope_scaling": None})
     plain = rope_frequencies(base)
     scaling = {
@@ -282,7 +276,3 @@ def gguf_chat_info(path: Path, reader=None) -> dict:
         "chat_template": field(reader, "tokenizer.chat_template"),
     }
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:200]
