@@ -128,8 +128,8 @@ def chat_loop(model: Decoder, tokenizer, info, sampler: Sampler, max_new_tokens:
             continue
         prompt = conv.turn_tokens(user)
         if pos + len(prompt) >= model.max_seq_len:
-            print(f"\nThe context of {model.max_seq_len} tokens is full; ending the chat.", file=sys.stderr)
-            break
+            raise UserError(f"the message is too long: its turn is {len(prompt)} tokens, and {model.max_seq_len - pos} "
+                            f"of the {model.max_seq_len} positions are left; ending the chat")
         out.write("Assistant: ")
         stream = TextStream(tokenizer, context=prompt, skip=info.stop_ids, out=out)
         stats = Stats()
