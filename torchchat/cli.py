@@ -8,6 +8,8 @@ then start without importing torch, which takes seconds.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import signal
 import sys
 from pathlib import Path
@@ -296,6 +298,10 @@ def cmd_export(args) -> None:
                  Path(pte_path) if pte_path else None)
 
 
+# What a failed write of the output looks like.
+OUTPUT_ERRORS = (errno.ENOSPC, errno.EPIPE, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -309,8 +315,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             cmd_eval(args)
         elif args.command == "export":
             cmd_export(args)
+        sys.stdout.flush()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in OUTPUT_ERRORS:
+            raise
+        # Output that cannot be written (a full disk, a closed pipe) is a failure: the words are
+        # lost. Point stdout at /dev/null so that the interpreter's own flush at exit is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"error: cannot write {e.filename or 'the output'}: {e.strerror}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
