@@ -110,6 +110,10 @@ def chat_loop(model: Decoder, tokenizer, info, sampler: Sampler, max_new_tokens:
               system: Optional[str] = None, stdin=None, out=None) -> None:
     """Read user messages from stdin until EOF or '/bye'; stream each reply."""
     stdin, out = stdin or sys.stdin, out or sys.stdout
+    if stdin is None:  # started with standard input closed
+        raise UserError("chat reads the user's turns from standard input, which is closed")
+    if stdin is sys.stdin:
+        stdin.reconfigure(errors="replace")  # ill-formed UTF-8 becomes U+FFFD, as in the runners
     if info.chat_template == "none":
         raise UserError("this model has no chat template; use `generate` instead")
     conv = Conversation(tokenizer, info.chat_template, end_of_turn_id(tokenizer, info), system)

@@ -302,8 +302,17 @@ def cmd_export(args) -> None:
 OUTPUT_ERRORS = (errno.ENOSPC, errno.EPIPE, errno.EDQUOT, errno.EFBIG, errno.EIO)
 
 
+def valid_text(text: str) -> str:
+    """Text from the command line whose bytes are not UTF-8 (Python keeps them as surrogates) with
+    each ill-formed sequence replaced by U+FFFD, as the runners do."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    for name in ("prompt", "system_prompt"):
+        if isinstance(getattr(args, name, None), str):
+            setattr(args, name, valid_text(getattr(args, name)))
     try:
         if args.command in ("download", "list", "where", "remove"):
             cmd_registry(args)

@@ -46,6 +46,9 @@ def perplexity(model, tokenizer, info, text: str, max_seq_len: int, limit: Optio
     chunks = windows(ids, max_seq_len, bos)
     if limit is not None:
         chunks = chunks[:limit]
+    if sum(len(c) - 1 for c in chunks) == 0:
+        raise UserError(f"the corpus is {len(ids)} token{'s' if len(ids) != 1 else ''}: too short to score "
+                        "(perplexity needs a token that follows another)")
     nll, scored = 0.0, 0
     t0 = time.perf_counter()
     for chunk in tqdm(chunks, desc="eval", unit="window", disable=not progress, file=sys.stderr):

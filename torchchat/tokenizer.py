@@ -246,6 +246,8 @@ def load_tokenizer(path: Path) -> Tokenizer:
     if head[:4] == b"GGUF":
         return _gguf_tokenizer(path)
     data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as some editors write before JSON
+        data = data[3:]
     if not data.strip():
         raise UserError(f"{path}: empty tokenizer file")
     if data.lstrip()[:1] == b"{":
