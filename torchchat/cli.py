@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from torchchat.errors import UserError
+from torchchat.output import check_output_path
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -223,6 +224,8 @@ def cmd_eval(args) -> None:
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if args.output_json:
+        check_output_path(Path(args.output_json), "--output-json")  # before the evaluation, not after
     if args.tasks is not None:
         return cmd_eval_tasks(args)
     path = Path(args.text_file) if args.text_file else evaluation.DEFAULT_CORPUS
@@ -284,6 +287,10 @@ def cmd_export(args) -> None:
         raise UserError("give --output-dso-path model.so, --output-aoti-package-path model.pt2 and/or --output-pte-path model.pte")
     if pt2_path and not pt2_path.endswith(".pt2"):
         raise UserError(f"--output-aoti-package-path must end in .pt2, got {pt2_path}")
+    for flag, path in (("--output-dso-path", so_path), ("--output-aoti-package-path", pt2_path),
+                       ("--output-pte-path", pte_path)):
+        if path:
+            check_output_path(Path(path), flag)  # before minutes of loading and lowering
     # Quantized weights take a different form per backend (torchchat/quantize.py).
     backend = "et" if pte_path else "aoti"
     if getattr(args, "quantize", None) and pte_path and (so_path or pt2_path):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from torchchat.errors import UserError
+from torchchat.output import replace_with
 
 DEFAULT_CORPUS = Path(__file__).parent / "data" / "declaration_of_independence.txt"
 
@@ -78,7 +79,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
-        os.replace(tmp, path)
+        replace_with(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -166,3 +166,37 @@ def test_checkpoint_with_python_objects_is_refused_without_torchs_advice(bare, t
     p = cli(*generate_args(tmp_path / "model.pt", tok))
     assert_one_line_error(p, "holds Python objects besides tensors")
     assert "weights_only" not in p.stderr
+
+
+@pytest.mark.parametrize("where", ["missing/out.json", "."])
+def test_eval_output_path_is_checked_before_the_evaluation(bare, tmp_path, where):
+    _, ckpt, tok = bare
+    p = cli("eval", "--checkpoint-path", str(ckpt), "--tokenizer-path", str(tok),
+            "--output-json", str(tmp_path / where))
+    assert_one_line_error(p, "--output-json")
+    assert "eval:" not in p.stderr  # no progress bar: nothing was evaluated
+
+
+@pytest.mark.parametrize("flag", ["--output-dso-path", "--output-pte-path"])
+def test_export_output_path_is_checked_before_loading(bare, tmp_path, flag):
+    _, ckpt, tok = bare
+    p = cli("export", "--checkpoint-path", str(ckpt), "--tokenizer-path", str(tok), flag,
+            str(tmp_path / "missing" / "model.so"))
+    assert_one_line_error(p, f"{flag} ")
+    assert "Loading" not in p.stderr
+
+
+def test_rewritten_outputs_keep_their_mode(tmp_path):
+    from torchchat.eval import write_json_atomic
+
+    old = tmp_path / "old.json"
+    old.write_text("{}")
+    old.chmod(0o644)
+    write_json_atomic(old, {"a": 1})
+    assert json.loads(old.read_text()) == {"a": 1} and (old.stat().st_mode & 0o777) == 0o644
+    umask = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "new.json", {"b": 2})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o644

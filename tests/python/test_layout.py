@@ -2,7 +2,7 @@
 function-local import saying why it is not at the top.
 
 Layers, bottom to top (a module may import its own package and lower layers, nothing above):
-  0  errors, quiet                                  one-line errors; optional libraries' noise
+  0  errors, quiet, output                          one-line errors; optional libraries' noise; output files
   1  model, metadata, mapped_constants, kernels     the model, the artifact format, our kernels
   2  checkpoints, quantize, backends, export        weights in, weights changed, decoders, artifacts out
   3  tokenizer, registry, generate                  text <-> tokens, the model cache, the decode loop
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "torchchat"
 
 LAYERS = [
-    {"errors", "quiet"},
+    {"errors", "quiet", "output"},
     {"model", "metadata", "mapped_constants", "kernels"},
     {"checkpoints", "quantize", "backends", "export"},
     {"tokenizer", "registry", "generate"},
