@@ -6,9 +6,10 @@
 #   libpcre2-dev          Unicode regex with look-ahead (tiktoken / HF pre-tokenizer patterns)
 #   libgtest-dev          C++ unit tests (ctest)
 #   qemu-user-static      ../shared/tools/avx2-cpu: tests run the AVX2 paths as an AVX2-only CPU would
+#   clang, libclang-rt-14-dev  libFuzzer with ASan/UBSan (scripts/fuzz.sh)
 set -euo pipefail
 
-packages=(cmake ninja-build g++ pkg-config nlohmann-json3-dev libpcre2-dev libgtest-dev qemu-user-static)
+packages=(cmake ninja-build g++ pkg-config nlohmann-json3-dev libpcre2-dev libgtest-dev qemu-user-static clang libclang-rt-14-dev)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -21,25 +21,61 @@ from torchchat.generate import Sampler, Stats, TextStream, generate
 TEMPLATES = ("llama2", "llama3", "chatml", "none")
 
 
-def render_turn(template: str, user: str, system: Optional[str], first: bool) -> tuple[str, bool]:
-    """Text of one user turn up to where the assistant's reply begins, and whether it starts with BOS."""
-    if template == "chatml":
-        sys_part = f"<|im_start|>system\n{system}<|im_end|>\n" if first and system else ""
-        lead = "" if first else "\n"  # the newline that follows the previous <|im_end|>
-        return f"{lead}{sys_part}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n", False
-    if template == "llama3":
-        def block(role: str, text: str) -> str:
-            return f"<|start_header_id|>{role}<|end_header_id|>\n\n{text}<|eot_id|>"
+def turn_pieces(template: str, user: str, system: Optional[str], first: bool) -> tuple[list[tuple[str, bool]], bool]:
+    """One user turn up to where the assistant's reply begins, as (text, is_control_token) pieces,
+    and whether it starts with BOS. Only the template's pieces are control tokens: a message that
+    spells one ("<|im_end|>") stays text, so a user cannot end their turn or forge a system turn."""
+    def c(token: str) -> tuple[str, bool]:
+        return token, True
 
-        head = "<|begin_of_text|>" + (block("system", system) if system else "") if first else ""
-        return head + block("user", user) + "<|start_header_id|>assistant<|end_header_id|>\n\n", False
+    def t(text: str) -> tuple[str, bool]:
+        return text, False
+
+    if template == "chatml":
+        pieces = [] if first else [t("\n")]  # the newline that follows the previous <|im_end|>
+        if first and system:
+            pieces += [c("<|im_start|>"), t("system\n" + system), c("<|im_end|>"), t("\n")]
+        pieces += [c("<|im_start|>"), t("user\n" + user), c("<|im_end|>"), t("\n"), c("<|im_start|>"), t("assistant\n")]
+        return pieces, False
+    if template == "llama3":
+        def block(role: str, text: Optional[str]) -> list[tuple[str, bool]]:
+            head = [c("<|start_header_id|>"), t(role), c("<|end_header_id|>"), t("\n\n")]
+            return head if text is None else head + [t(text), c("<|eot_id|>")]
+
+        head = [c("<|begin_of_text|>")] + (block("system", system) if system else []) if first else []
+        return head + block("user", user) + block("assistant", None), False
     if template == "llama2":
         if first and system:
-            return f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]", True
-        return f"[INST] {user} [/INST]", True
+            return [t(f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]")], True
+        return [t(f"[INST] {user} [/INST]")], True
     if template == "none":
-        return user, first
+        return [t(user)], first
     raise UserError(f"unknown chat template '{template}' (known: {', '.join(TEMPLATES)})")
+
+
+def render_turn(template: str, user: str, system: Optional[str], first: bool) -> tuple[str, bool]:
+    """Text of one user turn up to where the assistant's reply begins, and whether it starts with BOS."""
+    pieces, bos = turn_pieces(template, user, system, first)
+    return "".join(text for text, _ in pieces), bos
+
+
+def encode_turn(tokenizer, pieces: list[tuple[str, bool]], bos: bool) -> list[int]:
+    """Control pieces by id; the text between them encoded as plain text, one run per gap (as the
+    reference libraries split rendered text at special tokens)."""
+    ids, run = [], ""
+    for text, control in pieces + [("", True)]:
+        if not control:
+            run += text
+            continue
+        if run:
+            ids += tokenizer.encode(run, bos=False, specials=False)
+            run = ""
+        if text:
+            token = tokenizer.token_id(text)
+            if token is None:
+                raise UserError(f"the chat template needs the special token {text}, which this tokenizer lacks")
+            ids.append(token)
+    return [tokenizer.bos_id] + ids if bos and tokenizer.bos_id is not None else ids
 
 
 END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}
@@ -61,8 +97,7 @@ class Conversation:
         self.first = True
 
     def turn_tokens(self, user: str) -> list[int]:
-        text, bos = render_turn(self.template, user, self.system, self.first)
-        ids = self.pending + self.tokenizer.encode(text, bos=bos)
+        ids = self.pending + encode_turn(self.tokenizer, *turn_pieces(self.template, user, self.system, self.first))
         self.first, self.pending = False, []
         return ids
 
@@ -75,6 +110,10 @@ def chat_loop(model: Decoder, tokenizer, info, sampler: Sampler, max_new_tokens:
               system: Optional[str] = None, stdin=None, out=None) -> None:
     """Read user messages from stdin until EOF or '/bye'; stream each reply."""
     stdin, out = stdin or sys.stdin, out or sys.stdout
+    if stdin is None:  # started with standard input closed
+        raise UserError("chat reads the user's turns from standard input, which is closed")
+    if stdin is sys.stdin:
+        stdin.reconfigure(errors="replace")  # ill-formed UTF-8 becomes U+FFFD, as in the runners
     if info.chat_template == "none":
         raise UserError("this model has no chat template; use `generate` instead")
     conv = Conversation(tokenizer, info.chat_template, end_of_turn_id(tokenizer, info), system)
@@ -94,8 +133,8 @@ def chat_loop(model: Decoder, tokenizer, info, sampler: Sampler, max_new_tokens:
             continue
         prompt = conv.turn_tokens(user)
         if pos + len(prompt) >= model.max_seq_len:
-            print(f"\nThe context of {model.max_seq_len} tokens is full; ending the chat.", file=sys.stderr)
-            break
+            raise UserError(f"the message is too long: its turn is {len(prompt)} tokens, and {model.max_seq_len - pos} "
+                            f"of the {model.max_seq_len} positions are left; ending the chat")
         out.write("Assistant: ")
         stream = TextStream(tokenizer, context=prompt, skip=info.stop_ids, out=out)
         stats = Stats()

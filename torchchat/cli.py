@@ -8,12 +8,15 @@ then start without importing torch, which takes seconds.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
 from torchchat.errors import UserError
+from torchchat.output import check_output_path
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -221,6 +224,8 @@ def cmd_eval(args) -> None:
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if args.output_json:
+        check_output_path(Path(args.output_json), "--output-json")  # before the evaluation, not after
     if args.tasks is not None:
         return cmd_eval_tasks(args)
     path = Path(args.text_file) if args.text_file else evaluation.DEFAULT_CORPUS
@@ -282,6 +287,10 @@ def cmd_export(args) -> None:
         raise UserError("give --output-dso-path model.so, --output-aoti-package-path model.pt2 and/or --output-pte-path model.pte")
     if pt2_path and not pt2_path.endswith(".pt2"):
         raise UserError(f"--output-aoti-package-path must end in .pt2, got {pt2_path}")
+    for flag, path in (("--output-dso-path", so_path), ("--output-aoti-package-path", pt2_path),
+                       ("--output-pte-path", pte_path)):
+        if path:
+            check_output_path(Path(path), flag)  # before minutes of loading and lowering
     # Quantized weights take a different form per backend (torchchat/quantize.py).
     backend = "et" if pte_path else "aoti"
     if getattr(args, "quantize", None) and pte_path and (so_path or pt2_path):
@@ -296,8 +305,21 @@ def cmd_export(args) -> None:
                  Path(pte_path) if pte_path else None)
 
 
+# What a failed write of the output looks like.
+OUTPUT_ERRORS = (errno.ENOSPC, errno.EPIPE, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
+def valid_text(text: str) -> str:
+    """Text from the command line whose bytes are not UTF-8 (Python keeps them as surrogates) with
+    each ill-formed sequence replaced by U+FFFD, as the runners do."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    for name in ("prompt", "system_prompt"):
+        if isinstance(getattr(args, name, None), str):
+            setattr(args, name, valid_text(getattr(args, name)))
     try:
         if args.command in ("download", "list", "where", "remove"):
             cmd_registry(args)
@@ -309,8 +331,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             cmd_eval(args)
         elif args.command == "export":
             cmd_export(args)
+        sys.stdout.flush()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in OUTPUT_ERRORS:
+            raise
+        # Output that cannot be written (a full disk, a closed pipe) is a failure: the words are
+        # lost. Point stdout at /dev/null so that the interpreter's own flush at exit is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"error: cannot write {e.filename or 'the output'}: {e.strerror}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from torchchat.errors import UserError
+from torchchat.output import replace_with
 
 DEFAULT_CORPUS = Path(__file__).parent / "data" / "declaration_of_independence.txt"
 
@@ -46,6 +47,9 @@ def perplexity(model, tokenizer, info, text: str, max_seq_len: int, limit: Optio
     chunks = windows(ids, max_seq_len, bos)
     if limit is not None:
         chunks = chunks[:limit]
+    if sum(len(c) - 1 for c in chunks) == 0:
+        raise UserError(f"the corpus is {len(ids)} token{'s' if len(ids) != 1 else ''}: too short to score "
+                        "(perplexity needs a token that follows another)")
     nll, scored = 0.0, 0
     t0 = time.perf_counter()
     for chunk in tqdm(chunks, desc="eval", unit="window", disable=not progress, file=sys.stderr):
@@ -75,7 +79,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
-        os.replace(tmp, path)
+        replace_with(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

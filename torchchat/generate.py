@@ -6,6 +6,7 @@ validate in Python is what the native runner does.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -26,8 +27,10 @@ class SamplingConfig:
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:  # checked once, where the options are made
-        if not self.temperature >= 0:
-            raise UserError(f"--temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < math.inf:  # as the runner's -t
+            raise UserError(f"--temperature must be a finite number >= 0, got {self.temperature}")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise UserError(f"--seed must be in [0, 2**64), got {self.seed}")
         if not 0.0 <= self.top_p <= 1.0:
             raise UserError(f"--top-p must be in [0, 1], got {self.top_p}")
         if self.top_k is not None and self.top_k < 1:
@@ -51,7 +54,9 @@ class Sampler:
             logits = logits[: self.vocab_size]
         if c.temperature == 0:
             return int(torch.argmax(logits))
-        logits = logits / c.temperature
+        # The largest logit first made 0, as the runner's sampler does: a tiny temperature then sharpens
+        # towards greedy instead of overflowing to inf - inf = NaN.
+        logits = (logits - logits.max()) / c.temperature
         if c.top_k is not None and c.top_k < logits.numel():
             kth = torch.topk(logits, c.top_k).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -164,4 +164,8 @@ def read_so_metadata_block(path: Path) -> Optional[tuple[str, int]]:
         data = f.read(n) if n <= SO_BLOCK_ALIGN * 64 else b""
         if len(data) != n or not n:
             return None
-        return data.decode(), at + -(-(16 + n) // SO_BLOCK_ALIGN) * SO_BLOCK_ALIGN
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: malformed torchchat metadata (not UTF-8)") from None
+        return text, at + -(-(16 + n) // SO_BLOCK_ALIGN) * SO_BLOCK_ALIGN

@@ -229,8 +229,11 @@ def remove(alias: str) -> Path:
         raise UserError(f"model '{entry.alias}' is not downloaded (no {folder})")
     # Rename first: an interrupted delete then leaves no half-deleted folder under the alias.
     trash = _partial_dir(entry, ".removing")
-    os.replace(folder, trash)
-    _rmtree(trash)
+    try:
+        os.replace(folder, trash)
+        _rmtree(trash)
+    except OSError as e:
+        raise UserError(f"cannot remove {folder} ({e.strerror}): the model cache is not writable") from None
     return folder
 
 

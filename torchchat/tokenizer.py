@@ -26,7 +26,10 @@ class Tokenizer:
     eos_id: Optional[int]
     add_bos: bool
 
-    def encode(self, text: str, bos: bool) -> list[int]:
+    def encode(self, text: str, bos: bool, specials: bool = True) -> list[int]:
+        """Ids of `text`. With specials=False, text that spells a special token ("<|im_end|>") stays
+        text: what a chat user types cannot become a control token (the C++ runner's
+        SpecialTokens::AsText)."""
         raise NotImplementedError
 
     def decode(self, ids: list[int]) -> str:
@@ -76,7 +79,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.bos_id = self.sp.bos_id() if self.sp.bos_id() >= 0 else None
         self.eos_id = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
 
-    def encode(self, text: str, bos: bool) -> list[int]:
+    def encode(self, text: str, bos: bool, specials: bool = True) -> list[int]:
         # SentencePiece never matches control tokens like "<s>" in text; that is llama2's behaviour.
         return self._with_bos(self.sp.encode(text), bos)
 
@@ -135,11 +138,12 @@ class TiktokenTokenizer(Tokenizer):
         self.bos_id = self.special["<|begin_of_text|>"]
         self.eos_id = self.special["<|end_of_text|>"]
 
-    def encode(self, text: str, bos: bool) -> list[int]:
+    def encode(self, text: str, bos: bool, specials: bool = True) -> list[int]:
         ids = []
+        allowed = "all" if specials else set()
         for i in range(0, len(text), self.MAX_CHUNK):
             for piece in _split_long_runs(text[i : i + self.MAX_CHUNK], self.MAX_RUN):
-                ids.extend(self.enc.encode(piece, allowed_special="all"))
+                ids.extend(self.enc.encode(piece, allowed_special=allowed, disallowed_special=()))
         return self._with_bos(ids, bos)
 
     def decode(self, ids: list[int]) -> str:
@@ -219,7 +223,8 @@ class HFTokenizer(Tokenizer):
                 return i
         return None
 
-    def encode(self, text: str, bos: bool) -> list[int]:
+    def encode(self, text: str, bos: bool, specials: bool = True) -> list[int]:
+        self.tok.encode_special_tokens = not specials  # tokenizers' switch: special added tokens as text
         return self._with_bos(self.tok.encode(text, add_special_tokens=False).ids, bos)
 
     def decode(self, ids: list[int]) -> str:
@@ -241,6 +246,8 @@ def load_tokenizer(path: Path) -> Tokenizer:
     if head[:4] == b"GGUF":
         return _gguf_tokenizer(path)
     data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as some editors write before JSON
+        data = data[3:]
     if not data.strip():
         raise UserError(f"{path}: empty tokenizer file")
     if data.lstrip()[:1] == b"{":

@@ -24,6 +24,7 @@ into a file that would tokenize differently.
 from __future__ import annotations
 
 import argparse
+import os
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -236,6 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model_path = Path(args.tokenizer_model)
     output = Path(args.output) if args.output else model_path.with_suffix(".bin")
+    if output.resolve() == model_path.resolve():
+        print(f"error: {output} is the input; give another --output", file=sys.stderr)
+        return 1
+    if output.is_dir():
+        print(f"error: --output {output} is a directory", file=sys.stderr)
+        return 1
+    if not output.parent.is_dir():
+        print(f"error: --output {output}: no directory {output.parent}", file=sys.stderr)
+        return 1
     try:
         data = convert(model_path.read_bytes())
     except OSError as e:
@@ -244,7 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConversionError as e:
         print(f"error: cannot convert {model_path}: {e}", file=sys.stderr)
         return 1
-    output.write_bytes(data)
+    # A temporary file renamed over the output: an existing tokenizer.bin is replaced whole or not at all.
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, output)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        print(f"error: cannot write {output}: {e.strerror}", file=sys.stderr)
+        return 1
     print(f"wrote {output}", file=sys.stderr)
     return 0
 

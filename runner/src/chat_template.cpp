@@ -15,7 +15,38 @@ int require_special(const Tokenizer& tokenizer, std::string_view text, ChatTempl
   return *id;
 }
 
-void append(std::vector<int>& ids, const std::vector<int>& more) { ids.insert(ids.end(), more.begin(), more.end()); }
+// A turn's tokens: the template's control tokens by id, everything else (the template's own
+// words and the messages) encoded as plain text, in runs that span from one control token to the
+// next, as the reference libraries split the rendered text at special tokens. So a message that
+// spells a control token stays text.
+class TurnTokens {
+ public:
+  explicit TurnTokens(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}
+  TurnTokens& token(int id) {
+    flush();
+    ids_.push_back(id);
+    return *this;
+  }
+  TurnTokens& text(std::string_view text) {
+    text_ += text;
+    return *this;
+  }
+  std::vector<int> done() {
+    flush();
+    return std::move(ids_);
+  }
+
+ private:
+  void flush() {
+    if (text_.empty()) return;
+    const std::vector<int> more = tokenizer_.encode(text_, SpecialTokens::AsText);
+    ids_.insert(ids_.end(), more.begin(), more.end());
+    text_.clear();
+  }
+  const Tokenizer& tokenizer_;
+  std::vector<int> ids_;
+  std::string text_;
+};
 
 }  // namespace
 
@@ -56,43 +87,40 @@ ChatFormatter::ChatFormatter(ChatTemplateKind kind, const Tokenizer& tokenizer, 
 }
 
 std::vector<int> ChatFormatter::user_turn(std::string_view user, std::string_view system, bool first_turn) const {
-  const std::string user_text(user), system_text(system);
-  std::vector<int> ids;
+  TurnTokens turn(tokenizer_);
   switch (kind_) {
-    case ChatTemplateKind::Llama2: {
-      ids.push_back(bos_id_);
-      const std::string system_block =
-          first_turn && !system_text.empty() ? "<<SYS>>\n" + system_text + "\n<</SYS>>\n\n" : "";
-      append(ids, tokenizer_.encode("[INST] " + system_block + user_text + " [/INST]"));
+    case ChatTemplateKind::Llama2:
+      turn.token(bos_id_).text("[INST] ");
+      if (first_turn && !system.empty()) turn.text("<<SYS>>\n").text(system).text("\n<</SYS>>\n\n");
+      turn.text(user).text(" [/INST]");
       break;
-    }
     case ChatTemplateKind::Llama3: {
-      std::string text;
+      const int start = *tokenizer_.special_token_id("<|start_header_id|>");
+      const int end = *tokenizer_.special_token_id("<|end_header_id|>");
       if (first_turn) {
-        ids.push_back(bos_id_);  // <|begin_of_text|>
-        if (!system_text.empty()) text += "<|start_header_id|>system<|end_header_id|>\n\n" + system_text + "<|eot_id|>";
+        turn.token(bos_id_);  // <|begin_of_text|>
+        if (!system.empty()) turn.token(start).text("system").token(end).text("\n\n").text(system).token(end_of_reply_);
       }
-      text += "<|start_header_id|>user<|end_header_id|>\n\n" + user_text +
-              "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
-      append(ids, tokenizer_.encode(text));
+      turn.token(start).text("user").token(end).text("\n\n").text(user).token(end_of_reply_);
+      turn.token(start).text("assistant").token(end).text("\n\n");
       break;
     }
     case ChatTemplateKind::ChatML: {
-      std::string text;
+      const int start = *tokenizer_.special_token_id("<|im_start|>");
       if (first_turn) {
-        if (add_bos_) ids.push_back(bos_id_);
-        if (!system_text.empty()) text += "<|im_start|>system\n" + system_text + "<|im_end|>\n";
+        if (add_bos_) turn.token(bos_id_);
+        if (!system.empty()) turn.token(start).text("system\n").text(system).token(end_of_reply_).text("\n");
       } else {
-        text += "\n";  // follows the previous reply's <|im_end|>
+        turn.text("\n");  // follows the previous reply's <|im_end|>
       }
-      text += "<|im_start|>user\n" + user_text + "<|im_end|>\n<|im_start|>assistant\n";
-      append(ids, tokenizer_.encode(text));
+      turn.token(start).text("user\n").text(user).token(end_of_reply_).text("\n");
+      turn.token(start).text("assistant\n");
       break;
     }
     case ChatTemplateKind::None:
       break;
   }
-  return ids;
+  return turn.done();
 }
 
 }  // namespace torchchat

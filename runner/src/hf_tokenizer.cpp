@@ -170,6 +170,7 @@ struct AddedToken {
   std::string content;
   int id;
   bool lstrip, rstrip;
+  bool special;  // matched only with SpecialTokens::Parse
 };
 
 class HfBpeTokenizer final : public Tokenizer {
@@ -199,6 +200,7 @@ class HfBpeTokenizer final : public Tokenizer {
       id_to_token_[added.id] = added.content;
       is_added_[added.id] = true;
       added_matcher_.add(added.content, added.id);
+      if (!added.special) plain_matcher_.add(added.content, added.id);
     }
     for (std::size_t rank = 0; rank < config.merges.size(); ++rank) {
       const auto& [left, right] = config.merges[rank];
@@ -213,9 +215,10 @@ class HfBpeTokenizer final : public Tokenizer {
   TokenizerKind kind() const override { return TokenizerKind::HfBpe; }
   int vocab_size() const override { return static_cast<int>(id_to_token_.size()); }
 
-  std::vector<int> encode(std::string_view input) const override {
+  std::vector<int> encode(std::string_view input, SpecialTokens specials) const override {
     std::vector<int> ids;
-    for (Split& split : pre_tokenize(extract_added_tokens(utf8::to_valid_lossy(input)))) {
+    const SpecialTokenMatcher& matcher = specials == SpecialTokens::Parse ? added_matcher_ : plain_matcher_;
+    for (Split& split : pre_tokenize(extract_added_tokens(utf8::to_valid_lossy(input), matcher))) {
       if (split.added_token_id >= 0) {
         ids.push_back(split.added_token_id);
       } else {
@@ -256,11 +259,11 @@ class HfBpeTokenizer final : public Tokenizer {
 
   // Added tokens are found in the raw text first (leftmost, then longest);
   // lstrip / rstrip make a token swallow the whitespace beside it.
-  std::vector<Split> extract_added_tokens(const std::string& text) const {
+  std::vector<Split> extract_added_tokens(const std::string& text, const SpecialTokenMatcher& matcher) const {
     std::vector<Split> splits;
     std::size_t pos = 0;
     while (pos < text.size()) {
-      const auto match = added_matcher_.find_next(text, pos);
+      const auto match = matcher.find_next(text, pos);
       if (!match) break;
       std::size_t before_end = match->begin, after_begin = match->begin + match->length;
       const AddedToken& token = *std::find_if(added_tokens_.begin(), added_tokens_.end(),
@@ -340,6 +343,7 @@ class HfBpeTokenizer final : public Tokenizer {
   std::vector<bool> is_added_;
   std::vector<AddedToken> added_tokens_;
   SpecialTokenMatcher added_matcher_;
+  SpecialTokenMatcher plain_matcher_;  // the added tokens not marked special
   std::vector<PreTokenizerStep> pre_tokenizer_;
   std::unordered_map<std::uint64_t, BpeMerge> merges_;
   bool ignore_merges_ = false;
@@ -441,7 +445,8 @@ HfBpeTokenizer::Config parse_config(const json& root) {
       const int id = token.at("id").get<int>();
       if (id < 0 || id >= (1 << 24)) throw Error("added token id " + std::to_string(id) + " is out of range");
       config.added_tokens.push_back(
-          {token.at("content").get<std::string>(), id, token.value("lstrip", false), token.value("rstrip", false)});
+          {token.at("content").get<std::string>(), id, token.value("lstrip", false), token.value("rstrip", false),
+           token.value("special", false)});
     }
   }
 

@@ -1,6 +1,8 @@
 // run_main: the whole runner program around a backend.
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <iostream>
@@ -47,6 +49,14 @@ void check_model_against_tokenizer(const ModelMetadata& metadata, const Tokenize
   }
 }
 
+// Output that cannot be written (a full disk, a closed pipe) is an error, not a success: the
+// generated words would be lost.
+void check_written(const std::ostream& out) {
+  if (out) return;
+  const int error = errno;
+  throw Error(std::string("cannot write the output") + (error ? std::string(": ") + std::strerror(error) : ""));
+}
+
 // TORCHCHAT_TRACE=FILE (for tests): every forward() call is appended to FILE as a
 // JSON line {"start_pos": p, "tokens": [...]}, what any backend was fed.
 class TracingBackend final : public Backend {
@@ -78,10 +88,11 @@ void run_generate(Backend& backend, const Tokenizer& tokenizer, const Generation
   const GenerationResult result = generator.generate(prompt, [&](std::string_view text) {
     echo_prompt();
     out << text << std::flush;
-    return true;
+    return static_cast<bool>(out);  // stop generating what cannot be shown
   });
   echo_prompt();
   out << "\n" << std::flush;
+  check_written(out);
   if (result.stop_reason == StopReason::ContextFull) {
     err << "[context full: reached the model's max_seq_len of " << backend.metadata().max_seq_len << "]\n";
   }
@@ -109,11 +120,13 @@ void run_chat(Backend& backend, const Tokenizer& tokenizer, const GenerationConf
     if (user.empty()) continue;
 
     out << "Assistant: " << std::flush;
+    check_written(out);
     const GenerationResult result = session.reply(user, [&](std::string_view text) {
       out << text << std::flush;
-      return true;
+      return static_cast<bool>(out);
     });
     out << "\n" << std::flush;
+    check_written(out);
     total.add(result.stats);
     if (session.over()) {
       err << "[context full: " << session.position() << " of " << session.position_limit()

@@ -189,7 +189,9 @@ GenerationResult ChatSession::reply(std::string_view user_message, const TextCal
   ids.insert(ids.end(), turn.begin(), turn.end());
   if (position_ + static_cast<int>(ids.size()) > limit_) {
     over_ = true;
-    return result;
+    throw Error("the message is too long: its turn is " + std::to_string(ids.size()) + " tokens, and " +
+                std::to_string(limit_ - position_) + " of the " + std::to_string(limit_) +
+                " positions are left; ending the chat");
   }
 
   std::unordered_set<int> stop_ids(backend_.metadata().stop_ids.begin(), backend_.metadata().stop_ids.end());

@@ -82,7 +82,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   TokenizerKind kind() const override { return TokenizerKind::SentencePiece; }
   int vocab_size() const override { return static_cast<int>(pieces_.size()); }
 
-  std::vector<int> encode(std::string_view input) const override {
+  std::vector<int> encode(std::string_view input, SpecialTokens /*no special tokens in this format*/) const override {
     std::vector<int> ids;
     const std::string text = utf8::to_valid_per_byte(input);
     if (text.empty()) return ids;

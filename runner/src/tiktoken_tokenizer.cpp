@@ -85,10 +85,14 @@ class TiktokenTokenizer final : public Tokenizer {
   TokenizerKind kind() const override { return TokenizerKind::Tiktoken; }
   int vocab_size() const override { return static_cast<int>(tokens_.size()); }
 
-  std::vector<int> encode(std::string_view input) const override {
+  std::vector<int> encode(std::string_view input, SpecialTokens specials) const override {
     std::vector<int> ids;
     const std::string text = utf8::to_valid_lossy(input);
     const std::string_view view = text;
+    if (specials == SpecialTokens::AsText) {
+      encode_ordinary(view, ids);
+      return ids;
+    }
     std::size_t pos = 0;
     while (pos <= view.size()) {
       const auto special = specials_.find_next(view, pos);

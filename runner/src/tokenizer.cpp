@@ -59,6 +59,8 @@ std::optional<TokenizerKind> parse_tokenizer_kind(std::string_view name) {
 }
 
 std::unique_ptr<Tokenizer> parse_tokenizer(std::string_view content, const std::string& source) {
+  // A UTF-8 byte-order mark, as some editors write before JSON text; no binary format starts so.
+  if (content.starts_with("\xEF\xBB\xBF")) content.remove_prefix(3);
   if (content.empty()) throw Error("tokenizer file " + source + " is empty");
   if (looks_like_json(content)) return parse_hf_tokenizer_json(content, source);
   if (looks_like_tiktoken(content)) return parse_tiktoken(content, source);

@@ -2,6 +2,7 @@
 //
 //   tokenize TOKENIZER_PATH info            {"kind": ..., "vocab_size": ...}
 //   tokenize TOKENIZER_PATH encode          stdin: one JSON string per line -> stdout: JSON id array per line
+//   tokenize TOKENIZER_PATH encode-text     as encode, with special-token text taken as plain text
 //   tokenize TOKENIZER_PATH decode          stdin: JSON id array per line   -> stdout: JSON string (whole decode)
 //   tokenize TOKENIZER_PATH stream          as decode, but token by token through the runner's UTF-8 streamer
 //   tokenize TOKENIZER_PATH text "TEXT"     ids of TEXT, space-separated (for people)
@@ -23,8 +24,8 @@ using json = nlohmann::json;
 using torchchat::Tokenizer;
 
 constexpr const char* kUsage =
-    "usage: tokenize TOKENIZER_PATH [info|encode|decode|stream|text TEXT]\n"
-    "  encode/decode/stream read JSON lines on stdin and write JSON lines on stdout\n";
+    "usage: tokenize TOKENIZER_PATH [info|encode|encode-text|decode|stream|text TEXT]\n"
+    "  encode/encode-text/decode/stream read JSON lines on stdin and write JSON lines on stdout\n";
 
 std::string to_json_line(const json& value) {
   // Decoded text of arbitrary ids may be invalid UTF-8; show it as U+FFFD.
@@ -72,14 +73,15 @@ int run(int argc, char** argv) {
     std::cout << "\n";
     return 0;
   }
-  if (mode != "encode" && mode != "decode" && mode != "stream") {
+  if (mode != "encode" && mode != "encode-text" && mode != "decode" && mode != "stream") {
     std::cerr << kUsage;
     return 2;
   }
   std::string line;
   while (std::getline(std::cin, line)) {
-    if (mode == "encode") {
-      std::cout << json(tokenizer->encode(json::parse(line).get<std::string>())).dump() << "\n";
+    if (mode == "encode" || mode == "encode-text") {
+      const auto specials = mode == "encode" ? torchchat::SpecialTokens::Parse : torchchat::SpecialTokens::AsText;
+      std::cout << json(tokenizer->encode(json::parse(line).get<std::string>(), specials)).dump() << "\n";
     } else if (mode == "decode") {
       std::cout << to_json_line(tokenizer->decode(read_ids(line))) << "\n";
     } else {

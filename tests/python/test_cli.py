@@ -104,3 +104,27 @@ def test_chat_reads_turns_from_stdin(tiny):
                "--max-new-tokens", "10", "--system-prompt", "Be brief.", stdin="Hello\nWho are you?\n")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("Assistant: ") == 2
+
+
+def test_chat_message_longer_than_the_context_is_an_error(tiny):
+    _, ckpt, tok = tiny
+    proc = cli("chat", "--checkpoint-path", str(ckpt), "--tokenizer-path", str(tok), "--max-seq-length", "16",
+               "--max-new-tokens", "4", stdin="Once upon a time there was a little girl who lived in a village\n")
+    assert_one_line_error(proc, "the message is too long")
+
+
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_output_that_cannot_be_written_is_an_error(tiny, command):
+    """Generated words lost to a full disk are a failure, not a success."""
+    import subprocess
+    import sys
+
+    from backend_helpers import ROOT
+
+    _, ckpt, tok = tiny
+    prompt = ["--prompt", "Once"] if command == "generate" else []  # chat reads its turn from stdin
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "torchchat.py", command, "--checkpoint-path", str(ckpt),
+                               "--tokenizer-path", str(tok), "--max-new-tokens", "5", *prompt],
+                              cwd=ROOT, input="Hello\n", stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert_one_line_error(proc, "cannot write the output: No space left on device")

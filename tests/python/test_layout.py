@@ -3,7 +3,8 @@ function-local import saying why it is not at the top.
 
 Layers, bottom to top (a module may import its own package and lower layers, nothing above):
   0  errors, quiet                                  one-line errors; optional libraries' noise
-  1  model, metadata, mapped_constants, kernels     the model, the artifact format, our kernels
+  1  model, metadata, mapped_constants, kernels,    the model, the artifact format, our kernels,
+     output                                         output files written whole
   2  checkpoints, quantize, backends, export        weights in, weights changed, decoders, artifacts out
   3  tokenizer, registry, generate                  text <-> tokens, the model cache, the decode loop
   4  load, chat, eval, lm_eval_adapter              named model -> ready model; what the commands do
@@ -23,7 +24,7 @@ PACKAGE = ROOT / "torchchat"
 
 LAYERS = [
     {"errors", "quiet"},
-    {"model", "metadata", "mapped_constants", "kernels"},
+    {"model", "metadata", "mapped_constants", "kernels", "output"},
     {"checkpoints", "quantize", "backends", "export"},
     {"tokenizer", "registry", "generate"},
     {"load", "chat", "eval", "lm_eval_adapter"},

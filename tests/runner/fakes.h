@@ -13,8 +13,8 @@
 namespace torchchat::testing {
 
 // Ids 0..255 are bytes; special tokens get ids from 256 on. encode() parses
-// special-token text, so decode(encode(s)) == s and template rendering can be
-// checked as text.
+// special-token text (unless told to take it as text), so decode(encode(s)) == s
+// and template rendering can be checked as text.
 class FakeTokenizer final : public Tokenizer {
  public:
   explicit FakeTokenizer(std::vector<std::string> specials) : specials_(std::move(specials)) {}
@@ -22,11 +22,11 @@ class FakeTokenizer final : public Tokenizer {
   TokenizerKind kind() const override { return TokenizerKind::SentencePiece; }
   int vocab_size() const override { return 256 + static_cast<int>(specials_.size()); }
 
-  std::vector<int> encode(std::string_view text) const override {
+  std::vector<int> encode(std::string_view text, SpecialTokens specials = SpecialTokens::Parse) const override {
     std::vector<int> ids;
     for (std::size_t pos = 0; pos < text.size();) {
       bool matched = false;
-      for (std::size_t i = 0; i < specials_.size(); ++i) {
+      for (std::size_t i = 0; specials == SpecialTokens::Parse && i < specials_.size(); ++i) {
         if (text.substr(pos, specials_[i].size()) == specials_[i]) {
           ids.push_back(256 + static_cast<int>(i));
           pos += specials_[i].size();

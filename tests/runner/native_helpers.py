@@ -87,9 +87,9 @@ LLAMA2_LIKE = dict(
 )
 
 
-def convert(model: Path) -> subprocess.CompletedProcess:
+def convert(model: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT / "utils" / "tokenizer.py"), f"--tokenizer-model={model}"],
+        [sys.executable, str(ROOT / "utils" / "tokenizer.py"), f"--tokenizer-model={model}", *args],
         capture_output=True, text=True, timeout=60,
     )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 import pytest
 from native_helpers import assert_clean_failure, run_tool
@@ -159,6 +160,25 @@ def test_chat_context_full_ends_cleanly(toy_run, smollm2_tokenizer_json, tmp_pat
     assert result.returncode == 0, result.stderr
     assert "[context full: 40 of 40 positions used; ending the chat]" in result.stderr
     assert SUMMARY.search(result.stderr)
+
+
+def test_chat_message_longer_than_the_context_is_an_error(toy_run, smollm2_tokenizer_json, tmp_path):
+    metadata = dict(SMOLLM2_METADATA, max_seq_len=40)
+    model = toy_model(tmp_path, metadata=metadata, reply=[1000] * 3)
+    result = run_tool(toy_run, [model, "-z", smollm2_tokenizer_json, "-m", "chat"], stdin="word " * 50 + "\n")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: the message is too long: its turn is ")
+
+
+@pytest.mark.parametrize("mode", ["generate", "chat"])
+def test_output_that_cannot_be_written_is_an_error(toy_run, smollm2_tokenizer_json, tmp_path, mode):
+    """Every generated word lost to a full disk is a failure, not a success."""
+    model = toy_model(tmp_path, metadata=SMOLLM2_METADATA, reply=[1000] * 5)
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([str(toy_run), str(model), "-z", str(smollm2_tokenizer_json), "-m", mode, "-i", "hi", "-n", "20"],
+                           stdout=full, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=60)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines()[-1] == "error: cannot write the output: No space left on device"
 
 
 def test_llama3_defaults_from_l3(toy_run, llama3_tokenizer_model, llama3_reference, tmp_path):

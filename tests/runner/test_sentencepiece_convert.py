@@ -93,3 +93,18 @@ def test_refuses_files_that_are_not_models(tmp_path, content):
 def test_missing_model_is_an_error(tmp_path):
     result = convert(tmp_path / "nope.model")
     assert result.returncode == 1 and result.stderr.startswith("error: cannot read")
+
+
+def test_never_writes_over_its_input_or_into_nowhere(sentencepiece_models, tmp_path):
+    model, _ = sentencepiece_models["llama2_like"]
+    named_bin = tmp_path / "tokenizer.bin"  # a model whose own name ends in .bin
+    named_bin.write_bytes(model.read_bytes())
+    for args, reason in [((), "is the input"), ((f"--output={named_bin}",), "is the input"),
+                         ((f"--output={tmp_path}",), "is a directory"),
+                         ((f"--output={tmp_path / 'missing' / 'tokenizer.bin'}",), "no directory")]:
+        result = convert(named_bin, *args)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1 and reason in result.stderr, result.stderr
+        assert named_bin.read_bytes() == model.read_bytes()
+    out = tmp_path / "out.bin"
+    assert convert(named_bin, f"--output={out}").returncode == 0 and out.stat().st_size > 0
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -117,6 +117,8 @@ def gguf_model_args(reader, path: Path, state_dict: dict[str, Tensor], rope_fact
     if emb is None:
         raise UserError(f"{path}: no token_embd.weight tensor")
     dim, n_heads = key("embedding_length"), key("attention.head_count")
+    if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads <= 0 or not isinstance(dim, int):
+        raise UserError(f"{path}: bad model metadata: llama.attention.head_count is {n_heads!r}")
     rot_dim = field(reader, "llama.rope.dimension_count", dim // n_heads)
     if rot_dim != dim // n_heads:
         raise UserError(f"{path}: partial rotary ({rot_dim} of {dim // n_heads} dims) is not supported")

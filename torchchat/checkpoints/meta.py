@@ -26,6 +26,10 @@ def torch_load(path: Path) -> object:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
+        if "Weights only load failed" in str(e):
+            # torch's own advice is to unpickle with weights_only=False: running code from the file.
+            raise UserError(f"{path}: the checkpoint holds Python objects besides tensors, which are not loaded "
+                            "(unpickling them could run code from the file); save its state dict alone") from None
         raise UserError(f"{path}: cannot read as a PyTorch checkpoint ({first_line(e)})") from None
 
 

@@ -3,29 +3,25 @@ end, so the output path never holds a half-written file (failure, Ctrl-C, kill).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from torchchat.errors import UserError
+from torchchat.output import replace_with
 
 
 @contextlib.contextmanager
 def staged_output(path: Path, suffix: str) -> Iterator[Path]:
     """A temporary file path in `path`'s folder; renamed to `path` only if the block succeeds."""
     path = path.resolve()
-    if path.is_dir():
-        raise UserError(f"{path} is a folder; give a file path")
-    if not path.parent.is_dir():
-        raise UserError(f"output folder {path.parent} does not exist")
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         staged = tmpdir / f"model{suffix}"
         yield staged
         if not staged.is_file():
             raise UserError(f"the compiler did not produce {staged.name}")
-        os.replace(staged, path)
+        replace_with(staged, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)

@@ -78,9 +78,10 @@ class ChatSession {
   // has none or the tokenizer lacks its special tokens.
   ChatSession(Backend& backend, const Tokenizer& tokenizer, GenerationConfig config, std::string system_prompt);
 
-  // Adds a user turn and streams the assistant's reply. When the
-  // conversation no longer fits, returns StopReason::ContextFull and the
-  // session is over (further calls return ContextFull at once).
+  // Adds a user turn and streams the assistant's reply. When the reply fills
+  // the context, returns StopReason::ContextFull and the session is over
+  // (further calls return ContextFull at once). A turn that does not fit
+  // throws Error (the message is too long) and ends the session too.
   GenerationResult reply(std::string_view user_message, const TextCallback& on_text);
 
   bool over() const { return over_; }

@@ -19,6 +19,12 @@ namespace torchchat {
 
 enum class TokenizerKind { SentencePiece, Tiktoken, HfBpe };
 
+// Whether text that spells a special token ("<|im_end|>") becomes that token. A prompt given
+// to generate is parsed as the reference libraries do; what a user types in a chat, and a system
+// prompt, is plain text: only the chat template adds control tokens, so a user cannot end their
+// turn or forge a system turn by typing one.
+enum class SpecialTokens { Parse, AsText };
+
 // "sentencepiece" | "tiktoken" | "hf_bpe": the names used in model metadata.
 std::string_view to_string(TokenizerKind kind);
 std::optional<TokenizerKind> parse_tokenizer_kind(std::string_view name);
@@ -36,9 +42,12 @@ class Tokenizer {
 
   // Text to ids, without BOS: whether to add one is the model's convention,
   // added by the caller. Where the format has special tokens (tiktoken,
-  // tokenizer.json), their text in the input is parsed as the special token.
+  // tokenizer.json), their text in the input is parsed as the special token,
+  // or encoded as ordinary text with SpecialTokens::AsText (tiktoken's
+  // disallowed_special=(), tokenizers' encode_special_tokens: a tokenizer.json's
+  // added tokens that are not marked special are still matched).
   // Ill-formed UTF-8 in the input is replaced by U+FFFD first.
-  virtual std::vector<int> encode(std::string_view text) const = 0;
+  virtual std::vector<int> encode(std::string_view text, SpecialTokens specials = SpecialTokens::Parse) const = 0;
 
   // The bytes one token adds when it follows `prev_id` in a stream (-1 at the
   // start). May end in the middle of a UTF-8 character; see utf8::Streamer.
