@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from torchchat import target_cpu
 from torchchat.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dso-path", help="write an AOT Inductor shared library (.so)")
     p.add_argument("--output-aoti-package-path", help="write an AOT Inductor package (.pt2)")
     p.add_argument("--output-pte-path", help="write an ExecuTorch program (.pte, XNNPACK) for et_run")
+    p.add_argument("--target-cpu", choices=target_cpu.CHOICES, default=target_cpu.DEFAULT,
+                   help="CPUs the AOT Inductor code runs on: avx2 (default: any x86-64 from Haswell on), "
+                        "avx512, or native (this machine's kind only); our kernels choose theirs at run time")
     return parser
 
 

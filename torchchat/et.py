@@ -29,7 +29,7 @@ from typing import Iterator
 
 import torch
 
-from torchchat import kernels, metadata
+from torchchat import kernels, metadata, target_cpu
 from torchchat.errors import UserError
 from torchchat.exported import first_line
 from torchchat.loader import ModelInfo
@@ -155,6 +155,7 @@ class PTEDecoder:
             # nothing else may run once forward's KV cache holds state.
             (text,) = program.load_method(METADATA_METHOD).execute([])
             self.info, self.dtype = metadata.from_json(str(text), str(path))
+            target_cpu.check(str(text), str(path))  # ours need nothing ("any"), but honour what one says
             # Our attention and linear:int8/int4 kernels (kernels/executorch_ops.cpp), before forward's
             # load, which resolves its operators. (Programs exported before 2026-11-28 without
             # linear:int8/int4 call none of them; loading them costs nothing once built.)

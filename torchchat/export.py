@@ -32,7 +32,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from torchchat import metadata
+from torchchat import metadata, target_cpu
 from torchchat.errors import UserError
 from torchchat.loader import ModelInfo
 from torchchat.model import Transformer, length_tensor
@@ -324,13 +324,16 @@ def compile_pte(ep: torch.export.ExportedProgram, out: Path, meta_json: str) -> 
 
 def export_model(model: Transformer, info: ModelInfo, dtype: str, max_seq_len: int,
                  so_path: Optional[Path] = None, pt2_path: Optional[Path] = None,
-                 pte_path: Optional[Path] = None) -> ModelInfo:
-    """Export `model` to the given paths; returns the metadata stored with it."""
+                 pte_path: Optional[Path] = None, target: str = target_cpu.DEFAULT) -> ModelInfo:
+    """Export `model` to the given paths; returns the metadata stored with it. `target`: the CPUs
+    AOT Inductor's code is compiled for (torchchat/target_cpu.py)."""
     if not 1 <= max_seq_len <= model.args.max_seq_len:
         raise UserError(f"--max-seq-length must be in [1, {model.args.max_seq_len}], got {max_seq_len}")
     info = replace(info, max_seq_len=max_seq_len)  # the artifact's context is its KV cache
     # Per input form (checked here, before the slow part): AOTI artifacts record theirs.
-    meta_json = {True: metadata.to_json(info, dtype, inputs=4), False: metadata.to_json(info, dtype)}
+    cpu = target_cpu.target(target)
+    meta_json = {True: metadata.to_json(info, dtype, inputs=4, cpu=target_cpu.metadata_fields(cpu)),
+                 False: metadata.to_json(info, dtype, cpu=target_cpu.metadata_fields(None))}
     targets = [(p, f) for p, f in ((so_path, compile_so), (pt2_path, compile_pt2), (pte_path, compile_pte))
                if p is not None]
     programs: dict[bool, torch.export.ExportedProgram] = {}  # one per input form, exported when first needed
@@ -343,7 +346,7 @@ def export_model(model: Transformer, info: ModelInfo, dtype: str, max_seq_len: i
         what = ("Compiling {} with AOT Inductor (minutes: autotuning kernels)" if aoti
                 else "Lowering {} with ExecuTorch + XNNPACK")
         with phase(what.format(path), heartbeat=30):
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), target_cpu.inductor_target(cpu) if aoti else contextlib.nullcontext():
                 warnings.simplefilter("ignore")  # inductor internals' deprecation noise
                 compile_fn(programs[aoti], Path(path), meta_json[aoti])
         log(f"Wrote {path} ({Path(path).stat().st_size / 1e6:.1f} MB)")
@@ -382,4 +385,4 @@ def cmd_export(args) -> None:
     max_seq = args.max_seq_length or min(loaded.info.max_seq_len, DEFAULT_MAX_SEQ)
     export_model(loaded.model, loaded.info, loaded.dtype, max_seq,
                  Path(so_path) if so_path else None, Path(pt2_path) if pt2_path else None,
-                 Path(pte_path) if pte_path else None)
+                 Path(pte_path) if pte_path else None, getattr(args, "target_cpu", target_cpu.DEFAULT))

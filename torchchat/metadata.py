@@ -6,7 +6,8 @@ One JSON object, the same for every format (AOTI .so / .pt2, ExecuTorch .pte):
      "bos_id": ..., "add_bos": ..., "stop_ids": [...], "tokenizer": "sentencepiece"|"tiktoken"|"hf_bpe",
      "chat_template": "llama2"|"llama3"|"chatml"|"none", "dtype": "fp32"|"bf16"|"fp16",
      "quantize": {"linear:int4": {"groupsize": 32}, ...},   (only if exported with --quantize)
-     "inputs": 4}   (AOT Inductor exports since the 4-input form; absent: 2)
+     "inputs": 4,   (AOT Inductor exports since the 4-input form; absent: 2)
+     "target_cpu": "avx2", "cpu_features": ["avx", "avx2", ...]}   (torchchat/target_cpu.py; absent: not recorded)
 
 `inputs` is the program's calling convention (torchchat/model.py Transformer.forward):
 2 = (tokens, input_pos), 4 = (tokens, input_pos, kv_len, n_logits). Artifacts without
@@ -43,7 +44,8 @@ TOKENIZER_KINDS = ("sentencepiece", "tiktoken", "hf_bpe")
 INPUT_FORMS = (2, 4)
 
 
-def to_json(info: ModelInfo, dtype: str, inputs: int = 2) -> str:
+def to_json(info: ModelInfo, dtype: str, inputs: int = 2, cpu: Optional[dict] = None) -> str:
+    """cpu: target_cpu.metadata_fields(...), the CPU the artifact's compiled code needs."""
     if info.bos_id is None and info.add_bos:
         raise UserError("the tokenizer adds a BOS token but has none")
     if info.tokenizer_kind not in TOKENIZER_KINDS:
@@ -65,6 +67,8 @@ def to_json(info: ModelInfo, dtype: str, inputs: int = 2) -> str:
         meta["quantize"] = info.quantize  # readers that do not know it ignore it
     if inputs != 2:
         meta["inputs"] = inputs  # the default is left out: 2-input artifacts read as before
+    if cpu:
+        meta.update(cpu)
     return json.dumps(meta)
 
 

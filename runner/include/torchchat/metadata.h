@@ -6,15 +6,17 @@
 //    "bos_id": 1, "add_bos": true, "stop_ids": [2], "tokenizer": "sentencepiece",
 //    "chat_template": "llama2", "dtype": "fp32",
 //    "quantize": {"linear:int4": {"groupsize": 32}, "embedding:int8": {"groupsize": 0}},
-//    "inputs": 4}
+//    "inputs": 4, "target_cpu": "avx2", "cpu_features": ["avx", "avx2", "fma", ...]}
 //
 // tokenizer: sentencepiece | tiktoken | hf_bpe; chat_template: llama2 | llama3 |
 // chatml | none; dtype: fp32 | bf16 | fp16; quantize (only in a model exported
 // with --quantize): the spec its weights went through, {scheme: {option: value}}
 // (torchchat/quantize.py); inputs (optional, default 2): the program's calling
 // convention, 2 = (tokens, input_pos), 4 = (tokens, input_pos, kv_len, n_logits)
-// (torchchat/model.py Transformer.forward). An artifact without metadata gets
-// default_metadata() from -l and -v.
+// (torchchat/model.py Transformer.forward); target_cpu and cpu_features (optional):
+// the CPUs the artifact's compiled code was built for and the features it needs, by
+// GCC's names (torchchat/target_cpu.py; checked by require_cpu_features before the
+// code is loaded). An artifact without metadata gets default_metadata() from -l and -v.
 
 #include <string>
 #include <vector>
@@ -42,6 +44,10 @@ struct ModelMetadata {
   // How many inputs the exported program takes: 2, or 4 with the two size inputs that
   // limit attention to the filled cache positions and the logits to the last position.
   int inputs = 2;
+  // "avx2", "avx512", "native", or "any" (no compiled code: .pte); empty when not recorded.
+  std::string target_cpu;
+  // The CPU features the compiled code needs (torchchat/target_cpu.py FEATURES).
+  std::vector<std::string> cpu_features;
 };
 
 // Parses and validates the artifact's metadata. Throws Error naming the bad key.
@@ -57,6 +63,11 @@ std::string describe_quantize(const ModelMetadata& metadata);
 // Whether the model's linears were quantized for our kernels (linear:int8 or linear:int4, the
 // output layer included; not linear:a8w4dq, which is XNNPACK's).
 bool linears_on_our_kernels(const ModelMetadata& metadata);
+
+// Whether the model runs any of our kernels (kernels/): its linears (fp32/bf16 in AOT Inductor
+// exports, linear:int8/int4 in any) or its attention (over an fp32 or bf16 cache); an fp16 model
+// without linear:int8/int4 runs none.
+bool runs_our_kernels(const ModelMetadata& metadata);
 
 // One line for stderr: "model: llama, vocab 49152, context 512, dtype fp32, quantize none".
 std::string describe_model(const ModelMetadata& metadata);
