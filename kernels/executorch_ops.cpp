@@ -251,3 +251,13 @@ EXECUTORCH_LIBRARY(torchchat, "int8_a8_weight_linear.out", torchchat::kernels::e
 EXECUTORCH_LIBRARY(torchchat, "int4_panel_weight_linear.out", torchchat::kernels::et::int4_panel_weight_linear_out);
 EXECUTORCH_LIBRARY(torchchat, "int8_panel_weight_linear.out", torchchat::kernels::et::int8_panel_weight_linear_out);
 EXECUTORCH_LIBRARY(torchchat, "cache_attention.out", torchchat::kernels::et::cache_attention_out);
+
+// The kernels' level and TORCHCHAT_KERNELS' error (quant_linear.h isa, isa_error), for the host
+// that loaded this library: et_run's backend and torchchat/kernels.py load_executorch. Exported
+// by name, because this library keeps everything else hidden and holds the one dispatch choice.
+extern "C" __attribute__((visibility("default"))) const char* torchchat_kernels_isa() {
+  return torchchat::kernels::isa();
+}
+extern "C" __attribute__((visibility("default"))) const char* torchchat_kernels_isa_error() {
+  return torchchat::kernels::isa_error();
+}

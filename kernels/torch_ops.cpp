@@ -282,6 +282,7 @@ at::Tensor& cache_attention_out_meta(const at::Tensor& q, const at::Tensor&, con
 }
 
 std::string isa_op() { return isa(); }
+std::string isa_error_op() { return isa_error() ? isa_error() : ""; }  // "": none
 
 }  // namespace
 }  // namespace torchchat::kernels
@@ -304,6 +305,7 @@ TORCH_LIBRARY(torchchat, m) {
   m.def("cache_attention.out(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos, *, Tensor(a!) out) "
         "-> Tensor(a!)");
   m.def("kernels_isa() -> str", &torchchat::kernels::isa_op);
+  m.def("kernels_isa_error() -> str", &torchchat::kernels::isa_error_op);
 }
 
 TORCH_LIBRARY_IMPL(torchchat, CPU, m) {

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from torchchat import target_cpu
 from torchchat.errors import UserError
 from torchchat.output import check_output_path
 
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dso-path", help="write an AOT Inductor shared library (.so)")
     p.add_argument("--output-aoti-package-path", help="write an AOT Inductor package (.pt2)")
     p.add_argument("--output-pte-path", help="write an ExecuTorch program (.pte, XNNPACK) for et_run")
+    p.add_argument("--target-cpu", choices=target_cpu.CHOICES, default=target_cpu.DEFAULT,
+                   help="CPUs the AOT Inductor code runs on: avx2 (default: any x86-64 from Haswell on), "
+                        "avx512, or native (this machine's kind only); our kernels choose theirs at run time")
     return parser
 
 
@@ -302,7 +306,7 @@ def cmd_export(args) -> None:
     max_seq = args.max_seq_length or min(loaded.info.max_seq_len, DEFAULT_MAX_SEQ)
     export_model(loaded.model, loaded.info, loaded.dtype, max_seq,
                  Path(so_path) if so_path else None, Path(pt2_path) if pt2_path else None,
-                 Path(pte_path) if pte_path else None)
+                 Path(pte_path) if pte_path else None, args.target_cpu)
 
 
 # What a failed write of the output looks like.

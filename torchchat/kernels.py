@@ -81,6 +81,7 @@ def load() -> None:
     ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_GLOBAL)
     register_fakes()
     _loaded = True
+    refuse_isa_error(torch.ops.torchchat.kernels_isa_error())
 
 
 def load_executorch() -> None:
@@ -110,8 +111,17 @@ def load_executorch() -> None:
                  # -fopenmp: OpenMP where a host turns ExecuTorch's pool off (executorch_ops.cpp
                  # parallel_range; Python never does); libgomp.so.1 is torch's, already loaded.
                  extra_ldflags=[f"-L{lib}", "-lexecutorch", "-lexecutorch_threadpool", f"-Wl,-rpath,{lib}", "-fopenmp"])
-    ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_LOCAL)  # its static initializers register the kernels
+    library = ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_LOCAL)  # its static initializers register the kernels
     _et_loaded = True
+    library.torchchat_kernels_isa_error.restype = ctypes.c_char_p
+    refuse_isa_error((library.torchchat_kernels_isa_error() or b"").decode())
+
+
+def refuse_isa_error(error: str) -> None:
+    """TORCHCHAT_KERNELS named a level that is unknown or that this CPU lacks (quant_linear.h isa_error):
+    one line for the user, not a quiet run on another level."""
+    if error:
+        raise UserError(error)
 
 
 def isa() -> str:

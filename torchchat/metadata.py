@@ -5,7 +5,8 @@ One JSON object, the same for every format (AOTI .so / .pt2, ExecuTorch .pte):
     {"format_version": 2, "arch": "llama", "vocab_size": ..., "max_seq_len": ...,
      "bos_id": ..., "add_bos": ..., "stop_ids": [...], "tokenizer": "sentencepiece"|"tiktoken"|"hf_bpe",
      "chat_template": "llama2"|"llama3"|"chatml"|"none", "dtype": "fp32"|"bf16"|"fp16",
-     "quantize": {"linear:int4": {"groupsize": 32}, ...}}   (only if exported with --quantize)
+     "quantize": {"linear:int4": {"groupsize": 32}, ...},   (only if exported with --quantize)
+     "target_cpu": "avx2", "cpu_features": ["avx", "avx2", ...]}   (torchchat/target_cpu.py; absent: not recorded)
 
 The format version fixes the program's calling convention (torchchat/model.py
 Transformer.forward): (tokens, input_pos, kv_len, n_logits), kv_len None in an ExecuTorch
@@ -59,7 +60,8 @@ class ModelInfo:
     quantize: Optional[dict] = None  # the --quantize spec the weights went through (torchchat/quantize.py)
 
 
-def to_json(info: ModelInfo, dtype: str) -> str:
+def to_json(info: ModelInfo, dtype: str, cpu: Optional[dict] = None) -> str:
+    """cpu: target_cpu.metadata_fields(...), the CPU the artifact's compiled code needs."""
     if info.bos_id is None and info.add_bos:
         raise UserError("the tokenizer adds a BOS token but has none")
     if info.tokenizer_kind not in TOKENIZER_KINDS:
@@ -79,6 +81,8 @@ def to_json(info: ModelInfo, dtype: str) -> str:
     }
     if info.quantize:
         meta["quantize"] = info.quantize  # readers that do not know it ignore it
+    if cpu:
+        meta.update(cpu)
     return json.dumps(meta)
 
 

@@ -7,11 +7,14 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Logging.h>
+#include <caffe2/serialize/inline_container.h>
+#include <nlohmann/json.hpp>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/csrc/inductor/aoti_runner/model_container_runner_cpu.h>
 
 #include "mapped_constants.h"
 #include "quant_linear.h"
+#include "torchchat/cpu_features.h"
 #include "torchchat/error.h"
 
 namespace torchchat {
@@ -101,6 +104,44 @@ std::string read_so_metadata(const std::string& path, std::uint64_t* block_end) 
   return f ? json : "";
 }
 
+namespace {
+
+// The torchchat metadata of a .pt2 read from the zip itself, without loading the package's
+// shared library (AOTI's own metadata file, data/aotinductor/model/*_metadata.json, holds it
+// under kPt2Key); "" if it cannot be read, and the package loader then says why.
+std::string read_pt2_metadata(const std::string& path) {
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    const std::string suffix = "_metadata.json";
+    for (const std::string& name : reader.getAllRecords()) {
+      if (name.rfind("data/aotinductor/", 0) != 0 || name.size() < suffix.size() ||
+          name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+        continue;
+      const auto [data, size] = reader.getRecord(name);
+      const auto meta = nlohmann::json::parse(static_cast<const char*>(data.get()),
+                                              static_cast<const char*>(data.get()) + size, nullptr, false);
+      if (meta.is_object() && meta.contains(kPt2Key) && meta.at(kPt2Key).is_string())
+        return meta.at(kPt2Key).get<std::string>();
+    }
+  } catch (const std::exception&) {
+  }
+  return "";
+}
+
+// Before the model's shared library is loaded: its code may use instructions this CPU lacks
+// (export --target-cpu), and loading runs some of it.
+void require_cpu_for(const std::string& path, const std::string& json) {
+  ModelMetadata metadata;
+  try {
+    metadata = parse_metadata_json(json);
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  }
+  require_cpu_features(metadata, path);
+}
+
+}  // namespace
+
 struct AotiBackend::Model {
   // The .so's weights, when stored after it: the model holds pointers to these tensors,
   // so they are declared first and destroyed last.
@@ -118,6 +159,8 @@ struct AotiBackend::Model {
 };
 
 AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_unique<Model>()) {
+  // TORCHCHAT_KERNELS naming a level that is unknown or that this CPU lacks.
+  if (const char* error = kernels::isa_error()) throw Error(error);
   const std::string& path = options.model_path;
   const Format format = sniff(path);
   std::string json;
@@ -129,6 +172,7 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
       json = read_so_metadata(path, &metadata_end);
       if (json.empty())
         throw Error(path + ": no torchchat metadata (truncated, or not exported by `torchchat.py export`)");
+      require_cpu_for(path, json);
       model_->constants = std::make_unique<MappedConstants>(path, metadata_end);
       // dlopen searches the library path for a bare file name: make it a path.
       const std::string so_path = path.find('/') == std::string::npos ? "./" + path : path;
@@ -141,6 +185,7 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
     } else {
       // The loader logs warnings about foreign zips before it throws; the error we
       // raise says it in one line.
+      if (const std::string early = read_pt2_metadata(path); !early.empty()) require_cpu_for(path, early);
       const int log_level = FLAGS_caffe2_log_level;
       FLAGS_caffe2_log_level = std::max(log_level, 2);  // errors only
       try {
@@ -169,15 +214,17 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
   }
-  // Models quantized with linear:int8/int4 call our kernels (libtorchchat_kernels, linked
-  // in): report now, not mid-generation, if this CPU runs their portable fallback.
-  if (linears_on_our_kernels(metadata_)) kernels::isa();
+  // Models that call our kernels (libtorchchat_kernels, linked in): report now, not
+  // mid-generation, if this CPU runs their portable fallback.
+  if (runs_our_kernels(metadata_)) kernels::isa();
   model_->lengths = at::empty({metadata_.max_seq_len}, at::kLong);
   // For tests: every forward() call appended as a JSON line (what the model was fed).
   if (const char* trace = std::getenv("TORCHCHAT_AOTI_TRACE")) trace_path_ = trace;
 }
 
 AotiBackend::~AotiBackend() = default;
+
+std::string AotiBackend::kernels() const { return runs_our_kernels(metadata_) ? kernels::isa() : ""; }
 
 std::span<const float> AotiBackend::forward(const std::int64_t* tokens, int n, int start_pos) {
   // Checked here because the compiled model reports out-of-range indices with a

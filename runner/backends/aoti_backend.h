@@ -24,6 +24,7 @@ class AotiBackend final : public Backend {
 
   const ModelMetadata& metadata() const override { return metadata_; }
   std::span<const float> forward(const std::int64_t* tokens, int n, int start_pos) override;
+  std::string kernels() const override;
 
  private:
   struct Model;  // libtorch types stay out of this header

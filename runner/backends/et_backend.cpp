@@ -12,7 +12,12 @@
 #include <executorch/extension/tensor/tensor.h>
 #include <executorch/runtime/platform/platform.h>
 
+#include "torchchat/cpu_features.h"
 #include "torchchat/error.h"
+
+// In libtorchchat_et_kernels (kernels/executorch_ops.cpp), which et_run links.
+extern "C" const char* torchchat_kernels_isa();
+extern "C" const char* torchchat_kernels_isa_error();
 
 namespace torchchat {
 namespace {
@@ -88,6 +93,7 @@ class EtBackend final : public Backend {
   explicit EtBackend(const BackendOptions& options);
   const ModelMetadata& metadata() const override { return metadata_; }
   std::span<const float> forward(const std::int64_t* tokens, int n, int start_pos) override;
+  std::string kernels() const override { return runs_our_kernels(metadata_) ? torchchat_kernels_isa() : ""; }
 
  private:
   std::unique_ptr<Module> module_;
@@ -104,6 +110,8 @@ class EtBackend final : public Backend {
 };
 
 EtBackend::EtBackend(const BackendOptions& options) {
+  // TORCHCHAT_KERNELS naming a level that is unknown or that this CPU lacks.
+  if (const char* error = torchchat_kernels_isa_error()) throw Error(error);
   install_log_handler();
   const std::string& path = options.model_path;
   sniff(path);
@@ -126,6 +134,7 @@ EtBackend::EtBackend(const BackendOptions& options) {
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
   }
+  require_cpu_features(metadata_, path);  // ours need nothing ("any"): XNNPACK and our kernels choose at run time
   own_threads_ = linears_on_our_kernels(metadata_);
   const PoolOff pool_off(own_threads_);  // XNNPACK takes its thread pool when it is set up
   if (const et::Error e = module.load_method("forward"); e != et::Error::Ok)

@@ -96,6 +96,13 @@ ModelMetadata parse_metadata_json(const std::string& text) {
     throw Error("model metadata \"dtype\" is unknown: \"" + m.dtype + "\"");
   }
   m.quantize = optional_quantize(root);
+  if (root.contains("target_cpu")) m.target_cpu = require_string(root, "target_cpu");
+  if (root.contains("cpu_features")) {
+    for (const json& feature : require(root, "cpu_features", json::value_t::array)) {
+      if (!feature.is_string()) throw Error("model metadata \"cpu_features\" has an entry that is not a string");
+      m.cpu_features.push_back(feature.get<std::string>());
+    }
+  }
   return m;
 }
 
@@ -111,6 +118,8 @@ std::string to_metadata_json(const ModelMetadata& m) {
             {"chat_template", std::string(to_string(m.chat_template))},
             {"dtype", m.dtype}};
   if (!m.quantize.empty()) root["quantize"] = json::parse(m.quantize);
+  if (!m.target_cpu.empty()) root["target_cpu"] = m.target_cpu;
+  if (!m.target_cpu.empty() || !m.cpu_features.empty()) root["cpu_features"] = m.cpu_features;
   return root.dump();
 }
 
@@ -146,6 +155,8 @@ bool linears_on_our_kernels(const ModelMetadata& m) {
   const json spec = json::parse(m.quantize, nullptr, false);
   return spec.is_object() && (spec.contains("linear:int8") || spec.contains("linear:int4"));
 }
+
+bool runs_our_kernels(const ModelMetadata& m) { return m.dtype != "fp16" || linears_on_our_kernels(m); }
 
 std::string describe_model(const ModelMetadata& m) {
   return "model: " + m.arch + ", vocab " + std::to_string(m.vocab_size) + ", context " + std::to_string(m.max_seq_len) +

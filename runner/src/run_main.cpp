@@ -63,6 +63,7 @@ class TracingBackend final : public Backend {
  public:
   TracingBackend(std::unique_ptr<Backend> inner, std::string path) : inner_(std::move(inner)), path_(std::move(path)) {}
   const ModelMetadata& metadata() const override { return inner_->metadata(); }
+  std::string kernels() const override { return inner_->kernels(); }
   std::span<const float> forward(const std::int64_t* tokens, int n, int start_pos) override {
     std::ofstream trace(path_, std::ios::app);
     trace << "{\"start_pos\": " << start_pos << ", \"tokens\": [";
@@ -75,6 +76,12 @@ class TracingBackend final : public Backend {
   std::unique_ptr<Backend> inner_;
   std::string path_;
 };
+
+// "model: ..., kernels avx2": the metadata, and our kernels' level when the model runs them.
+std::string describe(const Backend& backend) {
+  const std::string kernels = backend.kernels();
+  return describe_model(backend.metadata()) + (kernels.empty() ? "" : ", kernels " + kernels);
+}
 
 void run_generate(Backend& backend, const Tokenizer& tokenizer, const GenerationConfig& config,
                   const CliOptions& options, std::ostream& out, std::ostream& err) {
@@ -96,7 +103,7 @@ void run_generate(Backend& backend, const Tokenizer& tokenizer, const Generation
   if (result.stop_reason == StopReason::ContextFull) {
     err << "[context full: reached the model's max_seq_len of " << backend.metadata().max_seq_len << "]\n";
   }
-  err << describe_model(backend.metadata()) << "\n" << result.stats.summary() << "\n";
+  err << describe(backend) << "\n" << result.stats.summary() << "\n";
 }
 
 void run_chat(Backend& backend, const Tokenizer& tokenizer, const GenerationConfig& config, const CliOptions& options,
@@ -134,7 +141,7 @@ void run_chat(Backend& backend, const Tokenizer& tokenizer, const GenerationConf
       break;
     }
   }
-  err << describe_model(backend.metadata()) << "\n" << total.summary() << "\n";
+  err << describe(backend) << "\n" << total.summary() << "\n";
 }
 
 int run(const CliOptions& options, const BackendFactory& make_backend, std::istream& in, std::ostream& out,

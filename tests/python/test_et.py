@@ -26,6 +26,7 @@ from backend_helpers import (  # noqa: E402
 )
 from tiny_tokenizers import write_tiktoken  # noqa: E402
 
+from torchchat.kernels import isa as kernels_isa  # noqa: E402
 from torchchat.errors import UserError  # noqa: E402
 
 
@@ -264,7 +265,9 @@ def test_runner_greedy_matches_eager(model, tmp_path):
         assert p.stdout.startswith(prompt) and "tokens/s" in p.stderr
         # The model line (runners built since it exists), then the stats line; the runtime's own log stays quiet.
         lines = p.stderr.strip().splitlines()
-        model_line = f"model: llama, vocab {info.vocab_size}, context {CONTEXT}, dtype fp32, quantize none"
+        # fp32: attention runs our kernels, at the level this process's dispatch picks as well
+        model_line = (f"model: llama, vocab {info.vocab_size}, context {CONTEXT}, dtype fp32, quantize none, "
+                      f"kernels {kernels_isa()}")
         assert lines[:-1] in ([], [model_line]) and "tokens/s" in lines[-1], p.stderr
         first = json.loads(trace.read_text().splitlines()[0])
         assert first["tokens"] == ids  # the whole prompt in one call (dynamic sequence length)

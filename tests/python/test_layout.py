@@ -4,7 +4,7 @@ function-local import saying why it is not at the top.
 Layers, bottom to top (a module may import its own package and lower layers, nothing above):
   0  errors, quiet                                  one-line errors; optional libraries' noise
   1  model, metadata, mapped_constants, kernels,    the model, the artifact format, our kernels,
-     output                                         output files written whole
+     output, target_cpu                             output files written whole, the CPU an artifact needs
   2  checkpoints, quantize, backends, export        weights in, weights changed, decoders, artifacts out
   3  tokenizer, registry, generate                  text <-> tokens, the model cache, the decode loop
   4  load, chat, eval, lm_eval_adapter              named model -> ready model; what the commands do
@@ -24,7 +24,7 @@ PACKAGE = ROOT / "torchchat"
 
 LAYERS = [
     {"errors", "quiet"},
-    {"model", "metadata", "mapped_constants", "kernels", "output"},
+    {"model", "metadata", "mapped_constants", "kernels", "output", "target_cpu"},
     {"checkpoints", "quantize", "backends", "export"},
     {"tokenizer", "registry", "generate"},
     {"load", "chat", "eval", "lm_eval_adapter"},

@@ -84,6 +84,36 @@ TEST(Metadata, RefusesAnOlderFormatInOneLine) {
   EXPECT_EQ(parse_metadata_json(kValid).format_version, kFormatVersion);
 }
 
+TEST(Metadata, TargetCpuIsOptionalAndRoundTrips) {
+  const ModelMetadata old = parse_metadata_json(kValid);  // exported before the keys: nothing to check
+  EXPECT_EQ(old.target_cpu, "");
+  EXPECT_TRUE(old.cpu_features.empty());
+  EXPECT_EQ(to_metadata_json(old).find("cpu"), std::string::npos);
+  const std::string body = kValid.substr(0, kValid.size() - 1);
+  const ModelMetadata m = parse_metadata_json(body + R"(,"target_cpu":"avx2","cpu_features":["avx2","fma"]})");
+  EXPECT_EQ(m.target_cpu, "avx2");
+  EXPECT_EQ(m.cpu_features, (std::vector<std::string>{"avx2", "fma"}));
+  const ModelMetadata again = parse_metadata_json(to_metadata_json(m));
+  EXPECT_EQ(again.target_cpu, "avx2");
+  EXPECT_EQ(again.cpu_features, m.cpu_features);
+  const ModelMetadata any = parse_metadata_json(body + R"(,"target_cpu":"any","cpu_features":[]})");
+  EXPECT_EQ(parse_metadata_json(to_metadata_json(any)).target_cpu, "any");
+  EXPECT_NE(error_of(body + R"(,"cpu_features":"avx2"})").find("cpu_features"), std::string::npos);
+  EXPECT_NE(error_of(body + R"(,"cpu_features":[2]})").find("cpu_features"), std::string::npos);
+  EXPECT_NE(error_of(body + R"(,"target_cpu":2})").find("target_cpu"), std::string::npos);
+}
+
+TEST(Metadata, OurKernelsRunUnlessFp16WithoutInt8OrInt4Linears) {
+  ModelMetadata m = parse_metadata_json(kValid);
+  EXPECT_TRUE(runs_our_kernels(m));  // bf16: linears (AOTI) and attention
+  m.dtype = "fp16";
+  EXPECT_FALSE(runs_our_kernels(m));  // inductor's GEMMs and ATen's attention
+  m.quantize = R"({"linear:int4":{"groupsize":32}})";
+  EXPECT_TRUE(runs_our_kernels(m));
+  m.quantize = R"({"linear:a8w4dq":{"groupsize":32}})";
+  EXPECT_FALSE(runs_our_kernels(m));  // XNNPACK's
+}
+
 TEST(Metadata, RejectsAMalformedQuantizeEntry) {
   const auto quantize = [](const std::string& value) {
     return error_of(kValid.substr(0, kValid.size() - 1) + R"(,"quantize":)" + value + "}");

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from torchchat import kernels, mapped_constants, metadata
+from torchchat import kernels, mapped_constants, metadata, target_cpu
 from torchchat.errors import UserError, first_line
 from torchchat.model import length_tensor, size_inputs
 
@@ -46,6 +46,7 @@ class AOTIDecoder:
             if found is None:
                 raise UserError(f"{path}: no torchchat metadata (export it with `torchchat.py export`)")
             text, metadata_end = found
+            target_cpu.check(text, where)  # before any of its code is loaded
             self.info, self.dtype = metadata.from_json(text, where)
             kernels.load()
             self._constants = map_constants(path, metadata_end)
@@ -59,6 +60,9 @@ class AOTIDecoder:
         else:
             if not zipfile.is_zipfile(path):
                 raise UserError(f"{path}: truncated or damaged .pt2 package")
+            early = target_cpu.pt2_metadata(path, metadata.PT2_KEY)
+            if early is not None:
+                target_cpu.check(early, where)  # before the package's shared library is loaded
             kernels.load()
             try:
                 package = torch._inductor.aoti_load_package(str(path))

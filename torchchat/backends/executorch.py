@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from torchchat import kernels, metadata
+from torchchat import kernels, metadata, target_cpu
 from torchchat.errors import UserError, first_line
 from torchchat.model import length_tensor, n_logits_input
 from torchchat.quiet import native_stderr_silenced, quiet_executorch_imports
@@ -53,6 +53,7 @@ class PTEDecoder:
             # nothing else may run once forward's KV cache holds state.
             (text,) = program.load_method(metadata.PTE_METHOD).execute([])
             self.info, self.dtype = metadata.from_json(str(text), str(path))
+            target_cpu.check(str(text), str(path))  # ours need nothing ("any"), but honour what one says
             # Our attention and linear:int8/int4 kernels (kernels/executorch_ops.cpp), before forward's
             # load, which resolves its operators.
             kernels.load_executorch()

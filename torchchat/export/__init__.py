@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from torchchat import metadata
+from torchchat import metadata, target_cpu
 from torchchat.errors import UserError
 from torchchat.export.aoti import compile_pt2, compile_so
 from torchchat.export.executorch import compile_pte
@@ -55,12 +55,16 @@ def phase(name: str, heartbeat: float = 0.0) -> Iterator[None]:
 
 def export_model(model: Transformer, info: ModelInfo, dtype: str, max_seq_len: int,
                  so_path: Optional[Path] = None, pt2_path: Optional[Path] = None,
-                 pte_path: Optional[Path] = None) -> ModelInfo:
-    """Export `model` to the given paths; returns the metadata stored with it."""
+                 pte_path: Optional[Path] = None, target: str = target_cpu.DEFAULT) -> ModelInfo:
+    """Export `model` to the given paths; returns the metadata stored with it. `target`: the CPUs
+    AOT Inductor's code is compiled for (torchchat/target_cpu.py)."""
     if not 1 <= max_seq_len <= model.args.max_seq_len:
         raise UserError(f"--max-seq-length must be in [1, {model.args.max_seq_len}], got {max_seq_len}")
     info = replace(info, max_seq_len=max_seq_len)  # the artifact's context is its KV cache
-    meta_json = metadata.to_json(info, dtype)  # checked here, before the slow part
+    # Checked here, before the slow part. A .pte holds no compiled code: it runs on any CPU.
+    cpu = target_cpu.target(target)
+    meta_json = {True: metadata.to_json(info, dtype, cpu=target_cpu.metadata_fields(cpu)),
+                 False: metadata.to_json(info, dtype, cpu=target_cpu.metadata_fields(None))}
     targets = [(p, f) for p, f in ((so_path, compile_so), (pt2_path, compile_pt2), (pte_path, compile_pte))
                if p is not None]
     programs: dict[bool, torch.export.ExportedProgram] = {}  # one per input form, exported when first needed
@@ -73,8 +77,8 @@ def export_model(model: Transformer, info: ModelInfo, dtype: str, max_seq_len: i
         what = ("Compiling {} with AOT Inductor (minutes: autotuning kernels)" if aoti
                 else "Lowering {} with ExecuTorch + XNNPACK")
         with phase(what.format(path), heartbeat=30):
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), target_cpu.inductor_target(cpu) if aoti else contextlib.nullcontext():
                 warnings.simplefilter("ignore")  # inductor internals' deprecation noise
-                compile_fn(programs[aoti], Path(path), meta_json)
+                compile_fn(programs[aoti], Path(path), meta_json[aoti])
         log(f"Wrote {path} ({Path(path).stat().st_size / 1e6:.1f} MB)")
     return info

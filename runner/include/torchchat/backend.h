@@ -30,6 +30,10 @@ class Backend {
   // chunks internally. Positions before start_pos are never changed; a
   // start_pos of 0 begins a new sequence. Throws torchchat::Error on failure.
   virtual std::span<const float> forward(const std::int64_t* tokens, int n, int start_pos) = 0;
+
+  // The level of our kernels (kernels/quant_linear.h isa(): "avx2", "avx512-vnni", ...) when
+  // the model runs any of them (runs_our_kernels), for the description line; "" otherwise.
+  virtual std::string kernels() const { return ""; }
 };
 
 struct BackendOptions {

@@ -5,15 +5,18 @@
 //   {"format_version": 2, "arch": "llama", "vocab_size": 32000, "max_seq_len": 2048,
 //    "bos_id": 1, "add_bos": true, "stop_ids": [2], "tokenizer": "sentencepiece",
 //    "chat_template": "llama2", "dtype": "fp32",
-//    "quantize": {"linear:int4": {"groupsize": 32}, "embedding:int8": {"groupsize": 0}}}
+//    "quantize": {"linear:int4": {"groupsize": 32}, "embedding:int8": {"groupsize": 0}},
+//    "target_cpu": "avx2", "cpu_features": ["avx", "avx2", "fma", ...]}
 //
 // tokenizer: sentencepiece | tiktoken | hf_bpe; chat_template: llama2 | llama3 |
 // chatml | none; dtype: fp32 | bf16 | fp16; quantize (only in a model exported
 // with --quantize): the spec its weights went through, {scheme: {option: value}}
-// (torchchat/quantize.py). The program takes (tokens, input_pos, kv_len, n_logits)
-// (torchchat/model.py Transformer.forward; an ExecuTorch program's kv_len is None).
-// Another format_version is refused. An artifact without metadata gets
-// default_metadata() from -l and -v.
+// (torchchat/quantize.py); target_cpu and cpu_features (optional): the CPUs the
+// artifact's compiled code was built for and the features it needs, by GCC's names
+// (torchchat/target_cpu.py; checked by require_cpu_features before the code is loaded).
+// The program takes (tokens, input_pos, kv_len, n_logits) (torchchat/model.py
+// Transformer.forward; an ExecuTorch program's kv_len is None). Another format_version
+// is refused. An artifact without metadata gets default_metadata() from -l and -v.
 
 #include <string>
 #include <vector>
@@ -41,6 +44,10 @@ struct ModelMetadata {
   // when the model is not quantized. The runner only reports it (the weights'
   // form is the exported program's business).
   std::string quantize;
+  // "avx2", "avx512", "native", or "any" (no compiled code: .pte); empty when not recorded.
+  std::string target_cpu;
+  // The CPU features the compiled code needs (torchchat/target_cpu.py FEATURES).
+  std::vector<std::string> cpu_features;
 };
 
 // Parses and validates the artifact's metadata. Throws Error naming the bad key.
@@ -56,6 +63,11 @@ std::string describe_quantize(const ModelMetadata& metadata);
 // Whether the model's linears were quantized for our kernels (linear:int8 or linear:int4, the
 // output layer included; not linear:a8w4dq, which is XNNPACK's).
 bool linears_on_our_kernels(const ModelMetadata& metadata);
+
+// Whether the model runs any of our kernels (kernels/): its linears (fp32/bf16 in AOT Inductor
+// exports, linear:int8/int4 in any) or its attention (over an fp32 or bf16 cache); an fp16 model
+// without linear:int8/int4 runs none.
+bool runs_our_kernels(const ModelMetadata& metadata);
 
 // One line for stderr: "model: llama, vocab 49152, context 512, dtype fp32, quantize none".
 std::string describe_model(const ModelMetadata& metadata);
