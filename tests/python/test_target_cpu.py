@@ -26,7 +26,9 @@ from backend_helpers import AOTI_RUN, CONTEXT, ET_RUN, Exported, cli, fed_tokens
 from torchchat import metadata, target_cpu  # noqa: E402
 from torchchat.errors import UserError  # noqa: E402
 
-AVX2_CPU = Path(os.environ.get("TORCHCHAT_AVX2_CPU", "/work/shared/tools/avx2-cpu"))
+# ../shared/tools/avx2-cpu beside the checkout: runs a program as an AVX2-only CPU would (QEMU).
+AVX2_CPU = Path(os.environ.get("TORCHCHAT_AVX2_CPU", Path(__file__).resolve().parents[3] / "shared" / "tools" / "avx2-cpu"))
+pytestmark = pytest.mark.export
 PROMPT = "Once upon a time"
 QEMU_NEW = 4  # tokens generated under QEMU
 
@@ -49,7 +51,7 @@ def avx512(llama2, tmp_path_factory) -> dict[str, Path]:
     from backend_helpers import model_args
 
     from torchchat.export import export_model
-    from torchchat.loader import load_model
+    from torchchat.load import load_model
 
     folder = tmp_path_factory.mktemp("target_avx512")
     loaded = load_model(model_args(llama2.checkpoint, llama2.tokenizer))
@@ -149,7 +151,7 @@ def test_unknown_target_is_a_user_error():
 
 @pytest.mark.parametrize("fmt", ["so", "pt2"])
 def test_python_refuses_an_artifact_for_features_this_cpu_lacks(avx512, fmt, monkeypatch):
-    from torchchat.exported import AOTIDecoder
+    from torchchat.backends.aoti import AOTIDecoder
 
     # This CPU as an AVX2 one; loading the library would be the failure this check prevents.
     monkeypatch.setattr(target_cpu, "cpu_features", lambda: set(target_cpu.TARGETS["avx2"].features))
@@ -176,7 +178,7 @@ def test_unknown_feature_is_refused():
 
 @pytest.mark.skipif(not has_avx512, reason="this CPU lacks AVX-512")
 def test_python_avx512_artifact_matches_eager_where_it_fits(llama2, avx512):
-    from torchchat.exported import AOTIDecoder
+    from torchchat.backends.aoti import AOTIDecoder
 
     tok, info = llama2.eager.tokenizer, llama2.eager.info
     ids = tok.encode(PROMPT, bos=info.add_bos)
