@@ -243,7 +243,7 @@ def llama_quantize(llama_dir: Path, src: Path, kind: str) -> Path:
     return dst
 
 
-# --quant: our schemes beside llama.cpp at equal bits (README, Quantization). llama.cpp's Q4_1 keeps
+# --quant: our schemes beside llama.cpp at equal bits (docs/quantization.md). llama.cpp's Q4_1 keeps
 # the tied output matrix at Q8_0, our linear:int4 its output layer at int8 unless output int4 is
 # asked. AOTI, ExecuTorch and eager run int8/int4 with our kernels (kernels/), ExecuTorch a8w4dq
 # with XNNPACK's qd8 kernels.
