@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Decode speed beside llama.cpp, alternated finely: ratios taken within each round.
 
-    python3 bench/alternate.py GGUF ARTIFACT [ARTIFACT ...] [--rounds 15] [--tokens 64] [--threads 2] [--results DIR]
+    python3 bench/alternate.py GGUF ARTIFACT [ARTIFACT ...] [--isa native|avx512|avx2] [--rounds 15] [--tokens 64]
+                               [--threads 2] [--results DIR]
 
 Each round runs one `llama-bench -p 0 -n TOKENS -r 1` on GGUF, then each artifact once
 (`aoti_bench` for .so/.pt2, `et_bench` for .pte: `-p 1 -g TOKENS -r 1`), and keeps each
@@ -26,6 +27,7 @@ import sys
 from pathlib import Path
 
 import results  # bench/results.py
+from bench_native import ISAS, default_isa
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,16 +47,21 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--isa", choices=list(ISAS), default=default_isa(results.cpu_flags()),
+                   help="our kernels' level and llama.cpp's build, as in bench_native.py (default here: %(default)s)")
     results.add_argument(p)
     a = p.parse_args()
-    # the pinned llama.cpp build, made once and cached (bench_native.py uses the same script)
-    llama_dir = subprocess.run([str(ROOT / "bench" / "build_llama_cpp.sh")], check=True, capture_output=True,
+    kernels, needs = ISAS[a.isa]
+    lacking = [f for f in needs if f not in results.cpu_flags()]
+    missing = [str(f) for f in [a.gguf, *a.artifacts] if not f.is_file()]
+    if lacking or missing or a.rounds < 1 or a.tokens < 1:
+        sys.exit(f"error: --isa {a.isa}: this CPU lacks {' '.join(lacking)}" if lacking else
+                 f"error: missing {', '.join(missing)}" if missing else "error: --rounds and --tokens must be >= 1")
+    # the pinned llama.cpp build for the ISA, made once and cached (bench_native.py uses the same script)
+    llama_dir = subprocess.run([str(ROOT / "bench" / "build_llama_cpp.sh"), a.isa], check=True, capture_output=True,
                                text=True).stdout.strip().splitlines()[-1]
     llama_bench = Path(llama_dir) / "bin" / "llama-bench"
-    missing = [str(f) for f in [a.gguf, *a.artifacts, llama_bench] if not f.is_file()]
-    if missing or a.rounds < 1 or a.tokens < 1:
-        sys.exit(f"error: {'missing ' + ', '.join(missing) if missing else '--rounds and --tokens must be >= 1'}")
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), **({"TORCHCHAT_KERNELS": kernels} if kernels else {}))
 
     def llama() -> float:
         out = subprocess.run([str(llama_bench), "-m", str(a.gguf), "-p", "0", "-n", str(a.tokens), "-r", "1", "-t",
@@ -87,10 +94,12 @@ def main() -> None:
                      "× llama.cpp quartiles": quartiles(ratios),
                      f"× {first.name} median": None if f == first else round(statistics.median(against), 2),
                      f"× {first.name} quartiles": None if f == first else quartiles(against)})
-    settings = {"gguf": a.gguf.name, "rounds": a.rounds, "tokens": a.tokens, "threads": a.threads}
+    settings = {"isa": a.isa, "llama.cpp": Path(llama_dir).name, "gguf": a.gguf.name, "rounds": a.rounds,
+                "tokens": a.tokens, "threads": a.threads}
     notes = [f"llama.cpp {a.gguf.name}: median {statistics.median(base):.1f} tok/s "
              f"({min(base):.0f}-{max(base):.0f}) over the rounds"]
-    run = results.record("alternate", list(rows[0]), rows, settings=settings, notes=notes, directory=a.results)
+    run = results.record("alternate", list(rows[0]), rows, settings=settings, notes=notes,
+                         variant=None if a.isa == "native" else a.isa, directory=a.results)
     print(results.render(run))
 
 if __name__ == "__main__":
