@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Native benchmark: aoti_run's and et_run's backends vs Python eager vs llama.cpp, side by side in one run.
 
-    python3 bench/bench_native.py [--threads 2] [--reps 3] [--1b] [--quant [BF16 Q8_0 Q4_1]] [--plot bench.png]
+    python3 bench/bench_native.py [--isa native|avx512|avx2] [--threads 2] [--reps 3] [--1b] [--quant [BF16 Q8_0 Q4_1]]
+                                  [--only ENGINE ...] [--plot bench.png] [--results DIR]
 
 On SmolLM2-135M (fp32), measures as llama-bench does: prompt processing of 128 tokens (pp128)
 and 128 decode steps from an empty context (tg128, positions 0-127) in tokens/s, with random
@@ -14,8 +15,15 @@ our quantization schemes beside llama.cpp's BF16, Q8_0 and Q4_1 of the same F32 
 run only those). Also probes the
 machine's memory read bandwidth, the ceiling for decode, and runs llama.cpp again just before and
 after each of our rows: a row's ratio to llama.cpp is against those two runs, so both sides of a
-ratio ran within a minute of each other. Prints one markdown table.
+ratio ran within a minute of each other.
 
+--isa compares like with like: `native` runs our kernels at the best level this CPU has against
+llama.cpp built with -march=native; `avx2` (`avx512`) forces our kernels to that level
+(TORCHCHAT_KERNELS) and runs a llama.cpp built for that ISA only, so that an AVX-512 machine
+measures what an AVX2-only CPU would run. The default is `native` where the CPU has AVX-512, else
+`avx2`.
+
+Prints one markdown table and records the run, with this machine, in bench/results/ (results.py).
 Builds what it needs once and caches it in ~/.cache/torchchat-bench: llama.cpp
 (bench/build_llama_cpp.sh), the F32 GGUF, the exported artifacts.
 """
@@ -28,8 +36,10 @@ import statistics
 import subprocess
 import sys
 import time
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
+
+import results  # bench/results.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,6 +47,16 @@ CACHE = Path(os.environ.get("TORCHCHAT_BENCH_CACHE", Path.home() / ".cache" / "t
 AOTI_BENCH, AOTI_RUN = ROOT / "cmake-out" / "aoti_bench", ROOT / "cmake-out" / "aoti_run"
 ET_BENCH, ET_RUN = ROOT / "cmake-out" / "et_bench", ROOT / "cmake-out" / "et_run"  # ExecuTorch (.pte) rows
 N_PROMPT = N_GEN = 128
+
+# --isa: our kernels' level (TORCHCHAT_KERNELS; None = the best this CPU has) and the CPU flags it needs.
+# llama.cpp's build of the same name comes from bench/build_llama_cpp.sh.
+ISAS = {"native": (None, ()),
+        "avx512": ("avx512", ("avx512f", "avx512bw", "avx512vl", "fma", "f16c")),
+        "avx2": ("avx2", ("avx2", "fma", "f16c"))}
+
+
+def default_isa(flags: set[str]) -> str:
+    return "native" if set(ISAS["avx512"][1]) <= flags else "avx2"
 
 
 def log(msg: str) -> None:
@@ -182,17 +202,34 @@ def random_1b_gguf(dst: Path, kind: str) -> Path:
 
 
 def export(gguf_path: Path, dtype: str, context: int, suffix: str, quantize: str | None = None,
-           tag: str = "") -> Path:
+           tag: str = "", target: str = "native") -> Path:
     """An exported artifact of `gguf_path` (cached under a name that says how it was made, and
     with a hash of the code that made it: artifacts of older code are not reused)."""
+    target_flags = target_cpu_flags(target)
+    if target_flags:
+        tag += f"-{target}"
     out = CACHE / f"{gguf_path.stem}-{dtype}{tag}-{source_tag()}-ctx{context}.{suffix}"
     if not out.is_file():
         flag = {"so": "--output-dso-path", "pt2": "--output-aoti-package-path", "pte": "--output-pte-path"}[suffix]
         log(f"== exporting {out.name} ({'ExecuTorch' if suffix == 'pte' else 'AOT Inductor'}; minutes)")
         quant = ["--quantize", quantize] if quantize else []
         subprocess.run([sys.executable, ROOT / "torchchat.py", "export", "--gguf-path", gguf_path, "--dtype", dtype,
-                        "--max-seq-length", str(context), *quant, flag, out], check=True, cwd=ROOT)
+                        "--max-seq-length", str(context), *quant, *target_flags, flag, out], check=True, cwd=ROOT)
     return out
+
+
+@cache
+def target_cpu_flags(target: str) -> tuple[str, ...]:
+    """`--target-cpu TARGET` for export where the export command has that option, so that
+    Inductor's own generated code targets the ISA too, not only our kernels; () otherwise."""
+    if target == "native":
+        return ()
+    help_text = subprocess.run([sys.executable, ROOT / "torchchat.py", "export", "--help"], capture_output=True,
+                               text=True, cwd=ROOT).stdout
+    if "--target-cpu" in help_text:
+        return ("--target-cpu", target)
+    log(f"note: export has no --target-cpu: Inductor's code in the artifacts targets this CPU, our kernels {target}")
+    return ()
 
 
 def llama_quantize(llama_dir: Path, src: Path, kind: str) -> Path:
@@ -206,7 +243,7 @@ def llama_quantize(llama_dir: Path, src: Path, kind: str) -> Path:
     return dst
 
 
-# --quant: our schemes beside llama.cpp at equal bits (README, Quantization). llama.cpp's Q4_1 keeps
+# --quant: our schemes beside llama.cpp at equal bits (docs/quantization.md). llama.cpp's Q4_1 keeps
 # the tied output matrix at Q8_0, our linear:int4 its output layer at int8 unless output int4 is
 # asked. AOTI, ExecuTorch and eager run int8/int4 with our kernels (kernels/), ExecuTorch a8w4dq
 # with XNNPACK's qd8 kernels.
@@ -260,6 +297,7 @@ def source_tag() -> str:
 def bench_aoti(artifact: Path, threads: int, reps: int, tokenizer: Path | None,
                bench_bin: Path = AOTI_BENCH, run_bin: Path = AOTI_RUN) -> dict:
     """aoti_bench (or et_bench, with et_run) on one artifact."""
+    ensure_built(bench_bin)
     env = {"OMP_NUM_THREADS": str(threads)}
     out, _, rss = run_rss([bench_bin, artifact, "-p", N_PROMPT, "-g", N_GEN, "-r", reps], env=env)
     r = json.loads(out)
@@ -377,18 +415,34 @@ def fmt(x, spec=".1f"):
     return "—" if x is None or x != x else format(x, spec)
 
 
-def print_table(rows, weight_mb: dict, threads, reps) -> None:
-    print(f"\n{threads} threads, median of {reps} runs after a warm-up; pp{N_PROMPT}/tg{N_GEN} as llama-bench "
-          f"(random prompt tokens, no stop; tg from an empty context, positions 0-{N_GEN - 1}). "
-          f"probe GB/s: read bandwidth probed just before / after the row; "
-          f"tg ceiling = the higher of the two / the group's GGUF weight bytes, tg % = tg128 / ceiling. "
-          f"load+pp128: AOTI and eager load + cold first prefill in-process; llama.cpp a whole llama-bench "
-          f"process with one pp128 and no warm-up. llama.cpp beside: its pp128 / tg128 run just before and "
-          f"just after the row (medians); the row's × llama.cpp is against their mean.\n")
-    print("| model | engine | file MB | load s | load+pp128 s | pp128 tok/s | tg128 tok/s | probe GB/s "
-          "| tg ceiling tok/s | tg % | peak RSS MB | llama.cpp beside: pp128 / tg128 tok/s "
-          "| pp × llama.cpp | tg × llama.cpp |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+COLUMNS = ["model", "engine", "file MB", "load s", "load+pp128 s", "pp128 tok/s", "tg128 tok/s", "probe GB/s",
+           "tg ceiling tok/s", "tg %", "peak RSS MB", "llama.cpp beside pp128 tok/s", "llama.cpp beside tg128 tok/s",
+           "pp × llama.cpp", "tg × llama.cpp", "process to first token s"]
+
+NOTES = [
+    f"pp{N_PROMPT} / tg{N_GEN} as llama-bench: random prompt tokens, no stop; tg from an empty context "
+    f"(positions 0-{N_GEN - 1}); median of the runs after a warm-up.",
+    "probe GB/s: read bandwidth probed just before / after the row; tg ceiling = the higher of the two / the "
+    "group's GGUF weight bytes; tg % = tg128 / ceiling.",
+    f"load+pp{N_PROMPT}: AOTI and eager load + cold first prefill in-process; llama.cpp a whole llama-bench "
+    f"process with one pp{N_PROMPT} and no warm-up.",
+    "llama.cpp beside: its pp / tg medians run just before and just after the row; the row's × llama.cpp is "
+    "against their mean (the group's llama.cpp row for that row itself).",
+    "process to first token: the runner from process start to its first generated token (short prompt, "
+    "page cache warm).",
+]
+
+
+def rnd(x, digits: int = 1):
+    """x rounded for the table (None and NaN stay None)."""
+    if x is None or x != x:
+        return None
+    return round(x) if digits == 0 else round(x, digits)
+
+
+def table_rows(rows, weight_mb: dict) -> list[dict]:
+    """One dict per engine row, keyed by COLUMNS."""
+    out = []
     for model, engines in rows:
         ref = next((r for n, r in engines.items() if n.startswith("llama.cpp")), None)
         for name, r in engines.items():
@@ -396,24 +450,24 @@ def print_table(rows, weight_mb: dict, threads, reps) -> None:
             load = r.get("load")
             first = r.get("load_plus_pp") or ((load or 0) + r["ttft"] if "ttft" in r else None)
             ceiling = max(r["bw"]) * 1e3 / weight_mb[model]
+            beside_pp = beside_tg = None
             if "beside" in r:
                 a, b = r["beside"]
+                beside_pp, beside_tg = [rnd(a["pp"], 0), rnd(b["pp"], 0)], [rnd(a["tg"]), rnd(b["tg"])]
                 ref_pp, ref_tg = (a["pp"] + b["pp"]) / 2, (a["tg"] + b["tg"]) / 2
-                beside = f"{a['pp']:.0f}, {b['pp']:.0f} / {a['tg']:.1f}, {b['tg']:.1f}"
             else:
                 ref_pp, ref_tg = (med(ref["pp"]), med(ref["tg"])) if ref else (None, None)
-                beside = "—"
-            rpp = pp / ref_pp if ref_pp else None
-            rtg = tg / ref_tg if ref_tg else None
-            print(f"| {model} | {name} | {fmt(r.get('size'), '.0f')} | {fmt(load, '.2f')} | {fmt(first, '.2f')} | "
-                  f"{fmt(pp)} | {fmt(tg)} | {r['bw'][0]:.1f} / {r['bw'][1]:.1f} | {ceiling:.0f} | "
-                  f"{fmt(100 * tg / ceiling, '.0f')} | {fmt(r.get('rss'), '.0f')} | {beside} | {fmt(rpp, '.2f')} | "
-                  f"{fmt(rtg, '.2f')} |")
-    for model, engines in rows:
-        for name, r in engines.items():
-            if "first_token_process" in r:
-                print(f"\n{model}, {name}: runner process start to first generated token (short prompt, "
-                      f"page cache warm): {r['first_token_process']:.2f} s")
+            out.append({
+                "model": model, "engine": name, "file MB": rnd(r.get("size"), 0), "load s": rnd(load, 2),
+                "load+pp128 s": rnd(first, 2), "pp128 tok/s": rnd(pp), "tg128 tok/s": rnd(tg),
+                "probe GB/s": [rnd(r["bw"][0]), rnd(r["bw"][1])], "tg ceiling tok/s": rnd(ceiling, 0),
+                "tg %": rnd(100 * tg / ceiling, 0), "peak RSS MB": rnd(r.get("rss"), 0),
+                "llama.cpp beside pp128 tok/s": beside_pp, "llama.cpp beside tg128 tok/s": beside_tg,
+                "pp × llama.cpp": rnd(pp / ref_pp, 2) if ref_pp else None,
+                "tg × llama.cpp": rnd(tg / ref_tg, 2) if ref_tg else None,
+                "process to first token s": rnd(r.get("first_token_process"), 2),
+            })
+    return out
 
 
 def plot(rows, path: Path) -> None:
@@ -442,6 +496,9 @@ def plot(rows, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    flags = results.cpu_flags()
+    p.add_argument("--isa", choices=list(ISAS), default=default_isa(flags),
+                   help="our kernels' level and llama.cpp's build (default here: %(default)s)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--context", type=int, default=N_PROMPT + N_GEN,
@@ -452,7 +509,11 @@ def main() -> None:
     p.add_argument("--quant", nargs="*", choices=[kind for _, kind, _ in QUANT_GROUPS], default=None,
                    help="add rows for --quantize schemes beside llama.cpp BF16 / Q8_0 / Q4_1 (default all three; "
                         "several exports: slow once)")
+    p.add_argument("--only", nargs="+", metavar="ENGINE",
+                   help="run only these rows of ours, named as in the table's engine column (e.g. "
+                        "\"AOTI .so linear:int8\"); llama.cpp's rows of their groups run too")
     p.add_argument("--plot", help="also write a PNG bar chart here")
+    results.add_argument(p)
     p.add_argument("--worker-eager", help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--quantize", help=argparse.SUPPRESS)
@@ -460,12 +521,19 @@ def main() -> None:
     if a.worker_eager:
         return worker_eager(a.worker_eager, a.dtype, a.threads, a.reps, a.quantize)
 
+    kernels, needs = ISAS[a.isa]
+    missing = [f for f in needs if f not in flags]
+    if missing:
+        raise SystemExit(f"error: --isa {a.isa}: this CPU lacks {' '.join(missing)}")
+    if kernels:  # inherited by every runner, export and eager worker this run starts
+        os.environ["TORCHCHAT_KERNELS"] = kernels
+
+    def wanted(engine: str) -> bool:
+        return a.only is None or engine in a.only
+
     CACHE.mkdir(parents=True, exist_ok=True)
-    if not AOTI_BENCH.is_file():
-        subprocess.run([ROOT / "scripts" / "build_native.sh", "aoti"], check=True)
-    if not ET_BENCH.is_file():
-        subprocess.run([ROOT / "scripts" / "build_native.sh", "et"], check=True)
-    llama_dir = Path(subprocess.run([ROOT / "bench" / "build_llama_cpp.sh"], check=True, capture_output=True,
+    ensure_built(AOTI_BENCH)  # also the bandwidth probe
+    llama_dir = Path(subprocess.run([ROOT / "bench" / "build_llama_cpp.sh", a.isa], check=True, capture_output=True,
                                     text=True).stdout.strip().splitlines()[-1])
     from torchchat import registry
 
@@ -478,41 +546,48 @@ def main() -> None:
             jobs.append((f"Llama-3.2-1B-shape {dtype}", random_1b_gguf(CACHE / f"random-1b-{kind.lower()}.gguf", kind),
                          dtype, None))
     default_ctx = 2048  # torchchat/export's DEFAULT_MAX_SEQ (min(model context, 2048))
-    # The 1B rows show growth with size: one .so each (the .pt2 and the default context are
-    # covered on SmolLM2; every compile of a 1B model takes minutes and much memory).
-    artifacts = {name: (export(g, dtype, a.context, "so"),
-                        export(g, dtype, a.context, "pt2") if i == 0 else None,
-                        export(g, dtype, default_ctx, "so") if i == 0 and a.context != default_ctx else None)
-                 for i, (name, g, dtype, _) in enumerate(jobs)}
-
-    # ExecuTorch: the default model only (XNNPACK lowering preprocesses each delegated subgraph: minutes).
-    ptes = {jobs[0][0]: export(jobs[0][1], jobs[0][2], a.context, "pte")}
+    target = partial(export, target=a.isa)
 
     measure = partial(probed, a.threads)
     rows, weight_mb = [], {}
-    for name, g, dtype, tok in jobs:
-        so, pt2, so_default = artifacts[name]
-        log(f"== {name}: llama.cpp, aoti (.so, .pt2), eager")
-        engines = {}
-        engines["llama.cpp"] = measure(bench_llama_cpp, llama_dir, g, a.threads, a.reps)
+    for i, (name, g, dtype, tok) in enumerate(jobs):
+        # Each row: (engine, what it runs, runner binaries or None for eager). The 1B rows show growth
+        # with size: one .so each (every compile of a 1B model takes minutes and much memory); the .pt2,
+        # the default context and ExecuTorch (XNNPACK lowering: minutes) run on the default model only.
+        ours = [(f"AOTI .so, ctx {a.context}", lambda: target(g, dtype, a.context, "so"), tok, AOTI_BENCH, AOTI_RUN)]
+        if i == 0:
+            ours.append((f"AOTI .pt2, ctx {a.context}", lambda: target(g, dtype, a.context, "pt2"), tok,
+                         AOTI_BENCH, AOTI_RUN))
+            if a.context != default_ctx:
+                ours.append((f"AOTI .so, ctx {default_ctx}", lambda: target(g, dtype, default_ctx, "so"), None,
+                             AOTI_BENCH, AOTI_RUN))
+            ours.append((f"ET .pte (XNNPACK), ctx {a.context}", lambda: target(g, dtype, a.context, "pte"), tok,
+                         ET_BENCH, ET_RUN))
+        eager = f"Python eager, ctx {N_PROMPT + N_GEN}"
+        ours = [row for row in ours if wanted(row[0])]
+        if not ours and not wanted(eager):
+            continue
+        log(f"== {name}: llama.cpp, " + ", ".join(row[0] for row in ours))
+        engines = {"llama.cpp": measure(bench_llama_cpp, llama_dir, g, a.threads, a.reps)}
         paired = partial(measure, beside=partial(llama_cpp_beside, llama_dir, g, a.threads, a.reps))
-        engines[f"AOTI .so, ctx {a.context}"] = paired(bench_aoti, so, a.threads, a.reps, tok)
-        if pt2 is not None:
-            engines[f"AOTI .pt2, ctx {a.context}"] = paired(bench_aoti, pt2, a.threads, a.reps, tok)
-        if so_default is not None:
-            engines[f"AOTI .so, ctx {default_ctx}"] = paired(bench_aoti, so_default, a.threads, a.reps, None)
-        if name in ptes:
-            engines[f"ET .pte (XNNPACK), ctx {a.context}"] = paired(bench_aoti, ptes[name], a.threads, a.reps,
-                                                                    tok, ET_BENCH, ET_RUN)
-        engines[f"Python eager, ctx {N_PROMPT + N_GEN}"] = paired(bench_eager, g, dtype, a.threads, a.reps)
+        for engine, artifact, tokenizer, bench_bin, run_bin in ours:
+            engines[engine] = paired(bench_aoti, artifact(), a.threads, a.reps, tokenizer, bench_bin, run_bin)
+        if wanted(eager):
+            engines[eager] = paired(bench_eager, g, dtype, a.threads, a.reps)
         rows.append((name, engines))
         weight_mb[name] = gguf_weight_mb(g)
     if a.quant is not None:
-        for group, kind, ours in QUANT_GROUPS:
+        for group, kind, schemes in QUANT_GROUPS:
             if a.quant and kind not in a.quant:
                 continue
+            # Each scheme's AOTI row has an eager twin: the same scheme in eager PyTorch, with the same kernels.
+            ours = [(name, f"Python eager {name.split(' ', 2)[2]}" if suffix == "so" else None, suffix, spec, tag)
+                    for name, suffix, spec, tag in schemes]
+            ours = [row for row in ours if wanted(row[0]) or (row[1] and wanted(row[1]))]
+            if not ours:
+                continue
             g = llama_quantize(llama_dir, smol, kind)
-            log(f"== {group}: llama.cpp {kind}, " + ", ".join(name for name, *_ in ours))
+            log(f"== {group}: llama.cpp {kind}, " + ", ".join(row[0] for row in ours))
             # llama.cpp with repacked weights (its fastest CPU path, the default). On some AVX-512
             # CPUs (seen on an Intel one with AMX) this build's prompt processing on repacked
             # weights segfaults, also on the original Q4_1 GGUF: then pp runs with --repack 0.
@@ -525,18 +600,33 @@ def main() -> None:
                 engines = {f"llama.cpp {kind} (pp: --repack 0)": measure(bench_llama_cpp, llama_dir, g, a.threads,
                                                                          a.reps, pp_extra)}
             paired = partial(measure, beside=partial(llama_cpp_beside, llama_dir, g, a.threads, a.reps, pp_extra))
-            for name, suffix, spec, tag in ours:
-                artifact = export(smol, "fp32", a.context, suffix, spec, tag)
-                bench_bin, run_bin = (ET_BENCH, ET_RUN) if suffix == "pte" else (AOTI_BENCH, AOTI_RUN)
-                engines[name] = paired(bench_aoti, artifact, a.threads, a.reps, jobs[0][3], bench_bin, run_bin)
-                if suffix == "so":  # the same scheme in eager PyTorch, with the same kernels
-                    engines[f"Python eager {name.split(' ', 2)[2]}"] = paired(bench_eager, smol, "fp32",
-                                                                              a.threads, a.reps, spec)
+            for name, eager, suffix, spec, tag in ours:
+                if wanted(name):
+                    bench_bin, run_bin = (ET_BENCH, ET_RUN) if suffix == "pte" else (AOTI_BENCH, AOTI_RUN)
+                    engines[name] = paired(bench_aoti, target(smol, "fp32", a.context, suffix, spec, tag), a.threads,
+                                           a.reps, jobs[0][3], bench_bin, run_bin)
+                if eager and wanted(eager):
+                    engines[eager] = paired(bench_eager, smol, "fp32", a.threads, a.reps, spec)
             rows.append((group, engines))
             weight_mb[group] = gguf_weight_mb(g)
-    print_table(rows, weight_mb, a.threads, a.reps)
+    if not rows:
+        raise SystemExit(f"error: --only {' '.join(a.only)}: no such row (names as in the table's engine column)")
+    settings = {"isa": a.isa, "our kernels": kernels or "best level of this CPU",
+                "llama.cpp": llama_dir.name,
+                "export target": "native" if not target_cpu_flags(a.isa) else a.isa,
+                "threads": a.threads, "reps": a.reps, "context": a.context}
+    run = results.record("bench_native", COLUMNS, table_rows(rows, weight_mb), settings=settings, notes=NOTES,
+                         variant=None if a.isa == "native" else a.isa, directory=a.results)
+    print(results.render(run))
+    log(f"recorded in {a.results / 'bench_native.jsonl'}")
     if a.plot:
         plot(rows, Path(a.plot))
+
+
+def ensure_built(binary: Path) -> None:
+    """Build the runner target that provides `binary` (aoti_bench, et_bench) if it is missing."""
+    if not binary.is_file():
+        subprocess.run([ROOT / "scripts" / "build_native.sh", "et" if binary == ET_BENCH else "aoti"], check=True)
 
 
 def gguf_weight_mb(path: Path) -> float:

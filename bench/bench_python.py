@@ -2,9 +2,10 @@
 """Python decode speed on the default model: our eager model, our --compile, and transformers.
 
 All three run in this one process, one after another, with the same threads, prompt and
-number of tokens, so their ratios hold even on a noisy machine. Prints a markdown table.
+number of tokens, so their ratios hold even on a noisy machine. Prints a markdown table and
+records the run, with this machine, in bench/results/ (results.py).
 
-    python3 bench/bench_python.py [--threads 2] [--tokens 128] [--repeats 3]
+    python3 bench/bench_python.py [--threads 2] [--tokens 128] [--repeats 3] [--results DIR]
 """
 import argparse
 import importlib.util
@@ -15,6 +16,8 @@ from argparse import Namespace
 from pathlib import Path
 
 import torch
+
+import results  # bench/results.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -72,6 +75,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
+    results.add_argument(p)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
 
@@ -99,13 +103,13 @@ def main():
     rows.append((f"torchchat --compile (fp32; compile+warm-up {compile_s:.0f} s)", rates))
 
     base = statistics.median(rows[0][1])
-    print(f"\nSmolLM2-135M-Instruct, decode of {a.tokens} tokens, {a.threads} threads, median of {a.repeats}\n")
-    print("| run | decode tok/s | min-max | × transformers |")
-    print("|---|---:|---:|---:|")
-    for name, r in rows:
-        med = statistics.median(r)
-        print(f"| {name} | {med:.1f} | {min(r):.1f}-{max(r):.1f} | {med / base:.2f} |")
-
+    table = [{"run": name, "decode tok/s": round(statistics.median(r), 1),
+              "min-max tok/s": [round(min(r), 1), round(max(r), 1)],
+              "× transformers": round(statistics.median(r) / base, 2)} for name, r in rows]
+    run = results.record("bench_python", ["run", "decode tok/s", "min-max tok/s", "× transformers"], table,
+                         settings={"model": "SmolLM2-135M-Instruct fp32", "decode tokens": a.tokens,
+                                   "threads": a.threads, "median of": a.repeats}, directory=a.results)
+    print(results.render(run))
 
 if __name__ == "__main__":
     main()

@@ -4,9 +4,9 @@
 //
 // On exit it prints, per call site (library and symbol), the regions entered and their mean
 // wall time. A decode step's time minus its regions' is the serial work between them (wrappers,
-// allocation, the model's own code), while the other threads wait: what bench/README.md's
-// "Where a quantized decode step goes" reads. Why not `perf`: this VM has no hardware counters,
-// and the sampling clock cannot tell a thread spinning in a barrier from one starting a region.
+// allocation, the model's own code), while the other threads wait. Why not `perf`: cloud VMs
+// often have no hardware counters, and the sampling clock cannot tell a thread spinning in a
+// barrier from one starting a region.
 //
 // It interposes GOMP_parallel, the entry of every `#pragma omp parallel` compiled by GCC (ATen's
 // at::parallel_for in the torch wheel, our kernels, AOT Inductor's generated kernels), and calls

@@ -9,7 +9,8 @@ requantization) and tests/python/trained_llama.py's small llama trained on publi
 default corpus (torchchat/data, `eval`'s default) in windows of 256 tokens, and for the trained
 model also over its held-out text (the book it did not see). Columns per backend: eager runs the
 quantized model in PyTorch; aoti/et export it (AOT Inductor .so / ExecuTorch .pte, minutes each
-for smollm2) and evaluate the artifact. A scheme a backend refuses is "-". Prints one markdown table.
+for smollm2) and evaluate the artifact. A scheme a backend refuses is "-". Prints one markdown table
+and records it, with this machine, in bench/results/ (results.py).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
+
+import results  # bench/results.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -93,28 +96,32 @@ def measure(model: str, quantize, backend: str, corpora: dict[str, str], workdir
             for name, text in corpora.items()}
 
 
-def quality_table(models: dict[str, dict[str, str]], backends: list[str], schemes: dict, workdir: Path) -> tuple[str, dict]:
-    """models: {model: {corpus name: text}} -> (markdown table, {model: {corpus: {scheme: {backend: ppl}}}})."""
-    results: dict = {}
+def quality_table(models: dict[str, dict[str, str]], backends: list[str], schemes: dict,
+                  workdir: Path) -> tuple[list[str], list[dict], dict]:
+    """models: {model: {corpus name: text}} -> (columns, rows, {model: {corpus: {scheme: {backend: ppl}}}})."""
+    results_by_model: dict = {}
     for model, corpora in models.items():
         for scheme, quantize in schemes.items():
             for backend in backends:
                 print(f"{Path(model).name} {scheme} {backend}", file=sys.stderr)
                 got = measure(model, quantize, backend, corpora, workdir)
                 for corpus in corpora:
-                    results.setdefault(model, {}).setdefault(corpus, {}).setdefault(scheme, {})[backend] = got.get(corpus)
-    head = "| model | corpus | scheme | " + " | ".join(f"{b} ppl | {b} vs fp32" for b in backends) + " |"
-    rows = [head, "|" + "---|" * (3 + 2 * len(backends))]
-    for model, by_corpus in results.items():
+                    results_by_model.setdefault(model, {}).setdefault(corpus, {}).setdefault(scheme, {})[backend] = \
+                        got.get(corpus)
+    columns = ["model", "corpus", "scheme"] + [c for b in backends for c in (f"{b} ppl", f"{b} vs fp32 %")]
+    rows = []
+    for model, by_corpus in results_by_model.items():
         for corpus, by_scheme in by_corpus.items():
             base = by_scheme.get("fp32", {})
             for scheme, by_backend in by_scheme.items():
-                cells = []
+                row = {"model": label(model), "corpus": corpus, "scheme": scheme}
                 for b in backends:
                     ppl, ref = by_backend.get(b), base.get(b) or base.get("eager")
-                    cells += ["-", "-"] if ppl is None else [f"{ppl:.3f}", f"{100 * (ppl / ref - 1):+.2f}%" if ref else "-"]
-                rows.append(f"| {label(model)} | {corpus} | {scheme} | " + " | ".join(cells) + " |")
-    return "\n".join(rows), results
+                    # "-": refused by this backend
+                    row[f"{b} ppl"] = "-" if ppl is None else round(ppl, 3)
+                    row[f"{b} vs fp32 %"] = "-" if ppl is None or not ref else round(100 * (ppl / ref - 1), 2)
+                rows.append(row)
+    return columns, rows, results_by_model
 
 
 def label(model: str) -> str:
@@ -133,6 +140,7 @@ def main() -> int:
     p.add_argument("--backends", default="eager", help="eager[,aoti][,et]")
     p.add_argument("--schemes", help=f"subset of: {', '.join(SCHEMES)} (comma-separated; default all)")
     p.add_argument("--output-json", help="also write the figures here")
+    results.add_argument(p)
     args = p.parse_args()
     from torchchat.eval import DEFAULT_CORPUS, write_json_atomic
 
@@ -149,10 +157,13 @@ def main() -> int:
         else:
             models[m] = {"default": default}
     with tempfile.TemporaryDirectory() as tmp:
-        table, results = quality_table(models, backends, schemes, Path(tmp))
-    print(table)
+        columns, rows, figures = quality_table(models, backends, schemes, Path(tmp))
+    settings = {"window": WINDOW, "backends": ",".join(backends)}
+    variant = None if len(models) > 1 else label(next(iter(models))).split(" ")[0]  # smollm2-135m or trained
+    run = results.record("quant_quality", columns, rows, settings=settings, variant=variant, directory=args.results)
+    print(results.render(run))
     if args.output_json:
-        write_json_atomic(Path(args.output_json), results)
+        write_json_atomic(Path(args.output_json), figures)
     return 0
 
 
