@@ -65,6 +65,7 @@ ANY = "any"  # a program without compiled code (.pte)
 
 def cpu_features() -> set[str]:
     """The FEATURES this CPU has (and its OS enables)."""
+    # Here, not above: the command line imports this module and must start without torch.
     import torch
 
     caps = torch.cpu.get_capabilities()
@@ -97,6 +98,7 @@ def inductor_target(t: Target) -> Iterator[None]:
     if t.march is None:
         yield
         return
+    # Here, not above: only an AOT Inductor export needs Inductor (start-up time).
     import torch._inductor.config as inductor_config
     from torch._inductor import cpu_vec_isa
 
