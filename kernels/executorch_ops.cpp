@@ -1,4 +1,4 @@
-// The kernels inside the ExecuTorch runtime: the out variants that torchchat/et.py's export
+// The kernels inside the ExecuTorch runtime: the out variants that torchchat/export/executorch.py's export
 // leaves in a .pte for linear:int8 / linear:int4 (kernels/torch_ops.cpp declares them to
 // PyTorch), registered with ExecuTorch's kernel registry when this library is loaded:
 //   torchchat::int8_weight_linear.out(Tensor x, Tensor weight, Tensor scales, *, Tensor(a!) out)
@@ -49,7 +49,7 @@ constexpr std::int64_t kGrainRows = 64;
 // et_run turns the pool off for programs whose linears all run here (runner/backends/
 // et_backend.cpp): XNNPACK then runs their small elementwise work inline, and our calls cross
 // OpenMP's spinning barrier instead of the pool's two futex system calls per call (about 250
-// pool calls per SmolLM2 decode step; about 1.05x decode, bench/README.md).
+// pool calls per SmolLM2 decode step; about 1.05x decode).
 bool own_threads() { return ::executorch::extension::threadpool::NoThreadPoolGuard::is_enabled(); }
 
 std::int64_t thread_count() {

@@ -4,14 +4,14 @@
 // compiled for these ISAs).
 //
 // Why integer dot products: weight-only int4 with fp32 activations converts every weight to a
-// float (quant_linear_avx512.cpp's int4_tile, ~7 uops per 32 weights and row) and is bound by
+// float (~7 uops per 32 weights and row, with a 16-entry LUT) and is bound by
 // that, not by memory. Here one vpdpbusd multiplies 64 weight codes by activation bytes: per 32
 // weights of 16 rows, 4 loads, 6 uops to split the nibbles and 8 dot products per slice, so
 // decode is left to the memory's pace. int8 weights need no unpacking: 8 loads, 8 dot products
 // and one subtraction per token and slice (the codes' + 128), where fp32 activations take 32
 // widenings and 32 FMAs. Three slices (fp32 activations) triple the dot products and still issue
 // fewer uops than the float kernels: on SmolLM2's 1536 x 576 int4 matrix, one thread, weights in
-// L2, 24-38 G weights/s against the float kernel's 12-17 (2026-11-28).
+// L2, 24-38 G weights/s against the float kernel's 12-17.
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")
 #pragma GCC optimize("O3")
 #pragma GCC diagnostic ignored "-Wuninitialized"

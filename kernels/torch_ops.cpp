@@ -44,7 +44,7 @@ constexpr std::int64_t kGrainRows = 64;
 // A decode step calls these wrappers ~150 times, between kernels of 5-25 us, while the other
 // threads wait: each dispatcher call (reshape, to, view, empty) costs a few hundred ns, so the
 // fp32 path below makes none. On SmolLM2 int4 decode with int8 activations (2 threads) the time
-// a step spends outside parallel regions fell from 450-560 to 380-430 us (bench/README.md).
+// a step spends outside parallel regions fell from 450-560 to 380-430 us (measured on SmolLM2).
 
 // x's values as contiguous fp32, read as an [M = numel / K, K] matrix: x itself when it is one.
 at::Tensor activations(const at::Tensor& x, std::int64_t K, const char* op) {

@@ -7,7 +7,7 @@ fp32 activations) and `int4_a8_weight_linear` / `int8_a8_weight_linear` (with in
 quantized layers that eager PyTorch, torch.export and AOT Inductor all call; `int8_weight_linear`
 (row-major int8 weights, one scale per row: the int8 layers whose width is not a multiple of 32);
 `panel_weight_linear` / `float_weight_linear` (the fp32/bf16 linears of AOT Inductor exports:
-torchchat/export.py) and `cache_attention` (attention over an fp32 or bf16 KV cache in exports, AOT
+torchchat/export/program.py) and `cache_attention` (attention over an fp32 or bf16 KV cache in exports, AOT
 Inductor and ExecuTorch alike: export.cache_attention). AOT Inductor calls them through C shims
 (`AOTI_C_SHIMS`), so an exported model needs the library loaded with global symbols: `load()`
 does that, and `aoti_run` links the same sources (CMakeLists.txt, torchchat_kernels).

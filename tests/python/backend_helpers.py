@@ -195,7 +195,7 @@ def one_line_error(p) -> str:
 
 def check_long_prompt_and_large_n(run, model_path, other_path, tokenizer) -> None:
     """A runner (aoti_run, et_run) refuses a prompt longer than the context in one line, and takes
-    -n above the context as the context (the seed: 0 = max_seq_len): runs to the end, no crash."""
+    -n above the context as the context (the runner's -n: 0 = max_seq_len): runs to the end, no crash."""
     long_prompt = "Once upon a time " * 200  # > 256 tokens
     assert "context" in one_line_error(run(model_path, tokenizer, "-i", long_prompt, "-t", "0", "-n", "0"))
     p = run(other_path, tokenizer, "-i", "Once", "-t", "0", "-n", "100000")

@@ -1,5 +1,5 @@
 """End to end on the default model, once per backend: `torchchat.py export smollm2-135m` to an
-AOT Inductor .so (`--output-dso-path`, the seed's; the .pt2 route is covered on tiny models in
+AOT Inductor .so (`--output-dso-path`, the documented route; the .pt2 route is covered on tiny models in
 test_aoti.py) or an ExecuTorch .pte (`--output-pte-path`), then eager fp32 = the artifact from
 Python = its runner (aoti_run, et_run), token for token (64 greedy tokens, several prompts, and
 chat with a system prompt). One export per backend with a 512-position context to keep the test
@@ -87,7 +87,7 @@ def test_artifact_size_and_metadata(smollm2):
     print(f"{smollm2.backend.noun} {size / 1e6:.0f} MB, weights {weights / 1e6:.0f} MB")
     if smollm2.name == "et":
         assert size < 1.25 * weights  # at most the tied matrix twice (embedding + XNNPACK's output copy)
-    else:  # AOTI: the tied matrix once (torchchat/export/program.py TiedOutput), no KV cache stored: the issue's bound
+    else:  # AOTI: the tied matrix once (torchchat/export/program.py TiedOutput), no KV cache stored: the bound
         assert size < 1.15 * weights
 
 

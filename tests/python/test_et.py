@@ -94,8 +94,8 @@ def test_program_selects_rotary_halves_once_and_norms_in_xnnpack(llama2):
     """The rotary cos/sin are selected once per forward (model.rope_cos_sin) and each rotation
     selects its pairs' halves once (apply_rope): 2 + 4 per layer in this fp32 program, whose q and
     k come from separate projections (a quantized program rotates them as one: test_kernels).
-    RMSNorm's mean is in the form XNNPACK takes: no portable mean. (Session 15 found 12 selects
-    per layer and 61 means in the 1155 instructions of SmolLM2's decode step.)"""
+    RMSNorm's mean is in the form XNNPACK takes: no portable mean. (Otherwise SmolLM2's decode step
+    had 12 selects per layer and 61 means in its 1155 instructions.)"""
     kernels = pte_kernel_calls(llama2.paths["pte"])
     assert kernels["aten::select_copy"] == 2 + 4 * llama2.eager.model.args.n_layers
     assert kernels["aten::mean"] == 0

@@ -1,5 +1,5 @@
 """Quantization quality on a model with a real floating-point weight distribution: the trained
-test model (trained_llama.py), eager, perplexity relative to fp32 within issue 7's bounds.
+test model (trained_llama.py), eager, perplexity relative to fp32 within our bounds.
 
 The default model's weights are already 4-bit (Q4_1), which flatters requantization; this model
 was trained in fp32. The table with every scheme is bench/quant_quality.py.

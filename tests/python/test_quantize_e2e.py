@@ -1,4 +1,4 @@
-"""--quantize on the default model: perplexity relative to fp32 within the issue's bounds.
+"""--quantize on the default model: perplexity relative to fp32 within our bounds.
 
 `eval smollm2-135m --quantize ...` over the whole default corpus (7 windows of 256 tokens:
 fewer windows swing the deltas by a point or two), run in one process so the model is read once per scheme. Eager only: the backends' parity
@@ -8,7 +8,7 @@ of 32), which decides what requantizing them costs:
   layer at int8; at int4 it alone costs +6.5%, which is why linear:int4 keeps it at int8); with
   int8 activations (per block of 32, llama.cpp's Q8_1) +1.0%;
 - linear:int8 per output channel: one scale per 576-wide row spans blocks of very different
-  ranges, +1.7% over the whole corpus, above the issue's +1%; with a scale per group of 32
+  ranges, +1.7% over the whole corpus, above the +1% bound; with a scale per group of 32
   weights (Q4_1's blocks) it is -0.8%, inside it (g64 -0.7%; 128 and 256 do not divide 576);
 - linear:a8w4dq's weights are symmetric (XNNPACK's 4-bit kernel has no zero point), which
   cannot follow the blocks' offsets: perplexity doubles (the weights alone do that, with or
@@ -34,7 +34,7 @@ from backend_helpers import AOTI_RUN, ET_RUN, aoti_run, et_run, fed_tokens, gree
 pytestmark = pytest.mark.e2e
 
 LIMIT = None
-BOUNDS = [  # (spec, max relative perplexity increase over fp32: the issue's bounds)
+BOUNDS = [  # (spec, max relative perplexity increase over fp32: our bounds)
     ('{"linear:int4": {"groupsize": 32}}', 0.06),
     ('{"linear:int4": {"groupsize": 32, "activations": "int8"}}', 0.06),
     ('{"linear:int8": {"groupsize": 32}}', 0.01),

@@ -2,7 +2,7 @@
 
 A tiny llama2-style model is exported with the default target (avx2) as .so, .pt2 and .pte, and
 for avx512 as .so and .pt2. The avx2 artifacts must hold no AVX-512 code (by disassembly) and run
-under /work/shared/tools/avx2-cpu (QEMU as a Haswell: no AVX-512), giving eager's tokens; the
+under ../shared/tools/avx2-cpu (QEMU as a Haswell: no AVX-512), giving eager's tokens; the
 avx512 ones must be refused there in one line, before their code is loaded. QEMU is slow (about
 20 s for a few tokens of the tiny model), so those runs are short and few.
 """

@@ -1,5 +1,5 @@
 """The runner program end to end, over the scripted toy backend (cmake-out/toy_run):
-the seed's command line, generate and chat output, chat history in the KV
+the runner's command line, generate and chat output, chat history in the KV
 cache token-for-token as the templates (and transformers) render it, the
 context filling up, and metadata / -l conventions."""
 

@@ -90,7 +90,7 @@ FLOAT_KERNELS = True
 def float_kernels(model: Transformer) -> Iterator[None]:
     """For AOT Inductor: while exporting, the fp32/bf16 linears run our kernels (kernels/).
 
-    Against inductor's C++ GEMM templates, side by side (SmolLM2, 2 threads; bench/README.md):
+    Against inductor's C++ GEMM templates, side by side (SmolLM2, 2 threads):
     fp32 prefill 2.4x, decode the same or better; bf16 prefill 2.7x, decode 1.7-2x. Each layer's
     wq/wk/wv and w1/w3 become one matrix (one call instead of three and two; every output is
     computed as before). The output layer tied to the embedding table reads the table
@@ -133,7 +133,7 @@ def cache_attention(model: Transformer) -> Iterator[None]:
     """While exporting, attention runs our kernel (kernels/attention.h) where the cache is fp32 or bf16.
 
     Against ATen's CPU SDPA with the model's mask, per layer of SmolLM2 (9 query heads on 3 KV heads,
-    2 threads; bench/README.md): decode 3.4-4.7x faster at 128-1900 positions, a prompt's attention
+    2 threads): decode 3.4-4.7x faster at 128-1900 positions, a prompt's attention
     2.7-3.1x. ATen reads each KV head once per query head and builds and reads a mask; the kernel
     reads a head's rows once for its query heads and only up to each token's position. A bf16
     cache is read as bf16 and computed in fp32 (SDPA took 56 us a layer of bf16 decode, a quarter

@@ -1,5 +1,5 @@
 #pragma once
-// The runner's command line (the seed's public interface) and run_main, the
+// The runner's command line (its public interface) and run_main, the
 // whole program around a backend:
 //
 //   RUNNER MODEL_PATH [-t temp] [-p top_p] [-s seed] [-n steps] [-i prompt]
