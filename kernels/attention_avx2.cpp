@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include "attention.h"
+#include "lanes_avx2.h"
 
 namespace torchchat::kernels::avx2 {
 namespace {
@@ -38,26 +39,9 @@ inline __m256 exp_nonpositive(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(two_to_n));
 }
 
-// attention.h's halving trees over 16 lanes, lanes 0-7 in lo and 8-15 in hi.
-inline float sum16(__m256 lo, __m256 hi) {
-  const __m256 x8 = _mm256_add_ps(lo, hi);
-  const __m128 x4 = _mm_add_ps(_mm256_castps256_ps128(x8), _mm256_extractf128_ps(x8, 1));
-  const __m128 x2 = _mm_add_ps(x4, _mm_movehl_ps(x4, x4));
-  return _mm_cvtss_f32(_mm_add_ss(x2, _mm_movehdup_ps(x2)));
-}
-inline float max16(__m256 lo, __m256 hi) {
-  const __m256 x8 = _mm256_max_ps(lo, hi);
-  const __m128 x4 = _mm_max_ps(_mm256_castps256_ps128(x8), _mm256_extractf128_ps(x8, 1));
-  const __m128 x2 = _mm_max_ps(x4, _mm_movehl_ps(x4, x4));
-  return _mm_cvtss_f32(_mm_max_ss(x2, _mm_movehdup_ps(x2)));
-}
-
-// 8 values of a cache row as fp32: fp32 as they are, bf16 widened (the top half of an fp32).
+// 8 values of a cache row as fp32: fp32 as they are, bf16 widened.
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const std::uint16_t* p) {
-  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-}
+inline __m256 load8(const std::uint16_t* p) { return widen_bf16x8(p); }
 
 // Lanes [0, 8) and [8, 16) of the first `left` of a run of positions: all ones where taken.
 inline __m256 taken(i64 left, int first_lane) {

@@ -39,21 +39,6 @@ inline __m512 exp_nonpositive(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// attention.h's halving trees over the 16 lanes (not _mm512_reduce_*_ps: the order is ours to fix).
-inline __m256 upper_half(__m512 x) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)); }
-inline float sum16(__m512 x) {
-  const __m256 x8 = _mm256_add_ps(_mm512_castps512_ps256(x), upper_half(x));
-  const __m128 x4 = _mm_add_ps(_mm256_castps256_ps128(x8), _mm256_extractf128_ps(x8, 1));
-  const __m128 x2 = _mm_add_ps(x4, _mm_movehl_ps(x4, x4));
-  return _mm_cvtss_f32(_mm_add_ss(x2, _mm_movehdup_ps(x2)));
-}
-inline float max16(__m512 x) {
-  const __m256 x8 = _mm256_max_ps(_mm512_castps512_ps256(x), upper_half(x));
-  const __m128 x4 = _mm_max_ps(_mm256_castps256_ps128(x8), _mm256_extractf128_ps(x8, 1));
-  const __m128 x2 = _mm_max_ps(x4, _mm_movehl_ps(x4, x4));
-  return _mm_cvtss_f32(_mm_max_ss(x2, _mm_movehdup_ps(x2)));
-}
-
 inline __mmask16 first(i64 n) { return n >= 16 ? 0xffff : static_cast<__mmask16>((1u << n) - 1); }
 
 // 16 values of a cache row as fp32: fp32 as they are, bf16 widened (the top half of an fp32).

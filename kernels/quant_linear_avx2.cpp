@@ -9,9 +9,10 @@
 // panels x 1 token (decode), 32 outputs x 2 tokens, or 16 outputs x up to 6 tokens (prompts).
 #pragma GCC target("avx2,fma,f16c")
 // -O3: the tile loops over rows and tokens must unroll completely to keep the accumulators in registers.
-#pragma GCC optimize("O3")
+#pragma GCC optimize("O3", "fp-contract=off")  // only the fmas written out: the bits every ISA shares
 #include <immintrin.h>
 
+#include "lanes_avx2.h"
 #include "quant_linear.h"
 
 namespace torchchat::kernels::avx2 {
@@ -32,20 +33,9 @@ inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), 
 template <typename W>
 constexpr i64 ahead_tiles() { return sizeof(W) == 1 ? 3 : 1; }
 
-// The 16 lanes (lo: 0-7, hi: 8-15) summed by quant_linear.h's tree.
-inline float sum_lanes(__m256 lo, __m256 hi) {
-  const __m256 s8 = _mm256_add_ps(lo, hi);
-  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
-}
-
 // 8 weights widened exactly to fp32: bf16 is the top half of an fp32, int8 converts exactly.
 inline __m256 widen(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 widen(const std::uint16_t* p) {
-  const __m256i bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
-}
+inline __m256 widen(const std::uint16_t* p) { return widen_bf16x8(p); }
 inline __m256 widen(const std::int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
@@ -86,7 +76,7 @@ void row_tile(const float* x, i64 K, const W* w, const float* scale, float* y, i
   }
   for (int t = 0; t < T; ++t)
     for (int r = 0; r < R; ++r) {
-      const float sum = sum_lanes(acc[r][t][0], acc[r][t][1]);
+      const float sum = sum16(acc[r][t][0], acc[r][t][1]);
       if constexpr (sizeof(W) == 1)
         y[t * ldy + r] = sum * scale[r];
       else

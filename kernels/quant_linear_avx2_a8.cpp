@@ -4,7 +4,7 @@
 // standard-library headers, like the other ISA files (their inline functions would be compiled for
 // AVX2 here and could be picked by the linker for the generic code too).
 #pragma GCC target("avx2,fma,f16c")
-#pragma GCC optimize("O3")
+#pragma GCC optimize("O3", "fp-contract=off")  // only the fmas written out: the bits every ISA shares
 #include <immintrin.h>
 
 #include "a8_avx2.h"

@@ -4,7 +4,7 @@
 // has AVX2, FMA, F16C and AVX-VNNI (quant_linear.cpp); free of standard-library headers, like the
 // other ISA files. quantize_activations is avx2's.
 #pragma GCC target("avx2,fma,f16c,avxvnni")
-#pragma GCC optimize("O3")
+#pragma GCC optimize("O3", "fp-contract=off")  // only the fmas written out: the bits every ISA shares
 #include <immintrin.h>
 
 #include "a8_avx2.h"

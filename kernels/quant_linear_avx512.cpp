@@ -3,7 +3,7 @@
 // compiled for AVX-512 here and could be picked by the linker for the generic code too.
 #pragma GCC target("avx512f,avx512bw,avx512vl,fma,f16c")
 // -O3: the tile loops over rows and tokens must unroll completely to keep the accumulators in registers.
-#pragma GCC optimize("O3")
+#pragma GCC optimize("O3", "fp-contract=off")  // only the fmas written out: the bits every ISA shares
 // GCC 12's AVX-512 headers trip its own (un)initialized-use warnings (_mm512_undefined_*).
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -37,16 +37,6 @@ inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), 
 constexpr i64 kAheadTiles = 3;  // integer rows'
 template <typename W>
 constexpr i64 ahead_tiles() { return sizeof(W) == 1 ? kAheadTiles : 1; }
-
-// The 16 lanes summed by quant_linear.h's tree (256-bit halves, 128-bit halves, 64-bit halves,
-// then the two floats), the same operations as the AVX2 and portable code.
-inline float sum_lanes(__m512 v) {
-  const __m256 high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));  // AVX-512F (no DQ)
-  const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), high);
-  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
-}
 
 // float weights: 16 of a row widened to fp32 (bf16 is the top half of an fp32).
 inline __m512 widen(const float* p) { return _mm512_loadu_ps(p); }
@@ -96,9 +86,9 @@ void row_tile(const float* x, i64 K, const W* w, const float* scale, float* y, i
   for (int t = 0; t < T; ++t)
     for (int r = 0; r < R; ++r) {
       if constexpr (sizeof(W) == 1)
-        y[t * ldy + r] = sum_lanes(acc[r][t]) * scale[r];
+        y[t * ldy + r] = sum16(acc[r][t]) * scale[r];
       else
-        y[t * ldy + r] = sum_lanes(acc[r][t]);
+        y[t * ldy + r] = sum16(acc[r][t]);
     }
 }
 

@@ -1,6 +1,8 @@
 // Portable fallback: plain loops in the order of float operations every implementation follows
 // (quant_linear.h), for CPUs without AVX2 (and the reference the tests compare the vector code
 // against, bit for bit). Clarity before speed: each output is computed on its own.
+// Only the fmas written out (std::fma): the order of float operations every ISA shares.
+#pragma GCC optimize("fp-contract=off")
 #include <cmath>
 #include <cstring>
 
