@@ -22,6 +22,9 @@ for arg in "$@"; do
 done
 
 # pytest exits 5 when a stage collects nothing; that is not a failure of the stage.
+# The tiny-model stages run two test files side by side (pytest-xdist), so each process and the
+# programs it starts get one core: two OpenMP threads each on 2 cores spin at every barrier and
+# made a tiny model's generate 2x slower. Tests about threads set their own counts.
 run_pytest() {
     local rc=0
     python3 -m pytest "$@" || rc=$?
@@ -33,7 +36,7 @@ if [ "$quick" -eq 1 ]; then
     scripts/build_native.sh core
     (cd cmake-out && ctest --output-on-failure -j2)
     printf '\n== Python and runner tests that export nothing (quick tier)\n' >&2
-    run_pytest -n 2 --dist loadfile -q -m "not e2e and not export" tests/python tests/runner
+    OMP_NUM_THREADS=1 run_pytest -n 2 --dist loadfile -q -m "not e2e and not export" tests/python tests/runner
     exit 0
 fi
 
@@ -46,7 +49,7 @@ printf '\n== Unit tests on tiny random models (Python, C++, native runner)\n' >&
 # Two workers (pytest-xdist), a test file each at a time: most of this stage is exporting tiny
 # models, much of which runs on one core (tracing, Inductor's code generation, one g++), so two
 # files side by side take 8-11 minutes instead of 13 on two cores. Module fixtures stay in one worker.
-run_pytest -n 2 --dist loadfile -q -m "not e2e" tests/python tests/runner
+OMP_NUM_THREADS=1 run_pytest -n 2 --dist loadfile -q -m "not e2e" tests/python tests/runner
 
 printf '\n== Fuzzing the tokenizers'"'"' encoders (libFuzzer, ASan/UBSan), 10 s each\n' >&2
 scripts/fuzz.sh 10

@@ -67,6 +67,7 @@ def test_bad_sampling_values(bare, flags, pattern):
     assert_one_line_error(cli(*generate_args(ckpt, tok), *flags), pattern)
 
 
+@pytest.mark.e2e  # the real tokenizer and model
 def test_eval_corpus_of_one_token(tmp_path):
     """SmolLM2 adds no BOS: one token leaves nothing to score."""
     from torchchat.registry import model_dir

