@@ -173,7 +173,7 @@ def make_decoder(args, loaded, needed: int):
         context = args.max_seq_length
     else:
         context = min(context, needed)
-    return EagerDecoder(loaded.model, context, compile=getattr(args, "compile", False))
+    return EagerDecoder(loaded.model, context, compile=getattr(args, "compile", False), kernels=True)
 
 
 def cmd_generate(args) -> None:

@@ -5,10 +5,11 @@ Layers, bottom to top (a module may import its own package and lower layers, not
   0  errors, quiet                                  one-line errors; optional libraries' noise
   1  model, metadata, mapped_constants, kernels,    the model, the artifact format, our kernels,
      output, target_cpu                             output files written whole, the CPU an artifact needs
-  2  checkpoints, quantize, backends, export        weights in, weights changed, decoders, artifacts out
-  3  tokenizer, registry, generate                  text <-> tokens, the model cache, the decode loop
-  4  load, chat, eval, lm_eval_adapter              named model -> ready model; what the commands do
-  5  cli                                            the command line
+  2  kernel_swaps                                   the model's float linears and attention on our kernels
+  3  checkpoints, quantize, backends, export        weights in, weights changed, decoders, artifacts out
+  4  tokenizer, registry, generate                  text <-> tokens, the model cache, the decode loop
+  5  load, chat, eval, lm_eval_adapter              named model -> ready model; what the commands do
+  6  cli                                            the command line
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ PACKAGE = ROOT / "torchchat"
 LAYERS = [
     {"errors", "quiet"},
     {"model", "metadata", "mapped_constants", "kernels", "output", "target_cpu"},
+    {"kernel_swaps"},
     {"checkpoints", "quantize", "backends", "export"},
     {"tokenizer", "registry", "generate"},
     {"load", "chat", "eval", "lm_eval_adapter"},

@@ -3,14 +3,21 @@ from __future__ import annotations
 
 import torch
 
+from torchchat.kernel_swaps import swap_attention, swap_float_linears
 from torchchat.model import Transformer, length_tensor, size_inputs
 
 
 class EagerDecoder:
     """A Transformer with a KV cache of `max_seq_len` positions, as a Decoder (torchchat/backends)."""
 
-    def __init__(self, model: Transformer, max_seq_len: int, compile: bool = False):
+    def __init__(self, model: Transformer, max_seq_len: int, compile: bool = False, kernels: bool = False):
+        """kernels: run the fp32/bf16 linears and attention on our kernels (torchchat/kernel_swaps.py),
+        as the AOT Inductor export does, for good: the model is changed in place. Not with compile,
+        whose inductor templates take the weights as constants."""
         model.setup_caches(max_seq_len)
+        if kernels and not compile:
+            swap_float_linears(model)
+            swap_attention(model)
         self.model, self.max_seq_len, self.vocab_size = model, max_seq_len, model.args.vocab_size
         self.decode = compile_for_decode(model) if compile else None
         self.lengths = length_tensor(max_seq_len)  # sliced for kv_len and n_logits

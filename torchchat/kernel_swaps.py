@@ -1,0 +1,122 @@
+"""A Transformer's float linears and its attention moved onto our kernels (kernels/), for the
+AOT Inductor export (torchchat/export/program.py, while exporting) and for eager generate, chat
+and eval (torchchat/backends/eager.py, for good): the same kernels, so the same bits, in both.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from torchchat import kernels
+from torchchat.model import Attention, Transformer, unfused_projections
+
+
+class TiedOutput(nn.Module):
+    """The output layer through our row-major float kernel, reading the embedding table it is
+    tied to: a packed copy would add the table's size to the file (113 MB of SmolLM2's 538 MB
+    in fp32)."""
+
+    def __init__(self, weight: nn.Parameter):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.torchchat.float_weight_linear(x, self.weight)
+
+
+class PanelLinear(nn.Module):
+    """A float linear through our panel kernel, its weight packed in column panels."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("panels", kernels.pack_panels(weight))
+        self.out_features = weight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.torchchat.panel_weight_linear(x, self.panels, self.out_features)
+
+
+# A/B switches for benchmarks: ATen's (eager) or inductor's (AOTI) linears and ATen's SDPA instead.
+FLOAT_KERNELS = True
+ATTENTION_KERNEL = True
+
+
+def swap_float_linears(model: Transformer) -> Callable[[], None]:
+    """The fp32/bf16 linears onto our kernels (those not swapped yet); returns the undo.
+
+    Against inductor's C++ GEMM templates in AOTI exports, side by side (SmolLM2, 2 threads):
+    fp32 prefill 2.4x, decode the same or better; bf16 prefill 2.7x, decode 1.7-2x. Each layer's
+    wq/wk/wv and w1/w3 become one matrix (one call instead of three and two; every output is
+    computed as before). The output layer tied to the embedding table reads the table
+    (TiedOutput); the other linears read weights packed in column panels (PanelLinear)."""
+    def is_float(m) -> bool:
+        return type(m) is nn.Linear and m.bias is None and m.weight.dtype in (torch.float32, torch.bfloat16)
+
+    swaps = []  # (parent, name, original), undone in reverse order
+
+    def swap(parent: nn.Module, name: str, replacement) -> None:
+        swaps.append((parent, name, getattr(parent, name)))
+        setattr(parent, name, replacement)
+
+    if FLOAT_KERNELS:
+        kernels.load()
+        tied = model.output if (isinstance(model.tok_embeddings, nn.Embedding) and is_float(model.output)
+                                and model.output.weight is model.tok_embeddings.weight) else None
+        for m, name, parts in unfused_projections(model):
+            if all(is_float(getattr(m, part)) for part in parts):
+                swap(m, name, PanelLinear(torch.cat([getattr(m, part).weight.detach() for part in parts])))
+                for part in parts:
+                    swap(m, part, None)
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if is_float(child):
+                    swap(parent, name, TiedOutput(child.weight) if child is tied else PanelLinear(child.weight))
+
+    def undo() -> None:
+        for parent, name, original in reversed(swaps):
+            setattr(parent, name, original)
+    return undo
+
+
+def swap_attention(model: Transformer) -> Callable[[], None]:
+    """Attention onto our kernel (kernels/attention.h) where the KV cache is fp32 or bf16 (after
+    setup_caches); returns the undo.
+
+    Against ATen's CPU SDPA with the model's mask, per layer of SmolLM2 (9 query heads on 3 KV heads,
+    2 threads): decode 3.4-4.7x faster at 128-1900 positions, a prompt's attention
+    2.7-3.1x. ATen reads each KV head once per query head and builds and reads a mask; the kernel
+    reads a head's rows once for its query heads and only up to each token's position. A bf16
+    cache is read as bf16 and computed in fp32 (SDPA took 56 us a layer of bf16 decode, a quarter
+    of the step). fp16 caches keep SDPA."""
+    layers = [m for m in model.modules() if isinstance(m, Attention)
+              and m.kv_cache is not None and m.kv_cache.k.dtype in (torch.float32, torch.bfloat16)]
+    if ATTENTION_KERNEL and layers:
+        kernels.load()
+        for m in layers:
+            m.cache_attention = torch.ops.torchchat.cache_attention
+
+    def undo() -> None:
+        for m in layers:
+            m.cache_attention = None
+    return undo
+
+
+@contextlib.contextmanager
+def float_kernels(model: Transformer) -> Iterator[None]:
+    undo = swap_float_linears(model)
+    try:
+        yield
+    finally:
+        undo()
+
+
+@contextlib.contextmanager
+def cache_attention(model: Transformer) -> Iterator[None]:
+    undo = swap_attention(model)
+    try:
+        yield
+    finally:
+        undo()
