@@ -329,7 +329,7 @@ def worker_eager(gguf_path: str, dtype: str, threads: int, reps: int, quantize: 
     t0 = time.perf_counter()
     loaded = load_model(Namespace(model=None, gguf_path=gguf_path, checkpoint_path=None, params_path=None,
                                   tokenizer_path=None, dtype=dtype, max_seq_length=None, quantize=quantize))
-    decoder = EagerDecoder(loaded.model, N_PROMPT + N_GEN)
+    decoder = EagerDecoder(loaded.model, N_PROMPT + N_GEN, kernels=True)  # as generate and chat run it
     load = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(1234)
     prompt = torch.randint(0, loaded.info.vocab_size, (1, N_PROMPT), generator=gen)
