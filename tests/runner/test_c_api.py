@@ -1,0 +1,196 @@
+"""libtorchchat's C API driven through ctypes (tc_ctypes.py), each scenario in a process of its
+own, on a tiny llama3-style model exported as an AOT Inductor .so and an ExecuTorch .pte.
+
+Exactness: greedy tokens through the C API equal aoti_run's and et_run's; two sessions on two
+threads give the tokens each gives alone; a session saved, loaded in a new process and
+continued gives the tokens of the uninterrupted one. Bad input: a status and one line each.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from backend_helpers import CONTEXT, PROMPTS, SYSTEM, USER, Exported, aoti_run, et_run, fed_tokens  # noqa: E402
+
+LIBRARY = ROOT / "cmake-out" / "libtorchchat.so"
+HOST = Path(__file__).resolve().parent / "tc_ctypes.py"
+MESSAGES = [USER, "And the second tallest?", "Thank you. Why?"]
+FORMATS = ["so", "pte"]
+
+pytestmark = pytest.mark.export
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Exported:
+    if not LIBRARY.exists():
+        pytest.skip(f"{LIBRARY} is not built (scripts/build_native.sh aoti)")
+    return Exported(tmp_path_factory.mktemp("c_api"), "llama3", ("so", "pte"))
+
+
+def host(scenario: str, timeout: float = 300, **args) -> dict:
+    """Runs one scenario of tc_ctypes.py in a new process; its JSON result."""
+    env = dict(os.environ, PYTHONPATH="")
+    p = subprocess.run([sys.executable, str(HOST), str(LIBRARY), scenario, json.dumps(args)], capture_output=True,
+                       text=True, timeout=timeout, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout)
+
+
+def common(tiny, fmt) -> dict:
+    return {"model": str(tiny.paths[fmt]), "tokenizer": str(tiny.runner_tokenizer)}
+
+
+def runner_for(fmt):
+    return aoti_run if fmt == "so" else et_run
+
+
+def one_line(message: str) -> bool:
+    return bool(message) and "\n" not in message
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_info(tiny, fmt):
+    info = host("info", **common(tiny, fmt))
+    assert info["version"] == 1 and info["context"] == CONTEXT and info["sessions"] == 0
+    assert info["backend"] == {"so": "aoti", "pte": "executorch"}[fmt]
+    assert info["vocab_size"] == tiny.eager.info.vocab_size
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_greedy_generate_equals_the_runner(tiny, fmt, tmp_path):
+    for prompt in PROMPTS[:2]:
+        got = host("generate", prompt=prompt, steps=48, **common(tiny, fmt))
+        assert got["status"] == 0, got
+        trace = tmp_path / f"{fmt}.trace"
+        trace.unlink(missing_ok=True)
+        p = runner_for(fmt)(tiny.paths[fmt], tiny.runner_tokenizer, "-i", prompt, "-t", "0", "-n", "48", trace=trace)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == prompt + got["text"] + "\n"
+        fed = fed_tokens(trace)
+        n_prompt = len(fed) - (len(got["tokens"]) - 1)
+        assert fed[n_prompt:] == got["tokens"][:-1] and len(got["tokens"]) > 1
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_chat_equals_the_runner(tiny, fmt):
+    got = host("chat", system=SYSTEM, messages=MESSAGES[:2], **common(tiny, fmt))
+    p = runner_for(fmt)(tiny.paths[fmt], tiny.runner_tokenizer, "-m", "chat", "-y", SYSTEM, "-t", "0", "-n", "0",
+                        stdin="".join(m + "\n" for m in MESSAGES[:2]))
+    assert p.returncode == 0, p.stderr
+    # The runner asks for a next message unless the last reply filled the context.
+    more = "" if got["turns"][-1]["stop"] == "context_full" else "User: \n"
+    assert p.stdout == "".join(f"User: Assistant: {t['text']}\n" for t in got["turns"]) + more
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_two_sessions_on_two_threads_give_what_they_give_alone(tiny, fmt):
+    conversations = [MESSAGES, ["Tell me a story.", "Shorter, please.", "Once more."]]
+    got = host("threads", system=SYSTEM, conversations=conversations, **common(tiny, fmt))
+    assert got["together"] == got["alone"]
+    assert got["alone"][0] != got["alone"][1]  # the two conversations differ: a swap would show
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_saved_session_continues_exactly_in_a_new_process(tiny, fmt, temperature, tmp_path):
+    path = str(tmp_path / "chat.tcs")
+    whole = host("chat", system=SYSTEM, messages=MESSAGES, temperature=temperature, seed=7, save=path, save_after=1,
+                 **common(tiny, fmt))
+    assert Path(path).is_file() and not [f for f in tmp_path.iterdir() if f.name != "chat.tcs"]  # no temporary left
+    resumed = host("load", load=path, messages=MESSAGES[1:], **common(tiny, fmt))
+    assert resumed["status"] == 0, resumed
+    assert [t["tokens"] for t in resumed["turns"]] == [t["tokens"] for t in whole["turns"][1:]]
+    assert [t["text"] for t in resumed["turns"]] == [t["text"] for t in whole["turns"][1:]]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_callback_stop_cancel_and_length_cap_leave_the_session_usable(tiny, fmt):
+    got = host("stops", message=USER, prompt=PROMPTS[0], **common(tiny, fmt))
+    assert got["callback"]["status"] == 1 and got["callback"]["stop"] == "callback"
+    assert one_line(got["callback"]["error"])
+    assert got["after_callback"]["status"] == 0
+    assert got["cancel_decode"]["status"] == 1 and got["cancel_decode"]["stop"] == "cancelled"
+    assert got["after_cancel_decode"]["status"] == 0
+    assert got["cancel_prefill"]["status"] == 1 and got["cancel_prefill"]["stop"] == "cancelled"
+    assert got["cancel_prefill"]["generated"] <= 4  # stopped at the first text after the prefill
+    assert got["after_cancel_prefill"]["status"] == 0
+    capped = got["capped"]
+    assert capped["status"] == 0 and (capped["stop"] == "length" and 5 <= capped["generated"] <= 8
+                                      or capped["stop"] == "token" and capped["generated"] <= 5), capped
+    assert got["busy"][0] == 9 and "another thread" in got["busy"][1]
+
+
+def test_bad_input_is_a_status_and_one_line(tiny, tmp_path):
+    model = tiny.paths["so"]
+    data = model.read_bytes()
+    truncated = tmp_path / "truncated.so"
+    truncated.write_bytes(data[: len(data) // 2])
+    text = tmp_path / "text.so"
+    text.write_text("not a model\n")
+    other = tmp_path / "other.so"  # another model's fingerprint: the same one plus a page
+    other.write_bytes(data + b"\0" * 4096)
+
+    base = tmp_path / "base.tcs"
+    host("chat", messages=[USER], save=str(base), save_after=1, model=str(model), tokenizer=str(tiny.runner_tokenizer))
+    session = base.read_bytes()
+    bad_sessions = {
+        "session_truncated": session[: len(session) // 2],
+        "session_corrupted": session[:100] + bytes([session[100] ^ 1]) + session[101:],
+        "session_foreign": b"not a session file at all",
+        "session_version": session[:8] + b"\x02" + session[9:],
+        "session_empty": b"",
+    }
+    paths = {}
+    for name, content in bad_sessions.items():
+        (tmp_path / f"{name}.tcs").write_bytes(content)
+        paths[name] = str(tmp_path / f"{name}.tcs")
+    paths["session_missing"] = str(tmp_path / "missing.tcs")
+    pte_session = tmp_path / "pte.tcs"
+    host("chat", messages=[USER], save=str(pte_session), save_after=1, **common(tiny, "pte"))
+    paths["session_of_pte"] = str(pte_session)
+    other_session = tmp_path / "other.tcs"
+    host("chat", messages=[USER], save=str(other_session), save_after=1, model=str(other),
+         tokenizer=str(tiny.runner_tokenizer))
+    paths["session_of_other_model"] = str(other_session)
+
+    got = host("errors", model=str(model), tokenizer=str(tiny.runner_tokenizer), bad_tokenizer=str(text),
+               bad_models={"truncated_model": str(truncated), "text_model": str(text),
+                           "missing_model": str(tmp_path / "missing.so")},
+               bad_sessions=paths)
+    expected = {
+        "null_model_path": 2, "truncated_model": 5, "text_model": 5, "missing_model": 4, "bad_tokenizer": 6,
+        "null_message": 2, "null_prompt": 2, "null_save_path": 2, "long_prompt": 8, "long_message": 8,
+        "session_truncated": 7, "session_corrupted": 7, "session_foreign": 7, "session_version": 7,
+        "session_empty": 7, "session_missing": 4, "session_of_pte": 7, "session_of_other_model": 7,
+        "closed_session": 3, "closed_session_close": 3, "closed_model": 3, "closed_model_info": 3,
+    }
+    for name, status in expected.items():
+        assert got[name][0] == status, (name, got[name])
+        assert one_line(got[name][1]), (name, got[name])
+    assert "context" in got["long_prompt"][1] and "too long" in got["long_message"][1]
+    assert got["after_long_message"] == 0 and got["session_outlives_model"] == 0
+    assert "version 2" in got["session_version"][1]
+    assert "another model" in got["session_of_other_model"][1]
+    assert "executorch" in got["session_of_pte"][1]
+    assert "checksum" in got["session_corrupted"][1] and "not a torchchat session" in got["session_foreign"][1]
+
+
+def test_only_the_api_is_exported():
+    if not LIBRARY.exists():
+        pytest.skip(f"{LIBRARY} is not built")
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm is not installed")
+    out = subprocess.run([nm, "-D", "--defined-only", str(LIBRARY)], capture_output=True, text=True, check=True).stdout
+    names = [line.split()[-1].split("@")[0] for line in out.splitlines() if line.split()[1] != "A"]
+    assert names and all(n.startswith("tc_") for n in names), [n for n in names if not n.startswith("tc_")]
