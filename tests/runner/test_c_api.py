@@ -194,3 +194,20 @@ def test_only_the_api_is_exported():
     out = subprocess.run([nm, "-D", "--defined-only", str(LIBRARY)], capture_output=True, text=True, check=True).stdout
     names = [line.split()[-1].split("@")[0] for line in out.splitlines() if line.split()[1] != "A"]
     assert names and all(n.startswith("tc_") for n in names), [n for n in names if not n.startswith("tc_")]
+
+
+def test_an_installed_library_opens_both_formats(tiny, tmp_path):
+    """The installed prefix is complete: its library finds our kernels and the runtimes."""
+    if shutil.which("cc") is None:
+        pytest.skip("cc is missing")
+    prefix = tmp_path / "prefix"
+    subprocess.run(["cmake", "--install", str(LIBRARY.parent), "--prefix", str(prefix)], check=True, capture_output=True)
+    lib = next(d for d in ("lib", "lib64") if (prefix / d).is_dir())
+    exe = tmp_path / "consumer"
+    consumer = Path(__file__).resolve().parent / "install_consumer" / "consumer.c"
+    subprocess.run(["cc", "-std=c11", str(consumer), "-o", str(exe), f"-I{prefix / 'include'}", f"-L{prefix / lib}",
+                    f"-Wl,-rpath,{prefix / lib}", "-ltorchchat"], check=True)
+    for fmt in FORMATS:
+        p = subprocess.run([str(exe), str(tiny.paths[fmt]), str(tiny.runner_tokenizer)], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        assert "model: llama, vocab 640" in p.stdout
