@@ -211,3 +211,47 @@ def test_an_installed_library_opens_both_formats(tiny, tmp_path):
         p = subprocess.run([str(exe), str(tiny.paths[fmt]), str(tiny.runner_tokenizer)], capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
         assert "model: llama, vocab 640" in p.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# examples/npc: the game, driven by scripted input, with a restart
+
+
+NPC_CASES = [("release", "so"), ("release", "pte"), ("asan", "pte")]
+
+
+@pytest.mark.parametrize("build,fmt", NPC_CASES, ids=[f"{b}-{f}" for b, f in NPC_CASES])
+def test_npc_game_remembers_across_a_restart(tiny, build, fmt, tmp_path):
+    npc = ROOT / ("cmake-out" if build == "release" else "cmake-out-asan") / "npc"
+    if not npc.exists():
+        pytest.skip(f"{npc} is not built")
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
+
+    def play(folder: Path, lines: list[str]) -> str:
+        folder.mkdir(exist_ok=True)
+        p = subprocess.run([str(npc), str(tiny.paths[fmt]), "-z", str(tiny.runner_tokenizer), "-d", str(folder),
+                            "-n", "16", "-s", "5"], input="".join(line + "\n" for line in lines), capture_output=True,
+                           text=True, timeout=600, env=env, errors="replace")
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr[-3000:]
+        return p.stdout
+
+    def replies(out: str, who: str) -> list[str]:
+        return [line.split(": ", 1)[1] for line in out.split("> ") if line.startswith(who + ": ")]
+
+    first = ["Hello there!", "/talk tom", "Good morning.", "/talk mira"]
+    later = ["How are you?", "/talk tom", "Any news?"]
+    whole = play(tmp_path / "whole", first + later + ["/quit"])
+    before = play(tmp_path / "restarted", first + ["/quit"])
+    after = play(tmp_path / "restarted", ["/talk mira"] + later)  # end of input: leaves and saves too
+    assert "[the village will remember you]" in before
+    assert "[Mira the baker remembers you]" in after and "[Old Tom the smith remembers you]" in after
+    assert "[Mira the baker remembers you]" not in before
+    # After the restart each villager goes on as in the game that never stopped.
+    assert replies(after, "Mira the baker") == replies(whole, "Mira the baker")[1:]
+    assert replies(after, "Old Tom the smith") == replies(whole, "Old Tom the smith")[1:]
+    assert len(replies(whole, "Mira the baker")) == 2 and len(replies(whole, "Old Tom the smith")) == 2
+    # A damaged save: that villager starts afresh, the game goes on.
+    (tmp_path / "restarted" / "tom.tcs").write_bytes(b"garbage")
+    out = play(tmp_path / "restarted", ["/talk tom", "Hello?"])
+    assert "[Old Tom the smith has forgotten you: session file" in out and len(replies(out, "Old Tom the smith")) == 1
