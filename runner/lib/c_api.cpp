@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -24,6 +25,7 @@
 #include "session_file.h"
 #include "torchchat/backend.h"
 #include "torchchat/chat_template.h"
+#include "torchchat/cli.h"
 #include "torchchat/error.h"
 #include "torchchat/metadata.h"
 #include "torchchat/runner.h"
@@ -720,6 +722,22 @@ tc_status tc_session_load(tc_model* model, const char* path, tc_session** out) {
     *out = reinterpret_cast<tc_session*>(sessions().add(std::move(session)));
     return TC_OK;
   });
+}
+
+int tc_run_cli(int argc, const char* const* argv, const char* backend) {
+  const std::string name = backend ? backend : "";
+  BackendFactory factory;
+#ifdef TORCHCHAT_WITH_AOTI
+  if (name == "aoti") factory = [](const BackendOptions& options) { return std::make_unique<AotiBackend>(options); };
+#endif
+#ifdef TORCHCHAT_WITH_ET
+  if (name == "executorch") factory = make_et_backend;
+#endif
+  if (!factory) {
+    std::fprintf(stderr, "%s", error_line("this libtorchchat has no '" + name + "' backend").c_str());
+    return 1;
+  }
+  return run_main(argc, argv, factory);
 }
 
 }  // extern "C"

@@ -165,6 +165,10 @@ TC_EXPORT tc_status tc_session_save(tc_session* session, const char* path);
  * model, tokenizer or file format version is refused (TC_ERR_BAD_SESSION). */
 TC_EXPORT tc_status tc_session_load(tc_model* model, const char* path, tc_session** out);
 
+/* The runners' command line (aoti_run, et_run: runner/src/cli.cpp) on one backend, "aoti" or
+ * "executorch": what their mains call. Returns the exit code. */
+TC_EXPORT int tc_run_cli(int argc, const char* const* argv, const char* backend);
+
 #ifdef __cplusplus
 }
 #endif
