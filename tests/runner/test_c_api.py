@@ -185,17 +185,6 @@ def test_bad_input_is_a_status_and_one_line(tiny, tmp_path):
     assert "checksum" in got["session_corrupted"][1] and "not a torchchat session" in got["session_foreign"][1]
 
 
-def test_only_the_api_is_exported():
-    if not LIBRARY.exists():
-        pytest.skip(f"{LIBRARY} is not built")
-    nm = shutil.which("nm")
-    if nm is None:
-        pytest.skip("nm is not installed")
-    out = subprocess.run([nm, "-D", "--defined-only", str(LIBRARY)], capture_output=True, text=True, check=True).stdout
-    names = [line.split()[-1].split("@")[0] for line in out.splitlines() if line.split()[1] != "A"]
-    assert names and all(n.startswith("tc_") for n in names), [n for n in names if not n.startswith("tc_")]
-
-
 def test_an_installed_library_opens_both_formats(tiny, tmp_path):
     """The installed prefix is complete: its library finds our kernels and the runtimes."""
     if shutil.which("cc") is None:

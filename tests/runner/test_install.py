@@ -1,5 +1,6 @@
 """cmake --install puts libtorchchat, torchchat.h, a CMake package and a pkg-config file into a
-prefix, and a C program outside the project builds against it both ways and runs."""
+prefix, and a C program outside the project builds against it both ways and runs; the library
+exports the C API and nothing else."""
 from __future__ import annotations
 
 import os
@@ -57,3 +58,15 @@ def test_pkg_config_builds_a_c_program(prefix, tmp_path):
     # A wrong file is an error from the installed library too.
     p = subprocess.run([str(exe), str(CONSUMER / "consumer.c")], capture_output=True, text=True)
     assert p.returncode == 1 and p.stderr.startswith("error: ") and "not a model" in p.stderr
+
+
+def test_only_the_api_is_exported():
+    library = BUILD / "libtorchchat.so"
+    if not library.exists():
+        pytest.skip(f"{library} is not built")
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm is not installed")
+    out = subprocess.run([nm, "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True).stdout
+    names = [line.split()[-1].split("@")[0] for line in out.splitlines() if line.split()[1] != "A"]
+    assert names and all(n.startswith("tc_") for n in names), [n for n in names if not n.startswith("tc_")]
