@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """libtorchchat's C API on SmolLM2-135M (fp32, AOT Inductor .so): what embedding costs.
 
-    python3 bench/c_api_bench.py [--model SO] [--reps 3] [--results DIR]
+    python3 bench/c_api_bench.py [--model SO] [--reps 3] [--threads 1] [--results DIR]
 
 - API overhead per token: greedy decode through tc_generate (ctypes host, a callback per piece)
   against aoti_run on the same model, prompt and -n, alternating runs; median decode tokens/s.
@@ -145,11 +145,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="an exported SmolLM2 .so (default: export one, context 1280)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OpenMP threads of every run (default 1: steadier on a shared machine)")
     results.add_argument(parser)
     args = parser.parse_args()
     for path in (LIBRARY, AOTI_RUN, NPC):
         if not path.exists():
             raise SystemExit(f"error: {path} is not built (scripts/build_native.sh aoti)")
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every run below
     model = model_path(args.model)
     common = {"model": str(model), "tokenizer": str(TOKENIZER)}
     rows = []
@@ -194,7 +197,7 @@ def main() -> None:
 
     columns = ["measure", "aoti_run", "C API", "difference"]
     run = results.record("c_api", columns, rows, directory=args.results,
-                         settings={"model": model.name, "context": CONTEXT, "threads": os.cpu_count()},
+                         settings={"model": model.name, "context": CONTEXT, "threads": args.threads},
                          notes=["C API figures from a Python ctypes host in a process of its own",
                                 "load time excludes opening the model (done once per game, not per save)"])
     print(results.render(run))
