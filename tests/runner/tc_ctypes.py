@@ -287,6 +287,13 @@ def scenario_info(lib: Library, a: dict) -> dict:
             "sessions": info.sessions, "backend": info.backend.decode(), "description": info.description.decode()}
 
 
+def scenario_both(lib: Library, a: dict) -> dict:
+    """An AOT Inductor model and an ExecuTorch program open in one process, generating in turn."""
+    models = [lib.open_model(path, a.get("tokenizer")) for path in a["models"]]
+    sessions = [lib.open_session(m, temperature=0.0, max_positions=a["steps"]) for m in models]
+    return {"tokens": [s.generate(a["prompt"])["tokens"] for s in sessions]}
+
+
 SCENARIOS = {name[len("scenario_"):]: fn for name, fn in globals().items() if name.startswith("scenario_")}
 
 if __name__ == "__main__":

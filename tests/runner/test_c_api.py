@@ -66,6 +66,12 @@ def test_info(tiny, fmt):
     assert info["vocab_size"] == tiny.eager.info.vocab_size
 
 
+def test_both_backends_in_one_process(tiny):
+    got = host("both", models=[str(tiny.paths[f]) for f in FORMATS], tokenizer=str(tiny.runner_tokenizer),
+               prompt=PROMPTS[0], steps=32)
+    assert len(got["tokens"][0]) > 1 and got["tokens"][0] == got["tokens"][1]  # one model, two formats
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_greedy_generate_equals_the_runner(tiny, fmt, tmp_path):
     for prompt in PROMPTS[:2]:
