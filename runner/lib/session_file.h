@@ -20,8 +20,22 @@ namespace torchchat {
 
 inline constexpr std::uint32_t kSessionFormat = 1;
 
-// A fast 64-bit checksum of `bytes` (not cryptographic: it catches damage, not forgery),
-// continuing from `seed`.
+// A fast 64-bit checksum (not cryptographic: it catches damage, not forgery), fed in pieces.
+class Checksum {
+ public:
+  explicit Checksum(std::uint64_t seed = 0);
+  void update(std::span<const std::byte> bytes);
+  std::uint64_t digest() const;
+
+ private:
+  void block(const std::byte* p);  // 32 bytes
+  std::uint64_t lane_[4];
+  std::byte pending_[32];
+  std::size_t n_pending_ = 0;
+  std::uint64_t length_ = 0;
+};
+
+// The checksum of `bytes` in one piece, continuing from `seed`.
 std::uint64_t checksum64(std::span<const std::byte> bytes, std::uint64_t seed = 0);
 
 // Writes header + buffers to `path` atomically. Throws Error (one line).
