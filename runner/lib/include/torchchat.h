@@ -29,8 +29,9 @@
  *     so their tokens are those each gives alone.
  *   - One session runs one call at a time: a call on a session that is busy on another thread
  *     returns TC_ERR_BUSY. The exception is tc_session_cancel, which any thread may call at
- *     any time: the turn in progress stops at its next token (TC_STOPPED) and the session stays
- *     usable. A cancel while no turn runs stops the session's next turn.
+ *     any time: the turn in progress stops when it next streams text (a prefill under way runs to
+ *     its end first), returns TC_STOPPED, and the session stays usable: the conversation holds
+ *     the turn as far as it went. A cancel while no turn runs stops the session's next turn.
  *   - Callbacks run on the thread that called tc_chat / tc_generate, inside that call; they
  *     must not call into the same session (TC_ERR_BUSY), other sessions are fine.
  *   - tc_model_close may come before the model's sessions are closed: the model is freed with
