@@ -1,14 +1,7 @@
-// aoti_run: the llama runner over an AOT Inductor model (.so or .pt2).
+// aoti_run: the llama runner over an AOT Inductor model (.so or .pt2), a main over libtorchchat.
 //
 //   ./cmake-out/aoti_run ./model.so -z ./tokenizer.bin -l 2 -i "Once upon a time"
 
-#include <memory>
+#include "torchchat.h"
 
-#include "backends/aoti_backend.h"
-#include "torchchat/cli.h"
-
-int main(int argc, char** argv) {
-  return torchchat::run_main(argc, argv, [](const torchchat::BackendOptions& options) {
-    return std::make_unique<torchchat::AotiBackend>(options);
-  });
-}
+int main(int argc, char** argv) { return tc_run_cli(argc, argv, "aoti"); }

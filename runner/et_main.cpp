@@ -1,10 +1,7 @@
-// et_run: the llama runner over an ExecuTorch program (.pte).
+// et_run: the llama runner over an ExecuTorch program (.pte), a main over libtorchchat.
 //
 //   ./cmake-out/et_run ./model.pte -z ./tokenizer.bin -l 2 -i "Once upon a time"
 
-#include "backends/et_backend.h"
-#include "torchchat/cli.h"
+#include "torchchat.h"
 
-int main(int argc, char** argv) {
-  return torchchat::run_main(argc, argv, torchchat::make_et_backend);
-}
+int main(int argc, char** argv) { return tc_run_cli(argc, argv, "executorch"); }

@@ -46,6 +46,9 @@ scripts/build_native.sh core --sanitize
 
 printf '\n== Unit tests on tiny random models (Python, C++, native runner)\n' >&2
 (cd cmake-out && ctest --output-on-failure -j2)
+# The C API's bad-input and session-file tests under ASan/UBSan too (the Python tests drive the
+# rest of the sanitized build).
+(cd cmake-out-asan && ctest --output-on-failure -R 'c_api|session_file')
 # Two workers (pytest-xdist), a test file each at a time: most of this stage is exporting tiny
 # models, much of which runs on one core (tracing, Inductor's code generation, one g++), so two
 # files side by side take 8-11 minutes instead of 13 on two cores. Module fixtures stay in one worker.

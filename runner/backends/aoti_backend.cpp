@@ -249,4 +249,84 @@ std::span<const float> AotiBackend::forward(const std::int64_t* tokens, int n, i
   return {model_->logits.data_ptr<float>(), static_cast<std::size_t>(metadata_.vocab_size)};
 }
 
+// ---- Conversations of their own ----
+
+namespace {
+
+// One conversation's cache: tensors for the model's all-zero constants, by name.
+class AotiKvState final : public KvState {
+ public:
+  // `base_taken`: the backend's flag, cleared when the state holding the loaded buffers goes.
+  AotiKvState(std::unordered_map<std::string, at::Tensor> tensors, bool* base_taken)
+      : tensors(std::move(tensors)), base_taken_(base_taken) {}
+  ~AotiKvState() override {
+    if (base_taken_ != nullptr) *base_taken_ = false;
+  }
+  std::vector<std::span<std::byte>> bytes() override {
+    std::vector<std::string> names;
+    for (const auto& entry : tensors) names.push_back(entry.first);
+    std::sort(names.begin(), names.end());  // a fixed order for session files
+    std::vector<std::span<std::byte>> spans;
+    for (const std::string& name : names) {
+      const at::Storage& storage = tensors.at(name).storage();
+      spans.emplace_back(static_cast<std::byte*>(storage.mutable_data()), storage.nbytes());
+    }
+    return spans;
+  }
+  void zero() {
+    for (auto& entry : tensors) {
+      const at::Storage& storage = entry.second.storage();
+      std::memset(storage.mutable_data(), 0, storage.nbytes());
+    }
+  }
+  // The model keeps pointers to these tensors while the state is in use: the map stays put.
+  std::unordered_map<std::string, at::Tensor> tensors;
+
+ private:
+  bool* base_taken_;
+};
+
+}  // namespace
+
+std::unique_ptr<KvState> AotiBackend::new_kv_state() {
+  if (!model_->constants || model_->constants->zero_names().empty()) return nullptr;
+  if (!base_kv_taken_) {
+    // The first conversation takes the cache the model was loaded with: one session costs nothing more.
+    std::unordered_map<std::string, at::Tensor> tensors;
+    for (const std::string& name : model_->constants->zero_names())
+      tensors.emplace(name, model_->constants->tensors().at(name));
+    base_kv_taken_ = true;
+    auto state = std::make_unique<AotiKvState>(std::move(tensors), &base_kv_taken_);
+    state->zero();  // an earlier conversation may have written it
+    return state;
+  }
+  return std::make_unique<AotiKvState>(model_->constants->new_zeros(), nullptr);
+}
+
+void AotiBackend::use_kv_state(KvState& state) {
+  if (active_kv_ == &state) return;
+  auto& tensors = static_cast<AotiKvState&>(state).tensors;
+  try {
+    // user_managed: the model reads and writes these tensors in place (no copy).
+    if (model_->so) model_->so->update_constant_buffer(tensors, false, false, true);
+    else model_->pt2->update_constant_buffer(tensors, false, false, true);
+  } catch (const std::exception& e) {
+    throw Error("cannot switch the model's KV cache: " + first_line(e));
+  }
+  active_kv_ = &state;
+}
+
+void AotiBackend::release_kv_state(KvState& state) {
+  if (active_kv_ != &state) return;
+  // Back to the loaded buffers, which outlive every state: the model never keeps pointers
+  // into a state that may be destroyed.
+  try {
+    if (model_->so) model_->so->update_constant_buffer(model_->constants->tensors(), false, false, true);
+    else model_->pt2->update_constant_buffer(model_->constants->tensors(), false, false, true);
+  } catch (const std::exception& e) {
+    throw Error("cannot switch the model's KV cache: " + first_line(e));
+  }
+  active_kv_ = nullptr;
+}
+
 }  // namespace torchchat

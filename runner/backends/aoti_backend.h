@@ -26,11 +26,20 @@ class AotiBackend final : public Backend {
   std::span<const float> forward(const std::int64_t* tokens, int n, int start_pos) override;
   std::string kernels() const override;
 
+  // Conversations of their own: the cache buffers (the model's all-zero constants) are
+  // swapped by pointer, the weights shared. nullptr for a model whose constants are inside
+  // its library (not stored by torchchat/mapped_constants.py).
+  std::unique_ptr<KvState> new_kv_state() override;
+  void use_kv_state(KvState& state) override;
+  void release_kv_state(KvState& state) override;
+
  private:
   struct Model;  // libtorch types stay out of this header
   std::unique_ptr<Model> model_;
   ModelMetadata metadata_;
   std::string trace_path_;
+  KvState* active_kv_ = nullptr;  // the state the model's cache constants point into
+  bool base_kv_taken_ = false;    // the loaded cache buffers are some state's
 };
 
 // The metadata JSON appended to an exported .so, or "" if there is none; `block_end`

@@ -1,5 +1,6 @@
 #include "et_backend.h"
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <mutex>
@@ -10,6 +11,7 @@
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/threadpool/threadpool_guard.h>
 #include <executorch/extension/tensor/tensor.h>
+#include <executorch/runtime/core/hierarchical_allocator.h>
 #include <executorch/runtime/platform/platform.h>
 
 #include "torchchat/cpu_features.h"
@@ -95,7 +97,27 @@ class EtBackend final : public Backend {
   std::span<const float> forward(const std::int64_t* tokens, int n, int start_pos) override;
   std::string kernels() const override { return runs_our_kernels(metadata_) ? torchchat_kernels_isa() : ""; }
 
+  // Conversations of their own: the forward method's planned memory (the KV cache, and the
+  // activations with it) is ours, and a state is a copy of it, swapped in and out by copying.
+  std::unique_ptr<KvState> new_kv_state() override;
+  void use_kv_state(KvState& state) override;
+  void release_kv_state(KvState& state) override;
+
  private:
+  void allocate_planned_memory();
+  std::vector<std::vector<std::uint8_t>> planned_;
+  std::vector<et::Span<std::uint8_t>> planned_spans_;
+  std::unique_ptr<et::HierarchicalAllocator> planned_memory_;
+  // The planned memory as loaded (the cache's initial zeros), for new states: the non-zero
+  // pages only, by buffer and offset.
+  struct Page {
+    std::size_t buffer, offset;
+    std::vector<std::uint8_t> bytes;
+  };
+  std::vector<Page> initial_pages_;
+  KvState* active_kv_ = nullptr;  // the state whose contents are in planned_
+  friend class EtKvState;
+
   std::unique_ptr<Module> module_;
   ModelMetadata metadata_;
   std::vector<std::int64_t> tokens_, positions_;
@@ -137,7 +159,8 @@ EtBackend::EtBackend(const BackendOptions& options) {
   require_cpu_features(metadata_, path);  // ours need nothing ("any"): XNNPACK and our kernels choose at run time
   own_threads_ = linears_on_our_kernels(metadata_);
   const PoolOff pool_off(own_threads_);  // XNNPACK takes its thread pool when it is set up
-  if (const et::Error e = module.load_method("forward"); e != et::Error::Ok)
+  allocate_planned_memory();
+  if (const et::Error e = module.load_method("forward", planned_memory_.get()); e != et::Error::Ok)
     throw Error(describe(path + ": cannot load the forward method", e));
   const auto forward_meta = module.method_meta("forward");
   if (!forward_meta.ok()) throw Error(describe(path + ": cannot read the forward method's inputs", forward_meta.error()));
@@ -145,6 +168,28 @@ EtBackend::EtBackend(const BackendOptions& options) {
   // (whole-cache attention).
   if (forward_meta->num_inputs() != 4) throw Error(path + ": exported by an older version; export again");
   n_logits_ = ::executorch::extension::from_blob(&n_logits_value_, {1}, et::etensor::ScalarType::Long);
+  constexpr std::size_t kPage = 4096;
+  for (std::size_t b = 0; b < planned_.size(); ++b) {
+    const std::vector<std::uint8_t>& buffer = planned_[b];
+    for (std::size_t at = 0; at < buffer.size(); at += kPage) {
+      const std::size_t n = std::min(kPage, buffer.size() - at);
+      const auto* p = buffer.data() + at;
+      if (std::any_of(p, p + n, [](std::uint8_t v) { return v != 0; })) initial_pages_.push_back({b, at, {p, p + n}});
+    }
+  }
+}
+
+void EtBackend::allocate_planned_memory() {
+  const auto meta = module_->method_meta("forward");
+  if (!meta.ok()) throw Error(describe("cannot read the forward method", meta.error()));
+  for (std::size_t i = 0; i < meta->num_memory_planned_buffers(); ++i) {
+    const auto size = meta->memory_planned_buffer_size(i);
+    if (!size.ok()) throw Error(describe("cannot read the forward method's planned memory", size.error()));
+    planned_.emplace_back(static_cast<std::size_t>(*size));
+  }
+  for (auto& buffer : planned_) planned_spans_.emplace_back(buffer.data(), buffer.size());
+  planned_memory_ = std::make_unique<et::HierarchicalAllocator>(
+      et::Span<et::Span<std::uint8_t>>(planned_spans_.data(), planned_spans_.size()));
 }
 
 std::span<const float> EtBackend::forward(const std::int64_t* tokens, int n, int start_pos) {
@@ -164,6 +209,53 @@ std::span<const float> EtBackend::forward(const std::int64_t* tokens, int n, int
     throw Error("the model returned logits of an unexpected shape or type");
   logits_.assign(logits.const_data_ptr<float>(), logits.const_data_ptr<float>() + vocab);
   return logits_;
+}
+
+// A conversation's planned memory while another one's is in use; empty while it is in use,
+// or while it is new (then it is the memory as loaded).
+class EtKvState final : public KvState {
+ public:
+  explicit EtKvState(EtBackend& backend) : backend_(backend) {}
+  ~EtKvState() override {
+    if (backend_.active_kv_ == this) backend_.active_kv_ = nullptr;
+  }
+  std::vector<std::span<std::byte>> bytes() override {
+    if (copies.empty()) {  // new: the memory as loaded
+      for (const auto& buffer : backend_.planned_) copies.emplace_back(buffer.size());
+      for (const auto& page : backend_.initial_pages_)
+        std::copy(page.bytes.begin(), page.bytes.end(), copies[page.buffer].begin() + static_cast<std::ptrdiff_t>(page.offset));
+    }
+    std::vector<std::span<std::byte>> spans;
+    for (auto& copy : copies) spans.emplace_back(reinterpret_cast<std::byte*>(copy.data()), copy.size());
+    return spans;
+  }
+  std::vector<std::vector<std::uint8_t>> copies;
+
+ private:
+  EtBackend& backend_;
+};
+
+std::unique_ptr<KvState> EtBackend::new_kv_state() { return std::make_unique<EtKvState>(*this); }
+
+void EtBackend::use_kv_state(KvState& state) {
+  if (active_kv_ == &state) return;
+  if (active_kv_ != nullptr) release_kv_state(*active_kv_);
+  auto& kv = static_cast<EtKvState&>(state);
+  if (kv.copies.empty()) {
+    for (auto& buffer : planned_) std::fill(buffer.begin(), buffer.end(), std::uint8_t{0});
+    for (const auto& page : initial_pages_)
+      std::copy(page.bytes.begin(), page.bytes.end(), planned_[page.buffer].begin() + static_cast<std::ptrdiff_t>(page.offset));
+  } else {
+    for (std::size_t b = 0; b < planned_.size(); ++b) std::copy(kv.copies[b].begin(), kv.copies[b].end(), planned_[b].begin());
+    kv.copies = {};  // in use: its contents live in planned_
+  }
+  active_kv_ = &state;
+}
+
+void EtBackend::release_kv_state(KvState& state) {
+  if (active_kv_ != &state) return;
+  static_cast<EtKvState&>(state).copies = planned_;
+  active_kv_ = nullptr;
 }
 
 }  // namespace

@@ -85,6 +85,7 @@ MappedConstants::MappedConstants(const std::string& path, std::uint64_t at) {
       at::Tensor storage;
       if (e.value("zeros", false)) {
         storage = at::zeros({static_cast<std::int64_t>(nbytes / itemsize)}, at::TensorOptions().dtype(dtype));
+        zero_names_.push_back(e.at("name").get<std::string>());
       } else {
         const auto where = e.at("data").get<std::uint64_t>();
         if (where + nbytes > data_bytes_) throw Error("constant outside the data");
@@ -104,8 +105,19 @@ MappedConstants::MappedConstants(const std::string& path, std::uint64_t at) {
 
 MappedConstants::~MappedConstants() { release(); }
 
+std::unordered_map<std::string, at::Tensor> MappedConstants::new_zeros() const {
+  std::unordered_map<std::string, at::Tensor> zeros;
+  for (const std::string& name : zero_names_) {
+    const at::Tensor& t = tensors_.at(name);
+    const auto numel = static_cast<std::int64_t>(t.storage().nbytes() / t.element_size());
+    zeros.emplace(name, at::zeros({numel}, t.options()).as_strided(t.sizes(), t.strides(), t.storage_offset()));
+  }
+  return zeros;
+}
+
 void MappedConstants::release() {
   tensors_.clear();
+  zero_names_.clear();
   if (data_ != nullptr) ::munmap(data_, data_bytes_);
   data_ = nullptr;
 }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -25,11 +26,17 @@ class MappedConstants {
   // Keyed by the compiled model's constant names, as update_constant_buffer wants them.
   std::unordered_map<std::string, at::Tensor>& tensors() { return tensors_; }
 
+  // The all-zero constants (the KV cache, which the model writes): their names, and new
+  // zero tensors of the same shapes, for another conversation over the same weights.
+  const std::vector<std::string>& zero_names() const { return zero_names_; }
+  std::unordered_map<std::string, at::Tensor> new_zeros() const;
+
  private:
   void release();
   void* data_ = nullptr;
   std::size_t data_bytes_ = 0;
   std::unordered_map<std::string, at::Tensor> tensors_;
+  std::vector<std::string> zero_names_;
 };
 
 }  // namespace torchchat

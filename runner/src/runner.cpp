@@ -203,4 +203,14 @@ GenerationResult ChatSession::reply(std::string_view user_message, const TextCal
   return result;
 }
 
+void ChatSession::restore(const State& state) {
+  if (state.position < 0 || state.position > limit_ || (state.first_turn && state.position != 0))
+    throw Error("a conversation at position " + std::to_string(state.position) + " does not fit " +
+                std::to_string(limit_) + " positions");
+  position_ = state.position;
+  first_turn_ = state.first_turn;
+  over_ = state.over;
+  sampler_.restore(state.sampler);
+}
+
 }  // namespace torchchat

@@ -4,15 +4,19 @@
 // stats) is the core's. A backend is one small class; see
 // runner/tools/toy_run.cpp for a complete runner built on a toy one.
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "torchchat/metadata.h"
 
 namespace torchchat {
+
+class KvState;
 
 class Backend {
  public:
@@ -34,6 +38,27 @@ class Backend {
   // The level of our kernels (kernels/quant_linear.h isa(): "avx2", "avx512-vnni", ...) when
   // the model runs any of them (runs_our_kernels), for the description line; "" otherwise.
   virtual std::string kernels() const { return ""; }
+
+  // ---- Several conversations over one loaded model (the C API's sessions) ----
+  // A KvState is one conversation's KV cache, kept outside the program: the weights stay
+  // loaded once and each session has its own cache. A backend that cannot keep one returns
+  // nullptr from new_kv_state (one conversation at a time). The caller serializes calls.
+
+  // A fresh, empty cache, or nullptr when the backend keeps only the cache inside the program.
+  virtual std::unique_ptr<KvState> new_kv_state() { return nullptr; }
+  // The next forward() calls read and write `state` (a state from new_kv_state of this backend).
+  virtual void use_kv_state(KvState& /*state*/) {}
+  // Makes `state` not in use (before it is read, written or destroyed): its bytes() then
+  // hold the whole cache, and the next use_kv_state(state) takes what they hold.
+  virtual void release_kv_state(KvState& /*state*/) {}
+};
+
+class KvState {
+ public:
+  virtual ~KvState() = default;
+  // The cache's memory, in a fixed order (what a session file stores), valid while
+  // the state is released.
+  virtual std::vector<std::span<std::byte>> bytes() = 0;
 };
 
 struct BackendOptions {

@@ -88,6 +88,17 @@ class ChatSession {
   int position() const { return position_; }
   int position_limit() const { return limit_; }
 
+  // Everything the next turn depends on besides the KV cache (what a saved session keeps).
+  struct State {
+    int position = 0;
+    bool first_turn = true;
+    bool over = false;
+    std::uint64_t sampler = 0;
+  };
+  State state() const { return {position_, first_turn_, over_, sampler_.state()}; }
+  // Throws Error if `state` does not fit this session's position limit.
+  void restore(const State& state);
+
  private:
   Backend& backend_;
   const Tokenizer& tokenizer_;

@@ -21,6 +21,10 @@ class Sampler {
 
   int sample(std::span<const float> logits);
 
+  // The generator's state, to continue a saved conversation with the same draws.
+  std::uint64_t state() const { return rng_state_; }
+  void restore(std::uint64_t state) { rng_state_ = state; }
+
   // The index of the largest logit (the first one on ties).
   static int argmax(std::span<const float> logits);
 
