@@ -7,8 +7,10 @@
 #include <cstring>
 #include <string>
 
-#if defined(__aarch64__)
+#if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
 #endif
 
 namespace torchchat::kernels {
@@ -53,13 +55,25 @@ Level best() {
 // through the auxiliary vector.
 enum class Level { Generic, Neon, NeonDotprod };
 constexpr const char* kNames[] = {"generic", "neon", "neon-dotprod"};
+#if defined(__linux__)  // Linux and Android
+bool has_neon() { return (getauxval(AT_HWCAP) & HWCAP_ASIMD) && (getauxval(AT_HWCAP) & HWCAP_FP); }
+bool has_dotprod() { return getauxval(AT_HWCAP) & HWCAP_ASIMDDP; }
+#elif defined(__APPLE__)
+bool has_neon() { return true; }
+bool has_dotprod() {
+  int value = 0;
+  size_t size = sizeof value;
+  return sysctlbyname("hw.optional.arm.FEAT_DotProd", &value, &size, nullptr, 0) == 0 && value == 1;
+}
+#else
+bool has_neon() { return true; }  // part of the aarch64 base architecture
+bool has_dotprod() { return false; }
+#endif
 bool supported(Level level) {
-  const unsigned long hwcap = getauxval(AT_HWCAP);
-  const bool neon = (hwcap & HWCAP_ASIMD) && (hwcap & HWCAP_FP);
   switch (level) {
     case Level::Generic: return true;
-    case Level::Neon: return neon;
-    case Level::NeonDotprod: return neon && (hwcap & HWCAP_ASIMDDP);
+    case Level::Neon: return has_neon();
+    case Level::NeonDotprod: return has_neon() && has_dotprod();
   }
   return false;
 }

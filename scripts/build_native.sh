@@ -54,7 +54,7 @@ if [ "$arch" = aarch64 ]; then
         exit 1
     }
     cmake --build "$build_dir" -j2
-    echo "built: $build_dir (aarch64; run with qemu-aarch64-static -L /usr/aarch64-linux-gnu; C++ tests: cd $build_dir && ctest)" >&2
+    echo "built: $build_dir (aarch64; run under qemu: docs/mobile.md; C++ tests: cd $build_dir && ctest)" >&2
     exit 0
 fi
 
