@@ -20,10 +20,11 @@ using i64 = std::int64_t;
 
 // quant_linear.cpp's level (with its notice and TORCHCHAT_KERNELS), for the D it covers: the
 // vector code takes D = 16, 32, .., 128; every level computes the same bits.
-enum class Implementation { Generic, Avx2, Avx512 };
+enum class Implementation { Generic, Avx2, Avx512, Neon };
 Implementation implementation(i64 D) {
   static const Implementation level = std::strncmp(isa(), "avx512", 6) == 0 ? Implementation::Avx512
                                       : std::strncmp(isa(), "avx2", 4) == 0 ? Implementation::Avx2
+                                      : std::strncmp(isa(), "neon", 4) == 0 ? Implementation::Neon
                                                                             : Implementation::Generic;
   return D % 16 == 0 && D >= 16 && D <= 128 ? level : Implementation::Generic;
 }
@@ -56,9 +57,13 @@ void attention_over(const AttentionArgs& a, i64 task0, i64 task1) {
   using Attend = void (*)(const float*, i64, i64, float, const C*, const C*, i64, i64, float*, float*, float*);
   Attend attend = generic::attend;
   switch (implementation(D)) {
+#if defined(__x86_64__)
     case Implementation::Avx512: attend = avx512::attend; break;
     case Implementation::Avx2: attend = avx2::attend; break;
-    case Implementation::Generic: break;
+#elif defined(__aarch64__)
+    case Implementation::Neon: attend = neon::attend; break;
+#endif
+    default: break;  // generic, or a level of another architecture (never chosen here)
   }
   for (i64 task = task0; task < task1; ++task) {
     const i64 h = task / per_head, j = task % per_head / a.splits, s = task % a.splits;

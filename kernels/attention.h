@@ -119,5 +119,12 @@ void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const f
 void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const std::uint16_t* k,
             const std::uint16_t* v, std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc);
 }  // namespace avx2
+namespace neon {
+// D a multiple of 16, at most 128.
+void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const float* k, const float* v,
+            std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc);
+void attend(const float* q, std::int64_t G, std::int64_t D, float scale, const std::uint16_t* k,
+            const std::uint16_t* v, std::int64_t l0, std::int64_t l1, float* m, float* z, float* acc);
+}  // namespace neon
 
 }  // namespace torchchat::kernels

@@ -164,6 +164,10 @@ void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y,
 //   "avx2-vnni"    AVX2 + FMA + F16C, and AVX-VNNI (vpdpbusd on 256 bits) for the int8-activation kernels
 //   "avx2"         AVX2 + FMA + F16C (vpmaddubsw / vpmaddwd for the int8-activation kernels)
 //   "generic"      portable C++: a safety net, with a notice on stderr
+// and on aarch64 (getauxval(AT_HWCAP)):
+//   "neon-dotprod" Advanced SIMD, and the dot-product extension's sdot for the int8-activation kernels
+//   "neon"         Advanced SIMD (smull / sadalp for the int8-activation kernels)
+//   "generic"      as above
 // Every level computes the same bits (each output in the same order of float operations), so a
 // model's tokens do not depend on the CPU. TORCHCHAT_KERNELS=<level> forces one.
 const char* isa();
@@ -206,5 +210,18 @@ namespace avx2vnni {  // AVX2 + AVX-VNNI: the int8-activation kernels' dot produ
 void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
 }  // namespace avx2vnni
+namespace neon {  // aarch64 Advanced SIMD, 16 lanes as four 4-lane vectors
+void panel_linear(const float* x, std::int64_t M, const PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+void float_linear(const float* x, std::int64_t M, const FloatWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+void int8_linear(const float* x, std::int64_t M, const Int8Weights& w, float* y, std::int64_t n0, std::int64_t n1);
+void quantize_activations(const float* x, std::int64_t M, std::int64_t K, int slices, std::int8_t* q, float* scale,
+                          float* scaled_sum, std::int32_t* sum);
+void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+}  // namespace neon
+namespace neondotprod {  // neon with sdot: the int8-activation kernels' dot products
+void int4_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+void int8_a8_linear(const Int8Activations& x, const A8PanelWeights& w, float* y, std::int64_t n0, std::int64_t n1);
+}  // namespace neondotprod
 
 }  // namespace torchchat::kernels

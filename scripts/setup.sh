@@ -18,5 +18,8 @@ if [ -x scripts/install_native_deps.sh ]; then
     scripts/install_native_deps.sh
 fi
 
+step "ExecuTorch's aarch64 wheel, for the aarch64 cross-build of et_run (docs/mobile.md)"
+scripts/executorch_aarch64.sh > /dev/null
+
 step "Default model: smollm2-135m"
 python3 torchchat.py download smollm2-135m

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The tests. Run scripts/setup.sh once before.
 #
-#   scripts/test.sh           all of them (what .ci/run calls): build the native runners, then
+#   scripts/test.sh           all of them (what .ci/run calls): build the native runners (and
+#                             et_run cross-built for aarch64, its C++ tests run under qemu), then
 #                             tests on tiny random-weight models (Python, C++ units, runner CLI
 #                             and tokenizer parity, tiny models exported and run), then end-to-end
 #                             tests on the real default model.
@@ -43,6 +44,9 @@ fi
 printf '\n== Native runner: build core + aoti_run + et_run, and the ASan/UBSan core + et_run\n' >&2
 scripts/build_native.sh aoti
 scripts/build_native.sh core --sanitize
+printf '\n== aarch64: et_run and the C++ tests cross-built, the tests run under qemu-aarch64\n' >&2
+scripts/build_native.sh et --target aarch64
+(cd cmake-out-aarch64 && ctest --output-on-failure -j2)
 
 printf '\n== Unit tests on tiny random models (Python, C++, native runner)\n' >&2
 (cd cmake-out && ctest --output-on-failure -j2)

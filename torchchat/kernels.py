@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import sys
 import threading
 from pathlib import Path
@@ -32,10 +33,14 @@ from torch import Tensor
 from torchchat.errors import UserError
 
 KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
-# TORCHCHAT_KERNEL_SOURCES in CMakeLists.txt
-CORE = ("quant_linear.cpp", "quant_linear_generic.cpp", "quant_linear_avx2.cpp", "quant_linear_avx2_a8.cpp",
-        "quant_linear_avx2vnni.cpp", "quant_linear_avx512.cpp", "quant_linear_vnni.cpp", "attention.cpp",
-        "attention_avx2.cpp", "attention_avx512.cpp")
+# The portable files and this machine's ISA files (CMakeLists.txt TORCHCHAT_KERNEL_SOURCES).
+if platform.machine().lower() in ("aarch64", "arm64"):
+    CORE = ("quant_linear.cpp", "quant_linear_generic.cpp", "quant_linear_neon.cpp", "quant_linear_neon_a8.cpp",
+            "quant_linear_neon_dotprod.cpp", "attention.cpp", "attention_neon.cpp")
+else:
+    CORE = ("quant_linear.cpp", "quant_linear_generic.cpp", "quant_linear_avx2.cpp", "quant_linear_avx2_a8.cpp",
+            "quant_linear_avx2vnni.cpp", "quant_linear_avx512.cpp", "quant_linear_vnni.cpp", "attention.cpp",
+            "attention_avx2.cpp", "attention_avx512.cpp")
 SOURCES = [KERNELS_DIR / name for name in (*CORE, "torch_ops.cpp")]
 ET_SOURCES = [KERNELS_DIR / name for name in (*CORE, "executorch_ops.cpp")]
 

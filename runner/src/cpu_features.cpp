@@ -60,6 +60,14 @@ std::vector<std::string> missing_cpu_features(const std::vector<std::string>& ne
 }
 
 void require_cpu_features(const ModelMetadata& metadata, const std::string& path) {
+#if !defined(__x86_64__) && !defined(__i386__)
+  // The features are x86 ones (torchchat/target_cpu.py): an artifact that records any holds
+  // x86-64 machine code. Portable programs (.pte) record none.
+  if (!metadata.cpu_features.empty())
+    throw Error(path + ": compiled for " + (metadata.target_cpu.empty() ? "" : metadata.target_cpu + " ") +
+                "x86-64 CPUs (" + joined(metadata.cpu_features) +
+                "); this runner is not on x86-64: export it on this machine, or use an ExecuTorch .pte");
+#endif
   std::vector<std::string> unknown;
   for (const std::string& name : metadata.cpu_features)
     if (find(name) == nullptr) unknown.push_back(name);

@@ -15,6 +15,10 @@
 
 #include "quant_linear.h"
 
+#if defined(__aarch64__)
+#include <sys/auxv.h>
+#endif
+
 namespace {
 
 namespace k = torchchat::kernels;
@@ -33,6 +37,7 @@ struct Impl {
 
 void PrintTo(const Impl& impl, std::ostream* os) { *os << impl.name; }
 
+#if defined(__x86_64__)
 bool cpu(const char* feature) {
   // __builtin_cpu_supports takes string literals only.
   const std::string f = feature;
@@ -51,6 +56,16 @@ const Impl kImpls[] = {
       {"avx512vnni", cpu("avx2") && cpu("avx512vnni"), &k::avx512vnni::quantize_activations,
        &k::avx512vnni::int4_a8_linear, &k::avx512vnni::int8_a8_linear},
 };
+#elif defined(__aarch64__)
+const Impl kImpls[] = {
+    {"neon", true, &k::neon::quantize_activations, &k::neon::int4_a8_linear, &k::neon::int8_a8_linear},
+    {"neon_dotprod", (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0, &k::neon::quantize_activations,
+     &k::neondotprod::int4_a8_linear, &k::neondotprod::int8_a8_linear},
+};
+#else
+const Impl kImpls[] = {{"generic", true, &k::generic::quantize_activations, &k::generic::int4_a8_linear,
+                        &k::generic::int8_a8_linear}};
+#endif
 
 // Activations for M tokens of K: per block of 32 one of several kinds, the awkward cases included.
 std::vector<float> activations(i64 M, i64 K, std::mt19937& rng) {

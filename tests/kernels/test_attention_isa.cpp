@@ -22,11 +22,13 @@ namespace {
 using namespace torchchat::kernels;
 using i64 = std::int64_t;
 
+#if defined(__x86_64__)
 bool has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 bool has_avx512() {
   return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl");
 }
+#endif
 
 // One head's query rows and one KV head's cache of S positions, fp32 and as bf16 bits; k_exact
 // and v_exact hold what the kernels read (the bf16 values widened, when bf16).
@@ -69,8 +71,12 @@ struct Implementation {
   AttendBf16 bf16;
 };
 const Implementation kGeneric{generic::attend, generic::attend};
+#if defined(__x86_64__)
 const Implementation kAvx2{avx2::attend, avx2::attend};
 const Implementation kAvx512{avx512::attend, avx512::attend};
+#elif defined(__aarch64__)
+const Implementation kNeon{neon::attend, neon::attend};  // Advanced SIMD: every aarch64 Linux CPU
+#endif
 
 float scale_for(i64 D) { return 1.0f / std::sqrt(static_cast<float>(D)); }
 
@@ -127,9 +133,15 @@ class EveryLevel : public testing::TestWithParam<std::string> {};
 
 TEST_P(EveryLevel, EqualsGenericBitForBit) {
   const std::string level = GetParam();
+#if defined(__x86_64__)
   if (level == "avx2" && !has_avx2()) GTEST_SKIP() << "this CPU lacks AVX2/FMA";
   if (level == "avx512" && !has_avx512()) GTEST_SKIP() << "this CPU lacks AVX-512 F/BW/VL";
   const Implementation& impl = level == "avx2" ? kAvx2 : kAvx512;
+#elif defined(__aarch64__)
+  const Implementation& impl = kNeon;
+#else
+  const Implementation& impl = kGeneric;
+#endif
   unsigned seed = 1;
   for (const i64 D : {16, 32, 64, 80, 128})
     for (const i64 G : {1, 3, 4, 9})
@@ -148,7 +160,13 @@ TEST_P(EveryLevel, EqualsGenericBitForBit) {
       }
 }
 
+#if defined(__x86_64__)
 INSTANTIATE_TEST_SUITE_P(Attention, EveryLevel, testing::Values("avx2", "avx512"),
+#elif defined(__aarch64__)
+INSTANTIATE_TEST_SUITE_P(Attention, EveryLevel, testing::Values("neon"),
+#else
+INSTANTIATE_TEST_SUITE_P(Attention, EveryLevel, testing::Values("generic"),
+#endif
                          [](const testing::TestParamInfo<std::string>& info) { return info.param; });
 
 // The portable code against the definition in double precision: scores q . k * scale, weights

@@ -7,7 +7,13 @@
 
 #include "quant_linear.h"
 
+#if defined(__aarch64__)
+#include <sys/auxv.h>
+#endif
+
 namespace {
+
+#if defined(__x86_64__)
 
 TEST(Dispatch, BestLevelNeedsNoFallbackOnAnAvx2Cpu) {
   if (std::getenv("TORCHCHAT_KERNELS")) GTEST_SKIP() << "TORCHCHAT_KERNELS is set";
@@ -45,5 +51,37 @@ TEST(Dispatch, ForcedLevels) {
         testing::ExitedWithCode(0), "");
   }
 }
+
+#elif defined(__aarch64__)
+// One choice per process, and under qemu-user a test cannot start itself again: ctest runs this
+// with TORCHCHAT_KERNELS unset, set to each level, to an unknown one, and on a CPU model without
+// the dot-product extension (tests/kernels/CMakeLists.txt).
+TEST(Dispatch, TheChoiceFollowsTheCpuAndTorchchatKernels) {
+  const bool dotprod = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+  const char* forced = std::getenv("TORCHCHAT_KERNELS");
+  const std::string level = torchchat::kernels::isa(), best = dotprod ? "neon-dotprod" : "neon";
+  const char* error = torchchat::kernels::isa_error();
+  const std::string message = error ? error : "";
+  if (!forced || !*forced) {
+    EXPECT_EQ(level, best);
+    EXPECT_EQ(error, nullptr);
+  } else if (std::string(forced) == "generic" || std::string(forced) == "neon") {
+    EXPECT_EQ(level, forced);
+    EXPECT_EQ(error, nullptr);
+  } else if (std::string(forced) == "neon-dotprod") {
+    if (dotprod) {
+      EXPECT_EQ(level, "neon-dotprod");
+      EXPECT_EQ(error, nullptr);
+    } else {
+      EXPECT_EQ(level, "neon");  // never an instruction the CPU lacks
+      EXPECT_EQ(message, "TORCHCHAT_KERNELS=neon-dotprod: this CPU lacks the dot-product extension (asimddp)");
+    }
+  } else {
+    EXPECT_EQ(level, best);
+    EXPECT_EQ(message, std::string("TORCHCHAT_KERNELS=") + forced +
+                           ": unknown kernels (expected generic, neon or neon-dotprod)");
+  }
+}
+#endif
 
 }  // namespace

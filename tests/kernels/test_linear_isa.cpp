@@ -30,6 +30,7 @@ struct Impl {
 };
 
 bool always() { return true; }
+#if defined(__x86_64__)
 bool has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
@@ -37,11 +38,19 @@ bool has_avx512() {
   return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl");
 }
+#endif
 
 const Impl kGeneric{"generic", always, tk::generic::float_linear, tk::generic::panel_linear, tk::generic::int8_linear};
 const Impl kVector[] = {
+#if defined(__x86_64__)
     {"avx2", has_avx2, tk::avx2::float_linear, tk::avx2::panel_linear, tk::avx2::int8_linear},
     {"avx512", has_avx512, tk::avx512::float_linear, tk::avx512::panel_linear, tk::avx512::int8_linear},
+#elif defined(__aarch64__)
+    // Advanced SIMD: every aarch64 Linux CPU (neon-dotprod runs these too)
+    {"neon", always, tk::neon::float_linear, tk::neon::panel_linear, tk::neon::int8_linear},
+#else
+    kGeneric,
+#endif
 };
 
 // Weights of one kind, with what each layout needs: row-major values, panels, bf16 bits, int8 codes.
@@ -201,14 +210,20 @@ void check_one(const char* name) {
     }
   }
 }
+#if defined(__x86_64__)
 TEST(LinearIsa, Avx2MatchesPortable) { check_one("avx2"); }
 TEST(LinearIsa, Avx512MatchesPortable) { check_one("avx512"); }
+#elif defined(__aarch64__)
+TEST(LinearIsa, NeonMatchesPortable) { check_one("neon"); }
+#endif
 
 // A token's outputs do not depend on the tokens beside it (prefill = decode).
 TEST(LinearIsa, ATokenAloneGetsTheSameBitsAsInAPrompt) {
   for (Kind kind : {Kind::Fp32, Kind::Bf16, Kind::Int8}) {
     const Problem p = make_problem(13, 70, 100, kind, 7);
-    for (const Impl* impl : {&kGeneric, &kVector[0], &kVector[1]}) {
+    std::vector<const Impl*> impls{&kGeneric};
+    for (const Impl& impl : kVector) impls.push_back(&impl);
+    for (const Impl* impl : impls) {
       if (!impl->runs_here()) continue;
       for (Layout layout : {Layout::Rows, Layout::Panels}) {
         if (kind == Kind::Int8 && layout == Layout::Panels) continue;
