@@ -6,6 +6,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/DynamicLibrary.h>
 #include <c10/util/Logging.h>
 #include <caffe2/serialize/inline_container.h>
 #include <nlohmann/json.hpp>
@@ -142,6 +143,92 @@ void require_cpu_for(const std::string& path, const std::string& json) {
 
 }  // namespace
 
+namespace {
+
+using torch::inductor::AOTIModelContainerRunner;
+
+// What the compiled model records about one of its constants.
+struct CompiledConstant {
+  std::string name;
+  std::int32_t dtype;      // c10::ScalarType's value (AOTI's dtype codes are the same)
+  std::size_t bytes;       // its storage's size, rounded up to 64 bytes
+  bool folded;             // computed by the model itself from other constants
+};
+
+// The runner offers the constants' names and dtypes only; their sizes are in the model
+// library's C interface, behind the runner's protected container handle and library, which a
+// member pointer named through a derived class reads.
+struct RunnerInternals : AOTIModelContainerRunner {
+  static std::vector<CompiledConstant> constants(AOTIModelContainerRunner& runner) {
+    AOTInductorModelContainerHandle handle = runner.*(&RunnerInternals::container_handle_);
+    at::DynamicLibrary& library = *(runner.*(&RunnerInternals::model_so_));
+    const auto count = reinterpret_cast<decltype(&AOTInductorModelContainerGetNumConstants)>(
+        library.sym("AOTInductorModelContainerGetNumConstants"));
+    const auto name = reinterpret_cast<decltype(&AOTInductorModelContainerGetConstantName)>(
+        library.sym("AOTInductorModelContainerGetConstantName"));
+    const auto dtype = reinterpret_cast<decltype(&AOTInductorModelContainerGetConstantDtype)>(
+        library.sym("AOTInductorModelContainerGetConstantDtype"));
+    const auto size = reinterpret_cast<decltype(&AOTInductorModelContainerGetConstantDataSize)>(
+        library.sym("AOTInductorModelContainerGetConstantDataSize"));
+    const auto folded = reinterpret_cast<decltype(&AOTInductorModelContainerGetConstantFromFolded)>(
+        library.sym("AOTInductorModelContainerGetConstantFromFolded"));
+    std::size_t n = 0;
+    if (count(handle, &n) != AOTI_RUNTIME_SUCCESS) throw std::runtime_error("cannot count the model's constants");
+    std::vector<CompiledConstant> out(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const char* constant_name = nullptr;
+      if (name(handle, i, &constant_name) != AOTI_RUNTIME_SUCCESS || dtype(handle, i, &out[i].dtype) != AOTI_RUNTIME_SUCCESS ||
+          size(handle, i, &out[i].bytes) != AOTI_RUNTIME_SUCCESS || folded(handle, i, &out[i].folded) != AOTI_RUNTIME_SUCCESS)
+        throw std::runtime_error("cannot read the model's constant " + std::to_string(i));
+      out[i].name = constant_name;
+    }
+    return out;
+  }
+};
+
+// The stored constants must be exactly those the compiled model reads, with its dtypes and sizes:
+// AOTI only warns about a constant it is not given (a damaged name in the index) and runs on with
+// a null tensor in its place.
+void check_stored_constants(AOTIModelContainerRunner& runner, const std::unordered_map<std::string, at::Tensor>& stored,
+                            const std::string& path) {
+  std::size_t needed = 0;
+  for (const CompiledConstant& c : RunnerInternals::constants(runner)) {
+    if (c.folded) continue;
+    ++needed;
+    const auto it = stored.find(c.name);
+    if (it == stored.end()) throw Error(path + ": damaged constants: the model's constant " + c.name + " is not stored");
+    const at::Tensor& t = it->second;
+    if (static_cast<std::int32_t>(t.scalar_type()) != c.dtype)
+      throw Error(path + ": damaged constants: " + c.name + " is stored as " + std::string(c10::toString(t.scalar_type())) +
+                  ", the model reads " + std::string(c10::toString(static_cast<c10::ScalarType>(c.dtype))));
+    const std::size_t bytes = (t.storage().nbytes() + 63) / 64 * 64;
+    if (bytes != c.bytes)
+      throw Error(path + ": damaged constants: " + c.name + " has " + std::to_string(t.storage().nbytes()) +
+                  " bytes stored, the model reads " + std::to_string(c.bytes));
+  }
+  if (stored.size() != needed) throw Error(path + ": damaged constants: the index holds constants the model does not have");
+}
+
+// The metadata's context must fit the compiled model: its rotary table (one row per position,
+// indexed by position) and its KV caches [1, Hkv, S, D] (torchchat/model.py setup_caches).
+void check_context(AOTIModelContainerRunner& runner, int max_seq_len) {
+  std::int64_t rope_rows = -1, cache_len = -1;
+  for (const auto& [fqn, t] : runner.extract_constants_map(/*use_inactive=*/false)) {
+    const auto ends_with = [&](const std::string& tail) {
+      return fqn.size() >= tail.size() && fqn.compare(fqn.size() - tail.size(), tail.size(), tail) == 0;
+    };
+    if (fqn == "rope" && t.dim() >= 1) rope_rows = t.size(0);
+    if ((ends_with("kv_cache.k") || ends_with("kv_cache.v")) && t.dim() == 4)
+      cache_len = cache_len < 0 ? t.size(2) : std::min(cache_len, t.size(2));
+  }
+  if (rope_rows < 0 || cache_len < 0) throw Error("the model has no rotary table or KV cache (not a torchchat export?)");
+  if (max_seq_len > rope_rows || max_seq_len > cache_len)
+    throw Error("the metadata's max_seq_len " + std::to_string(max_seq_len) + " exceeds the compiled model's context of " +
+                std::to_string(std::min(rope_rows, cache_len)) + " (damaged metadata?)");
+}
+
+}  // namespace
+
 struct AotiBackend::Model {
   // The .so's weights, when stored after it: the model holds pointers to these tensors,
   // so they are declared first and destroyed last.
@@ -178,6 +265,7 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
       const std::string so_path = path.find('/') == std::string::npos ? "./" + path : path;
       model_->so = std::make_unique<torch::inductor::AOTIModelContainerRunnerCpu>(so_path, 1);
       if (!model_->constants->empty()) {
+        check_stored_constants(*model_->so, model_->constants->tensors(), path);
         // user_managed: the model uses our tensors as they are (no copy); all must be given.
         model_->so->update_constant_buffer(model_->constants->tensors(), /*use_inactive=*/false,
                                            /*validate_full_updates=*/true, /*user_managed=*/true);
@@ -196,9 +284,11 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
       }
       FLAGS_caffe2_log_level = log_level;
       model_->constants = std::make_unique<MappedConstants>(path, kPt2ConstantsAt);
-      if (!model_->constants->empty())
+      if (!model_->constants->empty()) {
+        check_stored_constants(*model_->pt2->get_runner(), model_->constants->tensors(), path);
         model_->pt2->update_constant_buffer(model_->constants->tensors(), /*use_inactive=*/false,
                                             /*validate_full_updates=*/true, /*user_managed=*/true);
+      }
       const auto meta = model_->pt2->get_metadata();
       const auto it = meta.find(kPt2Key);
       if (it == meta.end()) throw Error(path + ": no torchchat metadata (not exported by `torchchat.py export`)");
@@ -213,6 +303,13 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
     metadata_ = parse_metadata_json(json);
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
+  }
+  try {
+    check_context(model_->so ? *model_->so : *model_->pt2->get_runner(), metadata_.max_seq_len);
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  } catch (const std::exception& e) {
+    throw Error(path + ": cannot read the model's constants: " + first_line(e));
   }
   // Models that call our kernels (libtorchchat_kernels, linked in): report now, not
   // mid-generation, if this CPU runs their portable fallback.
