@@ -1,6 +1,7 @@
 #include "aoti_backend.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <fstream>
 #include <vector>
@@ -25,6 +26,8 @@ namespace {
 // (before any weights AOTI appended), then the JSON length (u64 LE) and the JSON.
 constexpr char kSoMagic[] = "TCHMETA1";
 constexpr std::uint64_t kSoBlockAlign = 16384;  // SO_BLOCK_ALIGN: the block's length is a multiple
+// SO_CHECKSUMS: right after the JSON, CRC-32s of the ELF content and of the JSON (u32 LE each).
+constexpr char kSoChecksums[] = "TCHCRC32";
 constexpr char kPt2Key[] = "torchchat";  // torchchat/metadata.py PT2_KEY
 // torchchat/mapped_constants.py PT2_BLOCK_AT: the constants block, when the package has one.
 constexpr std::uint64_t kPt2ConstantsAt = 16384;
@@ -88,6 +91,42 @@ std::uint64_t elf_end(std::ifstream& f) {
 
 }  // namespace
 
+namespace {
+
+// CRC-32 (IEEE 802.3, reflected, as zlib.crc32) continued from `crc` over [data, data + n).
+std::uint32_t crc32(const char* data, std::size_t n, std::uint32_t crc = 0) {
+  static const auto table = [] {
+    std::array<std::uint32_t, 256> t{};
+    for (std::uint32_t i = 0; i < 256; ++i) {
+      std::uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  crc = ~crc;
+  for (std::size_t i = 0; i < n; ++i) crc = table[(crc ^ static_cast<std::uint8_t>(data[i])) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+// CRC-32 of the file's first n bytes.
+std::uint32_t file_crc32(std::ifstream& f, std::uint64_t n) {
+  std::vector<char> buffer(1 << 20);
+  std::uint32_t crc = 0;
+  f.clear();
+  f.seekg(0);
+  while (n > 0 && f) {
+    const auto chunk = static_cast<std::streamsize>(std::min<std::uint64_t>(n, buffer.size()));
+    f.read(buffer.data(), chunk);
+    crc = crc32(buffer.data(), static_cast<std::size_t>(f.gcount()), crc);
+    n -= static_cast<std::uint64_t>(f.gcount());
+    if (f.gcount() == 0) break;
+  }
+  return crc;
+}
+
+}  // namespace
+
 std::string read_so_metadata(const std::string& path, std::uint64_t* block_end) {
   std::ifstream f(path, std::ios::binary);
   if (!f) return "";
@@ -100,9 +139,16 @@ std::string read_so_metadata(const std::string& path, std::uint64_t* block_end) 
   const auto n = load_le<std::uint64_t>(head + 8);
   if (n == 0 || n > (1u << 20)) return "";
   std::string json(n, '\0');
-  f.read(json.data(), static_cast<std::streamsize>(n));
-  if (block_end != nullptr) *block_end = at + (16 + n + kSoBlockAlign - 1) / kSoBlockAlign * kSoBlockAlign;
-  return f ? json : "";
+  if (!f.read(json.data(), static_cast<std::streamsize>(n))) return "";
+  char checksums[16] = {};
+  const bool has_checksums = f.read(checksums, 16) && std::memcmp(checksums, kSoChecksums, 8) == 0;
+  if (has_checksums &&
+      (file_crc32(f, at) != load_le<std::uint32_t>(checksums + 8) ||
+       crc32(json.data(), json.size()) != load_le<std::uint32_t>(checksums + 12)))
+    throw Error(path + ": damaged shared library (its checksum does not match)");
+  const std::uint64_t block = 16 + n + (has_checksums ? 16 : 0);
+  if (block_end != nullptr) *block_end = at + (block + kSoBlockAlign - 1) / kSoBlockAlign * kSoBlockAlign;
+  return json;
 }
 
 namespace {
