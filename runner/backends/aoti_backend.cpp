@@ -153,6 +153,85 @@ std::string read_so_metadata(const std::string& path, std::uint64_t* block_end) 
 
 namespace {
 
+// A .pt2's zip records carry CRC-32s that PyTorch's reader does not check, and a flipped byte in
+// the package's library would run: every stored record is checked here before it is loaded, but
+// our constants (weights: checked against their index and the model, see check_stored_constants).
+// Throws torchchat::Error for a mismatch; leaves a zip it cannot parse to the package loader.
+void check_pt2_checksums(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  f.seekg(0, std::ios::end);
+  const auto size = static_cast<std::uint64_t>(f.tellg());
+  const auto read_at = [&](std::uint64_t at, std::size_t n) {
+    std::string out(n, '\0');
+    f.clear();
+    f.seekg(static_cast<std::streamoff>(at));
+    if (at + n > size || !f.read(out.data(), static_cast<std::streamsize>(n))) out.clear();
+    return out;
+  };
+  // The end of central directory record, within the last 64 KiB + 22 bytes.
+  const std::uint64_t tail_at = size > 65557 ? size - 65557 : 0;
+  const std::string tail = read_at(tail_at, static_cast<std::size_t>(size - tail_at));
+  const std::size_t eocd = tail.rfind(std::string("PK\x05\x06", 4));
+  if (eocd == std::string::npos || eocd + 22 > tail.size()) return;
+  std::uint64_t entries = load_le<std::uint16_t>(tail.data() + eocd + 10);
+  std::uint64_t directory_at = load_le<std::uint32_t>(tail.data() + eocd + 16);
+  if (directory_at == 0xFFFFFFFFu && eocd >= 20 && tail.compare(eocd - 20, 4, std::string("PK\x06\x07", 4)) == 0) {
+    const std::string zip64 = read_at(load_le<std::uint64_t>(tail.data() + eocd - 20 + 8), 56);
+    if (zip64.size() != 56 || zip64.compare(0, 4, std::string("PK\x06\x06", 4)) != 0) return;
+    entries = load_le<std::uint64_t>(zip64.data() + 32);
+    directory_at = load_le<std::uint64_t>(zip64.data() + 48);
+  }
+  std::uint64_t at = directory_at;
+  for (std::uint64_t i = 0; i < entries; ++i) {
+    const std::string entry = read_at(at, 46);
+    if (entry.size() != 46 || entry.compare(0, 4, std::string("PK\x01\x02", 4)) != 0) return;
+    const auto method = load_le<std::uint16_t>(entry.data() + 10);
+    const auto crc = load_le<std::uint32_t>(entry.data() + 16);
+    std::uint64_t stored = load_le<std::uint32_t>(entry.data() + 20), local_at = load_le<std::uint32_t>(entry.data() + 42);
+    const auto name_len = load_le<std::uint16_t>(entry.data() + 28), extra_len = load_le<std::uint16_t>(entry.data() + 30);
+    const std::string name = read_at(at + 46, name_len), extra = read_at(at + 46 + name_len, extra_len);
+    at += 46 + name_len + extra_len + load_le<std::uint16_t>(entry.data() + 32);
+    // Zip64: the sizes and offset that do not fit 32 bits are in extra field 1, in this order.
+    for (std::size_t x = 0; x + 4 <= extra.size();) {
+      const auto id = load_le<std::uint16_t>(extra.data() + x), len = load_le<std::uint16_t>(extra.data() + x + 2);
+      if (id == 1) {
+        std::size_t y = x + 4;
+        const auto next = [&](std::uint64_t& field) {
+          if (field == 0xFFFFFFFFu && y + 8 <= x + 4 + len && y + 8 <= extra.size()) {
+            field = load_le<std::uint64_t>(extra.data() + y);
+            y += 8;
+          }
+        };
+        std::uint64_t original = load_le<std::uint32_t>(entry.data() + 24);
+        next(original);
+        next(stored);
+        next(local_at);
+      }
+      x += 4 + len;
+    }
+    const std::string suffix = "torchchat/constants.bin";
+    if (method != 0 || (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0))
+      continue;
+    const std::string local = read_at(local_at, 30);
+    if (local.size() != 30 || local.compare(0, 4, std::string("PK\x03\x04", 4)) != 0)
+      throw Error(path + ": damaged .pt2 package (record " + name + ")");
+    const std::uint64_t data_at =
+        local_at + 30 + load_le<std::uint16_t>(local.data() + 26) + load_le<std::uint16_t>(local.data() + 28);
+    if (data_at + stored > size) throw Error(path + ": truncated .pt2 package (record " + name + ")");
+    std::vector<char> buffer(1 << 20);
+    std::uint32_t actual = 0;
+    f.clear();
+    f.seekg(static_cast<std::streamoff>(data_at));
+    for (std::uint64_t left = stored; left > 0;) {
+      const auto chunk = static_cast<std::streamsize>(std::min<std::uint64_t>(left, buffer.size()));
+      if (!f.read(buffer.data(), chunk)) throw Error(path + ": truncated .pt2 package (record " + name + ")");
+      actual = crc32(buffer.data(), static_cast<std::size_t>(chunk), actual);
+      left -= static_cast<std::uint64_t>(chunk);
+    }
+    if (actual != crc) throw Error(path + ": damaged .pt2 package (the checksum of " + name + " does not match)");
+  }
+}
+
 // The torchchat metadata of a .pt2 read from the zip itself, without loading the package's
 // shared library (AOTI's own metadata file, data/aotinductor/model/*_metadata.json, holds it
 // under kPt2Key); "" if it cannot be read, and the package loader then says why.
@@ -319,6 +398,7 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
     } else {
       // The loader logs warnings about foreign zips before it throws; the error we
       // raise says it in one line.
+      check_pt2_checksums(path);
       if (const std::string early = read_pt2_metadata(path); !early.empty()) require_cpu_for(path, early);
       const int log_level = FLAGS_caffe2_log_level;
       FLAGS_caffe2_log_level = std::max(log_level, 2);  // errors only

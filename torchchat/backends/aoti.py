@@ -62,6 +62,7 @@ class AOTIDecoder:
         else:
             if not zipfile.is_zipfile(path):
                 raise UserError(f"{path}: truncated or damaged .pt2 package")
+            check_pt2_checksums(path)
             early = target_cpu.pt2_metadata(path, metadata.PT2_KEY)
             if early is not None:
                 target_cpu.check(early, where)  # before the package's shared library is loaded
@@ -134,3 +135,17 @@ def check_context(path: Path, constants: dict, max_seq_len: int) -> None:
     if max_seq_len > context:
         raise UserError(f"{path}: the metadata's max_seq_len {max_seq_len} exceeds the compiled model's context of "
                         f"{context} (damaged metadata?)")
+
+
+def check_pt2_checksums(path: Path) -> None:
+    """The package's records against their CRC-32s, which PyTorch's reader does not check (a flipped
+    byte in its library would run); all but our constants (weights, checked against their index)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if not info.filename.endswith("torchchat/constants.bin"):
+                    with z.open(info) as record:
+                        while record.read(1 << 20):  # the CRC is checked at the end of the record
+                            pass
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise UserError(f"{path}: damaged .pt2 package ({first_line(e)})") from None
