@@ -21,10 +21,15 @@
 
 #include <omp.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/extension/threadpool/threadpool_guard.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
+#include <executorch/runtime/platform/platform.h>
 
 #include "attention.h"
 #include "quant_linear.h"
@@ -280,3 +285,52 @@ extern "C" __attribute__((visibility("default"))) const char* torchchat_kernels_
 extern "C" __attribute__((visibility("default"))) const char* torchchat_kernels_isa_error() {
   return torchchat::kernels::isa_error();
 }
+
+// For a host that keeps ExecuTorch's own log (torchchat/backends/executorch.py): a fatal check in
+// the runtime (a damaged program: "EValue is not a Tensor") ends the process with one line and
+// exit 1 instead of abort(), and the errors logged are counted (ExecuTorch 1.5.1 can log one while
+// loading a method and still succeed). et_run's backend registers its own handlers instead.
+namespace {
+pal_emit_log_message_method previous_log = nullptr;  // the host's, for everything else
+std::string fatal_message, last_error;
+int logged_errors = 0;
+int fatal_fd = 2;  // where the one line goes: the host's stderr, even while it silences fd 2
+
+std::string trimmed(const char* message, size_t length) {
+  std::string text(message, length);
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return text;
+}
+
+void log_counting_errors(et_timestamp_t timestamp, et_pal_log_level_t level, const char* filename,
+                         const char* function, size_t line, const char* message, size_t length) {
+  if (level == kFatal) {
+    fatal_message = trimmed(message, length);
+    return;
+  }
+  if (level == kError) {
+    last_error = trimmed(message, length);
+    ++logged_errors;
+  }
+  if (previous_log != nullptr) previous_log(timestamp, level, filename, function, line, message, length);
+}
+
+[[noreturn]] void exit_on_abort() {
+  std::fflush(stdout);
+  dprintf(fatal_fd, "error: the ExecuTorch runtime stopped (damaged program?):%s%s\n",
+          fatal_message.empty() || fatal_message.front() == ' ' ? "" : " ", fatal_message.c_str());
+  std::_Exit(1);
+}
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) bool torchchat_et_exit_on_fatal(int stderr_fd) {
+  namespace rt = ::executorch::runtime;
+  fatal_fd = stderr_fd;
+  previous_log = rt::get_pal_impl()->emit_log_message;
+  return rt::register_pal(rt::PalImpl::create(nullptr, exit_on_abort, nullptr, nullptr, log_counting_errors, nullptr,
+                                              nullptr, __FILE__));
+}
+
+// The number of error-level messages logged since torchchat_et_exit_on_fatal, and the last one.
+extern "C" __attribute__((visibility("default"))) int torchchat_et_logged_errors() { return logged_errors; }
+extern "C" __attribute__((visibility("default"))) const char* torchchat_et_last_error() { return last_error.c_str(); }
