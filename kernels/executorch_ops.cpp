@@ -17,13 +17,19 @@
 // with other dtypes for ExecuTorch (torchchat/quantize.py).
 #include <algorithm>
 #include <array>
+#include <atomic>
 
 #include <omp.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/extension/threadpool/threadpool_guard.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
+#include <executorch/runtime/platform/platform.h>
 
 #include "attention.h"
 #include "quant_linear.h"
@@ -56,24 +62,37 @@ std::int64_t thread_count() {
   return own_threads() ? omp_get_max_threads() : ::executorch::extension::get_thread_count();
 }
 
+// false if f threw: an exception must not leave a worker thread (std::terminate), nor a kernel
+// (ExecuTorch reports failures through the context).
 template <class F>
 bool parallel_range(std::int64_t begin, std::int64_t end, std::int64_t grain, const F& f) {
-  if (!own_threads()) return ::executorch::extension::parallel_for(begin, end, grain, f);
+  std::atomic<bool> failed{false};
+  const auto task = [&](std::int64_t i0, std::int64_t i1) {
+    try {
+      f(i0, i1);
+    } catch (...) {
+      failed = true;
+    }
+  };
+  if (!own_threads()) return ::executorch::extension::parallel_for(begin, end, grain, task) && !failed;
   const std::int64_t n = end - begin;
   if (n <= 0) return true;
   const std::int64_t threads = std::min<std::int64_t>(omp_get_max_threads(), (n + grain - 1) / grain);
   if (threads <= 1) {
-    f(begin, end);
-    return true;
+    task(begin, end);
+    return !failed;
   }
   const std::int64_t chunk = (n + threads - 1) / threads;
 #pragma omp parallel num_threads(static_cast<int>(threads))
   {
     const std::int64_t i0 = begin + omp_get_thread_num() * chunk, i1 = std::min(end, i0 + chunk);
-    if (i0 < i1) f(i0, i1);
+    if (i0 < i1) task(i0, i1);
   }
-  return true;
+  return !failed;
 }
+
+// A tensor the program left without memory (a damaged program) is refused, not read.
+bool has_data(const Tensor& t) { return t.numel() == 0 || t.const_data_ptr() != nullptr; }
 
 // Checks x [..., K] (fp32) and out, and resizes out to [..., N] (the prompt length is dynamic).
 // false (and the context's failure set, with the reason in the log) when something is wrong.
@@ -89,6 +108,7 @@ bool prepare(KernelRuntimeContext& ctx, const char* op, const Tensor& x, std::in
                       static_cast<ssize_t>(out.dim()), static_cast<ssize_t>(x.dim()));
   ET_KERNEL_CHECK_MSG(ctx, tensor_is_contiguous(x) && tensor_is_contiguous(out), InvalidArgument, false,
                       "%s: x and out must be contiguous", op);
+  ET_KERNEL_CHECK_MSG(ctx, has_data(x), InvalidArgument, false, "%s: x has no data", op);
   std::array<SizesType, kTensorDimensionLimit> sizes{};
   for (ssize_t i = 0; i < x.dim(); ++i) sizes[i] = x.size(i);
   sizes[x.dim() - 1] = static_cast<SizesType>(N);
@@ -101,12 +121,14 @@ Tensor& int8_weight_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const
                                const Tensor& scales, Tensor& out) {
   constexpr const char* op = "torchchat::int8_weight_linear.out";
   ET_KERNEL_CHECK_MSG(ctx,
-                      weight.dim() == 2 && weight.scalar_type() == ScalarType::Char && tensor_is_contiguous(weight),
+                      weight.dim() == 2 && weight.scalar_type() == ScalarType::Char && tensor_is_contiguous(weight) &&
+                          has_data(weight),
                       InvalidArgument, out, "%s: weight must be a contiguous int8 [N, K] matrix", op);
   const std::int64_t N = weight.size(0), K = weight.size(1);
   const bool per_row = int8_row_scales(N, scales.dim(), scales.dim() >= 1 ? scales.size(0) : 0,
                                        scales.dim() == 2 ? scales.size(1) : 1);
-  ET_KERNEL_CHECK_MSG(ctx, scales.scalar_type() == ScalarType::Float && tensor_is_contiguous(scales) && per_row,
+  ET_KERNEL_CHECK_MSG(ctx, scales.scalar_type() == ScalarType::Float && tensor_is_contiguous(scales) && per_row &&
+                               has_data(scales),
                       InvalidArgument, out, "%s: scales must be contiguous fp32 [N] or [N, 1] (one per output row)",
                       op);
   if (!prepare(ctx, op, x, K, N, out)) return out;
@@ -143,7 +165,8 @@ Tensor& int4_panels_out(KernelRuntimeContext& ctx, const char* op, const Tensor&
                       "%s: groupsize %lld must be a multiple of 32", op, static_cast<long long>(groupsize));
   const std::int64_t K =
       panels.dim() == 3 ? int4_panel_k(N, groupsize, panels.size(0), panels.size(1), panels.size(2)) : 0;
-  ET_KERNEL_CHECK_MSG(ctx, panels.scalar_type() == ScalarType::Byte && tensor_is_contiguous(panels) && K > 0,
+  ET_KERNEL_CHECK_MSG(ctx, panels.scalar_type() == ScalarType::Byte && tensor_is_contiguous(panels) && K > 0 &&
+                               has_data(panels),
                       InvalidArgument, out, "%s: panels must be a contiguous uint8 [ceil(N / 16), K / G, 8G + 64] tensor",
                       op);
   if (!prepare(ctx, op, x, K, N, out)) return out;
@@ -155,7 +178,8 @@ Tensor& int8_panels_out(KernelRuntimeContext& ctx, const char* op, const Tensor&
                         std::int64_t N, int slices, Tensor& out) {
   const std::int64_t G =
       panels.dim() == 3 ? int8_panel_groupsize(N, panels.size(0), panels.size(1), panels.size(2)) : 0;
-  ET_KERNEL_CHECK_MSG(ctx, panels.scalar_type() == ScalarType::Byte && tensor_is_contiguous(panels) && G > 0,
+  ET_KERNEL_CHECK_MSG(ctx, panels.scalar_type() == ScalarType::Byte && tensor_is_contiguous(panels) && G > 0 &&
+                               has_data(panels),
                       InvalidArgument, out,
                       "%s: panels must be a contiguous uint8 [ceil(N / 16), K / G, 16G + 64] tensor (G a multiple of 32)",
                       op);
@@ -192,13 +216,13 @@ bool fp32_or_bf16(const Tensor& t) {
 Tensor& cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                             const Tensor& input_pos, Tensor& out) {
   constexpr const char* op = "torchchat::cache_attention.out";
-  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && q.size(0) == 1 && fp32_or_bf16(q) && tensor_is_contiguous(q),
+  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && q.size(0) == 1 && fp32_or_bf16(q) && tensor_is_contiguous(q) && has_data(q),
                       InvalidArgument, out, "%s: q must be a contiguous fp32 or bf16 [1, T, H, D] tensor", op);
   const std::int64_t T = q.size(1), H = q.size(2), D = q.size(3);
   for (const Tensor* c : {&k_cache, &v_cache})
     ET_KERNEL_CHECK_MSG(ctx, c->dim() == 4 && c->size(0) == 1 && c->size(1) == k_cache.size(1) &&
                                  c->size(2) == k_cache.size(2) && c->size(3) == D && fp32_or_bf16(*c) &&
-                                 c->scalar_type() == k_cache.scalar_type() && tensor_is_contiguous(*c),
+                                 c->scalar_type() == k_cache.scalar_type() && tensor_is_contiguous(*c) && has_data(*c),
                         InvalidArgument, out,
                         "%s: the caches must be contiguous fp32 or bf16 [1, Hkv, S, D] tensors alike", op);
   const std::int64_t Hkv = k_cache.size(1), S = k_cache.size(2);
@@ -206,7 +230,7 @@ Tensor& cache_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Te
                       "%s: %lld query heads do not share %lld KV heads evenly", op, static_cast<long long>(H),
                       static_cast<long long>(Hkv));
   ET_KERNEL_CHECK_MSG(ctx, input_pos.dim() == 1 && input_pos.size(0) == T && input_pos.scalar_type() == ScalarType::Long &&
-                               tensor_is_contiguous(input_pos),
+                               tensor_is_contiguous(input_pos) && has_data(input_pos),
                       InvalidArgument, out, "%s: input_pos must be int64 [T]", op);
   const std::int64_t* p = input_pos.const_data_ptr<std::int64_t>();
   const std::int64_t outside = position_outside(p, T, S);
@@ -261,3 +285,52 @@ extern "C" __attribute__((visibility("default"))) const char* torchchat_kernels_
 extern "C" __attribute__((visibility("default"))) const char* torchchat_kernels_isa_error() {
   return torchchat::kernels::isa_error();
 }
+
+// For a host that keeps ExecuTorch's own log (torchchat/backends/executorch.py): a fatal check in
+// the runtime (a damaged program: "EValue is not a Tensor") ends the process with one line and
+// exit 1 instead of abort(), and the errors logged are counted (ExecuTorch 1.5.1 can log one while
+// loading a method and still succeed). et_run's backend registers its own handlers instead.
+namespace {
+pal_emit_log_message_method previous_log = nullptr;  // the host's, for everything else
+std::string fatal_message, last_error;
+int logged_errors = 0;
+int fatal_fd = 2;  // where the one line goes: the host's stderr, even while it silences fd 2
+
+std::string trimmed(const char* message, size_t length) {
+  std::string text(message, length);
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return text;
+}
+
+void log_counting_errors(et_timestamp_t timestamp, et_pal_log_level_t level, const char* filename,
+                         const char* function, size_t line, const char* message, size_t length) {
+  if (level == kFatal) {
+    fatal_message = trimmed(message, length);
+    return;
+  }
+  if (level == kError) {
+    last_error = trimmed(message, length);
+    ++logged_errors;
+  }
+  if (previous_log != nullptr) previous_log(timestamp, level, filename, function, line, message, length);
+}
+
+[[noreturn]] void exit_on_abort() {
+  std::fflush(stdout);
+  dprintf(fatal_fd, "error: the ExecuTorch runtime stopped (damaged program?):%s%s\n",
+          fatal_message.empty() || fatal_message.front() == ' ' ? "" : " ", fatal_message.c_str());
+  std::_Exit(1);
+}
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) bool torchchat_et_exit_on_fatal(int stderr_fd) {
+  namespace rt = ::executorch::runtime;
+  fatal_fd = stderr_fd;
+  previous_log = rt::get_pal_impl()->emit_log_message;
+  return rt::register_pal(rt::PalImpl::create(nullptr, exit_on_abort, nullptr, nullptr, log_counting_errors, nullptr,
+                                              nullptr, __FILE__));
+}
+
+// The number of error-level messages logged since torchchat_et_exit_on_fatal, and the last one.
+extern "C" __attribute__((visibility("default"))) int torchchat_et_logged_errors() { return logged_errors; }
+extern "C" __attribute__((visibility("default"))) const char* torchchat_et_last_error() { return last_error.c_str(); }

@@ -48,6 +48,7 @@ constexpr std::int64_t kGrainRows = 64;
 
 // x's values as contiguous fp32, read as an [M = numel / K, K] matrix: x itself when it is one.
 at::Tensor activations(const at::Tensor& x, std::int64_t K, const char* op) {
+  TORCH_CHECK(x.defined(), op, ": x is undefined");
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, op, ": x has ", x.size(-1), " features, the weight ", K);
   TORCH_CHECK(x.is_floating_point() && x.device().is_cpu(), op, ": x must be a float CPU tensor");
   if (x.scalar_type() == at::kFloat && x.is_contiguous()) return x;
@@ -68,7 +69,7 @@ at::Tensor output(const at::Tensor& x, const at::Tensor& y) {
 }
 
 at::Tensor float_weight_linear(const at::Tensor& x, const at::Tensor& weight) {
-  TORCH_CHECK(weight.dim() == 2 && (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kBFloat16) &&
+  TORCH_CHECK(weight.defined() && weight.dim() == 2 && (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kBFloat16) &&
                   weight.is_contiguous(),
               "float_weight_linear: weight must be a contiguous fp32 or bf16 [N, K] matrix");
   const std::int64_t N = weight.size(0), K = weight.size(1);
@@ -83,7 +84,7 @@ at::Tensor float_weight_linear(const at::Tensor& x, const at::Tensor& weight) {
 }
 
 at::Tensor panel_weight_linear(const at::Tensor& x, const at::Tensor& panels, std::int64_t N) {
-  TORCH_CHECK(panels.dim() == 3 && panels.size(2) == kPanel && panels.is_contiguous() &&
+  TORCH_CHECK(panels.defined() && panels.dim() == 3 && panels.size(2) == kPanel && panels.is_contiguous() &&
                   (panels.scalar_type() == at::kFloat || panels.scalar_type() == at::kBFloat16),
               "panel_weight_linear: panels must be a contiguous fp32 or bf16 [ceil(N / 32), K, 32] tensor");
   TORCH_CHECK(N >= 1 && (N + kPanel - 1) / kPanel == panels.size(0), "panel_weight_linear: ", panels.size(0),
@@ -103,7 +104,7 @@ at::Tensor panel_weight_linear(const at::Tensor& x, const at::Tensor& panels, st
 }
 
 at::Tensor int8_weight_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales) {
-  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.is_contiguous(),
+  TORCH_CHECK(weight.defined() && scales.defined() && weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.is_contiguous(),
               "int8_weight_linear: weight must be a contiguous int8 [N, K] matrix");
   const std::int64_t N = weight.size(0), K = weight.size(1);
   const bool per_row = int8_row_scales(N, scales.dim(), scales.dim() >= 1 ? scales.size(0) : 0,
@@ -125,7 +126,7 @@ at::Tensor int8_weight_linear(const at::Tensor& x, const at::Tensor& weight, con
 A8PanelWeights int4_panels(const char* op, const at::Tensor& panels, std::int64_t N, std::int64_t groupsize) {
   TORCH_CHECK(groupsize >= 32 && groupsize % 32 == 0, op, ": groupsize must be a multiple of 32, got ", groupsize);
   const std::int64_t K =
-      panels.dim() == 3 ? int4_panel_k(N, groupsize, panels.size(0), panels.size(1), panels.size(2)) : 0;
+      panels.defined() && panels.dim() == 3 ? int4_panel_k(N, groupsize, panels.size(0), panels.size(1), panels.size(2)) : 0;
   TORCH_CHECK(panels.scalar_type() == at::kByte && panels.is_contiguous() && K > 0, op,
               ": panels must be a contiguous uint8 [ceil(N / 16), K / G, 8G + 64] tensor for N = ", N, " and G = ",
               groupsize, ", got ", panels.sizes());
@@ -135,7 +136,7 @@ A8PanelWeights int4_panels(const char* op, const at::Tensor& panels, std::int64_
 // int8 panels (quant_linear.h) for N outputs, checked.
 A8PanelWeights int8_panels(const char* op, const at::Tensor& panels, std::int64_t N) {
   const std::int64_t G =
-      panels.dim() == 3 ? int8_panel_groupsize(N, panels.size(0), panels.size(1), panels.size(2)) : 0;
+      panels.defined() && panels.dim() == 3 ? int8_panel_groupsize(N, panels.size(0), panels.size(1), panels.size(2)) : 0;
   TORCH_CHECK(panels.scalar_type() == at::kByte && panels.is_contiguous() && G > 0, op,
               ": panels must be a contiguous uint8 [ceil(N / 16), K / G, 16G + 64] tensor (G a multiple of 32) for "
               "N = ", N, ", got ", panels.sizes());
@@ -185,6 +186,8 @@ bool fp32_or_bf16(const at::Tensor& t) { return t.scalar_type() == at::kFloat ||
 at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                            const at::Tensor& input_pos) {
   constexpr const char* op = "cache_attention";
+  TORCH_CHECK(q.defined() && k_cache.defined() && v_cache.defined() && input_pos.defined(), op,
+              ": an input is undefined");
   TORCH_CHECK(q.dim() == 4 && q.size(0) == 1 && fp32_or_bf16(q), op, ": q must be an fp32 or bf16 [1, T, H, D] tensor, got ",
               q.scalar_type(), " ", q.sizes());
   const std::int64_t T = q.size(1), H = q.size(2), D = q.size(3);
@@ -338,44 +341,49 @@ TORCH_LIBRARY_IMPL(torchchat, Meta, m) {
 using torch::aot_inductor::new_tensor_handle;
 using torch::aot_inductor::tensor_handle_to_tensor_pointer;
 
+namespace {
+
+// AOT Inductor passes a null handle for a constant it was never given (it only warns): refused
+// here, not read.
+const at::Tensor& arg(AtenTensorHandle handle) {
+  TORCH_CHECK(handle != nullptr, "torchchat kernel: an input tensor is missing (a constant the model was not given?)");
+  return *tensor_handle_to_tensor_pointer(handle);
+}
+
+}  // namespace
+
 extern "C" AOTITorchError aoti_torch_cpu_float_weight_linear(AtenTensorHandle x, AtenTensorHandle weight,
                                                              AtenTensorHandle* ret) {
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
-    *ret = new_tensor_handle(torchchat::kernels::float_weight_linear(*tensor_handle_to_tensor_pointer(x),
-                                                                      *tensor_handle_to_tensor_pointer(weight)));
+    *ret = new_tensor_handle(torchchat::kernels::float_weight_linear(arg(x), arg(weight)));
   });
 }
 
 extern "C" AOTITorchError aoti_torch_cpu_panel_weight_linear(AtenTensorHandle x, AtenTensorHandle panels, int64_t N,
                                                              AtenTensorHandle* ret) {
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
-    *ret = new_tensor_handle(torchchat::kernels::panel_weight_linear(*tensor_handle_to_tensor_pointer(x),
-                                                                      *tensor_handle_to_tensor_pointer(panels), N));
+    *ret = new_tensor_handle(torchchat::kernels::panel_weight_linear(arg(x), arg(panels), N));
   });
 }
 
 extern "C" AOTITorchError aoti_torch_cpu_int8_weight_linear(AtenTensorHandle x, AtenTensorHandle weight,
                                                             AtenTensorHandle scales, AtenTensorHandle* ret) {
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
-    *ret = new_tensor_handle(torchchat::kernels::int8_weight_linear(
-        *tensor_handle_to_tensor_pointer(x), *tensor_handle_to_tensor_pointer(weight),
-        *tensor_handle_to_tensor_pointer(scales)));
+    *ret = new_tensor_handle(torchchat::kernels::int8_weight_linear(arg(x), arg(weight), arg(scales)));
   });
 }
 
 extern "C" AOTITorchError aoti_torch_cpu_int4_a8_weight_linear(AtenTensorHandle x, AtenTensorHandle panels, int64_t N,
                                                                int64_t groupsize, AtenTensorHandle* ret) {
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
-    *ret = new_tensor_handle(torchchat::kernels::int4_a8_weight_linear(
-        *tensor_handle_to_tensor_pointer(x), *tensor_handle_to_tensor_pointer(panels), N, groupsize));
+    *ret = new_tensor_handle(torchchat::kernels::int4_a8_weight_linear(arg(x), arg(panels), N, groupsize));
   });
 }
 
 extern "C" AOTITorchError aoti_torch_cpu_int8_a8_weight_linear(AtenTensorHandle x, AtenTensorHandle panels, int64_t N,
                                                                AtenTensorHandle* ret) {
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
-    *ret = new_tensor_handle(torchchat::kernels::int8_a8_weight_linear(*tensor_handle_to_tensor_pointer(x),
-                                                                        *tensor_handle_to_tensor_pointer(panels), N));
+    *ret = new_tensor_handle(torchchat::kernels::int8_a8_weight_linear(arg(x), arg(panels), N));
   });
 }
 
@@ -383,16 +391,14 @@ extern "C" AOTITorchError aoti_torch_cpu_int4_panel_weight_linear(AtenTensorHand
                                                                   int64_t N, int64_t groupsize,
                                                                   AtenTensorHandle* ret) {
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
-    *ret = new_tensor_handle(torchchat::kernels::int4_panel_weight_linear(
-        *tensor_handle_to_tensor_pointer(x), *tensor_handle_to_tensor_pointer(panels), N, groupsize));
+    *ret = new_tensor_handle(torchchat::kernels::int4_panel_weight_linear(arg(x), arg(panels), N, groupsize));
   });
 }
 
 extern "C" AOTITorchError aoti_torch_cpu_int8_panel_weight_linear(AtenTensorHandle x, AtenTensorHandle panels,
                                                                   int64_t N, AtenTensorHandle* ret) {
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
-    *ret = new_tensor_handle(torchchat::kernels::int8_panel_weight_linear(*tensor_handle_to_tensor_pointer(x),
-                                                                           *tensor_handle_to_tensor_pointer(panels), N));
+    *ret = new_tensor_handle(torchchat::kernels::int8_panel_weight_linear(arg(x), arg(panels), N));
   });
 }
 
@@ -400,8 +406,6 @@ extern "C" AOTITorchError aoti_torch_cpu_cache_attention(AtenTensorHandle q, Ate
                                                          AtenTensorHandle v_cache, AtenTensorHandle input_pos,
                                                          AtenTensorHandle* ret) {
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
-    *ret = new_tensor_handle(torchchat::kernels::cache_attention(
-        *tensor_handle_to_tensor_pointer(q), *tensor_handle_to_tensor_pointer(k_cache),
-        *tensor_handle_to_tensor_pointer(v_cache), *tensor_handle_to_tensor_pointer(input_pos)));
+    *ret = new_tensor_handle(torchchat::kernels::cache_attention(arg(q), arg(k_cache), arg(v_cache), arg(input_pos)));
   });
 }

@@ -6,7 +6,9 @@
 Makes tiny artifacts once (a 2-layer random llama exported to .so, .pt2 and .pte; its GGUF; a
 SentencePiece model, its tokenizer.bin, a tiktoken file and a tokenizer.json), then for every case
 damages a copy of one file N times (a random byte XOR a random non-zero value, or a cut at a random
-length) and runs the case's command on it. Each run is classified:
+length) and runs the case's command on it. Half the flips land in the file's structure (headers,
+indexes, the program, the metadata: what a loader parses) rather than anywhere, as most of each
+file is weights, where a flip only changes numbers. Each run is classified:
 
     ran       exit 0: the flip hit bytes that only change numbers (weights, scores)
     detected  exit non-zero with one line "error: ..." and no traceback
@@ -21,13 +23,16 @@ campaign is thousands (--trials 500 over the 12 cases).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
 import subprocess
+import struct
 import sys
 import tempfile
 import time
+import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -119,9 +124,51 @@ def cases(build_dirs: list[Path]) -> list[Case]:
     return out
 
 
-def damage(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+def complement(spans: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    out, at = [], 0
+    for start, end in sorted(spans):
+        if start > at:
+            out.append((at, start))
+        at = max(at, end)
+    return out + ([(at, size)] if at < size else [])
+
+
+def constants_block(data: bytes, at: int) -> tuple[int, int] | None:
+    """(data start, data bytes) of a torchchat/mapped_constants.py block at `at`, if there is one."""
+    i = data.find(b"TCHCNST1", at)
+    if i < 0:
+        return None
+    n = int.from_bytes(data[i + 8:i + 16], "little")
+    index = json.loads(data[i + 16:i + 16 + n])
+    return -(-(i + 16 + n) // 16384) * 16384, index["data_bytes"]
+
+
+def structure(name: str, path: Path, data: bytes) -> list[tuple[int, int]]:
+    """The byte ranges of `data` that a loader parses (everything but the weights); [] if all of it."""
+    if name == "model.pte" and data[8:12] == b"eh00":
+        return [(0, struct.unpack_from("<Q", data, 24)[0])]  # the program, before its segments
+    if name in ("model.so", "model.pt2") and (block := constants_block(data, 0)):
+        start, size = block
+        return complement([(start, start + size)], len(data))
+    if name == "model.gguf":
+        from gguf import GGUFReader
+        return [(0, GGUFReader(path).data_offset)]
+    if name == "model.pt":  # a zip: the pickle and the zip's own records, not the tensors' storages
+        with zipfile.ZipFile(path) as z:
+            storages = [(i.header_offset + 30 + len(i.filename) + len(i.extra),
+                         i.header_offset + 30 + len(i.filename) + len(i.extra) + i.compress_size)
+                        for i in z.infolist() if "/data/" in i.filename]
+        return complement(storages, len(data))
+    return []
+
+
+def damage(data: bytes, rng: random.Random, spans: list[tuple[int, int]]) -> tuple[bytes, str]:
     if rng.random() < 0.8:
-        at = rng.randrange(len(data))
+        if spans and rng.random() < 0.5:
+            start, end = rng.choices(spans, weights=[e - s for s, e in spans])[0]
+            at = rng.randrange(start, end)
+        else:
+            at = rng.randrange(len(data))
         flip = rng.randrange(1, 256)
         return data[:at] + bytes([data[at] ^ flip]) + data[at + 1:], f"byte {at} ^= {flip:#04x}"
     at = rng.randrange(len(data))
@@ -140,9 +187,10 @@ def classify(p: subprocess.CompletedProcess | None) -> str:
     return "detected" if len(errors) == 1 and lines[-1] == errors[0] else "unclean"
 
 
-def trial(case: Case, artifacts: dict[str, Path], original: bytes, seed: int, scratch: Path, failures: Path):
+def trial(case: Case, artifacts: dict[str, Path], original: bytes, spans: list, seed: int, scratch: Path,
+          failures: Path):
     rng = random.Random(seed)
-    data, what = damage(original, rng)
+    data, what = damage(original, rng, spans)
     x = scratch / f"{seed}-{artifacts[case.damaged].name}"
     x.write_bytes(data)
     argv = [str(a).replace("{x}", str(x)) for a in case.command]
@@ -186,11 +234,12 @@ def main() -> int:
     for case in chosen:
         n = args.python_trials if args.python_trials is not None and case.command[0] == sys.executable else args.trials
         original = artifacts[case.damaged].read_bytes()
+        spans = structure(case.damaged, artifacts[case.damaged], original)
         t0 = time.perf_counter()
         tally = tallies.setdefault(case.name, Tally())
         with ThreadPoolExecutor(args.jobs) as pool:
             seeds = [args.seed * 1_000_003 + zlib.crc32(case.name.encode()) % 100_000 * 1000 + i for i in range(n)]
-            for verdict in pool.map(lambda s: trial(case, artifacts, original, s, scratch, failures), seeds):
+            for verdict in pool.map(lambda s: trial(case, artifacts, original, spans, s, scratch, failures), seeds):
                 tally.counts[verdict] += 1
         tally.seconds = time.perf_counter() - t0
         print(f"{case.name}: {tally.counts}", file=sys.stderr, flush=True)

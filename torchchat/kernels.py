@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from torchchat.errors import UserError
+from torchchat.quiet import native_stderr_silenced
 
 KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
 # The portable files and this machine's ISA files (CMakeLists.txt TORCHCHAT_KERNEL_SOURCES).
@@ -49,6 +50,7 @@ QUANTIZE_SCHEMES = ("linear:int8", "linear:int4")
 
 _loaded = False
 _et_loaded = False
+_et_library = None  # the loaded library (ctypes), once load_executorch has run
 
 
 def build(name: str, sources: list[Path], what: str, **options) -> str:
@@ -120,6 +122,19 @@ def load_executorch() -> None:
     _et_loaded = True
     library.torchchat_kernels_isa_error.restype = ctypes.c_char_p
     refuse_isa_error((library.torchchat_kernels_isa_error() or b"").decode())
+    # A fatal check in the runtime (a damaged program) ends the process with one line, not abort(),
+    # written to (a copy of) this stderr: loading silences fd 2 (torchchat/quiet.py).
+    stderr_copy = os.dup(2)
+    with native_stderr_silenced():  # the runtime notes that its handlers are replaced
+        library.torchchat_et_exit_on_fatal(stderr_copy)
+    library.torchchat_et_last_error.restype = ctypes.c_char_p
+    global _et_library
+    _et_library = library
+
+
+def executorch_errors() -> tuple[int, str]:
+    """(error-level messages ExecuTorch's runtime has logged since load_executorch, the last one)."""
+    return _et_library.torchchat_et_logged_errors(), (_et_library.torchchat_et_last_error() or b"").decode(errors="replace")
 
 
 def refuse_isa_error(error: str) -> None:

@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -43,6 +44,9 @@ PT2_KEY = "torchchat"
 PTE_METHOD = "get_metadata_json"
 SO_MAGIC = b"TCHMETA1"  # then the JSON length (u64 LE), the JSON, zero padding to a 16 KiB multiple
 SO_BLOCK_ALIGN = 16384
+# In the block's padding, right after the JSON: CRC-32s of the ELF content and of the JSON, so that
+# a damaged library is refused before it is loaded (its code would run as it is).
+SO_CHECKSUMS = b"TCHCRC32"  # then u32 LE CRC-32 of bytes [0, block start), u32 LE CRC-32 of the JSON
 TOKENIZER_KINDS = ("sentencepiece", "tiktoken", "hf_bpe")
 
 
@@ -135,13 +139,15 @@ def elf_end(head: bytes, f) -> int:
 def insert_so_metadata(path: Path, text: str) -> None:
     """Rewrite `path` with the metadata block inserted after its ELF content."""
     data = text.encode()
-    block = SO_MAGIC + struct.pack("<Q", len(data)) + data
-    block += b"\0" * (-len(block) % SO_BLOCK_ALIGN)
     tmp = path.with_name(path.name + ".meta")
     with open(path, "rb") as src, open(tmp, "wb") as dst:
         at = elf_end(src.read(64), src)
         src.seek(0)
-        dst.write(src.read(at))
+        elf = src.read(at)
+        block = SO_MAGIC + struct.pack("<Q", len(data)) + data
+        block += SO_CHECKSUMS + struct.pack("<II", zlib.crc32(elf), zlib.crc32(data))
+        block += b"\0" * (-len(block) % SO_BLOCK_ALIGN)
+        dst.write(elf)
         dst.write(block)
         shutil.copyfileobj(src, dst, 64 << 20)  # what AOTI appended (weights), if anything
     os.replace(tmp, path)
@@ -168,8 +174,15 @@ def read_so_metadata_block(path: Path) -> Optional[tuple[str, int]]:
         data = f.read(n) if n <= SO_BLOCK_ALIGN * 64 else b""
         if len(data) != n or not n:
             return None
+        checksums = f.read(16)
+        has_checksums = checksums[:8] == SO_CHECKSUMS
+        if has_checksums:
+            elf_crc, json_crc = struct.unpack("<II", checksums[8:])
+            f.seek(0)
+            if zlib.crc32(f.read(at)) != elf_crc or zlib.crc32(data) != json_crc:
+                raise UserError(f"{path}: damaged shared library (its checksum does not match)")
         try:
             text = data.decode()
         except UnicodeDecodeError:
             raise UserError(f"{path}: malformed torchchat metadata (not UTF-8)") from None
-        return text, at + -(-(16 + n) // SO_BLOCK_ALIGN) * SO_BLOCK_ALIGN
+        return text, at + -(-(16 + n + 16 * has_checksums) // SO_BLOCK_ALIGN) * SO_BLOCK_ALIGN

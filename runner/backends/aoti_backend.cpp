@@ -1,11 +1,13 @@
 #include "aoti_backend.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <fstream>
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/DynamicLibrary.h>
 #include <c10/util/Logging.h>
 #include <caffe2/serialize/inline_container.h>
 #include <nlohmann/json.hpp>
@@ -24,6 +26,8 @@ namespace {
 // (before any weights AOTI appended), then the JSON length (u64 LE) and the JSON.
 constexpr char kSoMagic[] = "TCHMETA1";
 constexpr std::uint64_t kSoBlockAlign = 16384;  // SO_BLOCK_ALIGN: the block's length is a multiple
+// SO_CHECKSUMS: right after the JSON, CRC-32s of the ELF content and of the JSON (u32 LE each).
+constexpr char kSoChecksums[] = "TCHCRC32";
 constexpr char kPt2Key[] = "torchchat";  // torchchat/metadata.py PT2_KEY
 // torchchat/mapped_constants.py PT2_BLOCK_AT: the constants block, when the package has one.
 constexpr std::uint64_t kPt2ConstantsAt = 16384;
@@ -87,6 +91,42 @@ std::uint64_t elf_end(std::ifstream& f) {
 
 }  // namespace
 
+namespace {
+
+// CRC-32 (IEEE 802.3, reflected, as zlib.crc32) continued from `crc` over [data, data + n).
+std::uint32_t crc32(const char* data, std::size_t n, std::uint32_t crc = 0) {
+  static const auto table = [] {
+    std::array<std::uint32_t, 256> t{};
+    for (std::uint32_t i = 0; i < 256; ++i) {
+      std::uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  crc = ~crc;
+  for (std::size_t i = 0; i < n; ++i) crc = table[(crc ^ static_cast<std::uint8_t>(data[i])) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+// CRC-32 of the file's first n bytes.
+std::uint32_t file_crc32(std::ifstream& f, std::uint64_t n) {
+  std::vector<char> buffer(1 << 20);
+  std::uint32_t crc = 0;
+  f.clear();
+  f.seekg(0);
+  while (n > 0 && f) {
+    const auto chunk = static_cast<std::streamsize>(std::min<std::uint64_t>(n, buffer.size()));
+    f.read(buffer.data(), chunk);
+    crc = crc32(buffer.data(), static_cast<std::size_t>(f.gcount()), crc);
+    n -= static_cast<std::uint64_t>(f.gcount());
+    if (f.gcount() == 0) break;
+  }
+  return crc;
+}
+
+}  // namespace
+
 std::string read_so_metadata(const std::string& path, std::uint64_t* block_end) {
   std::ifstream f(path, std::ios::binary);
   if (!f) return "";
@@ -99,12 +139,98 @@ std::string read_so_metadata(const std::string& path, std::uint64_t* block_end) 
   const auto n = load_le<std::uint64_t>(head + 8);
   if (n == 0 || n > (1u << 20)) return "";
   std::string json(n, '\0');
-  f.read(json.data(), static_cast<std::streamsize>(n));
-  if (block_end != nullptr) *block_end = at + (16 + n + kSoBlockAlign - 1) / kSoBlockAlign * kSoBlockAlign;
-  return f ? json : "";
+  if (!f.read(json.data(), static_cast<std::streamsize>(n))) return "";
+  char checksums[16] = {};
+  const bool has_checksums = f.read(checksums, 16) && std::memcmp(checksums, kSoChecksums, 8) == 0;
+  if (has_checksums &&
+      (file_crc32(f, at) != load_le<std::uint32_t>(checksums + 8) ||
+       crc32(json.data(), json.size()) != load_le<std::uint32_t>(checksums + 12)))
+    throw Error(path + ": damaged shared library (its checksum does not match)");
+  const std::uint64_t block = 16 + n + (has_checksums ? 16 : 0);
+  if (block_end != nullptr) *block_end = at + (block + kSoBlockAlign - 1) / kSoBlockAlign * kSoBlockAlign;
+  return json;
 }
 
 namespace {
+
+// A .pt2's zip records carry CRC-32s that PyTorch's reader does not check, and a flipped byte in
+// the package's library would run: every stored record is checked here before it is loaded, but
+// our constants (weights: checked against their index and the model, see check_stored_constants).
+// Throws torchchat::Error for a mismatch; leaves a zip it cannot parse to the package loader.
+void check_pt2_checksums(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  f.seekg(0, std::ios::end);
+  const auto size = static_cast<std::uint64_t>(f.tellg());
+  const auto read_at = [&](std::uint64_t at, std::size_t n) {
+    std::string out(n, '\0');
+    f.clear();
+    f.seekg(static_cast<std::streamoff>(at));
+    if (at + n > size || !f.read(out.data(), static_cast<std::streamsize>(n))) out.clear();
+    return out;
+  };
+  // The end of central directory record, within the last 64 KiB + 22 bytes.
+  const std::uint64_t tail_at = size > 65557 ? size - 65557 : 0;
+  const std::string tail = read_at(tail_at, static_cast<std::size_t>(size - tail_at));
+  const std::size_t eocd = tail.rfind(std::string("PK\x05\x06", 4));
+  if (eocd == std::string::npos || eocd + 22 > tail.size()) return;
+  std::uint64_t entries = load_le<std::uint16_t>(tail.data() + eocd + 10);
+  std::uint64_t directory_at = load_le<std::uint32_t>(tail.data() + eocd + 16);
+  if (directory_at == 0xFFFFFFFFu && eocd >= 20 && tail.compare(eocd - 20, 4, std::string("PK\x06\x07", 4)) == 0) {
+    const std::string zip64 = read_at(load_le<std::uint64_t>(tail.data() + eocd - 20 + 8), 56);
+    if (zip64.size() != 56 || zip64.compare(0, 4, std::string("PK\x06\x06", 4)) != 0) return;
+    entries = load_le<std::uint64_t>(zip64.data() + 32);
+    directory_at = load_le<std::uint64_t>(zip64.data() + 48);
+  }
+  std::uint64_t at = directory_at;
+  for (std::uint64_t i = 0; i < entries; ++i) {
+    const std::string entry = read_at(at, 46);
+    if (entry.size() != 46 || entry.compare(0, 4, std::string("PK\x01\x02", 4)) != 0) return;
+    const auto method = load_le<std::uint16_t>(entry.data() + 10);
+    const auto crc = load_le<std::uint32_t>(entry.data() + 16);
+    std::uint64_t stored = load_le<std::uint32_t>(entry.data() + 20), local_at = load_le<std::uint32_t>(entry.data() + 42);
+    const auto name_len = load_le<std::uint16_t>(entry.data() + 28), extra_len = load_le<std::uint16_t>(entry.data() + 30);
+    const std::string name = read_at(at + 46, name_len), extra = read_at(at + 46 + name_len, extra_len);
+    at += 46 + name_len + extra_len + load_le<std::uint16_t>(entry.data() + 32);
+    // Zip64: the sizes and offset that do not fit 32 bits are in extra field 1, in this order.
+    for (std::size_t x = 0; x + 4 <= extra.size();) {
+      const auto id = load_le<std::uint16_t>(extra.data() + x), len = load_le<std::uint16_t>(extra.data() + x + 2);
+      if (id == 1) {
+        std::size_t y = x + 4;
+        const auto next = [&](std::uint64_t& field) {
+          if (field == 0xFFFFFFFFu && y + 8 <= x + 4 + len && y + 8 <= extra.size()) {
+            field = load_le<std::uint64_t>(extra.data() + y);
+            y += 8;
+          }
+        };
+        std::uint64_t original = load_le<std::uint32_t>(entry.data() + 24);
+        next(original);
+        next(stored);
+        next(local_at);
+      }
+      x += 4 + len;
+    }
+    const std::string suffix = "torchchat/constants.bin";
+    if (method != 0 || (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0))
+      continue;
+    const std::string local = read_at(local_at, 30);
+    if (local.size() != 30 || local.compare(0, 4, std::string("PK\x03\x04", 4)) != 0)
+      throw Error(path + ": damaged .pt2 package (record " + name + ")");
+    const std::uint64_t data_at =
+        local_at + 30 + load_le<std::uint16_t>(local.data() + 26) + load_le<std::uint16_t>(local.data() + 28);
+    if (data_at + stored > size) throw Error(path + ": truncated .pt2 package (record " + name + ")");
+    std::vector<char> buffer(1 << 20);
+    std::uint32_t actual = 0;
+    f.clear();
+    f.seekg(static_cast<std::streamoff>(data_at));
+    for (std::uint64_t left = stored; left > 0;) {
+      const auto chunk = static_cast<std::streamsize>(std::min<std::uint64_t>(left, buffer.size()));
+      if (!f.read(buffer.data(), chunk)) throw Error(path + ": truncated .pt2 package (record " + name + ")");
+      actual = crc32(buffer.data(), static_cast<std::size_t>(chunk), actual);
+      left -= static_cast<std::uint64_t>(chunk);
+    }
+    if (actual != crc) throw Error(path + ": damaged .pt2 package (the checksum of " + name + " does not match)");
+  }
+}
 
 // The torchchat metadata of a .pt2 read from the zip itself, without loading the package's
 // shared library (AOTI's own metadata file, data/aotinductor/model/*_metadata.json, holds it
@@ -138,6 +264,92 @@ void require_cpu_for(const std::string& path, const std::string& json) {
     throw Error(path + ": " + e.what());
   }
   require_cpu_features(metadata, path);
+}
+
+}  // namespace
+
+namespace {
+
+using torch::inductor::AOTIModelContainerRunner;
+
+// What the compiled model records about one of its constants.
+struct CompiledConstant {
+  std::string name;
+  std::int32_t dtype;      // c10::ScalarType's value (AOTI's dtype codes are the same)
+  std::size_t bytes;       // its storage's size, rounded up to 64 bytes
+  bool folded;             // computed by the model itself from other constants
+};
+
+// The runner offers the constants' names and dtypes only; their sizes are in the model
+// library's C interface, behind the runner's protected container handle and library, which a
+// member pointer named through a derived class reads.
+struct RunnerInternals : AOTIModelContainerRunner {
+  static std::vector<CompiledConstant> constants(AOTIModelContainerRunner& runner) {
+    AOTInductorModelContainerHandle handle = runner.*(&RunnerInternals::container_handle_);
+    at::DynamicLibrary& library = *(runner.*(&RunnerInternals::model_so_));
+    const auto count = reinterpret_cast<decltype(&AOTInductorModelContainerGetNumConstants)>(
+        library.sym("AOTInductorModelContainerGetNumConstants"));
+    const auto name = reinterpret_cast<decltype(&AOTInductorModelContainerGetConstantName)>(
+        library.sym("AOTInductorModelContainerGetConstantName"));
+    const auto dtype = reinterpret_cast<decltype(&AOTInductorModelContainerGetConstantDtype)>(
+        library.sym("AOTInductorModelContainerGetConstantDtype"));
+    const auto size = reinterpret_cast<decltype(&AOTInductorModelContainerGetConstantDataSize)>(
+        library.sym("AOTInductorModelContainerGetConstantDataSize"));
+    const auto folded = reinterpret_cast<decltype(&AOTInductorModelContainerGetConstantFromFolded)>(
+        library.sym("AOTInductorModelContainerGetConstantFromFolded"));
+    std::size_t n = 0;
+    if (count(handle, &n) != AOTI_RUNTIME_SUCCESS) throw std::runtime_error("cannot count the model's constants");
+    std::vector<CompiledConstant> out(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const char* constant_name = nullptr;
+      if (name(handle, i, &constant_name) != AOTI_RUNTIME_SUCCESS || dtype(handle, i, &out[i].dtype) != AOTI_RUNTIME_SUCCESS ||
+          size(handle, i, &out[i].bytes) != AOTI_RUNTIME_SUCCESS || folded(handle, i, &out[i].folded) != AOTI_RUNTIME_SUCCESS)
+        throw std::runtime_error("cannot read the model's constant " + std::to_string(i));
+      out[i].name = constant_name;
+    }
+    return out;
+  }
+};
+
+// The stored constants must be exactly those the compiled model reads, with its dtypes and sizes:
+// AOTI only warns about a constant it is not given (a damaged name in the index) and runs on with
+// a null tensor in its place.
+void check_stored_constants(AOTIModelContainerRunner& runner, const std::unordered_map<std::string, at::Tensor>& stored,
+                            const std::string& path) {
+  std::size_t needed = 0;
+  for (const CompiledConstant& c : RunnerInternals::constants(runner)) {
+    if (c.folded) continue;
+    ++needed;
+    const auto it = stored.find(c.name);
+    if (it == stored.end()) throw Error(path + ": damaged constants: the model's constant " + c.name + " is not stored");
+    const at::Tensor& t = it->second;
+    if (static_cast<std::int32_t>(t.scalar_type()) != c.dtype)
+      throw Error(path + ": damaged constants: " + c.name + " is stored as " + std::string(c10::toString(t.scalar_type())) +
+                  ", the model reads " + std::string(c10::toString(static_cast<c10::ScalarType>(c.dtype))));
+    const std::size_t bytes = (t.storage().nbytes() + 63) / 64 * 64;
+    if (bytes != c.bytes)
+      throw Error(path + ": damaged constants: " + c.name + " has " + std::to_string(t.storage().nbytes()) +
+                  " bytes stored, the model reads " + std::to_string(c.bytes));
+  }
+  if (stored.size() != needed) throw Error(path + ": damaged constants: the index holds constants the model does not have");
+}
+
+// The metadata's context must fit the compiled model: its rotary table (one row per position,
+// indexed by position) and its KV caches [1, Hkv, S, D] (torchchat/model.py setup_caches).
+void check_context(AOTIModelContainerRunner& runner, int max_seq_len) {
+  std::int64_t rope_rows = -1, cache_len = -1;
+  for (const auto& [fqn, t] : runner.extract_constants_map(/*use_inactive=*/false)) {
+    const auto ends_with = [&](const std::string& tail) {
+      return fqn.size() >= tail.size() && fqn.compare(fqn.size() - tail.size(), tail.size(), tail) == 0;
+    };
+    if (fqn == "rope" && t.dim() >= 1) rope_rows = t.size(0);
+    if ((ends_with("kv_cache.k") || ends_with("kv_cache.v")) && t.dim() == 4)
+      cache_len = cache_len < 0 ? t.size(2) : std::min(cache_len, t.size(2));
+  }
+  if (rope_rows < 0 || cache_len < 0) throw Error("the model has no rotary table or KV cache (not a torchchat export?)");
+  if (max_seq_len > rope_rows || max_seq_len > cache_len)
+    throw Error("the metadata's max_seq_len " + std::to_string(max_seq_len) + " exceeds the compiled model's context of " +
+                std::to_string(std::min(rope_rows, cache_len)) + " (damaged metadata?)");
 }
 
 }  // namespace
@@ -178,6 +390,7 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
       const std::string so_path = path.find('/') == std::string::npos ? "./" + path : path;
       model_->so = std::make_unique<torch::inductor::AOTIModelContainerRunnerCpu>(so_path, 1);
       if (!model_->constants->empty()) {
+        check_stored_constants(*model_->so, model_->constants->tensors(), path);
         // user_managed: the model uses our tensors as they are (no copy); all must be given.
         model_->so->update_constant_buffer(model_->constants->tensors(), /*use_inactive=*/false,
                                            /*validate_full_updates=*/true, /*user_managed=*/true);
@@ -185,6 +398,7 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
     } else {
       // The loader logs warnings about foreign zips before it throws; the error we
       // raise says it in one line.
+      check_pt2_checksums(path);
       if (const std::string early = read_pt2_metadata(path); !early.empty()) require_cpu_for(path, early);
       const int log_level = FLAGS_caffe2_log_level;
       FLAGS_caffe2_log_level = std::max(log_level, 2);  // errors only
@@ -196,9 +410,11 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
       }
       FLAGS_caffe2_log_level = log_level;
       model_->constants = std::make_unique<MappedConstants>(path, kPt2ConstantsAt);
-      if (!model_->constants->empty())
+      if (!model_->constants->empty()) {
+        check_stored_constants(*model_->pt2->get_runner(), model_->constants->tensors(), path);
         model_->pt2->update_constant_buffer(model_->constants->tensors(), /*use_inactive=*/false,
                                             /*validate_full_updates=*/true, /*user_managed=*/true);
+      }
       const auto meta = model_->pt2->get_metadata();
       const auto it = meta.find(kPt2Key);
       if (it == meta.end()) throw Error(path + ": no torchchat metadata (not exported by `torchchat.py export`)");
@@ -213,6 +429,13 @@ AotiBackend::AotiBackend(const BackendOptions& options) : model_(std::make_uniqu
     metadata_ = parse_metadata_json(json);
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
+  }
+  try {
+    check_context(model_->so ? *model_->so : *model_->pt2->get_runner(), metadata_.max_seq_len);
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  } catch (const std::exception& e) {
+    throw Error(path + ": cannot read the model's constants: " + first_line(e));
   }
   // Models that call our kernels (libtorchchat_kernels, linked in): report now, not
   // mid-generation, if this CPU runs their portable fallback.

@@ -43,7 +43,8 @@ class AotiBackend final : public Backend {
 };
 
 // The metadata JSON appended to an exported .so, or "" if there is none; `block_end`
-// receives the file offset just past its block (where stored constants would start).
+// receives the file offset just past its block (where stored constants would start). Throws
+// torchchat::Error (one line) if the block's checksums do not match the library or the JSON.
 std::string read_so_metadata(const std::string& path, std::uint64_t* block_end = nullptr);
 
 }  // namespace torchchat

@@ -1,6 +1,8 @@
 #include "et_backend.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <mutex>
@@ -34,6 +36,7 @@ constexpr char kMetadataMethod[] = "get_metadata_json";  // torchchat/metadata.p
 // error-level message completes our message. TORCHCHAT_ET_LOG=1 shows everything.
 std::mutex log_mutex;
 std::string last_log_error;
+int log_errors = 0;  // error-level messages so far
 bool log_verbose = false;
 
 void emit_log(et_timestamp_t, et_pal_log_level_t level, const char* filename, const char*, size_t line,
@@ -42,21 +45,41 @@ void emit_log(et_timestamp_t, et_pal_log_level_t level, const char* filename, co
     std::fprintf(stderr, "[%s:%zu] %.*s\n", filename, line, static_cast<int>(length), message);
     return;
   }
-  if (level == kError || level == kFatal) {
-    std::lock_guard<std::mutex> lock(log_mutex);
-    last_log_error.assign(message, length);
-    while (!last_log_error.empty() && (last_log_error.back() == '\n' || last_log_error.back() == ' '))
-      last_log_error.pop_back();
+  std::string text(message, length);
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  if (level == kFatal) {
+    // The runtime aborts right after (pal_abort, below): this is the user's one line.
+    std::fflush(stdout);
+    std::fprintf(stderr, "error: the ExecuTorch runtime stopped (damaged program?):%s%s\n",
+                 text.empty() || text.front() == ' ' ? "" : " ", text.c_str());
+    return;
   }
+  if (level == kError) {
+    std::lock_guard<std::mutex> lock(log_mutex);
+    last_log_error = std::move(text);
+    ++log_errors;
+  }
+}
+
+// Replaces abort() (and its "Aborted", exit 134): emit_log has said what failed.
+[[noreturn]] void pal_stop() {
+  std::fflush(stdout);
+  std::_Exit(1);
 }
 
 void install_log_handler() {
   static const bool installed = [] {
     const char* verbose = std::getenv("TORCHCHAT_ET_LOG");
     log_verbose = verbose != nullptr && std::strcmp(verbose, "0") != 0;
-    return et::register_pal(et::PalImpl::create(emit_log, __FILE__));
+    return et::register_pal(et::PalImpl::create(nullptr, pal_stop, nullptr, nullptr, emit_log, nullptr, nullptr,
+                                                __FILE__));
   }();
   (void)installed;
+}
+
+int logged_errors() {
+  std::lock_guard<std::mutex> lock(log_mutex);
+  return log_errors;
 }
 
 // "what failed: Error::X (the runtime's last logged error)".
@@ -67,6 +90,14 @@ std::string describe(const std::string& what, et::Error error) {
     detail.swap(last_log_error);
   }
   return what + ": " + et::to_string(error) + (detail.empty() ? "" : " (" + detail + ")");
+}
+
+// ExecuTorch 1.5.1 can log an error while it loads a method and still return Ok (Method::init
+// lets a later instruction's success overwrite an earlier operator index out of range), leaving an
+// instruction without a kernel: the call would jump to garbage. An error logged while loading
+// refuses the program too.
+et::Error checked_load(et::Error result, int errors_before) {
+  return result == et::Error::Ok && logged_errors() > errors_before ? et::Error::InvalidProgram : result;
 }
 
 // A .pte is a flatbuffer with the file identifier "ET" + two digits at bytes 4..8.
@@ -140,8 +171,11 @@ EtBackend::EtBackend(const BackendOptions& options) {
   // Mmap: weights are paged in from the file, not copied; XNNPACK packs them at load.
   module_ = std::make_unique<Module>(path, Module::LoadMode::Mmap);
   Module& module = *module_;
-  // Full verification: a truncated or damaged file fails here, not inside a method.
-  if (const et::Error e = module.load(et::Program::Verification::InternalConsistency); e != et::Error::Ok)
+  // Full verification (the flatbuffer verifier and the tensors' consistency): a truncated or damaged
+  // file fails here, not inside a method.
+  const int errors_before = logged_errors();
+  if (const et::Error e = checked_load(module.load(et::Program::Verification::InternalConsistency), errors_before);
+      e != et::Error::Ok)
     throw Error(describe(path + ": cannot load the ExecuTorch program (truncated or damaged?)", e));
   const auto names = module.method_names();
   if (!names.ok()) throw Error(describe(path + ": cannot read the program's methods", names.error()));
@@ -160,7 +194,8 @@ EtBackend::EtBackend(const BackendOptions& options) {
   own_threads_ = linears_on_our_kernels(metadata_);
   const PoolOff pool_off(own_threads_);  // XNNPACK takes its thread pool when it is set up
   allocate_planned_memory();
-  if (const et::Error e = module.load_method("forward", planned_memory_.get()); e != et::Error::Ok)
+  if (const et::Error e = checked_load(module.load_method("forward", planned_memory_.get()), errors_before);
+      e != et::Error::Ok)
     throw Error(describe(path + ": cannot load the forward method", e));
   const auto forward_meta = module.method_meta("forward");
   if (!forward_meta.ok()) throw Error(describe(path + ": cannot read the forward method's inputs", forward_meta.error()));

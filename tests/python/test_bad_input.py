@@ -114,6 +114,11 @@ def test_so_metadata_that_is_not_utf8(tmp_path):
     data = bytearray(lib.read_bytes())
     data[data.index(b'"ok"') + 1] = 0xFF
     lib.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="damaged shared library"):  # the block's checksum
+        read_so_metadata(lib)
+    at = data.index(b"TCHCRC32")
+    data[at:at + 16] = bytes(16)  # as exported before the block had checksums
+    lib.write_bytes(bytes(data))
     with pytest.raises(UserError, match="not UTF-8"):
         read_so_metadata(lib)
 

@@ -53,13 +53,16 @@ class AOTIDecoder:
             try:
                 runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(path.resolve()), 1)  # dlopen needs a slash
                 if self._constants is not None:
+                    check_stored_constants(path, self._constants[0], runner.get_constant_names_to_dtypes())
                     runner.update_constant_buffer(self._constants[0], False, True, True)
+                check_context(path, runner.extract_constants_map(False), self.info.max_seq_len)
             except RuntimeError as e:
                 raise UserError(f"{path}: cannot load the shared library: {first_line(e)}") from None
             self._run = lambda *inputs: runner.run(list(inputs))[0]
         else:
             if not zipfile.is_zipfile(path):
                 raise UserError(f"{path}: truncated or damaged .pt2 package")
+            check_pt2_checksums(path)
             early = target_cpu.pt2_metadata(path, metadata.PT2_KEY)
             if early is not None:
                 target_cpu.check(early, where)  # before the package's shared library is loaded
@@ -71,10 +74,14 @@ class AOTIDecoder:
                 raise UserError(f"{path}: not a loadable AOT Inductor package: {first_line(e)}") from None
             self._constants = map_constants(path, mapped_constants.PT2_BLOCK_AT)
             if self._constants is not None:
+                names = {fqn.replace(".", "_") for fqn in package.get_constant_fqns()}  # AOTI's normalize_name
+                check_stored_constants(path, self._constants[0], dict.fromkeys(names))
                 package.loader.update_constant_buffer(self._constants[0], False, True, True)
             if metadata.PT2_KEY not in meta:
                 raise UserError(f"{path}: no torchchat metadata (export it with `torchchat.py export`)")
             self.info, self.dtype = metadata.from_json(meta[metadata.PT2_KEY], where)
+            if self._constants is not None:
+                check_context(path, self._constants[0], self.info.max_seq_len)
             self._run = package
         self.max_seq_len, self.vocab_size = self.info.max_seq_len, self.info.vocab_size
         self.lengths = length_tensor(self.max_seq_len)  # sliced for kv_len and n_logits
@@ -94,3 +101,51 @@ def map_constants(path: Path, at: int):
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: damaged constants ({e})") from None
 
+
+
+# c10::ScalarType's values, as the compiled model reports its constants' dtypes.
+SCALAR_TYPE_CODES = {torch.uint8: 0, torch.int8: 1, torch.int32: 3, torch.int64: 4, torch.float16: 5, torch.float32: 6,
+                     torch.bool: 11, torch.bfloat16: 15}
+
+
+def check_stored_constants(path: Path, stored: dict, model_dtypes: dict) -> None:
+    """The stored constants must be exactly those the compiled model reads ({name: dtype code or
+    None}): AOTI only warns about one it is not given (a damaged name in the index) and runs on
+    with a null tensor in its place."""
+    missing = sorted(model_dtypes.keys() - stored.keys())
+    if missing:
+        raise UserError(f"{path}: damaged constants: the model's constant {missing[0]} is not stored")
+    if stored.keys() - model_dtypes.keys():
+        raise UserError(f"{path}: damaged constants: the index holds constants the model does not have")
+    for name, code in model_dtypes.items():
+        if code is not None and SCALAR_TYPE_CODES.get(stored[name].dtype) != code:
+            raise UserError(f"{path}: damaged constants: {name} is stored as {stored[name].dtype}, "
+                            "not the dtype the model reads")
+
+
+def check_context(path: Path, constants: dict, max_seq_len: int) -> None:
+    """The metadata's context must fit the compiled model's rotary table (a row per position) and
+    KV caches [1, Hkv, S, D] (torchchat/model.py setup_caches); keys are names or FQNs."""
+    rope = [t.size(0) for k, t in constants.items() if k == "rope" and t.dim() >= 1]
+    caches = [t.size(2) for k, t in constants.items() if k.replace(".", "_").endswith(("kv_cache_k", "kv_cache_v"))
+              and t.dim() == 4]
+    if not rope or not caches:
+        raise UserError(f"{path}: the model has no rotary table or KV cache (not a torchchat export?)")
+    context = min(rope + caches)
+    if max_seq_len > context:
+        raise UserError(f"{path}: the metadata's max_seq_len {max_seq_len} exceeds the compiled model's context of "
+                        f"{context} (damaged metadata?)")
+
+
+def check_pt2_checksums(path: Path) -> None:
+    """The package's records against their CRC-32s, which PyTorch's reader does not check (a flipped
+    byte in its library would run); all but our constants (weights, checked against their index)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if not info.filename.endswith("torchchat/constants.bin"):
+                    with z.open(info) as record:
+                        while record.read(1 << 20):  # the CRC is checked at the end of the record
+                            pass
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise UserError(f"{path}: damaged .pt2 package ({first_line(e)})") from None

@@ -41,6 +41,10 @@ class PTEDecoder:
 
         path = Path(path)
         sniff_pte(path)
+        # Our attention and linear:int8/int4 kernels (kernels/executorch_ops.cpp), before forward's
+        # load, which resolves its operators; first of all, as loading them turns a fatal check in
+        # the runtime into one line.
+        kernels.load_executorch()
         try:
             with native_stderr_silenced():
                 program = Runtime.get().load_program(path)
@@ -54,11 +58,14 @@ class PTEDecoder:
             (text,) = program.load_method(metadata.PTE_METHOD).execute([])
             self.info, self.dtype = metadata.from_json(str(text), str(path))
             target_cpu.check(str(text), str(path))  # ours need nothing ("any"), but honour what one says
-            # Our attention and linear:int8/int4 kernels (kernels/executorch_ops.cpp), before forward's
-            # load, which resolves its operators.
-            kernels.load_executorch()
+            errors_before, _ = kernels.executorch_errors()
             with native_stderr_silenced():
                 self._forward = program.load_method("forward")
+            # ExecuTorch 1.5.1 can log an error while loading a method and still succeed (an operator
+            # index out of range), leaving an instruction without a kernel: refused here.
+            errors, last_error = kernels.executorch_errors()
+            if errors > errors_before:
+                raise UserError(f"{path}: cannot load the forward method: {last_error}")
         except UserError:
             raise
         except Exception as e:
