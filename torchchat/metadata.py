@@ -5,6 +5,8 @@ One JSON object, the same for every format (AOTI .so / .pt2, ExecuTorch .pte):
     {"format_version": 2, "arch": "llama", "vocab_size": ..., "max_seq_len": ...,
      "bos_id": ..., "add_bos": ..., "stop_ids": [...], "tokenizer": "sentencepiece"|"tiktoken"|"hf_bpe",
      "chat_template": "llama2"|"llama3"|"chatml"|"none", "dtype": "fp32"|"bf16"|"fp16",
+     "chat_turns": {"first": [...], "first_with_system": [...], "next": [...]},   (the model's own
+        template cut into turns, torchchat/chat_template.py; absent: the built-in chat_template)
      "quantize": {"linear:int4": {"groupsize": 32}, ...},   (only if exported with --quantize)
      "target_cpu": "avx2", "cpu_features": ["avx", "avx2", ...]}   (torchchat/target_cpu.py; absent: not recorded)
 
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from torchchat import chat_template
 from torchchat.errors import UserError
 
 FORMAT_VERSION = 2  # runner/include/torchchat/metadata.h kFormatVersion is its twin
@@ -58,6 +61,7 @@ class ModelInfo:
     tokenizer_kind: str
     chat_template: str
     quantize: Optional[dict] = None  # the --quantize spec the weights went through (torchchat/quantize.py)
+    chat_turns: Optional[dict] = None  # the model's own template cut into turns (torchchat/chat_template.py)
 
 
 def to_json(info: ModelInfo, dtype: str, cpu: Optional[dict] = None) -> str:
@@ -81,6 +85,8 @@ def to_json(info: ModelInfo, dtype: str, cpu: Optional[dict] = None) -> str:
     }
     if info.quantize:
         meta["quantize"] = info.quantize  # readers that do not know it ignore it
+    if info.chat_turns:
+        meta["chat_turns"] = chat_template.to_json(info.chat_turns)  # older readers use chat_template
     if cpu:
         meta.update(cpu)
     return json.dumps(meta)
@@ -104,6 +110,7 @@ def from_json(text: str, where: str) -> tuple[ModelInfo, str]:
             tokenizer_kind=str(d["tokenizer"]),
             chat_template=str(d["chat_template"]),
             quantize=d.get("quantize") if isinstance(d.get("quantize"), dict) else None,
+            chat_turns=chat_template.from_json(d["chat_turns"]) if "chat_turns" in d else None,
         )
         return info, str(d["dtype"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:

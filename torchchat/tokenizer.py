@@ -40,6 +40,21 @@ class Tokenizer:
         raise NotImplementedError
 
     @property
+    def control_tokens(self) -> list[str]:
+        """The special tokens that text is split at before encoding (what a chat template's
+        rendered text is cut at, as the reference libraries cut it)."""
+        raise NotImplementedError
+
+    def template_tokens(self) -> dict[str, str]:
+        """bos_token / eos_token as a chat template names them."""
+        names = {}
+        for name, i in (("bos_token", self.bos_id), ("eos_token", self.eos_id)):
+            text = next((t for t in self.control_tokens if self.token_id(t) == i), None) if i is not None else None
+            if text is not None:
+                names[name] = text
+        return names
+
+    @property
     def stop_ids(self) -> list[int]:
         ids = [self.eos_id] + [self.token_id(t) for t in END_OF_TURN]
         return list(dict.fromkeys(i for i in ids if i is not None))
@@ -89,6 +104,10 @@ class SentencePieceTokenizer(Tokenizer):
     def token_id(self, text: str) -> Optional[int]:
         i = self.sp.piece_to_id(text)
         return i if self.sp.id_to_piece(i) == text else None
+
+    @property
+    def control_tokens(self) -> list[str]:
+        return [self.sp.id_to_piece(i) for i in range(self.vocab_size) if self.sp.is_control(i)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,6 +170,10 @@ class TiktokenTokenizer(Tokenizer):
 
     def token_id(self, text: str) -> Optional[int]:
         return self.special.get(text)
+
+    @property
+    def control_tokens(self) -> list[str]:
+        return list(self.special)
 
 
 def _split_long_runs(s: str, limit: int) -> Iterator[str]:
@@ -232,6 +255,10 @@ class HFTokenizer(Tokenizer):
 
     def token_id(self, text: str) -> Optional[int]:
         return self.tok.token_to_id(text)
+
+    @property
+    def control_tokens(self) -> list[str]:
+        return [t.content for t in self.tok.get_added_tokens_decoder().values()]
 
 
 # ---------------------------------------------------------------------------------------------
