@@ -16,6 +16,8 @@ token the template spells (split off as the tokenizer would split the rendered t
 (torchchat/metadata.py "chat_turns") for the native runners, which need no Jinja engine.
 The cut is checked: the pieces put together must give the template's own rendering of longer
 conversations, or the template cannot be followed turn by turn and `chat_turns` says so.
+A reply stays in the cache as the model sampled it: where a template trims messages (Llama 3),
+a reply that ends in whitespace differs from transformers' re-rendering of the conversation.
 """
 from __future__ import annotations
 

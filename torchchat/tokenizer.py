@@ -280,7 +280,10 @@ def load_tokenizer(path: Path) -> Tokenizer:
     if data.lstrip()[:1] == b"{":
         text = _utf8(data, path)
         try:
-            doc = json.loads(text)
+            doc = json.loads(text, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as e:
+            raise UserError(f"{path}: {e.args[0]!r} appears twice in one object (two tokens spelled the same?): "
+                            "an ambiguous tokenizer") from None
         except ValueError:
             raise UserError(f"{path}: truncated or corrupt JSON tokenizer") from None
         if not isinstance(doc, dict) or "model" not in doc:
@@ -294,16 +297,37 @@ def load_tokenizer(path: Path) -> Tokenizer:
 
 
 def _gguf_tokenizer(path: Path) -> Tokenizer:
-    """A GGUF carries its tokenizer: rebuild it as tokenizer.json, with bos/eos from the metadata."""
+    """A GGUF carries its tokenizer: rebuild it as tokenizer.json (byte-level BPE) or a SentencePiece
+    model, with bos/eos from the metadata."""
     # Here, not above: imports torch and gguf, which a tokenizer file does not need (start-up time).
-    from torchchat.checkpoints.gguf import field, gguf_chat_info, gguf_tokenizer_json, open_gguf
+    from torchchat.checkpoints.gguf import field, gguf_chat_info, gguf_sentencepiece_model, gguf_tokenizer_json, open_gguf
 
     reader = open_gguf(path)
     info = gguf_chat_info(path, reader)
+    if field(reader, "tokenizer.ggml.model") == "llama":
+        tok = SentencePieceTokenizer(gguf_sentencepiece_model(path, reader), path)
+        tok.add_bos = info["add_bos"]
+        return tok
     tokens = field(reader, "tokenizer.ggml.tokens") or []
     name = lambda i: tokens[i] if i is not None and 0 <= i < len(tokens) else None  # noqa: E731
     config = {"bos_token": name(info["bos_id"]), "eos_token": name(info["eos_id"])}
     return HFTokenizer(gguf_tokenizer_json(path, reader), path, config)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are all distinct: libraries differ on which of two equal keys wins."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return d
 
 
 def _utf8(data: bytes, path: Path) -> str:
