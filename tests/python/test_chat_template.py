@@ -152,6 +152,19 @@ def test_templates_that_cannot_be_followed_turn_by_turn():
         Conversation(tok, turns, None, "Be brief.")
 
 
+def test_model_without_a_followable_template_chats_with_the_built_in_one(capsys):
+    from torchchat.load import model_chat_turns
+
+    tok = llama3_tokenizer()
+    last_differs = ("{% for m in messages %}{% if loop.last %}LAST{% endif %}{{ m['content'] }}<|eot_id|>{% endfor %}"
+                    "{% if add_generation_prompt %}<|start_header_id|>{% endif %}")
+    assert model_chat_turns(tok, "llama3", last_differs) is None
+    assert "cannot be followed turn by turn" in capsys.readouterr().err
+    assert model_chat_turns(tok, "llama3", None) == ct.chat_turns(ct.DEFAULT_TEMPLATES["llama3"], tok.template_tokens(),
+                                                                  tok.control_tokens)
+    assert model_chat_turns(tok, "none", None) is None
+
+
 def test_metadata_round_trip():
     from torchchat import metadata
 

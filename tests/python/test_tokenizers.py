@@ -284,6 +284,13 @@ def test_vocabularies_we_cannot_represent_are_refused(tmp_path):
     path.write_text('{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "a": 2}, "merges": []}}')
     assert "appears twice" in one_line_error(path)
 
+    w = gguf.GGUFWriter(tmp_path / "sp.gguf", "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(["<unk>", "<s>", "</s>", "\u2581a", "\u2581a"])
+    w.add_token_types([2, 3, 3, 1, 1])
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()  # noqa: E702
+    assert "tokens 3 and 4 are both" in one_line_error(tmp_path / "sp.gguf")
+
 
 # ---------------------------------------------------------------------------------------------
 # Detection by content, and bad files
