@@ -7,6 +7,11 @@ Each side reads the file it reads in use: a GGUF's vocabulary is read by Python 
 by the runner from the file the converters write (tokenizer.json, or tokenizer.bin through
 utils/tokenizer.py); a SentencePiece model by Python as .model and by the runner as tokenizer.bin.
 
+Code points are drawn from those Unicode 14 assigns (Python's unicodedata): the runners' regex
+library (PCRE2 10.42) has Unicode 14's tables, tiktoken and tokenizers newer ones, so a character
+assigned since (U+13BC6, an Egyptian hieroglyph of Unicode 16) is a letter to the libraries and
+not to the runner, and pre-tokenizes differently: a known difference this test leaves out.
+
 TORCHCHAT_PROPERTY_STRINGS sets the number of strings (default 300, a few seconds a tokenizer);
 TORCHCHAT_PROPERTY_SEED the seed.
 """
@@ -16,6 +21,7 @@ import importlib.util
 import os
 import random
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -38,6 +44,15 @@ RANGES = [(0x20, 0x7E), (0xA0, 0x24F), (0x300, 0x36F), (0x370, 0x4FF), (0x600, 0
           (0x10000, 0x1FFFF), (0x20000, 0x2A6DF), (0x1, 0x1F)]
 
 
+def assigned(rng: random.Random, low: int, high: int) -> str:
+    """A random code point in [low, high] that Unicode 14 assigns (see the module docstring)."""
+    for _ in range(100):
+        c = chr(rng.randint(low, high))
+        if unicodedata.category(c) != "Cn":
+            return c
+    return chr(low)
+
+
 def generated_corpus(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
 
@@ -45,7 +60,7 @@ def generated_corpus(n: int, seed: int) -> list[str]:
         kind = rng.random()
         if kind < 0.35:
             low, high = rng.choice(RANGES)
-            return "".join(chr(rng.randint(low, high)) for _ in range(rng.randint(1, 12)))
+            return "".join(assigned(rng, low, high) for _ in range(rng.randint(1, 12)))
         if kind < 0.55:
             return "".join(rng.choice(WHITESPACE) for _ in range(rng.randint(1, 40)))
         if kind < 0.75:
