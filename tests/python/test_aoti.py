@@ -471,7 +471,7 @@ def test_runner_chat_follows_the_models_template(llama3, tmp_path):
     assert info.chat_turns is not None
     first = conversation(tok, info).turn_tokens(USER)
     trace = tmp_path / "chat.jsonl"
-    p = aoti_run(llama3.paths["pt2"], llama3.runner_tokenizer, "-m", "chat", "-i", USER, "-t", "0", "-n", str(len(first) + 4),
-               trace=trace)
+    p = aoti_run(llama3.paths["pt2"], llama3.runner_tokenizer, "-m", "chat", "-i", USER, "-t", "0",
+                 "-n", str(len(first) + 4), trace=trace)
     assert p.returncode == 0, p.stderr
     assert fed_tokens(trace)[:len(first)] == first

@@ -329,7 +329,7 @@ def test_runner_chat_follows_the_models_template(llama3, tmp_path, build):
     assert info.chat_turns is not None
     first = conversation(tok, info).turn_tokens(USER)
     trace = tmp_path / "chat.jsonl"
-    p = et_run(llama3.paths["pte"], llama3.runner_tokenizer, "-m", "chat", "-i", USER, "-t", "0", "-n", len(first) + 4,
-               trace=trace, build=build)
+    p = et_run(llama3.paths["pte"], llama3.runner_tokenizer, "-m", "chat", "-i", USER, "-t", "0",
+               "-n", len(first) + 4, trace=trace, build=build)
     assert p.returncode == 0, p.stderr
     assert fed_tokens(trace)[:len(first)] == first
