@@ -65,16 +65,32 @@ def _compile(source: str):
     if source not in _COMPILED:
         import jinja2  # here, not above: only chat needs it (start-up time)
         import jinja2.ext
+        import jinja2.nodes
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         def raise_exception(message):
             raise jinja2.exceptions.TemplateError(message)
 
+        class Generation(jinja2.ext.Extension):
+            """{% generation %}...{% endgeneration %}: transformers marks the assistant's text with it
+            (for training masks); it renders its body."""
+
+            tags = {"generation"}
+
+            def parse(self, parser):
+                lineno = next(parser.stream).lineno
+                body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+                return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+            def _body(self, caller):
+                return caller()
+
         def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
             # Jinja's own tojson escapes HTML characters; chat templates expect plain JSON.
             return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=[Generation, jinja2.ext.loopcontrols])
         env.filters["tojson"] = tojson
         env.globals["raise_exception"] = raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)

@@ -128,6 +128,8 @@ def test_default_system_turn_and_helpers(tmp_path):
     for system in (None, "Be brief."):
         replay(tok, turns, system, reference)
     assert ct.render("{{ x | tojson }}", [], False, {"x": {"é": "<b>"}}) == '{"é": "<b>"}'
+    assert ct.render("{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% break %}{% endfor %}",
+                     [{"content": "a"}, {"content": "b"}], False, {}) == "a"
 
 
 def test_templates_that_cannot_be_followed_turn_by_turn():
