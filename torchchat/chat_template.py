@@ -115,7 +115,7 @@ def chat_turns(source: str, special_tokens: dict[str, str], controls: list[str])
 
     special_tokens: the names the template may use (bos_token, eos_token, ...); controls: the
     tokenizer's special tokens, at which rendered text is split."""
-    import jinja2
+    import jinja2  # here, not above: only chat needs it (start-up time)
 
     def text(system: Optional[str], n_users: int) -> Optional[str]:
         try:
@@ -217,30 +217,3 @@ def hf_chat_template(folder: Path) -> Optional[str]:
         named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
         value = named.get("default")
     return value if isinstance(value, str) else None
-
-
-def to_json(turns: ChatTurns) -> dict:
-    """The metadata form: segments as "text", {"token": "<|im_end|>"} or {"message": "user"}."""
-    def segment(kind: str, s: str):
-        return s if kind == "text" else {"token": s} if kind == "token" else {"message": kind}
-
-    return {name: [segment(*seg) for seg in segs] for name, segs in turns.items() if segs is not None}
-
-
-def from_json(d: dict) -> ChatTurns:
-    def segment(x) -> Segment:
-        if isinstance(x, str):
-            return ("text", x)
-        if isinstance(x, dict) and isinstance(x.get("token"), str):
-            return ("token", x["token"])
-        if isinstance(x, dict) and x.get("message") in ("system", "user"):
-            return (x["message"], "")
-        raise ValueError(f"bad chat_turns segment {x!r}")
-
-    turns: ChatTurns = {"first": None, "first_with_system": None, "next": None}
-    for name in turns:
-        if d.get(name) is not None:
-            turns[name] = [segment(x) for x in d[name]]
-    if turns["first"] is None or turns["next"] is None:
-        raise ValueError("chat_turns lacks first or next")
-    return turns

@@ -6,7 +6,8 @@ Layers, bottom to top (a module may import its own package and lower layers, not
   1  model, metadata, mapped_constants, kernels,    the model, the artifact format, our kernels,
      output, target_cpu                             output files written whole, the CPU an artifact needs
   2  checkpoints, quantize, backends, export        weights in, weights changed, decoders, artifacts out
-  3  tokenizer, registry, generate                  text <-> tokens, the model cache, the decode loop
+  3  tokenizer, registry, generate, chat_template   text <-> tokens, the model cache, the decode loop,
+                                                    the model's own chat template
   4  load, chat, eval, lm_eval_adapter              named model -> ready model; what the commands do
   5  cli                                            the command line
 """
@@ -26,7 +27,7 @@ LAYERS = [
     {"errors", "quiet"},
     {"model", "metadata", "mapped_constants", "kernels", "output", "target_cpu"},
     {"checkpoints", "quantize", "backends", "export"},
-    {"tokenizer", "registry", "generate"},
+    {"tokenizer", "registry", "generate", "chat_template"},
     {"load", "chat", "eval", "lm_eval_adapter"},
     {"cli"},
 ]

@@ -156,11 +156,12 @@ def test_chatml_history_matches_transformers(toy_run, smollm2_tokenizer_json, sm
 def own_template_metadata(tokenizer_path, source, **fields):
     """Metadata with chat_turns cut from `source` as the exporter does (torchchat/chat_template.py)."""
     from torchchat import chat_template
+    from torchchat.metadata import chat_turns_to_json
     from torchchat.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer_path)
     turns = chat_template.chat_turns(source, tok.template_tokens(), tok.control_tokens)
-    return dict(SMOLLM2_METADATA, chat_turns=chat_template.to_json(turns), **fields)
+    return dict(SMOLLM2_METADATA, chat_turns=chat_turns_to_json(turns), **fields)
 
 
 def test_smollm2_own_template_default_system_turn(toy_run, smollm2_tokenizer_json, smollm2, tmp_path):
