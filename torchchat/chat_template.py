@@ -32,7 +32,8 @@ from torchchat.errors import UserError
 Segment = tuple[str, str]  # (kind, text), kind: text | token | system | user
 ChatTurns = dict[str, Optional[list[Segment]]]
 
-# Templates for checkpoints that carry none (Meta's checkpoints, llama2.c files), by registry name.
+# Templates for checkpoints that carry none (Meta's checkpoints, llama2.c files), by registry name;
+# "llama3" is Meta-Llama-3-Instruct's tokenizer_config.json template.
 # "llama2" stays the built-in SentencePiece template of torchchat/chat.py: its replies are framed
 # by spaces that SentencePiece folds into the tokens around them.
 DEFAULT_TEMPLATES = {
