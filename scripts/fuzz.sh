@@ -7,7 +7,7 @@
 # a SentencePiece tokenizer.bin converted from a small trained model. Each starts from the corpus
 # in tests/fuzz/corpus/encode (kept in the repo) and writes what it finds to a scratch copy; with
 # --merge the inputs that add coverage are merged back into the repo's corpus. Exit 1 on any crash,
-# sanitizer report or broken property (the reproducer is left in cmake-out-fuzz/). CI runs 10 s per
+# sanitizer report or broken property (the reproducer is left in cmake-out-fuzz/). CI runs 30 s per
 # tokenizer; a real campaign is 600 or more.
 set -euo pipefail
 cd "$(dirname "$0")/.."

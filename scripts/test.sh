@@ -58,8 +58,8 @@ printf '\n== Unit tests on tiny random models (Python, C++, native runner)\n' >&
 # files side by side take 8-11 minutes instead of 13 on two cores. Module fixtures stay in one worker.
 OMP_NUM_THREADS=1 run_pytest -n 2 --dist loadfile -q -m "not e2e" tests/python tests/runner
 
-printf '\n== Fuzzing the tokenizers'"'"' encoders (libFuzzer, ASan/UBSan), 10 s each\n' >&2
-scripts/fuzz.sh 10
+printf '\n== Fuzzing the tokenizers'"'"' encoders (libFuzzer, ASan/UBSan), 30 s each\n' >&2
+scripts/fuzz.sh 30
 
 printf '\n== End-to-end tests on the default model\n' >&2
 # One worker: the real model's native runs use both cores (OpenMP, ~150 barriers a token); beside

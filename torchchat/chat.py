@@ -6,7 +6,9 @@ the whole history (what transformers' `apply_chat_template` gives), so a turn st
 feeding the previous reply's last token, which was sampled but never fed, and an
 end-of-turn token when the reply was cut short.
 
-The same three templates are implemented in the C++ runner (runner/src/chat_template.cpp);
+A model's own Jinja template is followed through the pieces torchchat/chat_template.py cuts it
+into (the same pieces exported artifacts carry for the native runners). Models without one use
+the built-in templates below, also implemented in the C++ runner (runner/src/chat_template.cpp);
 tests hold both to transformers' rendering.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
+from torchchat import chat_template
 from torchchat.errors import UserError
 from torchchat.backends import Decoder
 from torchchat.generate import Sampler, Stats, TextStream, generate
@@ -89,21 +92,47 @@ def end_of_turn_id(tokenizer, info) -> int:
 
 
 class Conversation:
-    """Turns a user message into the tokens to feed next, given what the cache already holds."""
+    """Turns a user message into the tokens to feed next, given what the cache already holds.
 
-    def __init__(self, tokenizer, template: str, end_of_turn: int, system: Optional[str] = None):
+    template: a built-in template's name, or the model's own template as chat_template.chat_turns
+    cut it (then end_of_turn is the token that opens its later turns)."""
+
+    def __init__(self, tokenizer, template, end_of_turn: Optional[int], system: Optional[str] = None):
         self.tokenizer, self.template, self.end_of_turn, self.system = tokenizer, template, end_of_turn, system
         self.pending: list[int] = []  # sampled but not yet fed to the model
         self.first = True
+        if not isinstance(template, str):
+            self.end_of_turn = encode_turn(tokenizer, chat_template.turn_pieces(template, "", None, False)[:1], False)[0]
+            if system and template["first_with_system"] is None:
+                raise UserError("this model's chat template takes no system prompt")
 
     def turn_tokens(self, user: str) -> list[int]:
-        ids = self.pending + encode_turn(self.tokenizer, *turn_pieces(self.template, user, self.system, self.first))
+        if isinstance(self.template, str):
+            pieces, bos = turn_pieces(self.template, user, self.system, self.first)
+        else:
+            pieces, bos = chat_template.turn_pieces(self.template, user, self.system, self.first), False
+        ids = self.pending + encode_turn(self.tokenizer, pieces, bos)
         self.first, self.pending = False, []
         return ids
 
     def reply_done(self, reply: list[int], stop_ids) -> None:
-        if reply:
+        """After a reply: its last token was sampled but not fed. A stop token is replaced by the
+        template's own closing token (which opens a later turn of the model's template)."""
+        if not reply:
+            return
+        if not isinstance(self.template, str):
+            self.pending = [] if reply[-1] in stop_ids else [reply[-1]]
+        else:
             self.pending = [reply[-1]] if reply[-1] in stop_ids else [reply[-1], self.end_of_turn]
+
+
+def conversation(tokenizer, info, system: Optional[str] = None) -> Conversation:
+    """The chat for this model: its own template when it has one, else the built-in one named by info."""
+    if info.chat_turns is not None:
+        return Conversation(tokenizer, info.chat_turns, None, system)
+    if info.chat_template == "none":
+        raise UserError("this model has no chat template; use `generate` instead")
+    return Conversation(tokenizer, info.chat_template, end_of_turn_id(tokenizer, info), system)
 
 
 def chat_loop(model: Decoder, tokenizer, info, sampler: Sampler, max_new_tokens: int,
@@ -114,9 +143,8 @@ def chat_loop(model: Decoder, tokenizer, info, sampler: Sampler, max_new_tokens:
         raise UserError("chat reads the user's turns from standard input, which is closed")
     if stdin is sys.stdin:
         stdin.reconfigure(errors="replace")  # ill-formed UTF-8 becomes U+FFFD, as in the runners
-    if info.chat_template == "none":
-        raise UserError("this model has no chat template; use `generate` instead")
-    conv = Conversation(tokenizer, info.chat_template, end_of_turn_id(tokenizer, info), system)
+    conv = conversation(tokenizer, info, system)
+    stop_ids = list(dict.fromkeys(info.stop_ids + [conv.end_of_turn]))
     pos = 0
     interactive = stdin.isatty()
     if interactive:
@@ -136,13 +164,13 @@ def chat_loop(model: Decoder, tokenizer, info, sampler: Sampler, max_new_tokens:
             raise UserError(f"the message is too long: its turn is {len(prompt)} tokens, and {model.max_seq_len - pos} "
                             f"of the {model.max_seq_len} positions are left; ending the chat")
         out.write("Assistant: ")
-        stream = TextStream(tokenizer, context=prompt, skip=info.stop_ids, out=out)
+        stream = TextStream(tokenizer, context=prompt, skip=stop_ids, out=out)
         stats = Stats()
-        reply = generate(model, prompt, max_new_tokens, sampler, info.stop_ids, start_pos=pos,
+        reply = generate(model, prompt, max_new_tokens, sampler, stop_ids, start_pos=pos,
                          on_token=stream, stats=stats)
         stream.finish()
         out.write("\n")
         out.flush()
         print(stats.summary(), file=sys.stderr)
         pos += len(prompt) + len(reply) - 1  # the last reply token is fed with the next turn
-        conv.reply_done(reply, info.stop_ids)
+        conv.reply_done(reply, stop_ids)

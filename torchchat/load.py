@@ -6,12 +6,14 @@ given directly with --checkpoint-path / --gguf-path / --tokenizer-path; an expor
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from torchchat import chat_template as templates
 from torchchat import quantize, registry
 from torchchat.backends.aoti import AOTIDecoder
 from torchchat.checkpoints import load_checkpoint
@@ -23,7 +25,10 @@ from torchchat.tokenizer import check_fits, load_tokenizer
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def model_info(args: ModelArgs, tokenizer, chat_template: Optional[str] = None) -> ModelInfo:
+def model_info(args: ModelArgs, tokenizer, chat_template: Optional[str] = None,
+               own_template: Optional[str] = None) -> ModelInfo:
+    """chat_template: the registry's template name; own_template: the checkpoint's Jinja template."""
+    kind = chat_template or tokenizer.chat_template
     return ModelInfo(
         vocab_size=args.vocab_size,
         max_seq_len=args.max_seq_len,
@@ -31,8 +36,41 @@ def model_info(args: ModelArgs, tokenizer, chat_template: Optional[str] = None) 
         add_bos=tokenizer.add_bos,
         stop_ids=list(tokenizer.stop_ids),
         tokenizer_kind=tokenizer.kind,
-        chat_template=chat_template or tokenizer.chat_template,
+        chat_template=kind,
+        chat_turns=model_chat_turns(tokenizer, kind, own_template),
     )
+
+
+def model_chat_turns(tokenizer, kind: str, own_template: Optional[str]) -> Optional[dict]:
+    """The model's own template (else the registry's default for `kind`) cut into chat turns, or None
+    for the built-in template `kind`. A template that cannot be followed turn by turn is reported
+    and the built-in one is used."""
+    source = own_template or templates.DEFAULT_TEMPLATES.get(kind)
+    if source is None or (own_template is None and tokenizer.kind == "sentencepiece"):
+        return None
+    try:
+        return templates.chat_turns(source, tokenizer.template_tokens(), tokenizer.control_tokens)
+    except UserError as e:
+        print(f"warning: {e}; chat uses the built-in {kind} template", file=sys.stderr)
+        return None
+
+
+def own_chat_template(checkpoint: Path, tokenizer_path: Optional[Path]) -> Optional[str]:
+    """The Jinja chat template the checkpoint ships: a GGUF's tokenizer.chat_template, or a Hugging
+    Face folder's (beside the weights, else beside the tokenizer)."""
+    if checkpoint.suffix == ".gguf" and checkpoint.is_file():
+        from torchchat.checkpoints.gguf import field, open_gguf  # here: imports gguf (start-up time)
+
+        source = field(open_gguf(checkpoint), "tokenizer.chat_template")
+        return source if isinstance(source, str) else None
+    folders = [checkpoint if checkpoint.is_dir() else checkpoint.parent]
+    if tokenizer_path is not None:
+        folders.append(tokenizer_path.parent)
+    for folder in folders:
+        source = templates.hf_chat_template(folder)
+        if source:
+            return source
+    return None
 
 
 @dataclass
@@ -107,7 +145,7 @@ def load_model(args, backend: str = "eager", spec: Optional[dict] = None) -> Loa
     if model_args.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight  # one tensor, not two copies
     model = model.to(dtype=dtype).eval()
-    info = model_info(model_args, tokenizer, template)
+    info = model_info(model_args, tokenizer, template, own_chat_template(checkpoint, tokenizer_path))
     if spec:
         quantize.quantize_model(model, spec, backend)
         info.quantize = spec

@@ -5,6 +5,8 @@ One JSON object, the same for every format (AOTI .so / .pt2, ExecuTorch .pte):
     {"format_version": 2, "arch": "llama", "vocab_size": ..., "max_seq_len": ...,
      "bos_id": ..., "add_bos": ..., "stop_ids": [...], "tokenizer": "sentencepiece"|"tiktoken"|"hf_bpe",
      "chat_template": "llama2"|"llama3"|"chatml"|"none", "dtype": "fp32"|"bf16"|"fp16",
+     "chat_turns": {"first": [...], "first_with_system": [...], "next": [...]},   (the model's own
+        template cut into turns, torchchat/chat_template.py; absent: the built-in chat_template)
      "quantize": {"linear:int4": {"groupsize": 32}, ...},   (only if exported with --quantize)
      "target_cpu": "avx2", "cpu_features": ["avx", "avx2", ...]}   (torchchat/target_cpu.py; absent: not recorded)
 
@@ -62,6 +64,7 @@ class ModelInfo:
     tokenizer_kind: str
     chat_template: str
     quantize: Optional[dict] = None  # the --quantize spec the weights went through (torchchat/quantize.py)
+    chat_turns: Optional[dict] = None  # the model's own template cut into turns (torchchat/chat_template.py)
 
 
 def to_json(info: ModelInfo, dtype: str, cpu: Optional[dict] = None) -> str:
@@ -85,6 +88,8 @@ def to_json(info: ModelInfo, dtype: str, cpu: Optional[dict] = None) -> str:
     }
     if info.quantize:
         meta["quantize"] = info.quantize  # readers that do not know it ignore it
+    if info.chat_turns:
+        meta["chat_turns"] = chat_turns_to_json(info.chat_turns)  # older readers use chat_template
     if cpu:
         meta.update(cpu)
     return json.dumps(meta)
@@ -108,10 +113,39 @@ def from_json(text: str, where: str) -> tuple[ModelInfo, str]:
             tokenizer_kind=str(d["tokenizer"]),
             chat_template=str(d["chat_template"]),
             quantize=d.get("quantize") if isinstance(d.get("quantize"), dict) else None,
+            chat_turns=chat_turns_from_json(d["chat_turns"]) if "chat_turns" in d else None,
         )
         return info, str(d["dtype"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{where}: malformed torchchat metadata ({e})") from None
+
+
+def chat_turns_to_json(turns: dict) -> dict:
+    """The metadata form of torchchat/chat_template.py's turns: segments as "text",
+    {"token": "<|im_end|>"} or {"message": "user"}."""
+    def segment(kind: str, s: str):
+        return s if kind == "text" else {"token": s} if kind == "token" else {"message": kind}
+
+    return {name: [segment(*seg) for seg in segs] for name, segs in turns.items() if segs is not None}
+
+
+def chat_turns_from_json(d: dict) -> dict:
+    def segment(x) -> tuple[str, str]:
+        if isinstance(x, str):
+            return ("text", x)
+        if isinstance(x, dict) and isinstance(x.get("token"), str):
+            return ("token", x["token"])
+        if isinstance(x, dict) and x.get("message") in ("system", "user"):
+            return (x["message"], "")
+        raise ValueError(f"bad chat_turns segment {x!r}")
+
+    turns: dict = {"first": None, "first_with_system": None, "next": None}
+    for name in turns:
+        if d.get(name) is not None:
+            turns[name] = [segment(x) for x in d[name]]
+    if turns["first"] is None or turns["next"] is None:
+        raise ValueError("chat_turns lacks first or next")
+    return turns
 
 
 def elf_end(head: bytes, f) -> int:

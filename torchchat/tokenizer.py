@@ -40,6 +40,21 @@ class Tokenizer:
         raise NotImplementedError
 
     @property
+    def control_tokens(self) -> list[str]:
+        """The special tokens that text is split at before encoding (what a chat template's
+        rendered text is cut at, as the reference libraries cut it)."""
+        raise NotImplementedError
+
+    def template_tokens(self) -> dict[str, str]:
+        """bos_token / eos_token as a chat template names them."""
+        names = {}
+        for name, i in (("bos_token", self.bos_id), ("eos_token", self.eos_id)):
+            text = next((t for t in self.control_tokens if self.token_id(t) == i), None) if i is not None else None
+            if text is not None:
+                names[name] = text
+        return names
+
+    @property
     def stop_ids(self) -> list[int]:
         ids = [self.eos_id] + [self.token_id(t) for t in END_OF_TURN]
         return list(dict.fromkeys(i for i in ids if i is not None))
@@ -89,6 +104,10 @@ class SentencePieceTokenizer(Tokenizer):
     def token_id(self, text: str) -> Optional[int]:
         i = self.sp.piece_to_id(text)
         return i if self.sp.id_to_piece(i) == text else None
+
+    @property
+    def control_tokens(self) -> list[str]:
+        return [self.sp.id_to_piece(i) for i in range(self.vocab_size) if self.sp.is_control(i)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,6 +170,10 @@ class TiktokenTokenizer(Tokenizer):
 
     def token_id(self, text: str) -> Optional[int]:
         return self.special.get(text)
+
+    @property
+    def control_tokens(self) -> list[str]:
+        return list(self.special)
 
 
 def _split_long_runs(s: str, limit: int) -> Iterator[str]:
@@ -233,6 +256,10 @@ class HFTokenizer(Tokenizer):
     def token_id(self, text: str) -> Optional[int]:
         return self.tok.token_to_id(text)
 
+    @property
+    def control_tokens(self) -> list[str]:
+        return [t.content for t in self.tok.get_added_tokens_decoder().values()]
+
 
 # ---------------------------------------------------------------------------------------------
 
@@ -253,7 +280,10 @@ def load_tokenizer(path: Path) -> Tokenizer:
     if data.lstrip()[:1] == b"{":
         text = _utf8(data, path)
         try:
-            doc = json.loads(text)
+            doc = json.loads(text, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as e:
+            raise UserError(f"{path}: {e.args[0]!r} appears twice in one object (two tokens spelled the same?): "
+                            "an ambiguous tokenizer") from None
         except ValueError:
             raise UserError(f"{path}: truncated or corrupt JSON tokenizer") from None
         if not isinstance(doc, dict) or "model" not in doc:
@@ -267,16 +297,37 @@ def load_tokenizer(path: Path) -> Tokenizer:
 
 
 def _gguf_tokenizer(path: Path) -> Tokenizer:
-    """A GGUF carries its tokenizer: rebuild it as tokenizer.json, with bos/eos from the metadata."""
+    """A GGUF carries its tokenizer: rebuild it as tokenizer.json (byte-level BPE) or a SentencePiece
+    model, with bos/eos from the metadata."""
     # Here, not above: imports torch and gguf, which a tokenizer file does not need (start-up time).
-    from torchchat.checkpoints.gguf import field, gguf_chat_info, gguf_tokenizer_json, open_gguf
+    from torchchat.checkpoints.gguf import field, gguf_chat_info, gguf_sentencepiece_model, gguf_tokenizer_json, open_gguf
 
     reader = open_gguf(path)
     info = gguf_chat_info(path, reader)
+    if field(reader, "tokenizer.ggml.model") == "llama":
+        tok = SentencePieceTokenizer(gguf_sentencepiece_model(path, reader), path)
+        tok.add_bos = info["add_bos"]
+        return tok
     tokens = field(reader, "tokenizer.ggml.tokens") or []
     name = lambda i: tokens[i] if i is not None and 0 <= i < len(tokens) else None  # noqa: E731
     config = {"bos_token": name(info["bos_id"]), "eos_token": name(info["eos_id"])}
     return HFTokenizer(gguf_tokenizer_json(path, reader), path, config)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are all distinct: libraries differ on which of two equal keys wins."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return d
 
 
 def _utf8(data: bytes, path: Path) -> str:

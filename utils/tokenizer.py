@@ -3,7 +3,9 @@
 
     python3 utils/tokenizer.py --tokenizer-model=PATH/tokenizer.model
 
-writes PATH/tokenizer.bin, which the native runner reads.
+writes PATH/tokenizer.bin, which the native runner reads. A GGUF file whose vocabulary is
+SentencePiece's (tokenizer.ggml.model "llama": Llama 2, Mistral, TinyLlama) is read as the
+SentencePiece model it was made from (torchchat/checkpoints/gguf.py gguf_sentencepiece_model).
 
 tokenizer.bin (llama2.c's format, little-endian):
     int32 max_token_length
@@ -230,9 +232,25 @@ def convert(model_bytes: bytes) -> bytes:
     return b"".join(out)
 
 
+def read_model(path: Path) -> bytes:
+    """The serialized SentencePiece model in `path`: the file itself, or rebuilt from a GGUF's vocabulary."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            return path.read_bytes()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's torchchat package
+    from torchchat.checkpoints.gguf import gguf_sentencepiece_model
+    from torchchat.errors import UserError
+
+    try:
+        return gguf_sentencepiece_model(path)
+    except UserError as e:
+        raise ConversionError(str(e)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Convert a SentencePiece tokenizer.model to llama2.c's tokenizer.bin.")
-    parser.add_argument("--tokenizer-model", required=True, help="path to the SentencePiece tokenizer.model")
+    parser.add_argument("--tokenizer-model", required=True,
+                        help="path to the SentencePiece tokenizer.model (or a GGUF with a SentencePiece vocabulary)")
     parser.add_argument("--output", help="where to write (default: beside the model, with the suffix .bin)")
     args = parser.parse_args(argv)
     model_path = Path(args.tokenizer_model)
@@ -247,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --output {output}: no directory {output.parent}", file=sys.stderr)
         return 1
     try:
-        data = convert(model_path.read_bytes())
+        data = convert(read_model(model_path))
     except OSError as e:
         print(f"error: cannot read {model_path}: {e.strerror}", file=sys.stderr)
         return 1

@@ -48,6 +48,27 @@ class TurnTokens {
   std::string text_;
 };
 
+void add_segments(TurnTokens& turn, const std::vector<ChatSegment>& segments, size_t from, const Tokenizer& tokenizer,
+                  std::string_view user, std::string_view system) {
+  for (size_t i = from; i < segments.size(); ++i) {
+    const ChatSegment& s = segments[i];
+    switch (s.kind) {
+      case ChatSegment::Kind::Text: turn.text(s.text); break;
+      case ChatSegment::Kind::Token: turn.token(*tokenizer.special_token_id(s.text)); break;
+      case ChatSegment::Kind::System: turn.text(system); break;
+      case ChatSegment::Kind::User: turn.text(user); break;
+    }
+  }
+}
+
+void require_tokens(const Tokenizer& tokenizer, const std::vector<ChatSegment>& segments) {
+  for (const ChatSegment& s : segments) {
+    if (s.kind == ChatSegment::Kind::Token && !tokenizer.special_token_id(s.text)) {
+      throw Error("the model's chat template needs the special token " + s.text + ", which this tokenizer does not have");
+    }
+  }
+}
+
 }  // namespace
 
 std::string_view to_string(ChatTemplateKind kind) {
@@ -67,8 +88,25 @@ std::optional<ChatTemplateKind> parse_chat_template_kind(std::string_view name) 
   return std::nullopt;
 }
 
-ChatFormatter::ChatFormatter(ChatTemplateKind kind, const Tokenizer& tokenizer, int bos_id, int eos_id, bool add_bos)
-    : kind_(kind), tokenizer_(tokenizer), bos_id_(bos_id), add_bos_(add_bos), end_of_reply_(eos_id) {
+ChatFormatter::ChatFormatter(const ChatTemplate& chat_template, const Tokenizer& tokenizer, int bos_id, int eos_id,
+                             bool add_bos)
+    : kind_(chat_template.kind),
+      turns_(chat_template.turns),
+      tokenizer_(tokenizer),
+      bos_id_(bos_id),
+      add_bos_(add_bos),
+      end_of_reply_(eos_id) {
+  if (turns_) {
+    require_tokens(tokenizer, turns_->first);
+    if (turns_->first_with_system) require_tokens(tokenizer, *turns_->first_with_system);
+    require_tokens(tokenizer, turns_->next);
+    if (turns_->next.empty() || turns_->next.front().kind != ChatSegment::Kind::Token) {
+      throw Error("the model's chat template does not close a reply with a control token");
+    }
+    end_of_reply_ = *tokenizer.special_token_id(turns_->next.front().text);
+    return;
+  }
+  const ChatTemplateKind kind = kind_;
   switch (kind) {
     case ChatTemplateKind::Llama2:
       break;
@@ -88,6 +126,18 @@ ChatFormatter::ChatFormatter(ChatTemplateKind kind, const Tokenizer& tokenizer, 
 
 std::vector<int> ChatFormatter::user_turn(std::string_view user, std::string_view system, bool first_turn) const {
   TurnTokens turn(tokenizer_);
+  if (turns_) {
+    if (!first_turn) {
+      add_segments(turn, turns_->next, 1, tokenizer_, user, system);  // next[0] is end_of_reply()
+    } else if (system.empty()) {
+      add_segments(turn, turns_->first, 0, tokenizer_, user, system);
+    } else if (turns_->first_with_system) {
+      add_segments(turn, *turns_->first_with_system, 0, tokenizer_, user, system);
+    } else {
+      throw Error("this model's chat template takes no system prompt");
+    }
+    return turn.done();
+  }
   switch (kind_) {
     case ChatTemplateKind::Llama2:
       turn.token(bos_id_).text("[INST] ");

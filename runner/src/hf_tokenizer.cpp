@@ -14,6 +14,7 @@
 #include <array>
 #include <memory>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "bpe_merge.h"
 #include "unicode_regex.h"
@@ -468,11 +469,29 @@ HfBpeTokenizer::Config parse_config(const json& root) {
 std::unique_ptr<Tokenizer> parse_hf_tokenizer_json(std::string_view content, const std::string& source) {
   const std::string what = "tokenizer.json " + source;
   json root;
+  // Two equal keys in one object (a vocabulary with two tokens spelled the same) are refused:
+  // libraries differ on which one wins, so the ids would differ from the reference's.
+  std::vector<std::unordered_set<std::string>> open_objects;
+  std::string duplicate;
+  const json::parser_callback_t unique_keys = [&](int, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) {
+      open_objects.emplace_back();
+    } else if (event == json::parse_event_t::object_end) {
+      if (!open_objects.empty()) open_objects.pop_back();
+    } else if (event == json::parse_event_t::key && !open_objects.empty() && duplicate.empty()) {
+      if (!open_objects.back().insert(parsed.get<std::string>()).second) duplicate = parsed.get<std::string>();
+    }
+    return true;
+  };
   try {
-    root = json::parse(content);
+    root = json::parse(content, unique_keys);
   } catch (const json::exception& e) {
     // nlohmann's messages are one line: "[json.exception.parse_error.101] parse error at line 1, ..."
     throw Error(what + " is not valid JSON: " + std::string(e.what()));
+  }
+  if (!duplicate.empty()) {
+    throw Error(what + ": the key \"" + duplicate.substr(0, 60) +
+                "\" appears twice in one object (two tokens spelled the same?): an ambiguous tokenizer");
   }
   try {
     if (!root.is_object()) throw Error("the top level is not an object");

@@ -1,5 +1,7 @@
 #include "torchchat/metadata.h"
 
+#include <optional>
+
 #include <nlohmann/json.hpp>
 
 #include "torchchat/error.h"
@@ -52,6 +54,65 @@ std::string optional_quantize(const json& root) {
   return value.empty() ? "" : value.dump();
 }
 
+// One turn of "chat_turns": a list of "text", {"token": "<|im_end|>"} and {"message": "user"|"system"}.
+std::vector<ChatSegment> chat_segments(const json& value, const std::string& name) {
+  const std::string where = "model metadata \"chat_turns\" \"" + name + "\"";
+  if (!value.is_array()) throw Error(where + " is not a list");
+  std::vector<ChatSegment> segments;
+  for (const json& item : value) {
+    ChatSegment s;
+    if (item.is_string()) {
+      s = {ChatSegment::Kind::Text, item.get<std::string>()};
+    } else if (item.is_object() && item.size() == 1 && item.contains("token") && item.at("token").is_string() &&
+               !item.at("token").get<std::string>().empty()) {
+      s = {ChatSegment::Kind::Token, item.at("token").get<std::string>()};
+    } else if (item.is_object() && item.size() == 1 && item.contains("message") && item.at("message") == "user") {
+      s.kind = ChatSegment::Kind::User;
+    } else if (item.is_object() && item.size() == 1 && item.contains("message") && item.at("message") == "system" &&
+               name == "first_with_system") {
+      s.kind = ChatSegment::Kind::System;
+    } else {
+      throw Error(where + " has a bad entry: " + item.dump().substr(0, 80));
+    }
+    segments.push_back(std::move(s));
+  }
+  return segments;
+}
+
+std::optional<ChatTurns> optional_chat_turns(const json& root) {
+  if (!root.contains("chat_turns")) return std::nullopt;
+  const json& value = root.at("chat_turns");
+  if (!value.is_object()) {
+    throw Error(std::string("model metadata \"chat_turns\" has the wrong type (") + value.type_name() + ")");
+  }
+  for (const char* key : {"first", "next"}) {
+    if (!value.contains(key)) throw Error(std::string("model metadata \"chat_turns\" lacks \"") + key + "\"");
+  }
+  ChatTurns turns;
+  turns.first = chat_segments(value.at("first"), "first");
+  turns.next = chat_segments(value.at("next"), "next");
+  if (value.contains("first_with_system")) {
+    turns.first_with_system = chat_segments(value.at("first_with_system"), "first_with_system");
+  }
+  if (turns.next.empty() || turns.next.front().kind != ChatSegment::Kind::Token) {
+    throw Error("model metadata \"chat_turns\" \"next\" does not start with the token that closes a reply");
+  }
+  return turns;
+}
+
+json chat_segments_json(const std::vector<ChatSegment>& segments) {
+  json out = json::array();
+  for (const ChatSegment& s : segments) {
+    switch (s.kind) {
+      case ChatSegment::Kind::Text: out.push_back(s.text); break;
+      case ChatSegment::Kind::Token: out.push_back(json{{"token", s.text}}); break;
+      case ChatSegment::Kind::System: out.push_back(json{{"message", "system"}}); break;
+      case ChatSegment::Kind::User: out.push_back(json{{"message", "user"}}); break;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 ModelMetadata parse_metadata_json(const std::string& text) {
@@ -91,6 +152,7 @@ ModelMetadata parse_metadata_json(const std::string& text) {
   const auto template_kind = parse_chat_template_kind(chat_template);
   if (!template_kind) throw Error("model metadata \"chat_template\" is unknown: \"" + chat_template + "\"");
   m.chat_template = *template_kind;
+  m.chat_template.turns = optional_chat_turns(root);
   m.dtype = require_string(root, "dtype");
   if (m.dtype != "fp32" && m.dtype != "bf16" && m.dtype != "fp16") {
     throw Error("model metadata \"dtype\" is unknown: \"" + m.dtype + "\"");
@@ -115,9 +177,14 @@ std::string to_metadata_json(const ModelMetadata& m) {
             {"add_bos", m.add_bos},
             {"stop_ids", m.stop_ids},
             {"tokenizer", std::string(to_string(m.tokenizer))},
-            {"chat_template", std::string(to_string(m.chat_template))},
+            {"chat_template", std::string(to_string(m.chat_template.kind))},
             {"dtype", m.dtype}};
   if (!m.quantize.empty()) root["quantize"] = json::parse(m.quantize);
+  if (const auto& turns = m.chat_template.turns) {
+    json value{{"first", chat_segments_json(turns->first)}, {"next", chat_segments_json(turns->next)}};
+    if (turns->first_with_system) value["first_with_system"] = chat_segments_json(*turns->first_with_system);
+    root["chat_turns"] = value;
+  }
   if (!m.target_cpu.empty()) root["target_cpu"] = m.target_cpu;
   if (!m.target_cpu.empty() || !m.cpu_features.empty()) root["cpu_features"] = m.cpu_features;
   return root.dump();

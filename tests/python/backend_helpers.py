@@ -129,17 +129,17 @@ def assert_same_greedy(decoder, reference, tok, info) -> None:
 
 def system_chat_turn(tok, info) -> list[int]:
     """The first turn of a chat with SYSTEM as system prompt and USER as message, in the model's template."""
-    from torchchat.chat import Conversation
+    from torchchat.chat import conversation
 
-    return Conversation(tok, info.chat_template, info.stop_ids[0], SYSTEM).turn_tokens(USER)
+    return conversation(tok, info, SYSTEM).turn_tokens(USER)
 
 
 def two_turn_chat(decoder, tok, info) -> tuple[list[int], list[int]]:
     """Greedy replies to USER (with SYSTEM) and then to a second question, the conversation
     kept in the decoder's KV cache as the Python chat keeps it."""
-    from torchchat.chat import Conversation
+    from torchchat.chat import conversation
 
-    conv = Conversation(tok, info.chat_template, info.stop_ids[0], SYSTEM)
+    conv = conversation(tok, info, SYSTEM)
     first = conv.turn_tokens(USER)
     reply = greedy(decoder, first, info.stop_ids)
     conv.reply_done(reply, info.stop_ids)

@@ -459,3 +459,19 @@ def test_bandwidth_probe_reads_the_buffer_it_is_given():
     assert p.returncode == 0, p.stderr
     probe = json.loads(p.stdout)
     assert probe["mb"] == 16 and probe["threads"] == 1 and probe["read_gb_per_s"] > 0
+
+
+@needs_runner
+def test_runner_chat_follows_the_models_template(llama3, tmp_path):
+    """Without -y: the turn the model's own template (cut at export into the artifact's chat_turns)
+    opens with, token for token as Python's chat builds it (held to transformers in test_chat_template.py)."""
+    from torchchat.chat import conversation
+
+    tok, info = llama3.eager.tokenizer, llama3.eager.info
+    assert info.chat_turns is not None
+    first = conversation(tok, info).turn_tokens(USER)
+    trace = tmp_path / "chat.jsonl"
+    p = aoti_run(llama3.paths["pt2"], llama3.runner_tokenizer, "-m", "chat", "-i", USER, "-t", "0",
+                 "-n", str(len(first) + 4), trace=trace)
+    assert p.returncode == 0, p.stderr
+    assert fed_tokens(trace)[:len(first)] == first

@@ -317,3 +317,19 @@ def test_runner_rejects_tokenizer_that_does_not_fit(llama2, llama3, tmp_path, bu
 
 def test_runner_prompt_longer_than_context_and_large_n(llama2):
     check_long_prompt_and_large_n(et_run, llama2.paths["pte"], llama2.paths["pte"], llama2.runner_tokenizer)
+
+
+@pytest.mark.parametrize("build", ["release"])
+def test_runner_chat_follows_the_models_template(llama3, tmp_path, build):
+    """Without -y: the turn the model's own template (cut at export into the artifact's chat_turns)
+    opens with, token for token as Python's chat builds it (held to transformers in test_chat_template.py)."""
+    from torchchat.chat import conversation
+
+    tok, info = llama3.eager.tokenizer, llama3.eager.info
+    assert info.chat_turns is not None
+    first = conversation(tok, info).turn_tokens(USER)
+    trace = tmp_path / "chat.jsonl"
+    p = et_run(llama3.paths["pte"], llama3.runner_tokenizer, "-m", "chat", "-i", USER, "-t", "0",
+               "-n", len(first) + 4, trace=trace, build=build)
+    assert p.returncode == 0, p.stderr
+    assert fed_tokens(trace)[:len(first)] == first

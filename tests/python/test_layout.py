@@ -7,7 +7,8 @@ Layers, bottom to top (a module may import its own package and lower layers, not
      output, target_cpu                             output files written whole, the CPU an artifact needs
   2  kernel_swaps                                   the model's float linears and attention on our kernels
   3  checkpoints, quantize, backends, export        weights in, weights changed, decoders, artifacts out
-  4  tokenizer, registry, generate                  text <-> tokens, the model cache, the decode loop
+  4  tokenizer, registry, generate, chat_template   text <-> tokens, the model cache, the decode loop,
+                                                    the model's own chat template
   5  load, chat, eval, lm_eval_adapter              named model -> ready model; what the commands do
   6  cli                                            the command line
 """
@@ -28,7 +29,7 @@ LAYERS = [
     {"model", "metadata", "mapped_constants", "kernels", "output", "target_cpu"},
     {"kernel_swaps"},
     {"checkpoints", "quantize", "backends", "export"},
-    {"tokenizer", "registry", "generate"},
+    {"tokenizer", "registry", "generate", "chat_template"},
     {"load", "chat", "eval", "lm_eval_adapter"},
     {"cli"},
 ]

@@ -85,11 +85,11 @@ def test_raw_prompt_greedy_matches_transformers(hf, ours, prompt):
 
 @pytest.mark.parametrize("system,user", CHATS)
 def test_chat_template_and_greedy_match_transformers(hf, ours, system, user):
-    from torchchat.chat import Conversation, end_of_turn_id
+    from torchchat.chat import conversation
 
     model, tok = hf
     loaded, _ = ours
-    conv = Conversation(loaded.tokenizer, loaded.info.chat_template, end_of_turn_id(loaded.tokenizer, loaded.info), system)
+    conv = conversation(loaded.tokenizer, loaded.info, system)
     ids = conv.turn_tokens(user)
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     want_ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -106,6 +106,53 @@ def test_chat_template_and_greedy_match_transformers(hf, ours, system, user):
     full = list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
     if got[-1] in loaded.info.stop_ids:  # the history is identical only when the reply ended by itself
         assert ids + got[:-1] + turn2 == full
+
+
+DEFAULT_CHAT_PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "Name three fruits that are red."]
+
+
+@pytest.mark.parametrize("user", DEFAULT_CHAT_PROMPTS)
+def test_default_chat_follows_the_models_template_over_two_turns(hf, ours, user):
+    """No system prompt: SmolLM2's own template adds its default system turn. Each turn's tokens
+    (what our cache holds so far) equal transformers' apply_chat_template of the conversation, and
+    each greedy reply equals transformers' on that whole rendering."""
+    from torchchat.chat import conversation
+    from torchchat.generate import SamplingConfig, Sampler, generate
+
+    model, tok = hf
+    loaded, decoder = ours
+    conv = conversation(loaded.tokenizer, loaded.info)
+    stop_ids = list(dict.fromkeys(loaded.info.stop_ids + [conv.end_of_turn]))
+    messages, fed, pos = [], [], 0
+    for text in (user, "Tell me more."):
+        ids = conv.turn_tokens(text)
+        messages.append({"role": "user", "content": text})
+        want_ids = list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+        assert fed + ids == want_ids
+        got = generate(decoder, ids, 2 * N_NEW, Sampler(SamplingConfig(temperature=0)), stop_ids, start_pos=pos)
+        assert got == hf_greedy(model, want_ids, 2 * N_NEW, stop_ids)
+        assert got[-1] in stop_ids  # ended by itself, so transformers re-reads the same history
+        pos += len(ids) + len(got) - 1
+        fed += ids + got[:-1]
+        messages.append({"role": "assistant", "content": tok.decode(got[:-1])})
+        conv.reply_done(got, stop_ids)
+
+
+def test_cli_chat_without_system_prompt_replies_as_transformers(hf):
+    model, tok = hf
+    user = "Write a haiku about the sea."
+    ids = list(tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
+                                       tokenize=True, return_dict=False))
+    assert "named SmolLM" in tok.decode(ids)  # the template's default system turn
+    stop = [tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id]
+    want = hf_greedy(model, ids, N_NEW, stop)
+    proc = subprocess.run(
+        [sys.executable, "torchchat.py", "chat", "--gguf-path", str(smollm2_gguf()), "--temperature", "0",
+         "--max-new-tokens", str(N_NEW)],
+        cwd=ROOT, input=user + "\n", capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "Assistant: " + tok.decode([t for t in want if t not in stop]) + "\n"
 
 
 def test_cli_generate_streams_prompt_and_continuation(hf, ours):

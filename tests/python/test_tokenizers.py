@@ -209,15 +209,87 @@ def test_tiny_gguf_pretokenizers_vs_transformers(tmp_path, pre, add_bos):
         assert tok.decode(tok.encode(text, bos=False)) == text
 
 
-def test_sentencepiece_gguf_not_supported_yet(tmp_path):
+def test_llama3_gguf_vocabulary_encodes_like_llama3(tmp_path):
+    """Llama 3's vocabulary as llama.cpp writes it (pre-tokenizer llama-bpe, no add_bos key) is read
+    as llama.cpp and Hugging Face's Llama 3 tokenizer.json read it: ignore_merges (a pre-token in
+    the vocabulary is one token) and BOS added. The reference is tiktoken on the original file."""
+    import json
+
+    import tokenizers
+    from tiny_tokenizers import cached_llama3_gguf_vocab
+
+    from torchchat.checkpoints.gguf import gguf_tokenizer_json
+
+    original = llama3_tokenizer_model()
+    path = cached_llama3_gguf_vocab(original)
+    tok, ref = load_tokenizer(path), load_tokenizer(original)
+    assert (tok.add_bos, tok.bos_id, tok.eos_id) == (True, 128000, 128001)
+    assert tok.encode("Cửa Việt", bos=False) == [34, 91163, 101798]
+    for text in CORPUS + ["Cửa Việt ở Quảng Trị", " ".join(["Ελληνικά", "Русский", "العربية", "हिन्दी"])]:
+        assert tok.encode(text, bos=True) == ref.encode(text, bos=True), text
+    # Without ignore_merges the merges split that word: the setting is what makes the difference.
+    doc = json.loads(gguf_tokenizer_json(path))
+    assert doc["model"]["ignore_merges"] is True
+    doc["model"]["ignore_merges"] = False
+    merged = tokenizers.Tokenizer.from_str(json.dumps(doc)).encode("Cửa Việt", add_special_tokens=False).ids
+    assert len(merged) == 5
+
+
+def llama2_like_sentencepiece(folder: Path) -> Path:
+    import sentencepiece as spm
+
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS * 30), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(folder / "l2"), vocab_size=400, model_type="bpe", byte_fallback=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+        split_digits=True, hard_vocab_limit=False, character_coverage=1.0, minloglevel=2, num_threads=1)
+    return folder / "l2.model"
+
+
+def test_sentencepiece_gguf_round_trips_like_sentencepiece(tmp_path):
+    """A SentencePiece vocabulary in a GGUF (tokenizer.ggml.model "llama") is read back as the
+    SentencePiece model it came from: the same ids as the sentencepiece library, the text back."""
+    import sentencepiece as spm
+    from tiny_tokenizers import write_sentencepiece_gguf
+
+    sp_path = llama2_like_sentencepiece(tmp_path)
+    reference = spm.SentencePieceProcessor(model_file=str(sp_path))
+    tok = load_tokenizer(write_sentencepiece_gguf(sp_path, tmp_path / "sp.gguf"))
+    assert (tok.kind, tok.vocab_size, tok.bos_id, tok.eos_id, tok.add_bos) == ("sentencepiece", reference.vocab_size(), 1, 2, True)
+    for text in CORPUS + ["  two  spaces\t\ttabs\n\nlines ", "Ünïcödé 漢字 😀 <s></s>"]:
+        ids = tok.encode(text, bos=False)
+        assert ids == reference.encode(text), text
+        assert tok.decode(ids) == reference.decode(ids) == text
+
+
+def test_vocabularies_we_cannot_represent_are_refused(tmp_path):
+    """Two tokens with the same byte-level spelling (a user-defined "  " beside the byte-level
+    "ĠĠ", as in MPT-style vocabularies), or a tokenizer.json whose vocab names one token twice:
+    the libraries would each keep a different one, so the file is refused in one line."""
     import gguf
+
+    w = gguf.GGUFWriter(tmp_path / "dup.gguf", "llama")
+    tm.add_tiny_vocab(w, 300)
+    tokens = list(w.kv_data[0]["tokenizer.ggml.tokens"].value)
+    types = list(w.kv_data[0]["tokenizer.ggml.token_type"].value)
+    tokens[280], types[280] = "  ", 4
+    w.kv_data[0]["tokenizer.ggml.tokens"].value = tokens
+    w.kv_data[0]["tokenizer.ggml.token_type"].value = types
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()  # noqa: E702
+    message = one_line_error(tmp_path / "dup.gguf")
+    assert "same byte-level spelling" in message and "280" in message
+
+    path = tmp_path / "tokenizer.json"
+    path.write_text('{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "a": 2}, "merges": []}}')
+    assert "appears twice" in one_line_error(path)
 
     w = gguf.GGUFWriter(tmp_path / "sp.gguf", "llama")
     w.add_tokenizer_model("llama")
-    w.add_token_list(["<unk>", "<s>", "</s>"])
+    w.add_token_list(["<unk>", "<s>", "</s>", "\u2581a", "\u2581a"])
+    w.add_token_types([2, 3, 3, 1, 1])
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()  # noqa: E702
-    with pytest.raises(UserError, match="not supported"):
-        load_tokenizer(tmp_path / "sp.gguf")
+    assert "tokens 3 and 4 are both" in one_line_error(tmp_path / "sp.gguf")
 
 
 # ---------------------------------------------------------------------------------------------

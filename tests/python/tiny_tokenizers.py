@@ -78,3 +78,80 @@ def write_tiktoken(out: Path, n_base: int = 384) -> Path:
                 i += 1
     out.write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for r, t in enumerate(ranks)))
     return out
+
+
+def write_llama3_gguf_vocab(tokenizer_model: Path, out: Path) -> Path:
+    """Llama 3's vocabulary (llama-models' tokenizer.model) as llama.cpp's converter writes it into a
+    GGUF: byte-level spellings, merges recovered from the ranks (every split of a token into two
+    tokens, in rank order, as transformers' tiktoken conversion makes them), pre-tokenizer
+    llama-bpe, and no add_bos key (llama.cpp's default for llama-bpe is to add BOS)."""
+    import gguf
+
+    from torchchat.checkpoints.gguf import _bytes_to_unicode
+    from torchchat.tokenizer import llama3_special_tokens, read_tiktoken_ranks
+
+    ranks = read_tiktoken_ranks(tokenizer_model.read_text(), tokenizer_model)
+    spelled = _bytes_to_unicode()
+    by_id = sorted(ranks, key=ranks.get)
+    tokens = ["".join(spelled[b] for b in token) for token in by_id]
+    merges = []
+    for token in by_id:
+        splits = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in ranks and token[i:] in ranks]
+        merges += sorted(splits, key=lambda lr: (ranks[lr[0]], ranks[lr[1]]))
+    merge_text = [" ".join("".join(spelled[b] for b in part) for part in pair) for pair in merges]
+    specials = llama3_special_tokens(len(ranks))
+    w = gguf.GGUFWriter(out, "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("llama-bpe")
+    w.add_token_list(tokens + list(specials))
+    w.add_token_types([1] * len(tokens) + [3] * len(specials))
+    w.add_token_merges(merge_text)
+    w.add_bos_token_id(specials["<|begin_of_text|>"])
+    w.add_eos_token_id(specials["<|end_of_text|>"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+def cached_llama3_gguf_vocab(tokenizer_model: Path) -> Path:
+    """write_llama3_gguf_vocab once per machine (it takes seconds), kept in the temp folder."""
+    import os
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / "torchchat-tests"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"llama3-vocab-{tokenizer_model.stat().st_size}.gguf"
+    if not out.exists():
+        tmp = out.with_name(f".{out.name}.{os.getpid()}")
+        write_llama3_gguf_vocab(tokenizer_model, tmp)
+        os.replace(tmp, out)
+    return out
+
+
+def write_sentencepiece_gguf(sp_model: Path, out: Path) -> Path:
+    """A SentencePiece model's vocabulary as llama.cpp's converter writes it into a GGUF
+    (tokenizer.ggml.model "llama": pieces, scores, piece types, special ids)."""
+    import gguf
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(sp_model))
+    n = sp.vocab_size()
+    w = gguf.GGUFWriter(out, "llama")
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list([sp.id_to_piece(i) for i in range(n)])
+    w.add_token_scores([sp.get_score(i) for i in range(n)])
+    kinds = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else
+             5 if sp.is_unused(i) else 1 for i in range(n)]
+    w.add_token_types(kinds)
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_unk_token_id(sp.unk_id())
+    w.add_add_space_prefix(True)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out

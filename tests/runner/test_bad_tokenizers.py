@@ -48,6 +48,9 @@ def bad_files(tmp_path_factory, sentencepiece_models, small_tiktoken_model, smal
     text = small_hf_tokenizer_json.read_bytes()
     write("json_cut", text[: len(text) // 2])
     write("json_cut_early", text[:40])
+    # One spelling, two ids (as two vocabulary tokens spelled the same would give): ambiguous.
+    at = text.index(b"{", text.index(b'"vocab"')) + 1
+    write("json_duplicate_vocab_key", text[:at] + '"\u0120\u0120dup": 0, "\u0120\u0120dup": 1, '.encode() + text[at:])
     return files
 
 
@@ -70,7 +73,7 @@ BAD = [
     "missing", "directory", "empty", "one_byte", "garbage_random", "garbage_text", "garbage_json_array",
     "json_wrong_types", "sentencepiece_model_unconverted", "bin_header_only", "bin_cut_in_header",
     "bin_cut_mid_piece", "bin_cut_half", "bin_bad_length", "tiktoken_cut_mid_line", "tiktoken_bad_base64",
-    "tiktoken_bad_rank", "json_cut", "json_cut_early", "json_deeply_nested", "json_deep_arrays",
+    "tiktoken_bad_rank", "json_cut", "json_cut_early", "json_deeply_nested", "json_deep_arrays", "json_duplicate_vocab_key",
 ]
 
 
@@ -93,6 +96,7 @@ def test_messages_say_what_is_wrong(bad_files):
         "bin_cut_half": "truncated",
         "json_cut": "not valid JSON",
         "tiktoken_bad_base64": "base64",
+        "json_duplicate_vocab_key": "appears twice",
     }
     for name, words in expectations.items():
         result = run_tool(tool, [bad_files[name], "info"])

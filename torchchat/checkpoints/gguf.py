@@ -2,7 +2,8 @@
 
 Weights are dequantized to float tensors under model.py's names. llama.cpp's converter already
 stores q/k in Meta's interleaved rotary layout, so no permutation is needed. The tokenizer is
-rebuilt as a Hugging Face tokenizer.json from the metadata (byte-level BPE only).
+rebuilt from the metadata as llama.cpp reads it: a byte-level BPE vocabulary ("gpt2") as a Hugging
+Face tokenizer.json, a SentencePiece one ("llama") as a SentencePiece model.
 """
 from __future__ import annotations
 
@@ -169,8 +170,13 @@ def llama3_scaling_from_factors(factors: Tensor, args: ModelArgs, path: Path) ->
 # ---------------------------------------------------------------------------------------------
 # Tokenizer and chat metadata
 
-# llama.cpp's tokenizer.ggml.token_type values
-_CONTROL, _USER_DEFINED = 3, 4
+# llama.cpp's tokenizer.ggml.token_type values (SentencePiece's piece types)
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+
+# Pre-tokenizers that llama.cpp's vocabulary loader (llama-vocab.cpp) reads with ignore_merges (a
+# pre-token that is in the vocabulary is one token, whatever the merges say) and BOS added by
+# default, as Llama 3's own tokenizer.json does. Of its list, the ones we can split for.
+_LLAMA3_PRE = ("llama3", "llama-v3", "llama-bpe")
 
 _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -216,7 +222,7 @@ def gguf_tokenizer_json(path: Path, reader=None) -> str:
     if model is None:
         raise UserError(f"{path}: the GGUF carries no tokenizer; give --tokenizer-path")
     if model != "gpt2":
-        raise UserError(f"{path}: GGUF tokenizer {model!r} is not supported yet (only byte-level BPE 'gpt2')")
+        raise UserError(f"{path}: GGUF tokenizer {model!r} is not byte-level BPE ('gpt2')")
     tokens = field(reader, "tokenizer.ggml.tokens")
     merges = field(reader, "tokenizer.ggml.merges") or []
     types = field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
@@ -228,7 +234,10 @@ def gguf_tokenizer_json(path: Path, reader=None) -> str:
     for i, (token, kind) in enumerate(zip(tokens, types)):
         # User-defined tokens are stored as plain text; the BPE vocab wants the byte alphabet.
         key = token if set(token) <= alphabet else "".join(spelled[b] for b in token.encode("utf-8"))
-        vocab.setdefault(key, i)
+        if key in vocab:  # tokenizers and our runners would each keep a different one of the two
+            raise UserError(f"{path}: tokens {vocab[key]} and {i} have the same byte-level spelling {key!r}: "
+                            "a vocabulary we cannot represent")
+        vocab[key] = i
         if kind in (_CONTROL, _USER_DEFINED):
             added.append({
                 "id": i, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
@@ -257,7 +266,7 @@ def gguf_tokenizer_json(path: Path, reader=None) -> str:
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "model": {
             "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": pre in _LLAMA3_PRE,
             "vocab": vocab,
             "merges": [m.split(" ", 1) for m in merges],
         },
@@ -269,12 +278,61 @@ def gguf_chat_info(path: Path, reader=None) -> dict:
     """bos/eos ids, whether plain prompts start with BOS, and the raw jinja chat template."""
     reader = reader or open_gguf(path)
     model = field(reader, "tokenizer.ggml.model")
+    pre = field(reader, "tokenizer.ggml.pre", "default")
     return {
         "bos_id": field(reader, "tokenizer.ggml.bos_token_id"),
         "eos_id": field(reader, "tokenizer.ggml.eos_token_id"),
         "eot_id": field(reader, "tokenizer.ggml.eot_token_id"),
-        # llama.cpp adds BOS for sentencepiece vocabularies unless told otherwise.
-        "add_bos": bool(field(reader, "tokenizer.ggml.add_bos_token", model == "llama")),
+        # llama.cpp adds BOS for SentencePiece vocabularies and Llama 3's pre-tokenizers unless told otherwise.
+        "add_bos": bool(field(reader, "tokenizer.ggml.add_bos_token", model == "llama" or pre in _LLAMA3_PRE)),
         "chat_template": field(reader, "tokenizer.chat_template"),
     }
 
+
+
+def gguf_sentencepiece_model(path: Path, reader=None) -> bytes:
+    """A SentencePiece model (serialized ModelProto) equivalent to the GGUF's "llama" vocabulary:
+    its pieces, scores and types, BPE as llama.cpp's SentencePiece tokenizer runs them."""
+    from sentencepiece import sentencepiece_model_pb2 as pb  # here, not above: only this format needs it
+
+    path = Path(path)
+    reader = reader or open_gguf(path)
+    if field(reader, "tokenizer.ggml.model") != "llama":
+        raise UserError(f"{path}: GGUF tokenizer is not SentencePiece ('llama')")
+    tokens = field(reader, "tokenizer.ggml.tokens") or []
+    if not tokens:
+        raise UserError(f"{path}: the GGUF's SentencePiece vocabulary is empty")
+    scores = field(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
+    types = field(reader, "tokenizer.ggml.token_type") or [_NORMAL] * len(tokens)
+    if len(scores) != len(tokens) or len(types) != len(tokens):
+        raise UserError(f"{path}: tokenizer.ggml.scores / token_type do not match the {len(tokens)} tokens")
+    model = pb.ModelProto()
+    seen: dict[str, int] = {}
+    for i, (token, score, kind) in enumerate(zip(tokens, scores, types)):
+        if token in seen:
+            raise UserError(f"{path}: tokens {seen[token]} and {i} are both {token!r}: a vocabulary we cannot represent")
+        seen[token] = i
+        if kind not in (_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE):
+            raise UserError(f"{path}: token {i} has an unknown type {kind}")
+        model.pieces.add(piece=token, score=float(score), type=kind)
+    if _UNKNOWN not in types:
+        raise UserError(f"{path}: the SentencePiece vocabulary has no unknown token")
+    spec = model.trainer_spec
+    spec.model_type = pb.TrainerSpec.BPE
+    spec.vocab_size = len(tokens)
+    spec.byte_fallback = _BYTE in types
+    # The processor finds these by piece text; -1 where the vocabulary lacks one.
+    for name, key in (("unk", "unknown"), ("bos", "bos"), ("eos", "eos"), ("pad", "padding")):
+        i = field(reader, f"tokenizer.ggml.{key}_token_id")
+        if name == "unk" and i is None:
+            i = list(types).index(_UNKNOWN)
+        ok = isinstance(i, int) and 0 <= i < len(tokens)
+        setattr(spec, f"{name}_id", i if ok else -1)
+        if ok:
+            setattr(spec, f"{name}_piece", tokens[i])
+    norm = model.normalizer_spec
+    norm.name = "identity"
+    norm.add_dummy_prefix = bool(field(reader, "tokenizer.ggml.add_space_prefix", True))
+    norm.remove_extra_whitespaces = bool(field(reader, "tokenizer.ggml.remove_extra_whitespaces", False))
+    norm.escape_whitespaces = True
+    return model.SerializeToString()

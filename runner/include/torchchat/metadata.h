@@ -5,11 +5,14 @@
 //   {"format_version": 2, "arch": "llama", "vocab_size": 32000, "max_seq_len": 2048,
 //    "bos_id": 1, "add_bos": true, "stop_ids": [2], "tokenizer": "sentencepiece",
 //    "chat_template": "llama2", "dtype": "fp32",
+//    "chat_turns": {"first": [...], "first_with_system": [...], "next": [...]},
 //    "quantize": {"linear:int4": {"groupsize": 32}, "embedding:int8": {"groupsize": 0}},
 //    "target_cpu": "avx2", "cpu_features": ["avx", "avx2", "fma", ...]}
 //
 // tokenizer: sentencepiece | tiktoken | hf_bpe; chat_template: llama2 | llama3 |
-// chatml | none; dtype: fp32 | bf16 | fp16; quantize (only in a model exported
+// chatml | none; chat_turns (optional): the model's own template cut into turns at export
+// (ChatTurns; "text", {"token": "<|im_end|>"}, {"message": "user"|"system"}), which wins over
+// chat_template; dtype: fp32 | bf16 | fp16; quantize (only in a model exported
 // with --quantize): the spec its weights went through, {scheme: {option: value}}
 // (torchchat/quantize.py); target_cpu and cpu_features (optional): the CPUs the
 // artifact's compiled code was built for and the features it needs, by GCC's names
@@ -38,7 +41,7 @@ struct ModelMetadata {
   bool add_bos = true;
   std::vector<int> stop_ids;
   TokenizerKind tokenizer = TokenizerKind::SentencePiece;
-  ChatTemplateKind chat_template = ChatTemplateKind::None;
+  ChatTemplate chat_template;  // the kind, and the model's own template when it has one
   std::string dtype = "fp32";
   // The "quantize" object as compact JSON, keys in the artifact's order; empty
   // when the model is not quantized. The runner only reports it (the weights'
