@@ -35,14 +35,14 @@ def reference_greedy(model, prompt, n):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_eager_on_our_kernels_computes_what_aten_does(dtype):
     """generate/chat/eval run eager on our kernels (kernels=True), as AOT Inductor exports do."""
-    from torchchat.kernel_swaps import PanelLinear, TiedOutput
+    from torchchat.kernel_swaps import DecodeOnKernel
 
     model = tiny_model().to(dtype)
     prompt = [5, 17, 3, 44, 9]
     aten = EagerDecoder(copy.deepcopy(model), 64)
     ours = EagerDecoder(model, 64, kernels=True)
     assert not any(type(m) is torch.nn.Linear for m in model.modules())
-    assert sum(type(m) in (PanelLinear, TiedOutput) for m in model.modules()) == 2 * 4 + 1  # wqkv, wo, w13, w2; output
+    assert sum(type(m) is DecodeOnKernel for m in model.modules()) == 2 * 7 + 1  # wq, wk, wv, wo, w1, w2, w3; output
     assert all(layer.attention.cache_attention is not None for layer in model.layers)
     with torch.no_grad():
         for tokens, pos in ((torch.tensor([prompt]), torch.arange(5)), (torch.tensor([[7]]), torch.tensor([5]))):

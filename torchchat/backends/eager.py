@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from torchchat.kernel_swaps import swap_attention, swap_float_linears
+from torchchat.kernel_swaps import swap_attention, swap_decode_linears
 from torchchat.model import Transformer, length_tensor, size_inputs
 
 
@@ -11,12 +11,12 @@ class EagerDecoder:
     """A Transformer with a KV cache of `max_seq_len` positions, as a Decoder (torchchat/backends)."""
 
     def __init__(self, model: Transformer, max_seq_len: int, compile: bool = False, kernels: bool = False):
-        """kernels: run the fp32/bf16 linears and attention on our kernels (torchchat/kernel_swaps.py),
-        as the AOT Inductor export does, for good: the model is changed in place. Not with compile,
-        whose inductor templates take the weights as constants."""
+        """kernels: attention, and one token's fp32/bf16 linears, on our kernels where they beat ATen
+        (torchchat/kernel_swaps.py); the model is changed in place. Not with compile, whose
+        inductor templates take the weights as constants."""
         model.setup_caches(max_seq_len)
         if kernels and not compile:
-            swap_float_linears(model)
+            swap_decode_linears(model)
             swap_attention(model)
         self.model, self.max_seq_len, self.vocab_size = model, max_seq_len, model.args.vocab_size
         self.decode = compile_for_decode(model) if compile else None
