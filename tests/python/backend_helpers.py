@@ -60,26 +60,50 @@ def model_args(checkpoint: Path, tokenizer: Path, **kw) -> Namespace:
                      tokenizer_path=str(tokenizer), dtype="fp32", max_seq_length=None, **kw)
 
 
+def shared_folder(tmp_path_factory, name: str) -> Path:
+    """A folder that every test file of this pytest run sees, in every pytest-xdist worker."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared" / name
+
+
 class Exported:
-    """One tiny model: its checkpoint, tokenizer files, exported artifacts and eager reference."""
+    """One tiny model: its checkpoint, tokenizer files, exported artifacts and eager reference.
+
+    In a shared_folder, each style's files and each format's artifact are made once per test
+    run, whichever test file asks first (the others wait on the folder's lock): exports are most
+    of the tests' time. Tests copy an artifact before changing it."""
 
     def __init__(self, folder: Path, style: str, formats: tuple[str, ...]):
+        from filelock import FileLock
+
         from torchchat.export import export_model
         from torchchat.load import load_model
 
         self.folder, self.style = folder, style
-        hf = tiny_hf_model(style)
-        if style == "llama2":
-            self.checkpoint = write_llama2c_pt(hf, folder / "model.pt")
-            self.tokenizer = write_sentencepiece(folder / "sp")
-            self.runner_tokenizer = write_tokenizer_bin(self.tokenizer, folder / "tokenizer.bin")
-        else:
-            self.checkpoint = write_hf(hf, folder / "hf")
-            self.tokenizer = self.runner_tokenizer = write_tiktoken(folder / "tokenizer.model")
-        loaded = load_model(model_args(self.checkpoint, self.tokenizer))
-        self.paths = {f: folder / f"model.{f}" for f in formats}
-        export_model(loaded.model, loaded.info, "fp32", CONTEXT, self.paths.get("so"), self.paths.get("pt2"),
-                     self.paths.get("pte"))
+        folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder / ".lock")):
+            if style == "llama2":
+                self.checkpoint, self.tokenizer = folder / "model.pt", folder / "sp" / "tokenizer.model"
+                self.runner_tokenizer = folder / "tokenizer.bin"
+            else:
+                self.checkpoint, self.tokenizer = folder / "hf", folder / "tokenizer.model"
+                self.runner_tokenizer = self.tokenizer
+            if not (folder / "files-written").exists():
+                hf = tiny_hf_model(style)
+                if style == "llama2":
+                    write_llama2c_pt(hf, self.checkpoint)
+                    write_sentencepiece(folder / "sp")
+                    write_tokenizer_bin(self.tokenizer, self.runner_tokenizer)
+                else:
+                    write_hf(hf, self.checkpoint)
+                    write_tiktoken(self.tokenizer)
+                (folder / "files-written").touch()
+            self.paths = {f: folder / f"model.{f}" for f in formats}
+            missing = {f: p for f, p in self.paths.items() if not p.exists()}  # exports are written whole
+            if missing:
+                loaded = load_model(model_args(self.checkpoint, self.tokenizer))
+                export_model(loaded.model, loaded.info, "fp32", CONTEXT, missing.get("so"), missing.get("pt2"),
+                             missing.get("pte"))
         self.eager = load_model(model_args(self.checkpoint, self.tokenizer))  # fresh: export set up caches
 
     def eager_decoder(self):

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backend_helpers import (  # noqa: E402
     AOTI_RUN, CONTEXT, N_NEW, PROMPTS, SYSTEM, USER, Exported, aoti_run, assert_same_greedy,
     check_long_prompt_and_large_n, cli, fed_tokens, greedy, model_args, older_version_copy, one_line_error, system_chat_turn,
-    two_turn_chat,
+    shared_folder, two_turn_chat,
 )
 from tiny_tokenizers import write_tiktoken  # noqa: E402
 
@@ -35,12 +35,12 @@ pytestmark = pytest.mark.export
 
 @pytest.fixture(scope="session")
 def llama2(tmp_path_factory) -> Exported:
-    return Exported(tmp_path_factory.mktemp("aoti_llama2"), "llama2", ("so", "pt2"))
+    return Exported(shared_folder(tmp_path_factory, "llama2"), "llama2", ("so", "pt2"))
 
 
 @pytest.fixture(scope="session")
 def llama3(tmp_path_factory) -> Exported:
-    return Exported(tmp_path_factory.mktemp("aoti_llama3"), "llama3", ("so", "pt2"))
+    return Exported(shared_folder(tmp_path_factory, "llama3"), "llama3", ("so", "pt2"))
 
 
 CASES = [("llama2", "so"), ("llama2", "pt2"), ("llama3", "so"), ("llama3", "pt2")]

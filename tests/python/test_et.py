@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backend_helpers import (  # noqa: E402
     CONTEXT, N_NEW, PROMPTS, ROOT, SYSTEM, USER, Exported, assert_same_greedy, check_long_prompt_and_large_n, cli,
     et_run, fed_tokens, greedy, model_args, one_line_error, pte_kernel_calls, system_chat_turn,
-    older_version_copy, two_turn_chat,
+    older_version_copy, shared_folder, two_turn_chat,
 )
 from tiny_tokenizers import write_tiktoken  # noqa: E402
 
@@ -36,12 +36,12 @@ pytestmark = pytest.mark.export
 
 @pytest.fixture(scope="session")
 def llama2(tmp_path_factory) -> Exported:
-    return Exported(tmp_path_factory.mktemp("et_llama2"), "llama2", ("pte",))
+    return Exported(shared_folder(tmp_path_factory, "llama2"), "llama2", ("pte",))
 
 
 @pytest.fixture(scope="session")
 def llama3(tmp_path_factory) -> Exported:
-    return Exported(tmp_path_factory.mktemp("et_llama3"), "llama3", ("pte",))
+    return Exported(shared_folder(tmp_path_factory, "llama3"), "llama3", ("pte",))
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backend_helpers import ROOT, Exported, cli  # noqa: E402
+from backend_helpers import ROOT, Exported, cli, shared_folder  # noqa: E402
 from tiny_models import hf_greedy, tiny_llama2_files  # noqa: E402
 BOS = 1
 
@@ -275,7 +275,7 @@ def test_generate_does_not_import_lm_eval():
 @pytest.mark.export
 def test_tasks_through_executorch_program_match_eager(tiny, tmp_path_factory, tmp_path):
     """The same tasks on the exported .pte (ExecuTorch's Python runtime) score as eager does."""
-    exported = Exported(tmp_path_factory.mktemp("lm_eval_pte"), "llama2", ("pte",))
+    exported = Exported(shared_folder(tmp_path_factory, "llama2"), "llama2", ("pte",))
     tasks = f"{tiny.folder / 'tiny_mc.yaml'},{tiny.folder / 'tiny_ppl.yaml'}"
     scores = {}
     for flag, path in (("--checkpoint-path", exported.checkpoint), ("--pte-path", exported.paths["pte"])):

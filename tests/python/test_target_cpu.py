@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backend_helpers import AOTI_RUN, CONTEXT, ET_RUN, Exported, cli, fed_tokens, greedy, one_line_error  # noqa: E402
+from backend_helpers import AOTI_RUN, CONTEXT, ET_RUN, Exported, cli, fed_tokens, greedy, one_line_error, shared_folder  # noqa: E402
 
 from torchchat import metadata, target_cpu  # noqa: E402
 from torchchat.errors import UserError  # noqa: E402
@@ -42,7 +42,7 @@ has_avx512 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= targ
 
 @pytest.fixture(scope="module")
 def llama2(tmp_path_factory) -> Exported:
-    return Exported(tmp_path_factory.mktemp("target_llama2"), "llama2", ("so", "pt2", "pte"))
+    return Exported(shared_folder(tmp_path_factory, "llama2"), "llama2", ("so", "pt2", "pte"))
 
 
 @pytest.fixture(scope="module")

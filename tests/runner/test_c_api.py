@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backend_helpers import CONTEXT, PROMPTS, SYSTEM, USER, Exported, aoti_run, et_run, fed_tokens  # noqa: E402
+from backend_helpers import CONTEXT, PROMPTS, SYSTEM, USER, Exported, aoti_run, et_run, fed_tokens, shared_folder  # noqa: E402
 
 LIBRARY = ROOT / "cmake-out" / "libtorchchat.so"
 HOST = Path(__file__).resolve().parent / "tc_ctypes.py"
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.export
 def tiny(tmp_path_factory) -> Exported:
     if not LIBRARY.exists():
         pytest.skip(f"{LIBRARY} is not built (scripts/build_native.sh aoti)")
-    return Exported(tmp_path_factory.mktemp("c_api"), "llama3", ("so", "pte"))
+    return Exported(shared_folder(tmp_path_factory, "llama3"), "llama3", ("so", "pte"))
 
 
 def host(scenario: str, timeout: float = 300, **args) -> dict:
