@@ -57,7 +57,10 @@ class DecodeOnKernel(nn.Module):
 
 
 def is_float_linear(m: nn.Module) -> bool:
-    return type(m) is nn.Linear and m.bias is None and m.weight.dtype in (torch.float32, torch.bfloat16)
+    """A plain fp32/bf16 linear: not one whose weight is a tensor subclass (torchao's quantized
+    tensors say fp32 too)."""
+    return (type(m) is nn.Linear and m.bias is None and type(m.weight) in (nn.Parameter, torch.Tensor)
+            and m.weight.dtype in (torch.float32, torch.bfloat16))
 
 
 # A/B switches for benchmarks: ATen's (eager) or inductor's (AOTI) linears and ATen's SDPA instead.
