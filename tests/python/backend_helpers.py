@@ -116,11 +116,19 @@ def older_version_copy(path: Path, out: Path) -> Path:
     """A copy of an artifact whose metadata says the previous format version (the JSON rewritten
     in place, same length, so everything after it stays where the loaders look for it)."""
     data = path.read_bytes()
-    from torchchat.metadata import FORMAT_VERSION
+    from torchchat.metadata import FORMAT_VERSION, SO_CHECKSUMS, read_so_metadata
 
     now, older = (f'"format_version": {v}'.encode() for v in (FORMAT_VERSION, FORMAT_VERSION - 1))
     assert data.count(now) == 1, f"{path}: the metadata JSON should appear once"
-    out.write_bytes(data.replace(now, older))
+    data = data.replace(now, older)
+    if data.count(SO_CHECKSUMS) == 1:  # a .so's block: the JSON's CRC-32 follows it, as its exporter wrote it
+        import struct
+        import zlib
+
+        end = data.index(SO_CHECKSUMS)
+        json = data[end - len(read_so_metadata(path).encode()):end]
+        data = data[:end + 12] + struct.pack("<I", zlib.crc32(json)) + data[end + 16:]
+    out.write_bytes(data)
     return out
 
 
