@@ -68,7 +68,7 @@ def test_smollm2_template_matches_transformers(system):
         return list(ref.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
 
     replay(tok, turns, system, reference)
-    if system is None:  # the template's default system turn: 37 tokens for the question
+    if system is None:  # the template's default system turn: 37 tokens for this question
         assert len(Conversation(tok, turns, None).turn_tokens(TURNS[0][0])) == 37
 
 
