@@ -63,6 +63,12 @@ def is_float_linear(m: nn.Module) -> bool:
             and m.weight.dtype in (torch.float32, torch.bfloat16))
 
 
+def float_linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, attribute, linear) for every plain fp32/bf16 linear not swapped yet."""
+    return [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+            if is_float_linear(child)]
+
+
 # A/B switches for benchmarks: ATen's (eager) or inductor's (AOTI) linears and ATen's SDPA instead.
 FLOAT_KERNELS = True
 ATTENTION_KERNEL = True
@@ -76,7 +82,6 @@ def swap_float_linears(model: Transformer) -> Callable[[], None]:
     wq/wk/wv and w1/w3 become one matrix (one call instead of three and two; every output is
     computed as before). The output layer tied to the embedding table reads the table
     (TiedOutput); the other linears read weights packed in column panels (PanelLinear)."""
-    is_float = is_float_linear
     swaps = []  # (parent, name, original), undone in reverse order
 
     def swap(parent: nn.Module, name: str, replacement) -> None:
@@ -85,17 +90,15 @@ def swap_float_linears(model: Transformer) -> Callable[[], None]:
 
     if FLOAT_KERNELS:
         kernels.load()
-        tied = model.output if (isinstance(model.tok_embeddings, nn.Embedding) and is_float(model.output)
+        tied = model.output if (isinstance(model.tok_embeddings, nn.Embedding) and is_float_linear(model.output)
                                 and model.output.weight is model.tok_embeddings.weight) else None
         for m, name, parts in unfused_projections(model):
-            if all(is_float(getattr(m, part)) for part in parts):
+            if all(is_float_linear(getattr(m, part)) for part in parts):
                 swap(m, name, PanelLinear(torch.cat([getattr(m, part).weight.detach() for part in parts])))
                 for part in parts:
                     swap(m, part, None)
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if is_float(child):
-                    swap(parent, name, TiedOutput(child.weight) if child is tied else PanelLinear(child.weight))
+        for parent, name, child in float_linears(model):
+            swap(parent, name, TiedOutput(child.weight) if child is tied else PanelLinear(child.weight))
 
     def undo() -> None:
         for parent, name, original in reversed(swaps):
@@ -108,10 +111,8 @@ def swap_decode_linears(model: Transformer) -> None:
     if not FLOAT_KERNELS:
         return
     kernels.load()
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if is_float_linear(child):
-                setattr(parent, name, DecodeOnKernel(child.weight))
+    for parent, name, child in float_linears(model):
+        setattr(parent, name, DecodeOnKernel(child.weight))
 
 
 def swap_attention(model: Transformer) -> Callable[[], None]:
@@ -138,17 +139,9 @@ def swap_attention(model: Transformer) -> Callable[[], None]:
 
 
 @contextlib.contextmanager
-def float_kernels(model: Transformer) -> Iterator[None]:
-    undo = swap_float_linears(model)
-    try:
-        yield
-    finally:
-        undo()
-
-
-@contextlib.contextmanager
-def cache_attention(model: Transformer) -> Iterator[None]:
-    undo = swap_attention(model)
+def swapped(swap: Callable[[Transformer], Callable[[], None]], model: Transformer) -> Iterator[None]:
+    """swap_float_linears or swap_attention for the duration of a `with` block."""
+    undo = swap(model)
     try:
         yield
     finally:

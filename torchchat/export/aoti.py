@@ -33,7 +33,7 @@ def inductor_configs(ep: torch.export.ExportedProgram) -> dict:
     """INDUCTOR_CONFIGS, with inductor's C++ GEMM templates as the only choice for fp32/bf16 GEMMs,
     and the C entry points of our kernels when the graph calls them.
 
-    (Since float_kernels, an fp32/bf16 transformer's linears all run our kernels, so no GEMM is
+    (With kernel_swaps.swap_float_linears, an fp32/bf16 transformer's linears all run our kernels, so no GEMM is
     left to autotune; the history below is why the templates were chosen before that.)
 
     One artifact serves prefill and decode, so each GEMM is autotuned once, at the example

@@ -5,9 +5,9 @@ is dynamic, so one program serves both prefill (T prompt tokens) and decode (T =
 Inductor gets (tokens, input_pos, kv_len, n_logits): how many cache positions attention reads
 (the filled ones) and how many positions get logits (the runner wants the last); ExecuTorch the
 same with kv_len None (attention over the whole cache). Over an fp32 or bf16 cache, attention
-is our kernel in both (cache_attention), which reads up to each token's position whatever kv_len
+is our kernel in both (kernel_swaps.swap_attention), which reads up to each token's position whatever kv_len
 is; fp16 caches keep ATen's SDPA, for which kv_len matters. For AOT Inductor the fp32/bf16
-linears run our kernels too (float_kernels).
+linears run our kernels too (kernel_swaps.swap_float_linears).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import contextlib
 
 import torch
 
-from torchchat.kernel_swaps import cache_attention, float_kernels
+from torchchat.kernel_swaps import swap_attention, swap_float_linears, swapped
 from torchchat.model import Transformer, length_tensor
 
 
@@ -51,5 +51,6 @@ def export_program(model: Transformer, max_seq_len: int, aoti: bool = False) -> 
         example = (torch.zeros(1, 3, dtype=torch.long), torch.arange(3, dtype=torch.long), None, length_tensor(2))
         shapes, spare = ({1: seq}, {0: seq}, None, {0: n_logits}), 0
     model.setup_caches(max_seq_len, spare=spare)
-    with torch.no_grad(), float_kernels(model) if aoti else contextlib.nullcontext(), cache_attention(model):
+    with torch.no_grad(), swapped(swap_float_linears, model) if aoti else contextlib.nullcontext(), \
+            swapped(swap_attention, model):
         return torch.export.export(model, example, dynamic_shapes=shapes, strict=False)
