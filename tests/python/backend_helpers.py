@@ -225,6 +225,21 @@ def one_line_error(p) -> str:
     return lines[0]
 
 
+def check_runner_chat_follows_the_models_template(run, model_path, exported, trace: Path, **kw) -> None:
+    """Without -y, a runner (aoti_run, et_run) opens chat with the turn the model's own template (cut
+    at export into the artifact's chat_turns) opens with, token for token as Python's chat builds it
+    (held to transformers in test_chat_template.py)."""
+    from torchchat.chat import conversation
+
+    tok, info = exported.eager.tokenizer, exported.eager.info
+    assert info.chat_turns is not None
+    first = conversation(tok, info).turn_tokens(USER)
+    p = run(model_path, exported.runner_tokenizer, "-m", "chat", "-i", USER, "-t", "0", "-n", len(first) + 4,
+            trace=trace, **kw)
+    assert p.returncode == 0, p.stderr
+    assert fed_tokens(trace)[:len(first)] == first
+
+
 def check_long_prompt_and_large_n(run, model_path, other_path, tokenizer) -> None:
     """A runner (aoti_run, et_run) refuses a prompt longer than the context in one line, and takes
     -n above the context as the context (the runner's -n: 0 = max_seq_len): runs to the end, no crash."""

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backend_helpers import (  # noqa: E402
     AOTI_RUN, CONTEXT, N_NEW, PROMPTS, SYSTEM, USER, Exported, aoti_run, assert_same_greedy,
-    check_long_prompt_and_large_n, cli, fed_tokens, greedy, model_args, older_version_copy, one_line_error, system_chat_turn,
-    shared_folder, two_turn_chat,
+    check_long_prompt_and_large_n, check_runner_chat_follows_the_models_template, cli, fed_tokens, greedy,
+    model_args, older_version_copy, one_line_error, shared_folder, system_chat_turn, two_turn_chat,
 )
 from tiny_tokenizers import write_tiktoken  # noqa: E402
 
@@ -463,15 +463,4 @@ def test_bandwidth_probe_reads_the_buffer_it_is_given():
 
 @needs_runner
 def test_runner_chat_follows_the_models_template(llama3, tmp_path):
-    """Without -y: the turn the model's own template (cut at export into the artifact's chat_turns)
-    opens with, token for token as Python's chat builds it (held to transformers in test_chat_template.py)."""
-    from torchchat.chat import conversation
-
-    tok, info = llama3.eager.tokenizer, llama3.eager.info
-    assert info.chat_turns is not None
-    first = conversation(tok, info).turn_tokens(USER)
-    trace = tmp_path / "chat.jsonl"
-    p = aoti_run(llama3.paths["pt2"], llama3.runner_tokenizer, "-m", "chat", "-i", USER, "-t", "0",
-                 "-n", str(len(first) + 4), trace=trace)
-    assert p.returncode == 0, p.stderr
-    assert fed_tokens(trace)[:len(first)] == first
+    check_runner_chat_follows_the_models_template(aoti_run, llama3.paths["pt2"], llama3, tmp_path / "chat.jsonl")

@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backend_helpers import (  # noqa: E402
-    CONTEXT, N_NEW, PROMPTS, ROOT, SYSTEM, USER, Exported, assert_same_greedy, check_long_prompt_and_large_n, cli,
-    et_run, fed_tokens, greedy, model_args, one_line_error, pte_kernel_calls, system_chat_turn,
-    older_version_copy, shared_folder, two_turn_chat,
+    CONTEXT, N_NEW, PROMPTS, ROOT, SYSTEM, USER, Exported, assert_same_greedy, check_long_prompt_and_large_n,
+    check_runner_chat_follows_the_models_template, cli, et_run, fed_tokens, greedy, model_args, one_line_error,
+    older_version_copy, pte_kernel_calls, shared_folder, system_chat_turn, two_turn_chat,
 )
 from tiny_tokenizers import write_tiktoken  # noqa: E402
 
@@ -321,15 +321,5 @@ def test_runner_prompt_longer_than_context_and_large_n(llama2):
 
 @pytest.mark.parametrize("build", ["release"])
 def test_runner_chat_follows_the_models_template(llama3, tmp_path, build):
-    """Without -y: the turn the model's own template (cut at export into the artifact's chat_turns)
-    opens with, token for token as Python's chat builds it (held to transformers in test_chat_template.py)."""
-    from torchchat.chat import conversation
-
-    tok, info = llama3.eager.tokenizer, llama3.eager.info
-    assert info.chat_turns is not None
-    first = conversation(tok, info).turn_tokens(USER)
-    trace = tmp_path / "chat.jsonl"
-    p = et_run(llama3.paths["pte"], llama3.runner_tokenizer, "-m", "chat", "-i", USER, "-t", "0",
-               "-n", len(first) + 4, trace=trace, build=build)
-    assert p.returncode == 0, p.stderr
-    assert fed_tokens(trace)[:len(first)] == first
+    check_runner_chat_follows_the_models_template(et_run, llama3.paths["pte"], llama3, tmp_path / "chat.jsonl",
+                                                  build=build)
