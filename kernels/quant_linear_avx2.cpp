@@ -124,6 +124,8 @@ void walk(i64 M, i64 n0, i64 n1, Run run) {
 // weights in flight, 1.1x one panel's throughput from memory on SmolLM2's shapes. Two tokens take
 // one whole panel (4 + 8 + 1 registers); prompts half a panel (V = 2) for up to 6 tokens
 // (2 + 12 + 1 registers, 12 FMAs per 8 loads).
+constexpr int kDecodeTokens = 2, kPromptTokens = 6;
+
 template <typename W, int T, int V, int P = 1>
 void panel_tile(const float* x, i64 K, const W* p, float* y, i64 ldy, i64 cols) {
   __m256 acc[P][T][V];
@@ -135,7 +137,8 @@ void panel_tile(const float* x, i64 K, const W* p, float* y, i64 ldy, i64 cols) 
   for (i64 k = 0; k < K; ++k) {
     for (int q = 0; q < P; ++q) {
       const W* pk = p + q * K * kPanel + k * kPanel;
-      for (i64 line = 0; line < kBytes; line += 64) prefetch(reinterpret_cast<const char*>(pk + kAhead) + line);
+      if constexpr (T <= kDecodeTokens)  // a prompt's tiles find the panel in L2 (panels() fetches it)
+        for (i64 line = 0; line < kBytes; line += 64) prefetch(reinterpret_cast<const char*>(pk + kAhead) + line);
       __m256 wv[V];
       for (int j = 0; j < V; ++j) wv[j] = widen(pk + 8 * j);
       for (int t = 0; t < T; ++t) {
@@ -158,8 +161,6 @@ void panel_tile(const float* x, i64 K, const W* p, float* y, i64 ldy, i64 cols) 
         }
       }
 }
-
-constexpr int kDecodeTokens = 2, kPromptTokens = 6;
 
 template <typename W>
 constexpr auto panel_tiles() {
@@ -191,10 +192,20 @@ void panels(const float* x, i64 M, const W* w, i64 N, i64 K, float* y, i64 n0, i
       tiles.whole[M - 1](x, K, panel, y + n, N, cols);
       continue;
     }
+    // The tiles read this panel from L2 many times; meanwhile, bring the next panel in from
+    // memory, a share before each tile.
+    const char* next = reinterpret_cast<const char*>(panel + K * kPanel);
+    const i64 next_bytes = n + kPanel < n1 ? K * kPanel * static_cast<i64>(sizeof(W)) : 0;
+    const i64 calls = (M + kPromptTokens - 1) / kPromptTokens * 2;
+    const i64 share = (next_bytes / 64 + calls - 1) / calls * 64;
+    i64 fetched = 0;
     for (i64 m = 0; m < M; m += kPromptTokens) {
       const int t = static_cast<int>(min(kPromptTokens, M - m));
-      for (i64 c = 0; c < cols; c += kPanel / 2)
+      for (i64 c = 0; c < cols; c += kPanel / 2) {
+        for (i64 end = min(next_bytes, fetched + share); fetched < end; fetched += 64)
+          _mm_prefetch(next + fetched, _MM_HINT_T1);
         tiles.half[t - 1](x + m * K, K, panel + c, y + m * N + n + c, N, cols - c);
+      }
     }
   }
 }
