@@ -45,6 +45,55 @@ inline __m256i broadcast4(const std::int8_t* p) {
 //   kSignedInt8   true: int8 dots are dot(q, x) already; false: dot(q + 128, x), the caller subtracts 128 * sum(x)
 //   weights8(v)   the stored int8 bytes (q + 128) as the dot wants them
 //   dot<kBits>(w, xq, d)
+//   kWideSlices   true: a prompt's int8 dots with fp32 activations take slices 1 and 2 as one (Wide)
+
+// Slices 1 and 2 of fp32 activations as one 16-bit activation, for int8 weights: with exact
+// integer dots d1 and d2, the float steps fma(d1, 2^-8, d2 * 2^-16) round (256 d1 + d2) * 2^-16
+// once, and so does converting d12 = dot(q, 256 x1 + x2) to float and scaling it by 2^-16 (an
+// exact power of two): the same bits. vpmaddwd then makes the two slices' dots in 4 instructions
+// per 4 k of 8 rows where vpmaddubsw needs 8 (both slices' sign, multiply, widen, add).
+// 256 x1 + x2 lies in [-32896, 32639]; + 128 it fits int16, so d12 = dot(q, 256 x1 + x2 + 128)
+// - 128 * sum(q). The weights widen to 16 bits once per block and serve every token of the tile:
+// decode (one token) keeps the slices apart.
+struct Wide {
+  __m256i lo[2][8], hi[2][8];  // rows 8h.., k 4c and 4c + 2 / 4c + 1 and 4c + 3, as int16 pairs
+  __m256i offset[2];           // 128 * sum(q) over the block, per row
+
+  // w: the block's signed codes, as Dot::weights8 gives them.
+  explicit Wide(const __m256i (&w)[2][8]) {
+    for (int h = 0; h < 2; ++h) {
+      __m256i sum = _mm256_setzero_si256();  // int16 pairs: within 8 * 2 * 127
+      for (int c = 0; c < 8; ++c) {
+        lo[h][c] = _mm256_srai_epi16(_mm256_slli_epi16(w[h][c], 8), 8);
+        hi[h][c] = _mm256_srai_epi16(w[h][c], 8);
+        sum = _mm256_add_epi16(sum, _mm256_add_epi16(lo[h][c], hi[h][c]));
+      }
+      offset[h] = _mm256_slli_epi32(_mm256_madd_epi16(sum, _mm256_set1_epi16(1)), 7);
+    }
+  }
+
+  // d12 of one token: x1 and x2 its 32 codes of slices 1 and 2.
+  void dot(const std::int8_t* x1, const std::int8_t* x2, __m256i (&d)[2]) const {
+    alignas(32) std::int32_t pairs[16];  // int16 pairs: k 4c and 4c + 2 at 2c, 4c + 1 and 4c + 3 at 2c + 1
+    // Words 0 2 1 3 4 6 5 7 of each 128-bit lane (k 0..7 and 8..15 of a half).
+    const __m256i order = _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15,
+                                           0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
+    for (int half = 0; half < 2; ++half) {
+      const __m256i a = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x1 + 16 * half)));
+      const __m256i b = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x2 + 16 * half)));
+      // Wrapping 16-bit arithmetic: the result is in range, so it is exact.
+      const __m256i v = _mm256_add_epi16(_mm256_add_epi16(_mm256_slli_epi16(a, 8), b), _mm256_set1_epi16(128));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(pairs + 8 * half), _mm256_shuffle_epi8(v, order));
+    }
+    d[0] = d[1] = _mm256_setzero_si256();
+    for (int c = 0; c < 8; ++c) {
+      const __m256i xl = _mm256_set1_epi32(pairs[2 * c]), xh = _mm256_set1_epi32(pairs[2 * c + 1]);
+      for (int h = 0; h < 2; ++h)
+        d[h] = _mm256_add_epi32(d[h], _mm256_add_epi32(_mm256_madd_epi16(lo[h][c], xl), _mm256_madd_epi16(hi[h][c], xh)));
+    }
+    for (int h = 0; h < 2; ++h) d[h] = _mm256_sub_epi32(d[h], offset[h]);
+  }
+};
 
 // The output columns [16p, 16p + cols) of tokens [m, m + T): every block of K in order.
 template <class Dot, int kBits, int kSlices, int T>
@@ -85,10 +134,20 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
         }
       }
       const i64 b = g * (G / 32) + j;
+      constexpr bool kWide = kBits == 8 && kSlices == 3 && T > 1 && Dot::kWideSlices;
+      [[maybe_unused]] const auto wide = [&] {
+        if constexpr (kWide) return Wide(w); else return 0;
+      }();
       for (int t = 0; t < T; ++t) {
         const i64 at = (m + t) * blocks + b;
         __m256 dot[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};  // set by the last slice first
-        for (int s = kSlices - 1; s >= 0; --s) {
+        if constexpr (kWide) {
+          __m256i d[2];
+          const std::int8_t* x1 = x.q + q_stride + (m + t) * K + 32 * b;
+          wide.dot(x1, x1 + q_stride, d);
+          for (int h = 0; h < 2; ++h) dot[h] = _mm256_mul_ps(_mm256_cvtepi32_ps(d[h]), _mm256_set1_ps(kSliceUnit[2]));
+        }
+        for (int s = kWide ? 0 : kSlices - 1; s >= 0; --s) {
           __m256i d[2];
           Dot::template dot<kBits>(w, x.q + s * q_stride + (m + t) * K + 32 * b, d);
           if constexpr (kBits == 8 && !Dot::kSignedInt8) {
@@ -99,8 +158,8 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
           for (int h = 0; h < 2; ++h) {
             const __m256 f = _mm256_cvtepi32_ps(d[h]);
             if constexpr (kSlices == 1) dot[h] = f;
-            else dot[h] = s == kSlices - 1 ? _mm256_mul_ps(f, _mm256_set1_ps(kSliceUnit[s]))
-                                           : _mm256_fmadd_ps(f, _mm256_set1_ps(kSliceUnit[s]), dot[h]);
+            else dot[h] = s == kSlices - 1 && !kWide ? _mm256_mul_ps(f, _mm256_set1_ps(kSliceUnit[s]))
+                                                     : _mm256_fmadd_ps(f, _mm256_set1_ps(kSliceUnit[s]), dot[h]);
           }
         }
         const __m256 sx = _mm256_set1_ps(x.scale[at]);

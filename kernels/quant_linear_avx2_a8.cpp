@@ -18,6 +18,7 @@ using a8::i64;
 struct MaddDot {
   // int8 weights as signed codes q: dot(q, x) directly, no 128 * sum(x) to subtract.
   static constexpr bool kSignedInt8 = true;
+  static constexpr bool kWideSlices = true;
   static __m256i weights8(__m256i stored) { return _mm256_xor_si256(stored, _mm256_set1_epi8(-128)); }
 
   template <int kBits>
