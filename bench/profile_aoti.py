@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
-"""Where a decode step's time goes in an AOT Inductor model: a per-op profile.
+"""Where a decode step's (or a prompt's) time goes in an AOT Inductor model: a per-op profile.
 
-    python3 bench/profile_aoti.py [--quantize JSON] [--context 256] [--threads 2] [--tokens 64]
+    python3 bench/profile_aoti.py [--quantize JSON] [--isa native|avx2|avx512] [--context 256]
+                                  [--threads 2] [--tokens 64] [--prompt 128]
 
 Exports the default model (SmolLM2-135M, fp32 GGUF weights) with inductor's kernel profiling
 on (`cpp.enable_kernel_profile`: every generated kernel and extern call records itself), runs
-it from Python under torch.profiler for `--tokens` decode steps, and prints one table: each
-kernel's time per token and share. Our quantized linears appear as
-aoti_torch_cpu_int{8,4}_panel_weight_linear (int{8,4}_a8_ with int8 activations), inductor's own kernels as cpp_fused_* (attention,
-norms, RoPE, the KV-cache update) and its GEMM templates as cpp_CppMicroGemm*/cpp_fused_*.
+it from Python under torch.profiler for `--tokens` decode steps (or, with `--prompt N`, for
+prefills of N random tokens), and prints one table: each kernel's time per step and share.
+Our linears appear as aoti_torch_cpu_{panel,int8,int4}_..._linear (int{8,4}_a8_ with int8
+activations), our attention as aoti_torch_cpu_cache_attention, inductor's own kernels as
+cpp_fused_* (norms, RoPE, SiLU, the KV-cache update). `--isa avx2` forces our kernels to AVX2
+(TORCHCHAT_KERNELS) and compiles inductor's code for AVX2, as bench_native.py --isa avx2 does.
 The exported file is temporary: profiling hooks cost a little time per kernel.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -23,14 +27,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+KERNELS = {"native": None, "avx2": "avx2", "avx512": "avx512-vnni"}
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quantize", help="a --quantize spec, e.g. '{\"linear:int8\": {\"groupsize\": 0}}'")
+    p.add_argument("--isa", choices=list(KERNELS), default="native")
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--tokens", type=int, default=64, help="decode steps (or prompts with --prompt) profiled")
+    p.add_argument("--prompt", type=int, default=0, help="profile prompts of this many tokens instead of decode")
     a = p.parse_args()
+    if KERNELS[a.isa]:
+        os.environ["TORCHCHAT_KERNELS"] = KERNELS[a.isa]
 
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -43,31 +53,42 @@ def main() -> None:
     args = Namespace(model="smollm2-135m", checkpoint_path=None, gguf_path=None, params_path=None,
                      tokenizer_path=None, dtype="fp32", max_seq_length=None, quantize=a.quantize)
     loaded = load_model(args, "aoti")
+    generator = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         so = Path(tmp) / "profiled.so"
         with torch._inductor.config.patch({"cpp.enable_kernel_profile": True}):
-            export_model(loaded.model, loaded.info, loaded.dtype, a.context, so_path=so)
+            export_model(loaded.model, loaded.info, loaded.dtype, a.context, so_path=so, target=a.isa)
         decoder = AOTIDecoder(so)
-        prompt = torch.randint(0, loaded.info.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
-        decoder(prompt, torch.arange(16))
-        token = torch.tensor([[1]])
-        for i in range(8):  # warm-up
-            decoder(token, torch.tensor([16 + i]))
+        if a.prompt:
+            prompt = torch.randint(0, loaded.info.vocab_size, (1, a.prompt), generator=generator)
+            steps = a.tokens = max(1, a.tokens // 16)
+            step = lambda i: decoder(prompt, torch.arange(a.prompt), last_only=True)  # noqa: E731
+        else:
+            prompt = torch.randint(0, loaded.info.vocab_size, (1, 16), generator=generator)
+            decoder(prompt, torch.arange(16))
+            token = torch.tensor([[1]])
+            steps = a.tokens
+            step = lambda i: decoder(token, torch.tensor([16 + i]), last_only=True)  # noqa: E731
+        for i in range(2 if a.prompt else 8):  # warm-up
+            step(i)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             t0 = time.perf_counter()
-            for i in range(a.tokens):
-                decoder(token, torch.tensor([24 + i]))
+            for i in range(steps):
+                step(8 + i)
             wall = time.perf_counter() - t0
-    per_token_ms = wall / a.tokens * 1e3
+    per_step_ms = wall / steps * 1e3
+    what = f"prompt of {a.prompt} tokens" if a.prompt else "decode step"
+    rate = a.prompt * 1e3 / per_step_ms if a.prompt else 1e3 / per_step_ms
     events = [e for e in prof.key_averages() if e.key not in ("aten::empty", "aten::to")]
-    total_us = sum(e.self_cpu_time_total for e in events) / a.tokens
-    print(f"\n{a.quantize or 'fp32'}, context {a.context}, {a.threads} threads: {per_token_ms:.2f} ms per decode step "
-          f"({1e3 / per_token_ms:.1f} tok/s under the profiler); profiled kernels sum to {total_us / 1e3:.2f} ms\n")
-    print("| kernel | calls/token | ms/token | share |")
+    total_us = sum(e.self_cpu_time_total for e in events) / steps
+    print(f"\n{a.quantize or 'fp32'}, kernels {os.environ.get('TORCHCHAT_KERNELS', 'native')}, context {a.context}, "
+          f"{a.threads} threads: {per_step_ms:.2f} ms per {what} ({rate:.1f} tok/s under the profiler); "
+          f"profiled kernels sum to {total_us / 1e3:.2f} ms\n")
+    print("| kernel | calls/step | ms/step | share |")
     print("|---|---:|---:|---:|")
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]:
-        us = e.self_cpu_time_total / a.tokens
-        print(f"| {e.key[:70]} | {e.count / a.tokens:.0f} | {us / 1e3:.3f} | {us / total_us * 100:.1f}% |")
+        us = e.self_cpu_time_total / steps
+        print(f"| {e.key[:70]} | {e.count / steps:.0f} | {us / 1e3:.3f} | {us / total_us * 100:.1f}% |")
 
 
 if __name__ == "__main__":
