@@ -4,6 +4,7 @@
 //   aoti_bench|et_bench MODEL [-p 128] [-g 128] [-d 0] [-r 3]   prompt processing of -p tokens; -g decode
 //                                                               steps after -d positions of context
 //   aoti_bench|et_bench --bandwidth [-t 2] [--mb 2048]    read bandwidth probe (GB/s), -t threads, over --mb MB
+//   aoti_bench|et_bench --compute [-t 2]                  fp32 FMA peak (GMAC/s) on 256- and 512-bit vectors, x86
 //
 // As llama-bench: random prompt tokens, greedy feeding during decode, no tokenizer and
 // no stop tokens. Prompt processing and decode are separate tests, as llama-bench's pp128 and
@@ -24,6 +25,10 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "backend_bench.h"
 #include "torchchat/error.h"
@@ -103,12 +108,75 @@ int bandwidth(int threads, int mb) {
   return 0;
 }
 
+#if defined(__x86_64__)
+// The arithmetic ceiling a prompt's matrix products can reach: ten independent chains of
+// fused multiply-adds (more than the FMA units' latency x throughput), so the loop runs at the
+// units' rate. Each is compiled for its ISA and called only when the CPU has it.
+__attribute__((target("avx2,fma"))) double chains256(long n) {
+  __m256 a[10];
+  for (int j = 0; j < 10; ++j) a[j] = _mm256_set1_ps(static_cast<float>(j));
+  __m256 b = _mm256_set1_ps(0.999f);
+  const __m256 c = _mm256_set1_ps(0.001f);
+  for (long i = 0; i < n; ++i) {
+    for (int j = 0; j < 10; ++j) a[j] = _mm256_fmadd_ps(a[j], b, c);
+    __asm__ volatile("" : "+x"(b));  // an opaque operand: the chains stay
+  }
+  __m256 sum = a[0];
+  for (int j = 1; j < 10; ++j) sum = _mm256_add_ps(sum, a[j]);
+  return _mm256_cvtss_f32(sum);
+}
+__attribute__((target("avx512f"))) double chains512(long n) {
+  __m512 a[10];
+  for (int j = 0; j < 10; ++j) a[j] = _mm512_set1_ps(static_cast<float>(j));
+  __m512 b = _mm512_set1_ps(0.999f);
+  const __m512 c = _mm512_set1_ps(0.001f);
+  for (long i = 0; i < n; ++i) {
+    for (int j = 0; j < 10; ++j) a[j] = _mm512_fmadd_ps(a[j], b, c);
+    __asm__ volatile("" : "+v"(b));
+  }
+  __m512 sum = a[0];
+  for (int j = 1; j < 10; ++j) sum = _mm512_add_ps(sum, a[j]);
+  return _mm512_cvtss_f32(sum);
+}
+
+// GMAC/s of `threads` threads each running chains(n), lanes multiply-adds per FMA.
+double fma_peak(double (*chains)(long), int lanes, int threads) {
+  const long n = 20'000'000;
+  double best = 0, sink = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    std::vector<std::thread> pool;
+    std::vector<double> sums(threads);
+    const auto t0 = Clock::now();
+    for (int t = 0; t < threads; ++t) pool.emplace_back([&, t] { sums[t] = chains(n); });
+    for (auto& th : pool) th.join();
+    best = std::max(best, 10.0 * lanes * n * threads / seconds_since(t0) / 1e9);
+    for (auto s : sums) sink += s;
+  }
+  return sink == sink ? best : 0;  // uses the sums
+}
+
+int compute(int threads) {
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = __builtin_cpu_supports("avx512f");
+  auto figure = [](bool has, double gmac) { return has ? std::to_string(gmac) : std::string("null"); };
+  std::printf("{\"fma256_gmac_per_s\": %s, \"fma512_gmac_per_s\": %s, \"threads\": %d}\n",
+              figure(avx2, avx2 ? fma_peak(chains256, 8, threads) : 0).c_str(),
+              figure(avx512, avx512 ? fma_peak(chains512, 16, threads) : 0).c_str(), threads);
+  return 0;
+}
+#else
+int compute(int threads) {
+  std::printf("{\"fma256_gmac_per_s\": null, \"fma512_gmac_per_s\": null, \"threads\": %d}\n", threads);
+  return 0;
+}
+#endif
+
 }  // namespace
 
 int bench_main(int argc, char** argv, const torchchat::BackendFactory& make_backend) {
   std::string model;
   int n_prompt = 128, n_gen = 128, depth = 0, reps = 3, threads = 2, mb = 2048;
-  bool probe = false;
+  bool probe = false, peak = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&] { return i + 1 < argc ? std::atoi(argv[++i]) : 0; };
@@ -119,13 +187,17 @@ int bench_main(int argc, char** argv, const torchchat::BackendFactory& make_back
     else if (a == "-t") threads = value();
     else if (a == "--mb") mb = value();
     else if (a == "--bandwidth") probe = true;
+    else if (a == "--compute") peak = true;
     else model = a;
   }
+  if (peak) return threads >= 1 ? compute(threads) : 2;
   const bool valid = probe ? threads >= 1 && mb >= 1
                            : !model.empty() && n_prompt >= 1 && n_gen >= 1 && depth >= 0 && reps >= 1;
   if (!valid) {
-    std::fprintf(stderr, "usage: %s MODEL [-p 128] [-g 128] [-d 0] [-r 3] | %s --bandwidth [-t 2] [--mb 2048]\n",
-                 argv[0], argv[0]);
+    std::fprintf(stderr,
+                 "usage: %s MODEL [-p 128] [-g 128] [-d 0] [-r 3] | %s --bandwidth [-t 2] [--mb 2048] | %s --compute "
+                 "[-t 2]\n",
+                 argv[0], argv[0], argv[0]);
     return 2;
   }
   try {

@@ -611,13 +611,16 @@ def main() -> None:
             weight_mb[group] = gguf_weight_mb(g)
     if not rows:
         raise SystemExit(f"error: --only {' '.join(a.only)}: no such row (names as in the table's engine column)")
+    peak = json.loads(run([AOTI_BENCH, "--compute", "-t", a.threads])[0])
+    width = "fma256_gmac_per_s" if a.isa == "avx2" or not peak["fma512_gmac_per_s"] else "fma512_gmac_per_s"
     settings = {"isa": a.isa, "our kernels": kernels or "best level of this CPU",
                 "llama.cpp": llama_dir.name,
                 "export target": "native" if not target_cpu_flags(a.isa) else a.isa,
-                "threads": a.threads, "reps": a.reps, "context": a.context}
-    run = results.record("bench_native", COLUMNS, table_rows(rows, weight_mb), settings=settings, notes=NOTES,
-                         variant=None if a.isa == "native" else a.isa, directory=a.results)
-    print(results.render(run))
+                "threads": a.threads, "reps": a.reps, "context": a.context,
+                "fp32 FMA peak GMAC/s": f"{peak[width]:.0f} ({width[3:6]}-bit, the prompts' arithmetic ceiling)"}
+    recorded = results.record("bench_native", COLUMNS, table_rows(rows, weight_mb), settings=settings, notes=NOTES,
+                              variant=None if a.isa == "native" else a.isa, directory=a.results)
+    print(results.render(recorded))
     log(f"recorded in {a.results / 'bench_native.jsonl'}")
     if a.plot:
         plot(rows, Path(a.plot))

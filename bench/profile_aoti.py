@@ -11,13 +11,16 @@ prefills of N random tokens), and prints one table: each kernel's time per step 
 Our linears appear as aoti_torch_cpu_{panel,int8,int4}_..._linear (int{8,4}_a8_ with int8
 activations), our attention as aoti_torch_cpu_cache_attention, inductor's own kernels as
 cpp_fused_* (norms, RoPE, SiLU, the KV-cache update). `--isa avx2` forces our kernels to AVX2
-(TORCHCHAT_KERNELS) and compiles inductor's code for AVX2, as bench_native.py --isa avx2 does.
+(TORCHCHAT_KERNELS) and compiles inductor's code for AVX2, as bench_native.py --isa avx2 does. The linears' rate is
+set beside the machine's fp32 FMA peak (aoti_bench --compute; build it: scripts/build_native.sh aoti).
 The exported file is temporary: profiling hooks cost a little time per kernel.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +31,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 KERNELS = {"native": None, "avx2": "avx2", "avx512": "avx512-vnni"}
+AOTI_BENCH = ROOT / "cmake-out" / "aoti_bench"  # its --compute probe
+
+
+def linear_macs(args, tokens: int) -> int:
+    """Multiply-adds of a step's linears: every token through each layer's, the last one through
+    the output layer (the runner asks for its logits only)."""
+    head_dim = args.dim // args.n_heads
+    per_layer = (args.dim * (args.n_heads + 2 * args.n_kv_heads) * head_dim + args.n_heads * head_dim * args.dim
+                 + 3 * args.dim * args.hidden_dim)
+    return tokens * args.n_layers * per_layer + args.dim * args.vocab_size
+
+
+def fma_peak(threads: int, isa: str) -> float | None:
+    """This machine's fp32 FMA peak in GMAC/s for `threads` threads, at the vector width our
+    kernels use under `isa` (None when the probe is not built)."""
+    if not AOTI_BENCH.is_file():
+        return None
+    peak = json.loads(subprocess.run([AOTI_BENCH, "--compute", "-t", str(threads)], capture_output=True, text=True,
+                                     check=True).stdout)
+    return peak["fma256_gmac_per_s"] if isa == "avx2" or not peak["fma512_gmac_per_s"] else peak["fma512_gmac_per_s"]
 
 
 def main() -> None:
@@ -84,6 +107,12 @@ def main() -> None:
     print(f"\n{a.quantize or 'fp32'}, kernels {os.environ.get('TORCHCHAT_KERNELS', 'native')}, context {a.context}, "
           f"{a.threads} threads: {per_step_ms:.2f} ms per {what} ({rate:.1f} tok/s under the profiler); "
           f"profiled kernels sum to {total_us / 1e3:.2f} ms\n")
+    linear_us = sum(e.self_cpu_time_total for e in events if e.key.endswith("_linear")) / steps
+    if linear_us:
+        rate = linear_macs(loaded.model.args, max(1, a.prompt)) / linear_us / 1e3
+        peak = fma_peak(a.threads, a.isa)
+        share = f", {rate / peak * 100:.0f}% of this machine's fp32 FMA peak ({peak:.0f} GMAC/s)" if peak else ""
+        print(f"Our linears: {linear_us / 1e3:.2f} ms, {rate:.1f} GMAC/s{share}\n")
     print("| kernel | calls/step | ms/step | share |")
     print("|---|---:|---:|---:|")
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]:
