@@ -183,8 +183,8 @@ def two_turn_chat(decoder, tok, info) -> tuple[list[int], list[int]]:
 # The native runners
 
 
-def aoti_run(model_path, tokenizer, *flags, stdin="", trace=None, timeout=120):
-    env = dict(os.environ)
+def aoti_run(model_path, tokenizer, *flags, stdin="", trace=None, env=None, timeout=120):
+    env = {**os.environ, **(env or {})}
     if trace is not None:
         env["TORCHCHAT_AOTI_TRACE"] = str(trace)
     return subprocess.run([str(AOTI_RUN), str(model_path), "-z", str(tokenizer), *map(str, flags)], input=stdin,
@@ -198,8 +198,9 @@ def et_runner(build: str = "release") -> Path:
     return path
 
 
-def et_run(model_path, tokenizer, *flags, stdin="", trace=None, build="release", timeout=120):
-    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
+def et_run(model_path, tokenizer, *flags, stdin="", trace=None, env=None, build="release", timeout=120):
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1",
+           **(env or {})}
     if trace is not None:
         env["TORCHCHAT_TRACE"] = str(trace)
     return subprocess.run([str(et_runner(build)), str(model_path), "-z", str(tokenizer), *map(str, flags)],

@@ -3,8 +3,10 @@ math on random shapes (odd sizes included), every kernel level this CPU has (TOR
 against this process's, bit for bit, bad weights, and the kernels inside AOT Inductor models and ExecuTorch
 programs: eager = AOTI from Python = aoti_run and eager = ExecuTorch from Python = et_run,
 token for token, on a tiny model quantized int8 (per channel and g32), int4, and int4 and int8 with
-int8 activations. (The C++ test tests/kernels/test_linear_isa.cpp compares the implementations of
-the fp32-activation linears directly, on more shapes.)
+int8 activations. Then each kernel level this CPU has, forced (TORCHCHAT_KERNELS), end to end: the
+greedy tokens of eager (on our kernels, as generate runs it), aoti_run and et_run, for fp32 and every
+quantized scheme, equal the reference's. (The C++ test tests/kernels/test_linear_isa.cpp compares the
+implementations of the fp32-activation linears directly, on more shapes.)
 
 The reference is written here from the formats' definitions (kernels/quant_linear.h):
 dequantize, then a float64 matmul; the kernels accumulate in fp32, so they must agree within
@@ -24,7 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backend_helpers import (  # noqa: E402
-    AOTI_RUN, CONTEXT, PROMPTS, aoti_run, et_run, fed_tokens, greedy, model_args, pte_kernel_calls,
+    AOTI_RUN, CONTEXT, PROMPTS, Exported, aoti_run, et_run, fed_tokens, greedy, model_args, pte_kernel_calls,
+    shared_folder,
 )
 from tiny_models import tiny_hf_model, write_llama2c_pt  # noqa: E402
 from tiny_tokenizers import write_sentencepiece, write_tokenizer_bin  # noqa: E402
@@ -525,6 +528,7 @@ class QuantizedTiny:
         export_model(loaded.model, loaded.info, "fp32", CONTEXT, *(self.path if fmt == f else None
                                                                    for f in ("so", "pt2", "pte")))
         self.eager = load_model(args)
+        self.references: dict[str, list[int]] = {}
 
     def decoder(self):
         """The artifact run from Python: AOT Inductor's runtime, or ExecuTorch's."""
@@ -533,13 +537,30 @@ class QuantizedTiny:
 
         return PTEDecoder(self.path) if self.fmt == "pte" else AOTIDecoder(self.path)
 
-    def run(self, *flags, trace: Path):
+    def run(self, *flags, trace: Path, env: dict | None = None):
         """The artifact's native runner (aoti_run or et_run), skipped when it is not built."""
-        if self.fmt == "pte":
-            return et_run(self.path, self.runner_tokenizer, *flags, trace=trace)
-        if not AOTI_RUN.is_file():
-            pytest.skip("build it: scripts/build_native.sh aoti")
-        return aoti_run(self.path, self.runner_tokenizer, *flags, trace=trace)
+        return run_artifact(self.path, self.runner_tokenizer, *flags, trace=trace, env=env)
+
+    def reference(self, prompt: str) -> list[int]:
+        """The greedy tokens the runner must give after `prompt`: eager's; with int8 activations the
+        same artifact's run from Python (test_exported_from_python_equals_eager says why)."""
+        from torchchat.backends.eager import EagerDecoder
+
+        if prompt not in self.references:
+            tok, info = self.eager.tokenizer, self.eager.info
+            decoder = self.decoder() if int8_activations(self.spec) else EagerDecoder(self.eager.model, CONTEXT)
+            self.references[prompt] = greedy(decoder, tok.encode(prompt, bos=info.add_bos), info.stop_ids)
+        return self.references[prompt]
+
+
+def run_artifact(path: Path, tokenizer: Path, *flags, trace: Path, env: dict | None = None):
+    """aoti_run for a .so or .pt2, et_run for a .pte (with `env` over this process's environment),
+    skipped when it is not built."""
+    if path.suffix == ".pte":
+        return et_run(path, tokenizer, *flags, trace=trace, env=env)
+    if not AOTI_RUN.is_file():
+        pytest.skip("build it: scripts/build_native.sh aoti")
+    return aoti_run(path, tokenizer, *flags, trace=trace, env=env)
 
 
 @pytest.fixture(scope="module", params=list(SCHEMES))
@@ -591,16 +612,118 @@ def test_program_rotates_q_and_k_as_one(quantized):
 
 @pytest.mark.export
 def test_runner_equals_eager(quantized, tmp_path):
-    from torchchat.backends.eager import EagerDecoder
-
     tok, info = quantized.eager.tokenizer, quantized.eager.info
     for i, prompt in enumerate(PROMPTS[:2]):
         ids = tok.encode(prompt, bos=info.add_bos)
-        # With int8 activations the reference is the same artifact run from Python (see above).
-        reference = quantized.decoder() if int8_activations(quantized.spec) else EagerDecoder(quantized.eager.model, CONTEXT)
-        want = greedy(reference, ids, info.stop_ids)
+        want = quantized.reference(prompt)
         trace = tmp_path / f"{i}.jsonl"
         p = quantized.run("-t", "0", "-n", str(len(ids) + len(want)), "-i", prompt, trace=trace)
         assert p.returncode == 0, p.stderr
         assert f"quantize {next(iter(info.quantize))}" in p.stderr
         assert fed_tokens(trace)[:len(ids) + len(want) - 1] == ids + want[:-1], prompt
+
+
+# ---------------------------------------------------------------------------------------------
+# Each kernel level forced, end to end: the same greedy tokens in eager, aoti_run and et_run
+#
+# One prompt: a runner's start (~0.3 s) is most of a run. With 5 levels, the 12 artifacts' 60 runs
+# and 5 eager processes of 7 models each take ~35 s on 2 cores shared with other work.
+
+LEVEL_PROMPT = PROMPTS[0]
+
+
+def check_runner_at_each_level(path: Path, tokenizer: Path, ids: list[int], want: list[int], tmp_path: Path) -> None:
+    """With TORCHCHAT_KERNELS=<level> for each level this CPU has, the runner of `path` names the
+    level on its description line and continues LEVEL_PROMPT (`ids`) greedily with `want`."""
+    wrong = []
+    for level in cpu_levels():
+        trace = tmp_path / f"{level}.jsonl"
+        p = run_artifact(path, tokenizer, "-t", "0", "-n", len(ids) + len(want), "-i", LEVEL_PROMPT, trace=trace,
+                         env={"TORCHCHAT_KERNELS": level})
+        assert p.returncode == 0, f"{level}: {p.stderr}"
+        assert f", kernels {level}\n" in p.stderr, p.stderr
+        if fed_tokens(trace)[:len(ids) + len(want) - 1] != ids + want[:-1]:
+            wrong.append(level)
+    assert not wrong, f"other tokens on the {', '.join(wrong)} kernels"
+
+
+@pytest.mark.export
+def test_runner_equals_eager_with_each_level_forced(quantized, tmp_path):
+    tok, info = quantized.eager.tokenizer, quantized.eager.info
+    ids = tok.encode(LEVEL_PROMPT, bos=info.add_bos)
+    check_runner_at_each_level(quantized.path, quantized.runner_tokenizer, ids, quantized.reference(LEVEL_PROMPT),
+                               tmp_path)
+
+
+@pytest.fixture(scope="module")
+def fp32_tiny(tmp_path_factory) -> Exported:
+    """The fp32 tiny model of test_aoti, test_et and test_target_cpu (exported once per test run)."""
+    return Exported(shared_folder(tmp_path_factory, "llama2"), "llama2", ("so", "pte"))
+
+
+@pytest.mark.export
+@pytest.mark.parametrize("fmt", ["so", "pte"])
+def test_fp32_runner_equals_eager_with_each_level_forced(fp32_tiny, fmt, tmp_path):
+    """fp32 programs call our float linears (AOT Inductor) and our attention (both runners)."""
+    tok, info = fp32_tiny.eager.tokenizer, fp32_tiny.eager.info
+    ids = tok.encode(LEVEL_PROMPT, bos=info.add_bos)
+    want = greedy(fp32_tiny.eager_decoder(), ids, info.stop_ids)
+    check_runner_at_each_level(fp32_tiny.paths[fmt], fp32_tiny.runner_tokenizer, ids, want, tmp_path)
+
+
+# fp32 and the schemes of SCHEMES, each once: what eager runs at each level.
+EAGER_SPECS = {"fp32": None, **{name.rsplit("-", 1)[0]: spec for name, (spec, _) in SCHEMES.items()}}
+
+
+def eager_greedy(checkpoint: Path, tokenizer: Path, specs: dict[str, str | None],
+                 on_our_kernels: bool = True) -> dict[str, list[int]]:
+    """Per scheme, eager's greedy tokens after LEVEL_PROMPT: the model loaded and quantized here, on
+    our kernels as generate and chat run it (EagerDecoder(kernels=True)), or else on ATen's."""
+    from torchchat.backends.eager import EagerDecoder
+    from torchchat.load import load_model
+
+    out = {}
+    for name, spec in specs.items():
+        loaded = load_model(model_args(checkpoint, tokenizer, quantize=spec))
+        decoder = EagerDecoder(loaded.model, CONTEXT, kernels=on_our_kernels)
+        info = loaded.info
+        out[name] = greedy(decoder, loaded.tokenizer.encode(LEVEL_PROMPT, bos=info.add_bos), info.stop_ids)
+    return out
+
+
+EAGER_SCRIPT = """
+import json, sys
+sys.path[:0] = sys.argv[1:3]  # tests/python, the repository
+from test_kernels import eager_greedy
+from torchchat import kernels
+tokens = eager_greedy(sys.argv[3], sys.argv[4], json.loads(sys.argv[5]))
+print(json.dumps({"isa": kernels.isa(), "tokens": tokens}))
+"""
+
+
+@pytest.fixture(scope="module")
+def eager_references(tmp_path_factory) -> tuple[Exported, dict[str, list[int]]]:
+    """The tiny model's files, and the tokens eager must give: ATen's eager (the runners' reference);
+    with int8 activations, eager on our kernels in this process (a flipped activation code can move
+    a token between the two)."""
+    files = Exported(shared_folder(tmp_path_factory, "llama2"), "llama2", ())
+    a8 = {name: spec for name, spec in EAGER_SPECS.items() if spec and int8_activations(spec)}
+    plain = {name: spec for name, spec in EAGER_SPECS.items() if name not in a8}
+    return files, {**eager_greedy(files.checkpoint, files.tokenizer, plain, on_our_kernels=False),
+                   **eager_greedy(files.checkpoint, files.tokenizer, a8)}
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_eager_equals_the_reference_with_each_level_forced(level, eager_references):
+    """One child process per level runs every scheme (the level is chosen once per process)."""
+    if level not in cpu_levels():
+        pytest.skip(f"this CPU cannot run the {level} kernels")
+    files, want = eager_references
+    p = subprocess.run([sys.executable, "-c", EAGER_SCRIPT, str(Path(__file__).resolve().parent), str(ROOT),
+                        str(files.checkpoint), str(files.tokenizer), json.dumps(EAGER_SPECS)],
+                       capture_output=True, text=True, env=dict(os.environ, TORCHCHAT_KERNELS=level), timeout=600)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got["isa"] == level
+    wrong = [name for name in EAGER_SPECS if got["tokens"][name] != want[name]]
+    assert not wrong, f"other tokens on the {level} kernels for {', '.join(wrong)}"
