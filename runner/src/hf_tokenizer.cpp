@@ -208,6 +208,7 @@ class HfBpeTokenizer final : public Tokenizer {
       added_matcher_.add(added.content, added.id);
       if (!added.special) plain_matcher_.add(added.content, added.id);
     }
+    merges_.reserve(config.merges.size());
     for (std::size_t rank = 0; rank < config.merges.size(); ++rank) {
       const auto& [left, right] = config.merges[rank];
       const int left_id = vocab_id(left), right_id = vocab_id(right), merged_id = vocab_id(left + right);
