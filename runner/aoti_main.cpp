@@ -2,6 +2,7 @@
 //
 //   ./cmake-out/aoti_run ./model.so -z ./tokenizer.bin -l 2 -i "Once upon a time"
 
+#include "main_exit.h"
 #include "torchchat.h"
 
-int main(int argc, char** argv) { return tc_run_cli(argc, argv, "aoti"); }
+int main(int argc, char** argv) { return end_process(tc_run_cli(argc, argv, "aoti")); }

@@ -2,6 +2,7 @@
 //
 //   ./cmake-out/et_run ./model.pte -z ./tokenizer.bin -l 2 -i "Once upon a time"
 
+#include "main_exit.h"
 #include "torchchat.h"
 
-int main(int argc, char** argv) { return tc_run_cli(argc, argv, "executorch"); }
+int main(int argc, char** argv) { return end_process(tc_run_cli(argc, argv, "executorch")); }

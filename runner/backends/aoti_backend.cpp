@@ -94,18 +94,30 @@ std::uint64_t elf_end(std::ifstream& f) {
 namespace {
 
 // CRC-32 (IEEE 802.3, reflected, as zlib.crc32) continued from `crc` over [data, data + n).
+// Eight bytes a step ("slicing by 8"): table[k][b] is the CRC contribution of byte b followed by
+// k zero bytes, so the eight lookups of a step are independent of each other. A byte a step was
+// a chain of dependent lookups, ~5 ms for a model library's 2 MB before it may be loaded.
 std::uint32_t crc32(const char* data, std::size_t n, std::uint32_t crc = 0) {
   static const auto table = [] {
-    std::array<std::uint32_t, 256> t{};
+    std::array<std::array<std::uint32_t, 256>, 8> t{};
     for (std::uint32_t i = 0; i < 256; ++i) {
       std::uint32_t c = i;
       for (int k = 0; k < 8; ++k) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-      t[i] = c;
+      t[0][i] = c;
     }
+    for (std::size_t k = 1; k < 8; ++k)
+      for (std::uint32_t i = 0; i < 256; ++i) t[k][i] = (t[k - 1][i] >> 8) ^ t[0][t[k - 1][i] & 0xFF];
     return t;
   }();
+  const auto* p = reinterpret_cast<const std::uint8_t*>(data);
   crc = ~crc;
-  for (std::size_t i = 0; i < n; ++i) crc = table[(crc ^ static_cast<std::uint8_t>(data[i])) & 0xFF] ^ (crc >> 8);
+  for (; n >= 8; n -= 8, p += 8) {
+    const std::uint32_t low = crc ^ load_le<std::uint32_t>(reinterpret_cast<const char*>(p));
+    const std::uint32_t high = load_le<std::uint32_t>(reinterpret_cast<const char*>(p + 4));
+    crc = table[7][low & 0xFF] ^ table[6][(low >> 8) & 0xFF] ^ table[5][(low >> 16) & 0xFF] ^ table[4][low >> 24] ^
+          table[3][high & 0xFF] ^ table[2][(high >> 8) & 0xFF] ^ table[1][(high >> 16) & 0xFF] ^ table[0][high >> 24];
+  }
+  for (; n > 0; --n, ++p) crc = table[0][(crc ^ *p) & 0xFF] ^ (crc >> 8);
   return ~crc;
 }
 

@@ -29,6 +29,15 @@ at::ScalarType scalar_type(const std::string& name) {
   return it->second;
 }
 
+// A tensor of zeros, filled by this thread. at::zeros fills through an OpenMP parallel region:
+// at load time, with the tokenizer parsed on the other core, each of the model's dozens of KV
+// caches then waited for a worker thread to be scheduled, and burned a core spinning meanwhile.
+at::Tensor zeros(std::int64_t numel, at::TensorOptions options) {
+  at::Tensor t = at::empty({numel}, options);
+  std::memset(t.data_ptr(), 0, t.nbytes());
+  return t;
+}
+
 }  // namespace
 
 MappedConstants::MappedConstants(const std::string& path, std::uint64_t at) {
@@ -84,7 +93,7 @@ MappedConstants::MappedConstants(const std::string& path, std::uint64_t at) {
       if (any && (last + 1) * itemsize > nbytes) throw Error("constant larger than its storage");
       at::Tensor storage;
       if (e.value("zeros", false)) {
-        storage = at::zeros({static_cast<std::int64_t>(nbytes / itemsize)}, at::TensorOptions().dtype(dtype));
+        storage = zeros(static_cast<std::int64_t>(nbytes / itemsize), at::TensorOptions().dtype(dtype));
         zero_names_.push_back(e.at("name").get<std::string>());
       } else {
         const auto where = e.at("data").get<std::uint64_t>();
@@ -110,7 +119,7 @@ std::unordered_map<std::string, at::Tensor> MappedConstants::new_zeros() const {
   for (const std::string& name : zero_names_) {
     const at::Tensor& t = tensors_.at(name);
     const auto numel = static_cast<std::int64_t>(t.storage().nbytes() / t.element_size());
-    zeros.emplace(name, at::zeros({numel}, t.options()).as_strided(t.sizes(), t.strides(), t.storage_offset()));
+    zeros.emplace(name, torchchat::zeros(numel, t.options()).as_strided(t.sizes(), t.strides(), t.storage_offset()));
   }
   return zeros;
 }

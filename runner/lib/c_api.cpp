@@ -31,12 +31,7 @@
 #include "torchchat/runner.h"
 #include "torchchat/tokenizer.h"
 
-#ifdef TORCHCHAT_WITH_AOTI
-#include "backends/aoti_backend.h"
-#endif
-#ifdef TORCHCHAT_WITH_ET
-#include "backends/et_backend.h"
-#endif
+#include "backends/backend_library.h"
 
 namespace torchchat {
 namespace {
@@ -166,21 +161,54 @@ Format sniff(const std::string& path) {
   throw ApiError(TC_ERR_BAD_MODEL, path + ": not a model (neither an AOT Inductor .so/.pt2 nor an ExecuTorch .pte)");
 }
 
+// The folder of this library, where the backend libraries are (in the build tree and in an
+// install prefix alike).
+std::string own_folder() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&own_folder), &info) == 0 || info.dli_fname == nullptr) return "";
+  const std::string self = info.dli_fname;
+  const std::size_t slash = self.find_last_of('/');
+  return slash == std::string::npos ? "" : self.substr(0, slash + 1);
+}
+
+// A backend made by its library (backend_library.h), loaded on first use and kept for the
+// process (libtorch cannot be unloaded). RTLD_GLOBAL: the model libraries that AOT Inductor
+// loads find our kernels' entry points in the global scope, as when a runner linked them.
+// RTLD_LAZY, as a program's own libraries are bound: binding every one of libtorch's functions
+// up front took ~20 ms more (the backend libraries are linked with --no-undefined).
+std::unique_ptr<Backend> make_backend(const char* library, const BackendOptions& options) {
+  static std::mutex mutex;
+  static std::map<std::string, TorchchatMakeBackend> loaded;
+  TorchchatMakeBackend make = nullptr;
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    auto it = loaded.find(library);
+    if (it == loaded.end()) {
+      const std::string path = own_folder() + library;
+      void* handle = dlopen(path.c_str(), RTLD_LAZY | RTLD_GLOBAL);
+      if (handle == nullptr) throw ApiError(TC_ERR_UNSUPPORTED, "cannot load the backend: " + one_line(dlerror()));
+      const auto symbol = reinterpret_cast<TorchchatMakeBackend>(dlsym(handle, kMakeBackendSymbol));
+      if (symbol == nullptr) throw ApiError(TC_ERR_UNSUPPORTED, path + " is not a torchchat backend library");
+      it = loaded.emplace(library, symbol).first;
+    }
+    make = it->second;
+  }
+  return std::unique_ptr<Backend>(make(options));
+}
+
 std::unique_ptr<Backend> load_backend(const std::string& path, Format format) {
   BackendOptions options{path, default_metadata(2)};
   if (format == Format::Aoti) {
 #ifdef TORCHCHAT_WITH_AOTI
     // The model's code calls our kernels' C entry points, which the dynamic loader looks up
     // in the global scope: a host that dlopen()ed us (Python's ctypes) has them local.
-    if (dlopen("libtorchchat_kernels.so", RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL) == nullptr)
-      throw ApiError(TC_ERR_UNSUPPORTED, "libtorchchat_kernels.so is not loaded");
-    return std::make_unique<AotiBackend>(options);
+    return make_backend("libtorchchat_aoti_backend.so", options);
 #else
     throw ApiError(TC_ERR_UNSUPPORTED, path + ": this libtorchchat was built without AOT Inductor support");
 #endif
   }
 #ifdef TORCHCHAT_WITH_ET
-  return make_et_backend(options);
+  return make_backend("libtorchchat_et_backend.so", options);
 #else
   throw ApiError(TC_ERR_UNSUPPORTED, path + ": this libtorchchat was built without ExecuTorch support");
 #endif
@@ -728,10 +756,12 @@ int tc_run_cli(int argc, const char* const* argv, const char* backend) {
   const std::string name = backend ? backend : "";
   BackendFactory factory;
 #ifdef TORCHCHAT_WITH_AOTI
-  if (name == "aoti") factory = [](const BackendOptions& options) { return std::make_unique<AotiBackend>(options); };
+  if (name == "aoti")
+    factory = [](const BackendOptions& options) { return make_backend("libtorchchat_aoti_backend.so", options); };
 #endif
 #ifdef TORCHCHAT_WITH_ET
-  if (name == "executorch") factory = make_et_backend;
+  if (name == "executorch")
+    factory = [](const BackendOptions& options) { return make_backend("libtorchchat_et_backend.so", options); };
 #endif
   if (!factory) {
     std::fprintf(stderr, "%s", error_line("this libtorchchat has no '" + name + "' backend").c_str());

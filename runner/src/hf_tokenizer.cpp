@@ -13,8 +13,11 @@
 #include <algorithm>
 #include <array>
 #include <memory>
+#include <optional>
+#include <string>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 #include "bpe_merge.h"
 #include "unicode_regex.h"
@@ -26,6 +29,8 @@ namespace torchchat {
 namespace {
 
 using json = nlohmann::json;
+
+constexpr int kMaxId = 1 << 24;  // token ids past this are refused (a damaged file, not a real vocab)
 
 // GPT-2's pattern, used by the ByteLevel pre-tokenizer when use_regex is set.
 constexpr std::string_view kGpt2Pattern =
@@ -203,6 +208,7 @@ class HfBpeTokenizer final : public Tokenizer {
       added_matcher_.add(added.content, added.id);
       if (!added.special) plain_matcher_.add(added.content, added.id);
     }
+    merges_.reserve(config.merges.size());
     for (std::size_t rank = 0; rank < config.merges.size(); ++rank) {
       const auto& [left, right] = config.merges[rank];
       const int left_id = vocab_id(left), right_id = vocab_id(right), merged_id = vocab_id(left + right);
@@ -416,7 +422,13 @@ bool is_empty_or_null(const json& node, const char* key) {
   return !node.contains(key) || node.at(key).is_null() || (node.at(key).is_string() && node.at(key).get<std::string>().empty());
 }
 
-HfBpeTokenizer::Config parse_config(const json& root) {
+// model.vocab and model.merges as read by TokenizerJsonReader, when it read them.
+struct StreamedModel {
+  std::optional<std::unordered_map<std::string, int>> vocab;
+  std::optional<std::vector<std::pair<std::string, std::string>>> merges;
+};
+
+HfBpeTokenizer::Config parse_config(const json& root, StreamedModel streamed = {}) {
   HfBpeTokenizer::Config config;
   const json& model = root.at("model");
   const std::string model_type = model.value("type", std::string("BPE"));
@@ -428,13 +440,21 @@ HfBpeTokenizer::Config parse_config(const json& root) {
   if (!is_null_or_absent(model, "dropout")) throw Error("BPE dropout is not supported");
   config.ignore_merges = model.value("ignore_merges", false);
 
-  for (const auto& [token, id] : model.at("vocab").items()) {
-    const int value = id.get<int>();
-    if (value < 0 || value >= (1 << 24)) throw Error("vocab id " + std::to_string(value) + " is out of range");
-    config.vocab.emplace(token, value);
+  if (streamed.vocab) {
+    config.vocab = std::move(*streamed.vocab);
+  } else {
+    for (const auto& [token, id] : model.at("vocab").items()) {
+      const int value = id.get<int>();
+      if (value < 0 || value >= kMaxId) throw Error("vocab id " + std::to_string(value) + " is out of range");
+      config.vocab.emplace(token, value);
+    }
   }
   if (config.vocab.empty()) throw Error("empty vocab");
-  for (const json& merge : model.at("merges")) config.merges.push_back(parse_merge(merge));
+  if (streamed.merges) {
+    config.merges = std::move(*streamed.merges);
+  } else {
+    for (const json& merge : model.at("merges")) config.merges.push_back(parse_merge(merge));
+  }
   if (!is_empty_or_null(model, "unk_token")) {
     const auto it = config.vocab.find(model.at("unk_token").get<std::string>());
     if (it != config.vocab.end()) config.unk_id = it->second;
@@ -444,7 +464,7 @@ HfBpeTokenizer::Config parse_config(const json& root) {
     for (const json& token : root.at("added_tokens")) {
       if (token.value("single_word", false)) throw Error("added tokens with single_word are not supported");
       const int id = token.at("id").get<int>();
-      if (id < 0 || id >= (1 << 24)) throw Error("added token id " + std::to_string(id) + " is out of range");
+      if (id < 0 || id >= kMaxId) throw Error("added token id " + std::to_string(id) + " is out of range");
       config.added_tokens.push_back(
           {token.at("content").get<std::string>(), id, token.value("lstrip", false), token.value("rstrip", false),
            token.value("special", false)});
@@ -464,10 +484,148 @@ HfBpeTokenizer::Config parse_config(const json& root) {
   return config;
 }
 
+// tokenizer.json is mostly model.vocab (an object of tens of thousands of "token": id pairs) and
+// model.merges (a list about as long). As a DOM, every one of those is a tree node with allocations
+// of its own, and parsing them so was most of the runner's start-up. This reader takes the two
+// straight into the tokenizer's tables when they have their usual shape (ids that are integers in
+// range, merges that are "left right" strings or [left, right] pairs) and builds the DOM for the
+// rest. Anything else stops it (a key seen twice, any other type or shape, a syntax error): the
+// caller then parses the ordinary way, which says what is wrong.
+class TokenizerJsonReader final : public json::json_sax_t {
+ public:
+  json root;
+  StreamedModel streamed;
+
+  bool null() override { return value(nullptr); }
+  bool boolean(bool v) override { return value(v); }
+  bool number_integer(json::number_integer_t v) override { return in_ == In::Vocab ? vocab_entry(v) : value(v); }
+  bool number_unsigned(json::number_unsigned_t v) override {
+    return in_ == In::Vocab ? vocab_entry(static_cast<json::number_integer_t>(std::min<json::number_unsigned_t>(v, kMaxId)))
+                            : value(v);
+  }
+  bool number_float(json::number_float_t v, const json::string_t&) override { return value(v); }
+  bool binary(json::binary_t&) override { return false; }  // not in JSON text
+  bool string(json::string_t& v) override {
+    if (in_ == In::Merges) {
+      const std::size_t space = v.find(' ');
+      if (space == std::string::npos || v.find(' ', space + 1) != std::string::npos) return false;
+      streamed.merges->emplace_back(v.substr(0, space), v.substr(space + 1));
+      return true;
+    }
+    if (in_ == In::MergePair) {
+      if (pair_.size() == 2) return false;
+      pair_.push_back(std::move(v));
+      return true;
+    }
+    return value(std::move(v));
+  }
+
+  bool start_object(std::size_t) override {
+    if (in_model() && key_ == "vocab") {
+      streamed.vocab.emplace();
+      in_ = In::Vocab;
+      return true;
+    }
+    json* object = add(json::object());
+    if (object == nullptr) return false;
+    if (open_.size() == 1 && root.is_object() && key_ == "model") model_ = object;
+    open_.push_back(object);
+    return true;
+  }
+  bool key(json::string_t& k) override {
+    if (in_ == In::None) {  // a key seen twice
+      if (open_.back()->contains(k)) return false;
+      if (open_.back() == model_ && ((k == "vocab" && streamed.vocab) || (k == "merges" && streamed.merges))) return false;
+    }
+    key_ = std::move(k);
+    return true;
+  }
+  bool end_object() override {
+    if (in_ == In::Vocab) in_ = In::None;
+    else open_.pop_back();
+    return true;
+  }
+  bool start_array(std::size_t) override {
+    if (in_ == In::Merges) {
+      pair_.clear();
+      in_ = In::MergePair;
+      return true;
+    }
+    if (in_model() && key_ == "merges") {
+      streamed.merges.emplace();
+      in_ = In::Merges;
+      return true;
+    }
+    json* array = add(json::array());
+    if (array == nullptr) return false;
+    open_.push_back(array);
+    return true;
+  }
+  bool end_array() override {
+    if (in_ == In::MergePair) {
+      if (pair_.size() != 2) return false;
+      streamed.merges->emplace_back(std::move(pair_[0]), std::move(pair_[1]));
+      in_ = In::Merges;
+    } else if (in_ == In::Merges) {
+      in_ = In::None;
+    } else {
+      open_.pop_back();
+    }
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const json::exception&) override { return false; }
+
+ private:
+  enum class In { None, Vocab, Merges, MergePair };
+
+  bool in_model() const { return in_ == In::None && !open_.empty() && open_.back() == model_; }
+
+  // A value into the DOM: the root, or the open array or object (under the last key); nullptr
+  // where it cannot go.
+  json* add(json&& v) {
+    if (in_ != In::None) return nullptr;  // inside the vocab or the merges: not their usual shape
+    if (open_.empty()) {
+      root = std::move(v);
+      return &root;
+    }
+    json& parent = *open_.back();
+    if (parent.is_array()) {
+      parent.push_back(std::move(v));
+      return &parent.back();
+    }
+    json& slot = parent[key_];
+    slot = std::move(v);
+    return &slot;
+  }
+  bool value(json&& v) { return add(std::move(v)) != nullptr; }
+
+  bool vocab_entry(json::number_integer_t id) {
+    if (id < 0 || id >= kMaxId) return false;
+    return streamed.vocab->emplace(std::move(key_), static_cast<int>(id)).second;  // false: a token seen twice
+  }
+
+  In in_ = In::None;
+  std::vector<json*> open_;  // the open arrays and objects of the DOM, innermost last
+  const json* model_ = nullptr;
+  std::string key_;
+  std::vector<std::string> pair_;
+};
+
 }  // namespace
 
 std::unique_ptr<Tokenizer> parse_hf_tokenizer_json(std::string_view content, const std::string& source) {
   const std::string what = "tokenizer.json " + source;
+  TokenizerJsonReader reader;
+  if (json::sax_parse(content, &reader)) {
+    try {
+      if (!reader.root.is_object()) throw Error("the top level is not an object");
+      return std::make_unique<HfBpeTokenizer>(parse_config(reader.root, std::move(reader.streamed)));
+    } catch (const json::exception& e) {
+      throw Error(what + " has an unexpected structure: " + std::string(e.what()));
+    } catch (const Error& e) {
+      throw Error(what + ": " + e.what());
+    }
+  }
   json root;
   // Two equal keys in one object (a vocabulary with two tokens spelled the same) are refused:
   // libraries differ on which one wins, so the ids would differ from the reference's.

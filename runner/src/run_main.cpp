@@ -4,9 +4,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <exception>
 #include <fstream>
+#include <future>
 #include <iostream>
 
+#include "file_io.h"
 #include "torchchat/cli.h"
 #include "torchchat/metadata.h"
 #include "torchchat/runner.h"
@@ -146,12 +149,26 @@ void run_chat(Backend& backend, const Tokenizer& tokenizer, const GenerationConf
 
 int run(const CliOptions& options, const BackendFactory& make_backend, std::istream& in, std::ostream& out,
         std::ostream& err) {
-  const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(options.tokenizer_path);
+  const std::string tokenizer_file = read_file(options.tokenizer_path, "tokenizer file");
+  // The tokenizer is parsed on a thread of its own while the backend loads the model: the two
+  // are independent, and each takes tens of milliseconds. A bad tokenizer is still the error
+  // reported first, as when it was parsed first.
+  std::future<std::unique_ptr<Tokenizer>> parsing = std::async(std::launch::async, [&] {
+    return parse_tokenizer(tokenizer_file, "'" + options.tokenizer_path + "'");
+  });
 
   BackendOptions backend_options{options.model_path, default_metadata(options.llama_version)};
-  backend_options.fallback_metadata.tokenizer = tokenizer->kind();  // the file's content decides
+  backend_options.fallback_metadata.tokenizer = tokenizer_kind_of(tokenizer_file);  // the file's content decides
   backend_options.fallback_metadata.vocab_size = options.vocab_size;
-  std::unique_ptr<Backend> backend = make_backend(backend_options);
+  std::unique_ptr<Backend> backend;
+  std::exception_ptr backend_error;
+  try {
+    backend = make_backend(backend_options);
+  } catch (...) {
+    backend_error = std::current_exception();
+  }
+  const std::unique_ptr<Tokenizer> tokenizer = parsing.get();
+  if (backend_error) std::rethrow_exception(backend_error);
   if (!backend) throw Error("the backend could not be created");
   if (const char* trace = std::getenv("TORCHCHAT_TRACE")) backend = std::make_unique<TracingBackend>(std::move(backend), trace);
   check_model_against_tokenizer(backend->metadata(), *tokenizer, options);

@@ -40,6 +40,12 @@ bool looks_like_sentencepiece_proto(std::string_view content) {
   return pos + 1 < content.size() && content[pos + 1] == '\x0a';
 }
 
+// A UTF-8 byte-order mark, as some editors write before JSON text; no binary format starts so.
+std::string_view without_bom(std::string_view content) {
+  if (content.starts_with("\xEF\xBB\xBF")) content.remove_prefix(3);
+  return content;
+}
+
 }  // namespace
 
 std::string_view to_string(TokenizerKind kind) {
@@ -58,12 +64,19 @@ std::optional<TokenizerKind> parse_tokenizer_kind(std::string_view name) {
   return std::nullopt;
 }
 
+TokenizerKind tokenizer_kind_of(std::string_view content) {
+  content = without_bom(content);
+  if (looks_like_json(content)) return TokenizerKind::HfBpe;
+  if (looks_like_tiktoken(content)) return TokenizerKind::Tiktoken;
+  return TokenizerKind::SentencePiece;
+}
+
 std::unique_ptr<Tokenizer> parse_tokenizer(std::string_view content, const std::string& source) {
-  // A UTF-8 byte-order mark, as some editors write before JSON text; no binary format starts so.
-  if (content.starts_with("\xEF\xBB\xBF")) content.remove_prefix(3);
+  content = without_bom(content);
   if (content.empty()) throw Error("tokenizer file " + source + " is empty");
-  if (looks_like_json(content)) return parse_hf_tokenizer_json(content, source);
-  if (looks_like_tiktoken(content)) return parse_tiktoken(content, source);
+  const TokenizerKind kind = tokenizer_kind_of(content);
+  if (kind == TokenizerKind::HfBpe) return parse_hf_tokenizer_json(content, source);
+  if (kind == TokenizerKind::Tiktoken) return parse_tiktoken(content, source);
   if (looks_like_sentencepiece_proto(content)) {
     throw Error("tokenizer file " + source +
                 " is a SentencePiece .model; convert it first: python3 utils/tokenizer.py --tokenizer-model=" + source);

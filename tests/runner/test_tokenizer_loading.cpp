@@ -111,6 +111,43 @@ TEST(TokenizerLoading, BadJsonIsAnError) {
   EXPECT_NE(error_of(normalizer).find("NFKC"), std::string::npos);
 }
 
+// The vocab and the merges are read two ways: straight into the tables when they have their usual
+// shape, through the DOM otherwise. Every spelling of one tokenizer must give the same tokenizer.
+TEST(TokenizerLoading, EverySpellingOfAJsonTokenizerReadsAlike) {
+  const std::string byte_level = R"("pre_tokenizer":{"type":"ByteLevel","add_prefix_space":false})";
+  const std::vector<std::string> spellings = {
+      R"({"model":{"type":"BPE","vocab":{"a":0,"b":1,"ab":2,"abab":3},"merges":["a b","ab ab"]},)" + byte_level + "}",
+      R"({"model":{"type":"BPE","vocab":{"a":0,"b":1,"ab":2,"abab":3},"merges":[["a","b"],["ab","ab"]]},)" + byte_level + "}",
+      // ids written as floats, a merge list of mixed forms: the DOM route
+      R"({"model":{"type":"BPE","vocab":{"a":0.0,"b":1,"ab":2,"abab":3e0},"merges":["a b",["ab","ab"]]},)" + byte_level + "}",
+      // other key orders
+      "{" + byte_level + R"(,"model":{"merges":["a b","ab ab"],"vocab":{"abab":3,"ab":2,"b":1,"a":0},"type":"BPE"}})",
+  };
+  for (const std::string& json : spellings) {
+    const auto tok = parse_tokenizer(json, "'test'");
+    EXPECT_EQ(tok->kind(), TokenizerKind::HfBpe) << json;
+    EXPECT_EQ(tok->vocab_size(), 4) << json;
+    EXPECT_EQ(tok->encode("ababab"), (std::vector<int>{3, 2})) << json;
+    EXPECT_EQ(tok->encode("ba"), (std::vector<int>{1, 0})) << json;
+    EXPECT_EQ(tok->decode(std::vector<int>{3, 2, 1}), "abababb") << json;
+  }
+}
+
+TEST(TokenizerLoading, BadJsonVocabOrMergesIsAnError) {
+  const std::string byte_level = R"("pre_tokenizer":{"type":"ByteLevel"})";
+  const auto with_model = [&](const std::string& model) { return R"({"model":{"type":"BPE",)" + model + "}," + byte_level + "}"; };
+  EXPECT_NE(error_of(with_model(R"("vocab":{"a":0},"vocab":{"b":0},"merges":[])")).find("appears twice"), std::string::npos);
+  EXPECT_NE(error_of(with_model(R"("vocab":{"a":0},"merges":[],"merges":[])")).find("appears twice"), std::string::npos);
+  EXPECT_NE(error_of(with_model(R"("vocab":{"a":0,"b":1,"a":2},"merges":[])")).find("appears twice"), std::string::npos);
+  EXPECT_NE(error_of(with_model(R"("vocab":{"a":16777216},"merges":[])")).find("out of range"), std::string::npos);
+  EXPECT_NE(error_of(with_model(R"("vocab":{"a":-1},"merges":[])")).find("out of range"), std::string::npos);
+  EXPECT_NE(error_of(with_model(R"("vocab":{"a":"0"},"merges":[])")).find("unexpected structure"), std::string::npos);
+  EXPECT_NE(error_of(with_model(R"("vocab":{"a":0},"merges":["a a a"])")).find("one space"), std::string::npos);
+  EXPECT_NE(error_of(with_model(R"("vocab":{"a":0},"merges":[["a","a","a"]])")).find("unexpected structure"), std::string::npos);
+  EXPECT_NE(error_of(with_model(R"("vocab":{"a":0},"merges":[["a","b"]])")).find("missing from the vocab"), std::string::npos);
+  EXPECT_NE(error_of(with_model(R"("vocab":{"a":0},"merges":["a a"]},)")).find("not valid JSON"), std::string::npos);
+}
+
 TEST(TokenizerLoading, MessagesAreOneLine) {
   for (const std::string& bad : {std::string(""), std::string("{\"model\": "), std::string("IQ== 0\nIg== x\n"),
                                   small_sentencepiece_bin().substr(0, 20)}) {

@@ -71,4 +71,8 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 // Same, from the file's bytes; `source` names it in error messages.
 std::unique_ptr<Tokenizer> parse_tokenizer(std::string_view content, const std::string& source);
 
+// The format parse_tokenizer reads a file's bytes as, without parsing them: SentencePiece for
+// anything neither JSON nor tiktoken (parse_tokenizer says so if it is not that either).
+TokenizerKind tokenizer_kind_of(std::string_view content);
+
 }  // namespace torchchat
