@@ -43,8 +43,11 @@ TEST_MODELS = {
 }
 
 # Runs the real command line with the test registry: argv = [registry.json, command, alias...].
+# Ctrl-C raises KeyboardInterrupt as in a terminal, also when this test runs as a background job
+# (whose shell starts it with SIGINT ignored, which Python then leaves ignored).
 CLI_WITH_REGISTRY = (
-    "import sys; from pathlib import Path; from torchchat import cli, registry; "
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from pathlib import Path; from torchchat import cli, registry; "
     "registry.REGISTRY_PATH = Path(sys.argv[1]); sys.exit(cli.main(sys.argv[2:]))"
 )
 
