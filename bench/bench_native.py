@@ -404,6 +404,15 @@ def llama_cpp_beside(llama_dir: Path, gguf_path: Path, threads: int, reps: int, 
     return dict(pp=med(res["pp"]), tg=med(res["tg"]))
 
 
+def fma_peak(threads: int, isa: str) -> tuple[float, int]:
+    """This machine's fp32 FMA peak in GMAC/s on `threads` threads (aoti_bench --compute), at the
+    vector width our kernels use under `isa`, and that width in bits."""
+    peak = json.loads(run([AOTI_BENCH, "--compute", "-t", threads])[0])
+    if isa == "avx2" or not peak["fma512_gmac_per_s"]:
+        return peak["fma256_gmac_per_s"], 256
+    return peak["fma512_gmac_per_s"], 512
+
+
 def bandwidth(threads: int) -> float:
     out, _, _ = run([AOTI_BENCH, "--bandwidth", "-t", threads])
     return json.loads(out)["read_gb_per_s"]
@@ -631,13 +640,12 @@ def main() -> None:
             weight_mb[group] = gguf_weight_mb(g)
     if not rows:
         raise SystemExit(f"error: --only {' '.join(a.only)}: no such row (names as in the table's engine column)")
-    peak = json.loads(run([AOTI_BENCH, "--compute", "-t", a.threads])[0])
-    width = "fma256_gmac_per_s" if a.isa == "avx2" or not peak["fma512_gmac_per_s"] else "fma512_gmac_per_s"
+    peak, width = fma_peak(a.threads, a.isa)
     settings = {"isa": a.isa, "our kernels": kernels or "best level of this CPU",
                 "llama.cpp": llama_dir.name,
                 "export target": "native" if not target_cpu_flags(a.isa) else a.isa,
                 "threads": a.threads, "reps": a.reps, "context": a.context,
-                "fp32 FMA peak GMAC/s": f"{peak[width]:.0f} ({width[3:6]}-bit, the prompts' arithmetic ceiling)"}
+                "fp32 FMA peak GMAC/s": f"{peak:.0f} ({width}-bit, the prompts' arithmetic ceiling)"}
     recorded = results.record("bench_native", COLUMNS, table_rows(rows, weight_mb), settings=settings, notes=NOTES,
                               variant=None if a.isa == "native" else a.isa, directory=a.results)
     print(results.render(recorded))

@@ -18,9 +18,7 @@ The exported file is temporary: profiling hooks cost a little time per kernel.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-KERNELS = {"native": None, "avx2": "avx2", "avx512": "avx512-vnni"}
-AOTI_BENCH = ROOT / "cmake-out" / "aoti_bench"  # its --compute probe
+from bench_native import AOTI_BENCH, ISAS, fma_peak  # noqa: E402  (bench/, this script's folder)
+
 
 
 def linear_macs(args, tokens: int) -> int:
@@ -43,27 +41,17 @@ def linear_macs(args, tokens: int) -> int:
     return tokens * args.n_layers * per_layer + args.dim * args.vocab_size
 
 
-def fma_peak(threads: int, isa: str) -> float | None:
-    """This machine's fp32 FMA peak in GMAC/s for `threads` threads, at the vector width our
-    kernels use under `isa` (None when the probe is not built)."""
-    if not AOTI_BENCH.is_file():
-        return None
-    peak = json.loads(subprocess.run([AOTI_BENCH, "--compute", "-t", str(threads)], capture_output=True, text=True,
-                                     check=True).stdout)
-    return peak["fma256_gmac_per_s"] if isa == "avx2" or not peak["fma512_gmac_per_s"] else peak["fma512_gmac_per_s"]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quantize", help="a --quantize spec, e.g. '{\"linear:int8\": {\"groupsize\": 0}}'")
-    p.add_argument("--isa", choices=list(KERNELS), default="native")
+    p.add_argument("--isa", choices=list(ISAS), default="native")
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tokens", type=int, default=64, help="decode steps (or prompts with --prompt) profiled")
     p.add_argument("--prompt", type=int, default=0, help="profile prompts of this many tokens instead of decode")
     a = p.parse_args()
-    if KERNELS[a.isa]:
-        os.environ["TORCHCHAT_KERNELS"] = KERNELS[a.isa]
+    if ISAS[a.isa][0]:  # our kernels' level, as bench_native.py --isa forces it
+        os.environ["TORCHCHAT_KERNELS"] = ISAS[a.isa][0]
 
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -110,7 +98,7 @@ def main() -> None:
     linear_us = sum(e.self_cpu_time_total for e in events if e.key.endswith("_linear")) / steps
     if linear_us:
         rate = linear_macs(loaded.model.args, max(1, a.prompt)) / linear_us / 1e3
-        peak = fma_peak(a.threads, a.isa)
+        peak = fma_peak(a.threads, a.isa)[0] if AOTI_BENCH.is_file() else None
         share = f", {rate / peak * 100:.0f}% of this machine's fp32 FMA peak ({peak:.0f} GMAC/s)" if peak else ""
         print(f"Our linears: {linear_us / 1e3:.2f} ms, {rate:.1f} GMAC/s{share}\n")
     print("| kernel | calls/step | ms/step | share |")
