@@ -62,6 +62,8 @@ printf '\n== Fuzzing the tokenizers'"'"' encoders (libFuzzer, ASan/UBSan), 30 s 
 scripts/fuzz.sh 30
 
 printf '\n== End-to-end tests on the default model\n' >&2
-# One worker: the real model's native runs use both cores (OpenMP, ~150 barriers a token); beside
-# a second worker's export, aoti_run slowed past its 120 s timeout in one of two tries.
-run_pytest -q -m e2e tests
+# Two workers, a file each at a time, one core each: most of this stage is the real model's two
+# ExecuTorch lowerings (about 2.5 minutes each, one core's Python), in two files. One OpenMP thread
+# per process, because a runner's two threads beside the other worker's export spin at every
+# barrier (~150 a token): aoti_run slowed past its 120 s timeout so.
+OMP_NUM_THREADS=1 run_pytest -n 2 --dist loadfile -q -m e2e tests
