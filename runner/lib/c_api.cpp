@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -256,6 +257,10 @@ struct Model {
   Model(const std::string& path, const char* tokenizer_path) {
     const Format format = sniff(path);
     backend_name = format == Format::Aoti ? "aoti" : "executorch";
+    // A tokenizer the caller names is parsed on a thread of its own while the backend loads the
+    // model (tens of milliseconds each); one found beside the model needs the model's metadata.
+    std::future<std::unique_ptr<Tokenizer>> parsing;
+    if (tokenizer_path != nullptr) parsing = std::async(std::launch::async, load_tokenizer, std::string(tokenizer_path));
     try {
       backend = load_backend(path, format);
     } catch (const ApiError&) {
@@ -266,7 +271,7 @@ struct Model {
     const ModelMetadata& metadata = backend->metadata();
     const std::string tokenizer_file = tokenizer_path ? tokenizer_path : tokenizer_beside(path, metadata.tokenizer);
     try {
-      tokenizer = load_tokenizer(tokenizer_file);
+      tokenizer = parsing.valid() ? parsing.get() : load_tokenizer(tokenizer_file);
     } catch (const std::exception& e) {
       throw ApiError(TC_ERR_BAD_TOKENIZER, one_line(e.what()));
     }
