@@ -48,6 +48,7 @@ inline __m256i broadcast4(const std::int8_t* p) {
 //   kWideSlices   true: a prompt's int8 dots with fp32 activations take slices 1 and 2 as one (Wide)
 //   kInt4Pairs    true: int4 dots with fp32 activations take slices 1 and 2 as one from
 //                 pairs4(w, xq, pairs), the int16 sums of dot<4> before it widens them
+//   kMagnitudes   true: a prompt's int8 dots are dot8(w, |w|, xq, d), |w| made once per block
 
 // An empty asm that GCC must assume changes v: it keeps a sum's additions in program order, where
 // GCC would otherwise make all of a token's products first and spill them (int4 prompts ran 26 ->
@@ -143,6 +144,11 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
         }
       }
       const i64 b = g * (G / 32) + j;
+      constexpr bool kMagnitudes = kBits == 8 && T > 1 && Dot::kMagnitudes;
+      [[maybe_unused]] __m256i magnitude[2][8];
+      if constexpr (kMagnitudes)
+        for (int h = 0; h < 2; ++h)
+          for (int c = 0; c < 8; ++c) magnitude[h][c] = _mm256_abs_epi8(w[h][c]);
       constexpr bool kWide = kBits == 8 && kSlices == 3 && T > 1 && Dot::kWideSlices;
       constexpr bool kPairs = kBits == 4 && kSlices == 3 && Dot::kInt4Pairs;
       [[maybe_unused]] const auto wide = [&] {
@@ -172,7 +178,13 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
         }
         for (int s = kWide || kPairs ? 0 : kSlices - 1; s >= 0; --s) {
           __m256i d[2];
-          Dot::template dot<kBits>(w, x.q + s * q_stride + (m + t) * K + 32 * b, d);
+          const std::int8_t* xq = x.q + s * q_stride + (m + t) * K + 32 * b;
+          if constexpr (kMagnitudes) {
+            if (s == 0) Dot::dot8(w, magnitude, xq, d);  // slice 0: codes within [-127, 127]
+            else Dot::template dot<kBits>(w, xq, d);
+          } else {
+            Dot::template dot<kBits>(w, xq, d);
+          }
           if constexpr (kBits == 8 && !Dot::kSignedInt8) {
             const __m256i offset = _mm256_set1_epi32(128 * x.sum[s * sum_stride + at]);  // the codes' + 128
             d[0] = _mm256_sub_epi32(d[0], offset);

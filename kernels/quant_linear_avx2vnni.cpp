@@ -20,6 +20,7 @@ struct VnniDot {
   static constexpr bool kSignedInt8 = false;
   static constexpr bool kWideSlices = false;  // vpdpbusd makes a slice's dots in 2 instructions per 4 k of 8 rows
   static constexpr bool kInt4Pairs = false;
+  static constexpr bool kMagnitudes = false;
   static __m256i weights8(__m256i stored) { return stored; }
 
   template <int kBits>
