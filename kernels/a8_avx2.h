@@ -46,6 +46,14 @@ inline __m256i broadcast4(const std::int8_t* p) {
 //   weights8(v)   the stored int8 bytes (q + 128) as the dot wants them
 //   dot<kBits>(w, xq, d)
 //   kWideSlices   true: a prompt's int8 dots with fp32 activations take slices 1 and 2 as one (Wide)
+//   kInt4Pairs    true: int4 dots with fp32 activations take slices 1 and 2 as one from
+//                 pairs4(w, xq, pairs), the int16 sums of dot<4> before it widens them
+//   kMagnitudes   true: a prompt's int8 dots are dot8(w, |w|, xq, d), |w| made once per block
+
+// An empty asm that GCC must assume changes v: it keeps a sum's additions in program order, where
+// GCC would otherwise make all of a token's products first and spill them (int4 prompts ran 26 ->
+// 34 GMAC/s with it).
+inline void in_order(__m256i& v) { __asm__("" : "+x"(v)); }
 
 // Slices 1 and 2 of fp32 activations as one 16-bit activation, for int8 weights: with exact
 // integer dots d1 and d2, the float steps fma(d1, 2^-8, d2 * 2^-16) round (256 d1 + d2) * 2^-16
@@ -88,8 +96,10 @@ struct Wide {
     d[0] = d[1] = _mm256_setzero_si256();
     for (int c = 0; c < 8; ++c) {
       const __m256i xl = _mm256_set1_epi32(pairs[2 * c]), xh = _mm256_set1_epi32(pairs[2 * c + 1]);
-      for (int h = 0; h < 2; ++h)
+      for (int h = 0; h < 2; ++h) {
         d[h] = _mm256_add_epi32(d[h], _mm256_add_epi32(_mm256_madd_epi16(lo[h][c], xl), _mm256_madd_epi16(hi[h][c], xh)));
+        in_order(d[h]);
+      }
     }
     for (int h = 0; h < 2; ++h) d[h] = _mm256_sub_epi32(d[h], offset[h]);
   }
@@ -134,7 +144,13 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
         }
       }
       const i64 b = g * (G / 32) + j;
+      constexpr bool kMagnitudes = kBits == 8 && T > 1 && Dot::kMagnitudes;
+      [[maybe_unused]] __m256i magnitude[2][8];
+      if constexpr (kMagnitudes)
+        for (int h = 0; h < 2; ++h)
+          for (int c = 0; c < 8; ++c) magnitude[h][c] = _mm256_abs_epi8(w[h][c]);
       constexpr bool kWide = kBits == 8 && kSlices == 3 && T > 1 && Dot::kWideSlices;
+      constexpr bool kPairs = kBits == 4 && kSlices == 3 && Dot::kInt4Pairs;
       [[maybe_unused]] const auto wide = [&] {
         if constexpr (kWide) return Wide(w); else return 0;
       }();
@@ -147,9 +163,28 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
           wide.dot(x1, x1 + q_stride, d);
           for (int h = 0; h < 2; ++h) dot[h] = _mm256_mul_ps(_mm256_cvtepi32_ps(d[h]), _mm256_set1_ps(kSliceUnit[2]));
         }
-        for (int s = kWide ? 0 : kSlices - 1; s >= 0; --s) {
+        if constexpr (kPairs) {
+          // d12 = 256 d1 + d2 as one exact int32, the same bits as the slices' fma (as for Wide),
+          // one conversion and no fma fewer; the pairs' sums are within 8 * 2 * 15 * 128.
+          __m256i p1[2], p2[2];
+          const std::int8_t* x1 = x.q + q_stride + (m + t) * K + 32 * b;
+          Dot::pairs4(w, x1, p1);
+          Dot::pairs4(w, x1 + q_stride, p2);
+          for (int h = 0; h < 2; ++h) {
+            const __m256i d12 = _mm256_add_epi32(_mm256_madd_epi16(p1[h], _mm256_set1_epi16(256)),
+                                                 _mm256_madd_epi16(p2[h], _mm256_set1_epi16(1)));
+            dot[h] = _mm256_mul_ps(_mm256_cvtepi32_ps(d12), _mm256_set1_ps(kSliceUnit[2]));
+          }
+        }
+        for (int s = kWide || kPairs ? 0 : kSlices - 1; s >= 0; --s) {
           __m256i d[2];
-          Dot::template dot<kBits>(w, x.q + s * q_stride + (m + t) * K + 32 * b, d);
+          const std::int8_t* xq = x.q + s * q_stride + (m + t) * K + 32 * b;
+          if constexpr (kMagnitudes) {
+            if (s == 0) Dot::dot8(w, magnitude, xq, d);  // slice 0: codes within [-127, 127]
+            else Dot::template dot<kBits>(w, xq, d);
+          } else {
+            Dot::template dot<kBits>(w, xq, d);
+          }
           if constexpr (kBits == 8 && !Dot::kSignedInt8) {
             const __m256i offset = _mm256_set1_epi32(128 * x.sum[s * sum_stride + at]);  // the codes' + 128
             d[0] = _mm256_sub_epi32(d[0], offset);
@@ -158,7 +193,7 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
           for (int h = 0; h < 2; ++h) {
             const __m256 f = _mm256_cvtepi32_ps(d[h]);
             if constexpr (kSlices == 1) dot[h] = f;
-            else dot[h] = s == kSlices - 1 && !kWide ? _mm256_mul_ps(f, _mm256_set1_ps(kSliceUnit[s]))
+            else dot[h] = s == kSlices - 1 && !kWide && !kPairs ? _mm256_mul_ps(f, _mm256_set1_ps(kSliceUnit[s]))
                                                      : _mm256_fmadd_ps(f, _mm256_set1_ps(kSliceUnit[s]), dot[h]);
           }
         }

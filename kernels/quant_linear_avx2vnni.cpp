@@ -19,6 +19,8 @@ struct VnniDot {
   // int8 weights stay q + 128 (vpdpbusd's unsigned operand): the caller subtracts 128 * sum(x).
   static constexpr bool kSignedInt8 = false;
   static constexpr bool kWideSlices = false;  // vpdpbusd makes a slice's dots in 2 instructions per 4 k of 8 rows
+  static constexpr bool kInt4Pairs = false;
+  static constexpr bool kMagnitudes = false;
   static __m256i weights8(__m256i stored) { return stored; }
 
   template <int kBits>
