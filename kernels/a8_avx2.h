@@ -151,32 +151,30 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
           for (int c = 0; c < 8; ++c) magnitude[h][c] = _mm256_abs_epi8(w[h][c]);
       constexpr bool kWide = kBits == 8 && kSlices == 3 && T > 1 && Dot::kWideSlices;
       constexpr bool kPairs = kBits == 4 && kSlices == 3 && Dot::kInt4Pairs;
+      constexpr bool kJoined = kWide || kPairs;  // slices 1 and 2 as one
       [[maybe_unused]] const auto wide = [&] {
         if constexpr (kWide) return Wide(w); else return 0;
       }();
       for (int t = 0; t < T; ++t) {
         const i64 at = (m + t) * blocks + b;
         __m256 dot[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};  // set by the last slice first
-        if constexpr (kWide) {
-          __m256i d[2];
+        if constexpr (kJoined) {
+          // d12 = 256 d1 + d2 as one exact int32 (see Wide): one conversion, one fma fewer.
+          __m256i d12[2];
           const std::int8_t* x1 = x.q + q_stride + (m + t) * K + 32 * b;
-          wide.dot(x1, x1 + q_stride, d);
-          for (int h = 0; h < 2; ++h) dot[h] = _mm256_mul_ps(_mm256_cvtepi32_ps(d[h]), _mm256_set1_ps(kSliceUnit[2]));
-        }
-        if constexpr (kPairs) {
-          // d12 = 256 d1 + d2 as one exact int32, the same bits as the slices' fma (as for Wide),
-          // one conversion and no fma fewer; the pairs' sums are within 8 * 2 * 15 * 128.
-          __m256i p1[2], p2[2];
-          const std::int8_t* x1 = x.q + q_stride + (m + t) * K + 32 * b;
-          Dot::pairs4(w, x1, p1);
-          Dot::pairs4(w, x1 + q_stride, p2);
-          for (int h = 0; h < 2; ++h) {
-            const __m256i d12 = _mm256_add_epi32(_mm256_madd_epi16(p1[h], _mm256_set1_epi16(256)),
-                                                 _mm256_madd_epi16(p2[h], _mm256_set1_epi16(1)));
-            dot[h] = _mm256_mul_ps(_mm256_cvtepi32_ps(d12), _mm256_set1_ps(kSliceUnit[2]));
+          if constexpr (kWide) {
+            wide.dot(x1, x1 + q_stride, d12);
+          } else {  // the pairs' int16 sums are within 8 * 2 * 15 * 128
+            __m256i p1[2], p2[2];
+            Dot::pairs4(w, x1, p1);
+            Dot::pairs4(w, x1 + q_stride, p2);
+            for (int h = 0; h < 2; ++h)
+              d12[h] = _mm256_add_epi32(_mm256_madd_epi16(p1[h], _mm256_set1_epi16(256)),
+                                        _mm256_madd_epi16(p2[h], _mm256_set1_epi16(1)));
           }
+          for (int h = 0; h < 2; ++h) dot[h] = _mm256_mul_ps(_mm256_cvtepi32_ps(d12[h]), _mm256_set1_ps(kSliceUnit[2]));
         }
-        for (int s = kWide || kPairs ? 0 : kSlices - 1; s >= 0; --s) {
+        for (int s = kJoined ? 0 : kSlices - 1; s >= 0; --s) {
           __m256i d[2];
           const std::int8_t* xq = x.q + s * q_stride + (m + t) * K + 32 * b;
           if constexpr (kMagnitudes) {
@@ -193,8 +191,8 @@ void tile(const Int8Activations& x, i64 m, const std::uint8_t* panel, i64 K, i64
           for (int h = 0; h < 2; ++h) {
             const __m256 f = _mm256_cvtepi32_ps(d[h]);
             if constexpr (kSlices == 1) dot[h] = f;
-            else dot[h] = s == kSlices - 1 && !kWide && !kPairs ? _mm256_mul_ps(f, _mm256_set1_ps(kSliceUnit[s]))
-                                                     : _mm256_fmadd_ps(f, _mm256_set1_ps(kSliceUnit[s]), dot[h]);
+            else dot[h] = s == kSlices - 1 && !kJoined ? _mm256_mul_ps(f, _mm256_set1_ps(kSliceUnit[s]))
+                                                       : _mm256_fmadd_ps(f, _mm256_set1_ps(kSliceUnit[s]), dot[h]);
           }
         }
         const __m256 sx = _mm256_set1_ps(x.scale[at]);
