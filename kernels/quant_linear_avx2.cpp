@@ -118,16 +118,17 @@ void walk(i64 M, i64 n0, i64 n1, Run run) {
   }
 }
 
-// Panels (quant_linear.h): T tokens x V * 8 outputs of each of P panels (p points at the first
-// of them in the first panel's first k), P * T * V accumulators; per k, the V weight vectors of a
-// panel are loaded once and each token's x[k] broadcast against them. Each output accumulates over
-// k in order in its own lane. Decode (T = 1) takes two whole panels (V = 4, P = 2): two streams of
-// weights in flight, 1.1x one panel's throughput from memory on SmolLM2's shapes. Two tokens take
-// one whole panel (4 + 8 + 1 registers). Prompts take prompt_tile below.
+// Panels (quant_linear.h): T tokens x the 32 outputs of each of P whole panels (p points at the
+// first panel's first k), P * T * 4 accumulators; per k, the 4 weight vectors of a panel are
+// loaded once and each token's x[k] broadcast against them. Each output accumulates over k in
+// order in its own lane. Decode (T = 1) takes two panels (P = 2): two streams of weights in flight,
+// 1.1x one panel's throughput from memory on SmolLM2's shapes. Two tokens take one panel (4 + 8 + 1
+// registers). Prompts take prompt_tile below.
 constexpr int kDecodeTokens = 2, kPromptTokens = 6;
 
-template <typename W, int T, int V, int P = 1>
+template <typename W, int T, int P = 1>
 void panel_tile(const float* x, i64 K, const W* p, float* y, i64 ldy, i64 cols) {
+  constexpr int V = kPanel / 8;
   __m256 acc[P][T][V];
   for (int q = 0; q < P; ++q)
     for (int t = 0; t < T; ++t)
@@ -193,14 +194,14 @@ void prompt_tile(const float* x, i64 ldx, i64 k_len, const W* p, float* y, i64 l
 
 template <typename W>
 constexpr auto panel_tiles() {
-  using Fn = decltype(&panel_tile<W, 1, 4>);
+  using Fn = decltype(&panel_tile<W, 1>);
   using PromptFn = decltype(&prompt_tile<W, 1>);
   struct Table {
     Fn pair;                       // 64 outputs, 1 token
     Fn whole[kDecodeTokens];       // 32 outputs
     PromptFn half[kPromptTokens];  // 16 outputs
-  } t{&panel_tile<W, 1, 4, 2>,
-      {&panel_tile<W, 1, 4>, &panel_tile<W, 2, 4>},
+  } t{&panel_tile<W, 1, 2>,
+      {&panel_tile<W, 1>, &panel_tile<W, 2>},
       {&prompt_tile<W, 1>, &prompt_tile<W, 2>, &prompt_tile<W, 3>, &prompt_tile<W, 4>, &prompt_tile<W, 5>,
        &prompt_tile<W, 6>}};
   static_assert(kDecodeTokens == 2 && kPromptTokens == 6, "the tables list 1..2 and 1..6 tokens");
