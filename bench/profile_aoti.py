@@ -11,8 +11,9 @@ prefills of N random tokens), and prints one table: each kernel's time per step 
 Our linears appear as aoti_torch_cpu_{panel,int8,int4}_..._linear (int{8,4}_a8_ with int8
 activations), our attention as aoti_torch_cpu_cache_attention, inductor's own kernels as
 cpp_fused_* (norms, RoPE, SiLU, the KV-cache update). `--isa avx2` forces our kernels to AVX2
-(TORCHCHAT_KERNELS) and compiles inductor's code for AVX2, as bench_native.py --isa avx2 does. The linears' rate is
-set beside the machine's fp32 FMA peak (aoti_bench --compute; build it: scripts/build_native.sh aoti).
+(TORCHCHAT_KERNELS) and compiles inductor's code for AVX2, as bench_native.py --isa avx2 does.
+The linears' rate is set beside the machine's fp32 FMA peak (aoti_bench --compute; build it:
+scripts/build_native.sh aoti).
 The exported file is temporary: profiling hooks cost a little time per kernel.
 """
 from __future__ import annotations
@@ -29,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_native import AOTI_BENCH, ISAS, fma_peak  # noqa: E402  (bench/, this script's folder)
-
 
 
 def linear_macs(args, tokens: int) -> int:
@@ -72,7 +72,7 @@ def main() -> None:
         decoder = AOTIDecoder(so)
         if a.prompt:
             prompt = torch.randint(0, loaded.info.vocab_size, (1, a.prompt), generator=generator)
-            steps = a.tokens = max(1, a.tokens // 16)
+            steps = max(1, a.tokens // 16)
             step = lambda i: decoder(prompt, torch.arange(a.prompt), last_only=True)  # noqa: E731
         else:
             prompt = torch.randint(0, loaded.info.vocab_size, (1, 16), generator=generator)
@@ -97,10 +97,10 @@ def main() -> None:
           f"profiled kernels sum to {total_us / 1e3:.2f} ms\n")
     linear_us = sum(e.self_cpu_time_total for e in events if e.key.endswith("_linear")) / steps
     if linear_us:
-        rate = linear_macs(loaded.model.args, max(1, a.prompt)) / linear_us / 1e3
+        gmacs = linear_macs(loaded.model.args, max(1, a.prompt)) / linear_us / 1e3
         peak = fma_peak(a.threads, a.isa)[0] if AOTI_BENCH.is_file() else None
-        share = f", {rate / peak * 100:.0f}% of this machine's fp32 FMA peak ({peak:.0f} GMAC/s)" if peak else ""
-        print(f"Our linears: {linear_us / 1e3:.2f} ms, {rate:.1f} GMAC/s{share}\n")
+        share = f", {gmacs / peak * 100:.0f}% of this machine's fp32 FMA peak ({peak:.0f} GMAC/s)" if peak else ""
+        print(f"Our linears: {linear_us / 1e3:.2f} ms, {gmacs:.1f} GMAC/s{share}\n")
     print("| kernel | calls/step | ms/step | share |")
     print("|---|---:|---:|---:|")
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]:
